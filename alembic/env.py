@@ -1,0 +1,71 @@
+"""Alembic environment: async, over asyncpg, reading the DSN the way the library does.
+
+The DSN comes from (first found): ``config.attributes["dsn"]`` (set by
+``sessionstore.migrations``), ``alembic -x dsn=...``, then ``StoreConfig`` (the
+``SESSIONSTORE_DATABASE_URL`` / ``DATABASE_URL`` environment variables).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from logging.config import fileConfig
+
+import asyncpg
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from alembic import context
+from sessionstore.config import StoreConfig
+from sessionstore.schema import metadata
+
+config = context.config
+if config.config_file_name is not None and not config.attributes.get("skip_logging_config"):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+
+def _dsn() -> str:
+    dsn = config.attributes.get("dsn") or context.get_x_argument(as_dictionary=True).get("dsn")
+    dsn = dsn or StoreConfig().dsn
+    if not dsn:
+        raise SystemExit("no database URL: set SESSIONSTORE_DATABASE_URL or pass -x dsn=...")
+    return str(dsn)
+
+
+def _configure(**kwargs: object) -> None:
+    context.configure(target_metadata=metadata, transaction_per_migration=True, **kwargs)
+
+
+def run_offline() -> None:
+    _configure(url="postgresql://", literal_binds=True, dialect_opts={"paramstyle": "named"})
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def _run_sync(connection: Connection) -> None:
+    _configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def run_online() -> None:
+    dsn = _dsn()
+
+    async def creator() -> asyncpg.Connection:
+        # No statement cache: migrations must also survive a session-mode pooler.
+        return await asyncpg.connect(
+            dsn, statement_cache_size=0, server_settings={"application_name": "sessionstore-migrate"}
+        )
+
+    engine = create_async_engine("postgresql+asyncpg://", async_creator=creator, poolclass=NullPool)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(_run_sync)
+    finally:
+        await engine.dispose()
+
+
+if context.is_offline_mode():
+    run_offline()
+else:
+    asyncio.run(run_online())

@@ -1,0 +1,39 @@
+"""sessionstore: session, conversation and message state for chat and agent servers, in PostgreSQL."""
+
+from .config import StoreConfig
+from .errors import (
+    ConflictError,
+    InvalidInputError,
+    InvalidStateError,
+    NotFoundError,
+    SessionExpiredError,
+    SessionStoreError,
+    StoreTimeoutError,
+    StoreUnavailableError,
+)
+from .models import Conversation, Message, MessageRole, Page, Session, SessionStatus
+from .store import SessionStore, connect
+from .turns import Turn
+
+__all__ = [
+    "ConflictError",
+    "Conversation",
+    "InvalidInputError",
+    "InvalidStateError",
+    "Message",
+    "MessageRole",
+    "NotFoundError",
+    "Page",
+    "Session",
+    "SessionExpiredError",
+    "SessionStatus",
+    "SessionStore",
+    "SessionStoreError",
+    "StoreConfig",
+    "StoreTimeoutError",
+    "StoreUnavailableError",
+    "Turn",
+    "connect",
+]
+
+__version__ = "0.1.0"

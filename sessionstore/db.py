@@ -1,0 +1,237 @@
+"""The connection pool, per-connection setup, pooler rules and error translation.
+
+This is the only module that catches asyncpg exceptions: :func:`translate_errors` turns
+them into the tree in :mod:`sessionstore.errors`, keeping the SQLSTATE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, TypeVar
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from .config import StoreConfig, redact_dsn
+from .errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    SessionStoreError,
+    StoreTimeoutError,
+    StoreUnavailableError,
+)
+
+__all__ = ["Connection", "Database", "translate_errors"]
+
+logger = logging.getLogger("sessionstore")
+
+Connection = asyncpg.Connection | PoolConnectionProxy
+T = TypeVar("T")
+
+#: SQLSTATEs after which the same statement may succeed if sent again.
+_UNAVAILABLE = frozenset({"53300", "57P01", "57P02", "57P03"})
+_RETRY_ATTEMPTS = 3
+_RETRY_BASE_DELAY = 0.05
+
+
+def _error_from_postgres(exc: asyncpg.PostgresError) -> SessionStoreError:
+    state: str = exc.sqlstate or ""
+    message = exc.args[0] if exc.args else str(exc)
+    if state.startswith("08") or state in _UNAVAILABLE:
+        return StoreUnavailableError(f"database unavailable: {message}", sqlstate=state)
+    if state == "57014":
+        return StoreTimeoutError(f"statement cancelled: {message}", sqlstate=state)
+    if state == "23503":
+        return NotFoundError(f"referenced row does not exist: {exc.detail or message}", sqlstate=state)
+    if state in ("23505", "40001", "40P01"):
+        return ConflictError(f"concurrent write conflict: {exc.detail or message}", sqlstate=state)
+    if state.startswith("22") or state in ("23502", "23514"):
+        field = getattr(exc, "column_name", None) or getattr(exc, "constraint_name", None) or "value"
+        error = InvalidInputError(field, f"rejected by the database: {message}")
+        error.sqlstate = state
+        return error
+    return SessionStoreError(f"database error {state}: {message}", sqlstate=state or None)
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Re-raise driver and socket errors as :class:`SessionStoreError` subclasses.
+
+    ``CancelledError`` passes through untouched, as do sessionstore's own errors.
+    """
+    try:
+        yield
+    except SessionStoreError:
+        raise
+    except asyncpg.PostgresError as exc:
+        raise _error_from_postgres(exc) from exc
+    except (asyncpg.exceptions.ConnectionDoesNotExistError, ConnectionError, OSError) as exc:
+        raise StoreUnavailableError(f"connection to the database lost: {exc}") from exc
+    except TimeoutError as exc:
+        raise StoreTimeoutError("operation timed out") from exc
+    except asyncpg.InterfaceError as exc:
+        raise SessionStoreError(f"driver error: {exc}") from exc
+
+
+def is_transient(error: SessionStoreError) -> bool:
+    """Whether sending the same work again may succeed."""
+    return isinstance(error, StoreUnavailableError) or error.sqlstate in ("40001", "40P01")
+
+
+def _encode_json(value: Any) -> str:
+    # Repositories pass metadata already serialised (validation needs the text anyway).
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for type_name in ("jsonb", "json"):
+        await conn.set_type_codec(
+            type_name, encoder=_encode_json, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+async def _reset_nothing(conn: asyncpg.Connection) -> None:
+    """Transaction poolers share server sessions: ``RESET ALL`` would hit someone else's."""
+
+
+class Database:
+    """One asyncpg pool configured from a :class:`StoreConfig`.
+
+    Operations acquire a connection for one statement or one transaction. Acquiring waits
+    at most ``acquire_timeout``; connecting at most ``connect_timeout``; each statement at
+    most ``command_timeout`` on the client and ``statement_timeout`` on the server.
+    """
+
+    def __init__(self, config: StoreConfig) -> None:
+        if not config.dsn:
+            raise InvalidInputError(
+                "dsn", "no database URL: pass one or set SESSIONSTORE_DATABASE_URL"
+            )
+        self.config = config
+        self.pooler = config.effective_pooler
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The open pool; raises :class:`SessionStoreError` before ``open()`` or after ``close()``."""
+        if self._pool is None:
+            raise SessionStoreError("the store is not open (use `async with` or `await connect()`)")
+        return self._pool
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """Arguments for ``asyncpg.connect``/``create_pool`` that follow the pooler rules."""
+        cfg = self.config
+        settings = {"application_name": cfg.application_name}
+        kwargs: dict[str, Any] = {"timeout": cfg.connect_timeout, "command_timeout": cfg.command_timeout}
+        if self.pooler == "transaction":
+            # Server-side prepared statements and startup GUCs do not survive a transaction pooler.
+            kwargs["statement_cache_size"] = 0
+        elif cfg.statement_timeout is not None:
+            settings["statement_timeout"] = str(int(cfg.statement_timeout * 1000))
+        if cfg.ssl is not None:
+            kwargs["ssl"] = cfg.ssl
+        kwargs["server_settings"] = settings
+        return kwargs
+
+    async def open(self) -> None:
+        """Create the pool (opening ``min_size`` connections)."""
+        if self._pool is not None:
+            return
+        cfg = self.config
+        extra: dict[str, Any] = {}
+        if self.pooler == "transaction":
+            extra["reset"] = _reset_nothing
+        with translate_errors():
+            try:
+                self._pool = await asyncio.wait_for(
+                    asyncpg.create_pool(
+                        cfg.dsn,
+                        min_size=cfg.min_size,
+                        max_size=cfg.max_size,
+                        max_inactive_connection_lifetime=cfg.max_inactive_connection_lifetime,
+                        init=_init_connection,
+                        **self.connect_kwargs(),
+                        **extra,
+                    ),
+                    timeout=cfg.connect_timeout * max(cfg.min_size, 1) + cfg.connect_timeout,
+                )
+            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+                raise StoreUnavailableError(
+                    f"could not connect to {redact_dsn(cfg.dsn)} "
+                    f"within connect_timeout={cfg.connect_timeout}s: {exc}",
+                    sqlstate=getattr(exc, "sqlstate", None),
+                ) from exc
+        logger.info(
+            "pool open: %s (pooler=%s, size %d..%d)",
+            redact_dsn(cfg.dsn), self.pooler, cfg.min_size, cfg.max_size,
+        )
+
+    async def close(self) -> None:
+        """Close the pool, waiting for connections in use to be released."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            with translate_errors():
+                await pool.close()
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Connection]:
+        """A pooled connection, released (or discarded if broken) on exit."""
+        pool = self.pool
+        with translate_errors():
+            try:
+                conn = await pool.acquire(timeout=self.config.acquire_timeout)
+            except TimeoutError:
+                raise StoreTimeoutError(
+                    f"no connection free within acquire_timeout={self.config.acquire_timeout}s "
+                    f"(max_size={self.config.max_size})"
+                ) from None
+            try:
+                yield conn
+            finally:
+                await pool.release(conn)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        """A connection inside a transaction that commits on success, rolls back on error."""
+        async with self.acquire() as conn:
+            with translate_errors():
+                async with conn.transaction():
+                    yield conn
+
+    async def run(self, work: Callable[[Connection], Awaitable[T]], *, retry: bool = False) -> T:
+        """Run ``work`` on a pooled connection, translating errors.
+
+        With ``retry=True`` (reads and idempotent writes only) transient failures are
+        retried up to 3 times with jittered exponential backoff.
+        """
+        attempt = 0
+        while True:
+            try:
+                async with self.acquire() as conn:
+                    with translate_errors():
+                        return await work(conn)
+            except SessionStoreError as error:
+                attempt += 1
+                if not (retry and is_transient(error)) or attempt >= _RETRY_ATTEMPTS:
+                    raise
+                delay = _RETRY_BASE_DELAY * 2**attempt * (0.5 + random.random())
+                logger.warning("transient database error, retry %d in %.2fs: %s", attempt, delay, error)
+                await asyncio.sleep(delay)
+
+    async def fetchrow(self, query: str, *args: Any, retry: bool = False) -> asyncpg.Record | None:
+        """One row of ``query`` (or ``None``)."""
+        return await self.run(lambda conn: conn.fetchrow(query, *args), retry=retry)
+
+    async def fetch(self, query: str, *args: Any, retry: bool = False) -> list[asyncpg.Record]:
+        """All rows of ``query``."""
+        return await self.run(lambda conn: conn.fetch(query, *args), retry=retry)
+
+    async def fetchval(self, query: str, *args: Any, retry: bool = False) -> Any:
+        """The first column of the first row of ``query``."""
+        return await self.run(lambda conn: conn.fetchval(query, *args), retry=retry)

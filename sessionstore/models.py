@@ -1,0 +1,94 @@
+"""Frozen pydantic models returned to callers, and the role/status enums."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["Conversation", "Message", "MessageRole", "Page", "Session", "SessionStatus"]
+
+
+class MessageRole(enum.StrEnum):
+    """Who wrote a message. Mirrors the ``message_role`` enum in the database."""
+
+    USER = "user"
+    ASSISTANT = "assistant"
+    SYSTEM = "system"
+
+
+class SessionStatus(enum.StrEnum):
+    """A session's status. ``COMPLETED`` and ``EXPIRED`` are terminal."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+
+
+_FROZEN = ConfigDict(frozen=True)
+
+
+class Session(BaseModel):
+    """A user's session. ``status`` reads ``EXPIRED`` once ``expires_at`` has passed."""
+
+    model_config = _FROZEN
+
+    id: UUID
+    user_id: str
+    title: str | None
+    status: SessionStatus
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None
+    metadata: dict[str, Any]
+    turn_count: int
+    total_tokens: int
+    version: int
+
+
+class Conversation(BaseModel):
+    """A conversation, found by its ``continuation_id``; counters are kept on the row."""
+
+    model_config = _FROZEN
+
+    id: UUID
+    continuation_id: str
+    session_id: UUID | None
+    title: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    message_count: int
+    last_message_at: datetime | None
+    total_tokens: int
+
+
+class Message(BaseModel):
+    """One message; ``seq`` is its 1-based position in the conversation, in append order."""
+
+    model_config = _FROZEN
+
+    id: UUID
+    conversation_id: UUID
+    seq: int
+    role: MessageRole
+    content: str
+    metadata: dict[str, Any]
+    tokens: int | None
+    created_at: datetime
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a listing. Pass ``next_cursor`` back to get the next; ``None`` at the end."""
+
+    model_config = _FROZEN
+
+    items: list[T]
+    next_cursor: str | None

@@ -1,0 +1,49 @@
+"""Opaque keyset cursors for listings ordered by ``(created_at DESC, id DESC)``."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+from uuid import UUID
+
+from .errors import InvalidInputError
+from .models import Page
+
+__all__ = ["decode_cursor", "encode_cursor", "make_page"]
+
+T = TypeVar("T")
+
+
+def encode_cursor(created_at: datetime, row_id: UUID) -> str:
+    """The cursor that resumes a listing just after the row ``(created_at, row_id)``."""
+    raw = f"{created_at.isoformat()}|{row_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> tuple[datetime | None, UUID | None]:
+    """Parse a cursor from :func:`encode_cursor`; ``None`` means the first page."""
+    if cursor is None:
+        return None, None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        stamp, _, row_id = base64.urlsafe_b64decode(padded.encode()).decode().partition("|")
+        created_at = datetime.fromisoformat(stamp)
+        if created_at.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return created_at, UUID(row_id)
+    except (ValueError, UnicodeDecodeError, TypeError):
+        raise InvalidInputError("cursor", "is not a cursor returned by this listing") from None
+
+
+def make_page(
+    rows: Sequence[Sequence[Any]],
+    size: int,
+    build: Callable[[Sequence[Any]], T],
+    key: Callable[[T], tuple[datetime, UUID]],
+) -> Page[T]:
+    """A page of ``size`` items from ``rows``, fetched with one extra row to detect a next page."""
+    items = [build(row) for row in rows[:size]]
+    next_cursor = encode_cursor(*key(items[-1])) if len(rows) > size else None
+    return Page[T].model_construct(items=items, next_cursor=next_cursor)

@@ -1,0 +1,137 @@
+"""SQL and row mapping for ``conversations``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from .. import validation as v
+from ..db import Connection, Database
+from ..errors import NotFoundError, SessionStoreError
+from ..models import Conversation, Page
+from ..pagination import decode_cursor, make_page
+
+__all__ = ["CONVERSATION_COLUMNS", "ConversationsRepository", "conversation_from_values"]
+
+CONVERSATION_COLUMNS = """
+    id, continuation_id, session_id, title, metadata, created_at, updated_at,
+    message_count, last_message_at, total_tokens
+"""
+# ON CONFLICT DO NOTHING never waits forever and writes no dead tuple for the common
+# "already there" case; the UNION arm returns the existing row.
+GET_OR_CREATE = f"""
+WITH ins AS (
+    INSERT INTO conversations (continuation_id, session_id, title, metadata)
+    VALUES ($1, $2, $3, coalesce($4::jsonb, '{{}}'::jsonb))
+    ON CONFLICT (continuation_id) DO NOTHING
+    RETURNING {CONVERSATION_COLUMNS}
+)
+SELECT {CONVERSATION_COLUMNS} FROM ins
+UNION ALL
+SELECT {CONVERSATION_COLUMNS} FROM conversations
+WHERE continuation_id = $1 AND NOT EXISTS (SELECT 1 FROM ins)
+"""
+GET_BY_ID = f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = $1"
+GET_BY_CONTINUATION = f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE continuation_id = $1"
+# One row per conversation, or one all-null row when the session has none: zero rows
+# means the session itself does not exist.
+LIST_FOR_SESSION = f"""
+SELECT c.* FROM sessions s
+LEFT JOIN LATERAL (
+    SELECT {CONVERSATION_COLUMNS} FROM conversations
+    WHERE session_id = s.id
+      AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
+    ORDER BY created_at DESC, id DESC
+    LIMIT $4
+) c ON true
+WHERE s.id = $1
+ORDER BY c.created_at DESC, c.id DESC
+"""
+
+# A concurrent creator can commit between our snapshot and our insert; the next
+# attempt then sees its row. Two attempts always suffice; the third is slack.
+_GET_OR_CREATE_ATTEMPTS = 3
+
+
+def conversation_from_values(values: Sequence[Any]) -> Conversation:
+    """Build a :class:`Conversation` from values in ``CONVERSATION_COLUMNS`` order."""
+    return Conversation.model_construct(
+        id=values[0],
+        continuation_id=values[1],
+        session_id=values[2],
+        title=values[3],
+        metadata=values[4],
+        created_at=values[5],
+        updated_at=values[6],
+        message_count=values[7],
+        last_message_at=values[8],
+        total_tokens=values[9],
+    )
+
+
+class ConversationsRepository:
+    """Conversations, found by id or by their unique ``continuation_id``."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def get_or_create(
+        self,
+        continuation_id: str,
+        *,
+        session_id: UUID | str | None = None,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Conversation:
+        """The conversation with ``continuation_id``, created if absent.
+
+        Race-free: concurrent calls for one id make exactly one row. An existing
+        conversation is returned as it is (``session_id``, ``title`` and ``metadata`` apply
+        only on creation). ``NotFoundError`` if ``session_id`` names no session.
+        """
+        cid = v.identifier(continuation_id, "continuation_id")
+        sid = None if session_id is None else v.uuid(session_id, "session_id")
+        title_ = v.text(title, "title", optional=True)
+        meta = v.metadata_json(metadata)
+
+        async def work(conn: Connection) -> Conversation:
+            for _ in range(_GET_OR_CREATE_ATTEMPTS):
+                try:
+                    row = await conn.fetchrow(GET_OR_CREATE, cid, sid, title_, meta)
+                except NotFoundError as exc:  # the only foreign key here is session_id
+                    raise NotFoundError(f"session {sid} not found", sqlstate=exc.sqlstate) from None
+                if row is not None:
+                    return conversation_from_values(row)
+            raise SessionStoreError(f"could not get or create conversation {cid!r}")
+
+        return await self._db.run(work, retry=True)
+
+    async def get(self, conversation_id: UUID | str) -> Conversation:
+        """The conversation; ``NotFoundError`` if absent."""
+        cid = v.uuid(conversation_id, "conversation_id")
+        row = await self._db.fetchrow(GET_BY_ID, cid, retry=True)
+        if row is None:
+            raise NotFoundError(f"conversation {cid} not found")
+        return conversation_from_values(row)
+
+    async def get_by_continuation_id(self, continuation_id: str) -> Conversation:
+        """The conversation with this continuation id; ``NotFoundError`` if absent."""
+        cid = v.identifier(continuation_id, "continuation_id")
+        row = await self._db.fetchrow(GET_BY_CONTINUATION, cid, retry=True)
+        if row is None:
+            raise NotFoundError(f"conversation with continuation_id {cid!r} not found")
+        return conversation_from_values(row)
+
+    async def list_for_session(
+        self, session_id: UUID | str, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[Conversation]:
+        """The session's conversations, newest first; ``NotFoundError`` if no such session."""
+        sid = v.uuid(session_id, "session_id")
+        size = v.limit(limit)
+        after_at, after_id = decode_cursor(v.text(cursor, "cursor", optional=True))
+        rows = await self._db.fetch(LIST_FOR_SESSION, sid, after_at, after_id, size + 1, retry=True)
+        if not rows:
+            raise NotFoundError(f"session {sid} not found")
+        present = [row for row in rows if row[0] is not None]
+        return make_page(present, size, conversation_from_values, lambda c: (c.created_at, c.id))

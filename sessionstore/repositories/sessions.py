@@ -1,0 +1,306 @@
+"""SQL and row mapping for ``sessions``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+from uuid import UUID
+
+from .. import validation as v
+from ..config import StoreConfig
+from ..db import Connection, Database
+from ..errors import (
+    ConflictError,
+    InvalidInputError,
+    InvalidStateError,
+    NotFoundError,
+    SessionExpiredError,
+)
+from ..models import Page, Session, SessionStatus
+from ..pagination import decode_cursor, make_page
+
+__all__ = ["SESSION_COLUMNS", "SessionsRepository", "raise_session_miss", "session_from_values"]
+
+logger = logging.getLogger("sessionstore")
+
+# A session past expires_at reads as expired even before anything has persisted that.
+SESSION_COLUMNS = """
+    id, user_id, title,
+    CASE WHEN status IN ('active', 'paused') AND expires_at <= now() THEN 'expired'
+         ELSE status END AS status,
+    created_at, updated_at, expires_at, metadata, turn_count, total_tokens, version
+"""
+_LIVE = "(expires_at IS NULL OR expires_at > now())"
+
+INSERT_SESSION = f"""
+INSERT INTO sessions (user_id, title, metadata, expires_at)
+VALUES ($1, $2, coalesce($3::jsonb, '{{}}'::jsonb), coalesce($4::timestamptz, now() + $5::interval))
+RETURNING {SESSION_COLUMNS}
+"""
+GET_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"
+
+# $2: whether title was passed. version moves only when user-visible fields change.
+UPDATE_SESSION = f"""
+UPDATE sessions
+SET title = CASE WHEN $2 THEN $3 ELSE title END,
+    metadata = CASE WHEN $4::jsonb IS NULL THEN metadata ELSE metadata || $4::jsonb END,
+    version = version + 1
+WHERE id = $1 AND ($5::integer IS NULL OR version = $5)
+  AND status IN ('active', 'paused', 'completed') AND {_LIVE}
+RETURNING {SESSION_COLUMNS}
+"""
+RECORD_TURN = f"""
+UPDATE sessions
+SET turn_count = turn_count + 1, total_tokens = total_tokens + $2
+WHERE id = $1 AND status = 'active' AND {_LIVE}
+RETURNING {SESSION_COLUMNS}
+"""
+TRANSITION = f"""
+UPDATE sessions SET status = $2, version = version + 1
+WHERE id = $1 AND status = ANY($3::text[]) AND {_LIVE}
+RETURNING {SESSION_COLUMNS}
+"""
+# Explains why a conditional write matched nothing; persists 'expired' once it is due.
+EXPLAIN_MISS = """
+WITH cur AS (SELECT id, status, expires_at, version FROM sessions WHERE id = $1),
+mark AS (
+    UPDATE sessions s SET status = 'expired', version = s.version + 1
+    FROM cur
+    WHERE s.id = cur.id AND cur.status IN ('active', 'paused') AND cur.expires_at <= now()
+    RETURNING s.id
+)
+SELECT CASE WHEN EXISTS (SELECT 1 FROM mark) THEN 'expired' ELSE status END AS status, version
+FROM cur
+"""
+LIST_SESSIONS = f"""
+SELECT {SESSION_COLUMNS} FROM sessions
+WHERE user_id = $1
+  AND ($2::text IS NULL OR
+       CASE WHEN status IN ('active', 'paused') AND expires_at <= now() THEN 'expired'
+            ELSE status END = $2)
+  AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT $5
+"""
+DELETE_SESSION = "DELETE FROM sessions WHERE id = $1 RETURNING id"
+# Same rule as the original cleanup_expired_sessions(), bounded and skipping locked rows
+# so concurrent writers and a second cleaner are never blocked for long.
+CLEANUP_BATCH = """
+WITH doomed AS (
+    SELECT id FROM sessions
+    WHERE expires_at IS NOT NULL AND expires_at < now() AND status <> 'completed'
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM sessions s USING doomed WHERE s.id = doomed.id
+"""
+
+
+def session_from_values(values: Sequence[Any]) -> Session:
+    """Build a :class:`Session` from values in ``SESSION_COLUMNS`` order (trusted rows)."""
+    return Session.model_construct(
+        id=values[0],
+        user_id=values[1],
+        title=values[2],
+        status=SessionStatus(values[3]),
+        created_at=values[4],
+        updated_at=values[5],
+        expires_at=values[6],
+        metadata=values[7],
+        turn_count=values[8],
+        total_tokens=values[9],
+        version=values[10],
+    )
+
+
+Action = Literal["update", "record a turn on", "pause", "resume", "complete", "add a turn to"]
+
+
+async def raise_session_miss(
+    conn: Connection,
+    session_id: UUID,
+    action: Action,
+    *,
+    expected_version: int | None = None,
+) -> None:
+    """Raise the error that explains why a conditional write to ``session_id`` matched no row."""
+    row = await conn.fetchrow(EXPLAIN_MISS, session_id)
+    if row is None:
+        raise NotFoundError(f"session {session_id} not found")
+    status = SessionStatus(row["status"])
+    if status is SessionStatus.EXPIRED:
+        raise SessionExpiredError(f"cannot {action} session {session_id}: it has expired")
+    if expected_version is not None and row["version"] != expected_version:
+        raise ConflictError(
+            f"session {session_id} is at version {row['version']}, expected {expected_version}"
+        )
+    raise InvalidStateError(f"cannot {action} session {session_id}: it is {status.value}")
+
+
+# Each transition: the target status and the statuses it may start from.
+_TRANSITIONS: dict[str, tuple[SessionStatus, tuple[SessionStatus, ...]]] = {
+    "pause": (SessionStatus.PAUSED, (SessionStatus.ACTIVE,)),
+    "resume": (SessionStatus.ACTIVE, (SessionStatus.PAUSED,)),
+    "complete": (SessionStatus.COMPLETED, (SessionStatus.ACTIVE, SessionStatus.PAUSED)),
+}
+
+
+class SessionsRepository:
+    """Sessions: create, read, update with optimistic concurrency, counters, lifecycle."""
+
+    def __init__(self, db: Database, config: StoreConfig) -> None:
+        self._db = db
+        self._config = config
+
+    async def create(
+        self,
+        user_id: str,
+        *,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        ttl: timedelta | None | v.Unset = v.UNSET,
+        expires_at: datetime | None = None,
+    ) -> Session:
+        """Create an active session for ``user_id``.
+
+        It expires after ``ttl`` (default: ``config.default_ttl``; ``None`` means never),
+        or at ``expires_at`` if given instead (timezone-aware, in the future).
+        """
+        uid = v.identifier(user_id, "user_id")
+        title_ = v.text(title, "title", optional=True)
+        meta = v.metadata_json(metadata)
+        at = v.aware_datetime(expires_at, "expires_at")
+        if at is not None and ttl is not v.UNSET:
+            raise InvalidInputError("expires_at", "pass either ttl or expires_at, not both")
+        if at is not None and at <= datetime.now(UTC):
+            raise InvalidInputError("expires_at", "must be in the future")
+        span = self._config.default_ttl if isinstance(ttl, v.Unset) else ttl
+        if span is not None:
+            span = v.ttl(span)
+        row = await self._db.fetchrow(INSERT_SESSION, uid, title_, meta, at, span)
+        assert row is not None
+        return session_from_values(row)
+
+    async def get(self, session_id: UUID | str) -> Session:
+        """The session; ``NotFoundError`` if absent. Status reads ``EXPIRED`` once due."""
+        sid = v.uuid(session_id, "session_id")
+        row = await self._db.fetchrow(GET_SESSION, sid, retry=True)
+        if row is None:
+            raise NotFoundError(f"session {sid} not found")
+        return session_from_values(row)
+
+    async def update(
+        self,
+        session_id: UUID | str,
+        *,
+        title: str | None | v.Unset = v.UNSET,
+        metadata: dict[str, Any] | None = None,
+        expected_version: int | None = None,
+    ) -> Session:
+        """Change the title and/or merge ``metadata`` into the stored object (server-side, shallow).
+
+        With ``expected_version``, raises ``ConflictError`` if the session has moved on.
+        Expired sessions raise ``SessionExpiredError``.
+        """
+        sid = v.uuid(session_id, "session_id")
+        set_title = not isinstance(title, v.Unset)
+        title_ = v.text(title, "title", optional=True) if set_title else None
+        meta = v.metadata_json(metadata)
+        version = (
+            None if expected_version is None else v.positive_int(expected_version, "expected_version")
+        )
+
+        async def work(conn: Connection) -> Session:
+            row = await conn.fetchrow(UPDATE_SESSION, sid, set_title, title_, meta, version)
+            if row is None:
+                await raise_session_miss(conn, sid, "update", expected_version=version)
+            assert row is not None
+            return session_from_values(row)
+
+        return await self._db.run(work)
+
+    async def record_turn(self, session_id: UUID | str, *, tokens: int = 0) -> Session:
+        """Atomically add one turn and ``tokens`` to the session's counters.
+
+        Concurrent calls never lose an increment. The session must be active.
+        """
+        sid = v.uuid(session_id, "session_id")
+        count = v.tokens(tokens, optional=False)
+
+        async def work(conn: Connection) -> Session:
+            row = await conn.fetchrow(RECORD_TURN, sid, count)
+            if row is None:
+                await raise_session_miss(conn, sid, "record a turn on")
+            assert row is not None
+            return session_from_values(row)
+
+        return await self._db.run(work)
+
+    async def _transition(self, session_id: UUID | str, action: Literal["pause", "resume", "complete"]) -> Session:
+        sid = v.uuid(session_id, "session_id")
+        target, sources = _TRANSITIONS[action]
+
+        async def work(conn: Connection) -> Session:
+            row = await conn.fetchrow(TRANSITION, sid, target.value, [s.value for s in sources])
+            if row is None:
+                await raise_session_miss(conn, sid, action)
+            assert row is not None
+            return session_from_values(row)
+
+        return await self._db.run(work)
+
+    async def pause(self, session_id: UUID | str) -> Session:
+        """active → paused; otherwise ``InvalidStateError`` (or ``SessionExpiredError``)."""
+        return await self._transition(session_id, "pause")
+
+    async def resume(self, session_id: UUID | str) -> Session:
+        """paused → active; otherwise ``InvalidStateError`` (or ``SessionExpiredError``)."""
+        return await self._transition(session_id, "resume")
+
+    async def complete(self, session_id: UUID | str) -> Session:
+        """active or paused → completed (terminal)."""
+        return await self._transition(session_id, "complete")
+
+    async def list(
+        self,
+        *,
+        user_id: str,
+        status: SessionStatus | str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page[Session]:
+        """The user's sessions, newest first, optionally of one status, a page at a time."""
+        uid = v.identifier(user_id, "user_id")
+        status_ = None if status is None else v.status(status).value
+        size = v.limit(limit)
+        after_at, after_id = decode_cursor(v.text(cursor, "cursor", optional=True))
+        rows = await self._db.fetch(
+            LIST_SESSIONS, uid, status_, after_at, after_id, size + 1, retry=True
+        )
+        return make_page(rows, size, session_from_values, lambda s: (s.created_at, s.id))
+
+    async def delete(self, session_id: UUID | str) -> None:
+        """Delete the session; its conversations stay, with ``session_id`` set to null."""
+        sid = v.uuid(session_id, "session_id")
+        if await self._db.fetchval(DELETE_SESSION, sid) is None:
+            raise NotFoundError(f"session {sid} not found")
+
+    async def cleanup_expired(self, *, batch_size: int = 1000) -> int:
+        """Delete expired sessions (not completed ones) in batches; return how many.
+
+        Each batch is its own short transaction that skips rows other writers hold.
+        """
+        size = v.limit(batch_size, "batch_size", maximum=100_000)
+        total = 0
+        while True:
+            status = await self._db.run(lambda conn: conn.execute(CLEANUP_BATCH, size))
+            deleted = int(status.rsplit(" ", 1)[-1])
+            total += deleted
+            if deleted < size:
+                break
+        if total:
+            logger.info("cleanup_expired deleted %d sessions", total)
+        return total
+
