@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from logging.config import fileConfig
+from typing import Any
 
 import asyncpg
 from sqlalchemy.engine import Connection
@@ -32,7 +33,7 @@ def _dsn() -> str:
     return str(dsn)
 
 
-def _configure(**kwargs: object) -> None:
+def _configure(**kwargs: Any) -> None:
     context.configure(target_metadata=metadata, transaction_per_migration=True, **kwargs)
 
 
@@ -54,7 +55,9 @@ async def run_online() -> None:
     async def creator() -> asyncpg.Connection:
         # No statement cache: migrations must also survive a session-mode pooler.
         return await asyncpg.connect(
-            dsn, statement_cache_size=0, server_settings={"application_name": "sessionstore-migrate"}
+            dsn,
+            statement_cache_size=0,
+            server_settings={"application_name": "sessionstore-migrate"},
         )
 
     engine = create_async_engine("postgresql+asyncpg://", async_creator=creator, poolclass=NullPool)

@@ -1,4 +1,5 @@
-"""sessionstore: session, conversation and message state for chat and agent servers, in PostgreSQL."""
+"""sessionstore: session, conversation and message state for chat and agent servers,
+kept in PostgreSQL over asyncpg."""
 
 from .config import StoreConfig
 from .errors import (

@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
@@ -27,11 +27,15 @@ from .errors import (
     StoreUnavailableError,
 )
 
-__all__ = ["Connection", "Database", "translate_errors"]
+__all__ = ["ConfigureCallback", "Connection", "Database", "Row", "translate_errors"]
 
 logger = logging.getLogger("sessionstore")
 
 Connection = asyncpg.Connection | PoolConnectionProxy
+#: A result row: an asyncpg ``Record`` or any sequence of values in column order.
+Row = asyncpg.Record | Sequence[Any]
+#: Called with each new connection after sessionstore's own setup (e.g. to register codecs).
+ConfigureCallback = Callable[[asyncpg.Connection], Awaitable[None]]
 T = TypeVar("T")
 
 #: SQLSTATEs after which the same statement may succeed if sent again.
@@ -48,11 +52,15 @@ def _error_from_postgres(exc: asyncpg.PostgresError) -> SessionStoreError:
     if state == "57014":
         return StoreTimeoutError(f"statement cancelled: {message}", sqlstate=state)
     if state == "23503":
-        return NotFoundError(f"referenced row does not exist: {exc.detail or message}", sqlstate=state)
+        return NotFoundError(
+            f"referenced row does not exist: {exc.detail or message}", sqlstate=state
+        )
     if state in ("23505", "40001", "40P01"):
         return ConflictError(f"concurrent write conflict: {exc.detail or message}", sqlstate=state)
     if state.startswith("22") or state in ("23502", "23514"):
-        field = getattr(exc, "column_name", None) or getattr(exc, "constraint_name", None) or "value"
+        field = (
+            getattr(exc, "column_name", None) or getattr(exc, "constraint_name", None) or "value"
+        )
         error = InvalidInputError(field, f"rejected by the database: {message}")
         error.sqlstate = state
         return error
@@ -89,15 +97,22 @@ def _encode_json(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def _register_json(conn: asyncpg.Connection) -> None:
     for type_name in ("jsonb", "json"):
         await conn.set_type_codec(
             type_name, encoder=_encode_json, decoder=json.loads, schema="pg_catalog"
         )
 
 
-async def _reset_nothing(conn: asyncpg.Connection) -> None:
-    """Transaction poolers share server sessions: ``RESET ALL`` would hit someone else's."""
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset hook: deliberately nothing.
+
+    asyncpg's default reset (``RESET ALL``, ``UNLISTEN *``, advisory unlock) costs a round
+    trip on every release. sessionstore leaves no session state on pooled connections,
+    asyncpg still rolls back any open transaction before this hook, a ``configure``
+    callback's settings must survive, and behind a transaction pooler ``RESET ALL``
+    would land on a server session some other client is using.
+    """
 
 
 class Database:
@@ -108,18 +123,24 @@ class Database:
     most ``command_timeout`` on the client and ``statement_timeout`` on the server.
     """
 
-    def __init__(self, config: StoreConfig) -> None:
+    def __init__(self, config: StoreConfig, *, configure: ConfigureCallback | None = None) -> None:
         if not config.dsn:
             raise InvalidInputError(
                 "dsn", "no database URL: pass one or set SESSIONSTORE_DATABASE_URL"
             )
         self.config = config
         self.pooler = config.effective_pooler
+        self._configure = configure
         self._pool: asyncpg.Pool | None = None
+
+    async def _init_connection(self, conn: asyncpg.Connection) -> None:
+        await _register_json(conn)
+        if self._configure is not None:
+            await self._configure(conn)
 
     @property
     def pool(self) -> asyncpg.Pool:
-        """The open pool; raises :class:`SessionStoreError` before ``open()`` or after ``close()``."""
+        """The open pool. :class:`SessionStoreError` before ``open()`` or after ``close()``."""
         if self._pool is None:
             raise SessionStoreError("the store is not open (use `async with` or `await connect()`)")
         return self._pool
@@ -128,7 +149,10 @@ class Database:
         """Arguments for ``asyncpg.connect``/``create_pool`` that follow the pooler rules."""
         cfg = self.config
         settings = {"application_name": cfg.application_name}
-        kwargs: dict[str, Any] = {"timeout": cfg.connect_timeout, "command_timeout": cfg.command_timeout}
+        kwargs: dict[str, Any] = {
+            "timeout": cfg.connect_timeout,
+            "command_timeout": cfg.command_timeout,
+        }
         if self.pooler == "transaction":
             # Server-side prepared statements and startup GUCs do not survive a transaction pooler.
             kwargs["statement_cache_size"] = 0
@@ -144,9 +168,6 @@ class Database:
         if self._pool is not None:
             return
         cfg = self.config
-        extra: dict[str, Any] = {}
-        if self.pooler == "transaction":
-            extra["reset"] = _reset_nothing
         with translate_errors():
             try:
                 self._pool = await asyncio.wait_for(
@@ -155,9 +176,9 @@ class Database:
                         min_size=cfg.min_size,
                         max_size=cfg.max_size,
                         max_inactive_connection_lifetime=cfg.max_inactive_connection_lifetime,
-                        init=_init_connection,
+                        init=self._init_connection,
+                        reset=_keep_session,
                         **self.connect_kwargs(),
-                        **extra,
                     ),
                     timeout=cfg.connect_timeout * max(cfg.min_size, 1) + cfg.connect_timeout,
                 )
@@ -169,7 +190,10 @@ class Database:
                 ) from exc
         logger.info(
             "pool open: %s (pooler=%s, size %d..%d)",
-            redact_dsn(cfg.dsn), self.pooler, cfg.min_size, cfg.max_size,
+            redact_dsn(cfg.dsn),
+            self.pooler,
+            cfg.min_size,
+            cfg.max_size,
         )
 
     async def close(self) -> None:
@@ -221,7 +245,9 @@ class Database:
                 if not (retry and is_transient(error)) or attempt >= _RETRY_ATTEMPTS:
                     raise
                 delay = _RETRY_BASE_DELAY * 2**attempt * (0.5 + random.random())
-                logger.warning("transient database error, retry %d in %.2fs: %s", attempt, delay, error)
+                logger.warning(
+                    "transient database error, retry %d in %.2fs: %s", attempt, delay, error
+                )
                 await asyncio.sleep(delay)
 
     async def fetchrow(self, query: str, *args: Any, retry: bool = False) -> asyncpg.Record | None:

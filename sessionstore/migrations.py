@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+
+from alembic import command
 
 __all__ = ["alembic_config", "downgrade", "head_revision", "upgrade"]
 

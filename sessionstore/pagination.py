@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 from uuid import UUID
 
+from .db import Row
 from .errors import InvalidInputError
 from .models import Page
 
@@ -38,9 +39,9 @@ def decode_cursor(cursor: str | None) -> tuple[datetime | None, UUID | None]:
 
 
 def make_page(
-    rows: Sequence[Sequence[Any]],
+    rows: Sequence[Row],
     size: int,
-    build: Callable[[Sequence[Any]], T],
+    build: Callable[[Row], T],
     key: Callable[[T], tuple[datetime, UUID]],
 ) -> Page[T]:
     """A page of ``size`` items from ``rows``, fetched with one extra row to detect a next page."""

@@ -36,7 +36,9 @@ def _tz() -> DateTime:
 
 
 def _uuid_pk() -> Column[object]:
-    return Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()"))
+    return Column(
+        "id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
+    )
 
 
 def _jsonb_object() -> Column[object]:

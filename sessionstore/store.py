@@ -11,7 +11,7 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from .config import StoreConfig
-from .db import Database
+from .db import ConfigureCallback, Database
 from .errors import InvalidInputError
 from .models import MessageRole
 from .repositories import ConversationsRepository, MessagesRepository, SessionsRepository
@@ -29,9 +29,9 @@ class SessionStore:
     safe to call from many tasks at once.
     """
 
-    def __init__(self, config: StoreConfig) -> None:
+    def __init__(self, config: StoreConfig, *, configure: ConfigureCallback | None = None) -> None:
         self.config = config
-        self._db = Database(config)
+        self._db = Database(config, configure=configure)
         self.sessions = SessionsRepository(self._db, config)
         self.conversations = ConversationsRepository(self._db)
         self.messages = MessagesRepository(self._db)
@@ -88,20 +88,29 @@ class SessionStore:
         )
 
 
-def connect(dsn: str | None = None, *, config: StoreConfig | None = None, **overrides: Any) -> SessionStore:
+def connect(
+    dsn: str | None = None,
+    *,
+    config: StoreConfig | None = None,
+    configure: ConfigureCallback | None = None,
+    **overrides: Any,
+) -> SessionStore:
     """A :class:`SessionStore` for ``dsn``; ``await`` it or use it with ``async with``.
 
     Settings come from ``config`` (default: a :class:`StoreConfig` read from the
     environment), then ``dsn`` and keyword ``overrides`` of its fields.
+    ``configure`` is awaited with every new connection after sessionstore's own setup.
     ``InvalidInputError`` names a bad or unknown setting.
     """
     base = config if config is not None else StoreConfig()
     if dsn is not None:
         overrides["dsn"] = dsn
     try:
-        merged = StoreConfig.model_validate({**base.model_dump(), **overrides}) if overrides else base
+        merged = (
+            StoreConfig.model_validate({**base.model_dump(), **overrides}) if overrides else base
+        )
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "config"
         raise InvalidInputError(field, first["msg"]) from None
-    return SessionStore(merged)
+    return SessionStore(merged, configure=configure)

@@ -17,9 +17,9 @@ from .errors import InvalidInputError
 from .models import MessageRole, SessionStatus
 
 __all__ = [
+    "MAX_LIMIT",
     "UNSET",
     "Unset",
-    "MAX_LIMIT",
     "aware_datetime",
     "identifier",
     "limit",
@@ -75,6 +75,8 @@ def identifier(value: object, field: str) -> str:
 def role(value: object, field: str = "role") -> MessageRole:
     """A :class:`MessageRole` or its string value."""
     try:
+        if not isinstance(value, str):
+            raise ValueError(value)
         return MessageRole(value)
     except ValueError:
         allowed = ", ".join(r.value for r in MessageRole)
@@ -84,6 +86,8 @@ def role(value: object, field: str = "role") -> MessageRole:
 def status(value: object, field: str = "status") -> SessionStatus:
     """A :class:`SessionStatus` or its string value."""
     try:
+        if not isinstance(value, str):
+            raise ValueError(value)
         return SessionStatus(value)
     except ValueError:
         allowed = ", ".join(s.value for s in SessionStatus)
@@ -99,7 +103,9 @@ def metadata_json(value: object, field: str = "metadata") -> str | None:
     if value is None:
         return None
     if not isinstance(value, Mapping):
-        raise InvalidInputError(field, f"must be a JSON object (a mapping), got {type(value).__name__}")
+        raise InvalidInputError(
+            field, f"must be a JSON object (a mapping), got {type(value).__name__}"
+        )
     if not all(isinstance(key, str) for key in value):
         raise InvalidInputError(field, "keys must be strings")
     try:
@@ -154,7 +160,6 @@ def positive_int(value: object, field: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _INT4_MAX:
         raise InvalidInputError(field, f"must be a positive integer, got {value!r}")
     return value
-
 
 
 class Unset(enum.Enum):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
 from .. import validation as v
-from ..db import Connection, Database
+from ..db import Connection, Database, Row
 from ..errors import NotFoundError, SessionStoreError
 from ..models import Conversation, Page
 from ..pagination import decode_cursor, make_page
@@ -54,7 +53,7 @@ ORDER BY c.created_at DESC, c.id DESC
 _GET_OR_CREATE_ATTEMPTS = 3
 
 
-def conversation_from_values(values: Sequence[Any]) -> Conversation:
+def conversation_from_values(values: Row) -> Conversation:
     """Build a :class:`Conversation` from values in ``CONVERSATION_COLUMNS`` order."""
     return Conversation.model_construct(
         id=values[0],

@@ -7,12 +7,12 @@ distinct sequence numbers and the counters never drift from the rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 from uuid import UUID
 
 from .. import validation as v
-from ..db import Database
+from ..db import Database, Row
 from ..errors import InvalidInputError, NotFoundError
 from ..models import Message, MessageRole
 
@@ -76,7 +76,7 @@ NewMessage = (
 )
 
 
-def message_from_values(values: Sequence[Any]) -> Message:
+def message_from_values(values: Row) -> Message:
     """Build a :class:`Message` from values in ``MESSAGE_COLUMNS`` order."""
     return Message.model_construct(
         id=values[0],
@@ -135,14 +135,18 @@ class MessagesRepository:
                 )
             roles.append(v.role(item[0], f"messages[{i}].role").value)
             contents.append(v.text(item[1], f"messages[{i}].content"))
-            metas.append(v.metadata_json(item[2] if len(item) > 2 else None, f"messages[{i}].metadata"))
+            metas.append(
+                v.metadata_json(item[2] if len(item) > 2 else None, f"messages[{i}].metadata")
+            )
             counts.append(v.tokens(item[3] if len(item) > 3 else None, f"messages[{i}].tokens"))
         if not 1 <= len(roles) <= MAX_BATCH:
             raise InvalidInputError("messages", f"must hold between 1 and {MAX_BATCH} messages")
         total = sum(c for c in counts if c is not None)
         if total > _NO_UPPER_BOUND:
             raise InvalidInputError("messages", "total tokens exceed the integer range")
-        rows = await self._db.fetch(ADD_MANY, cid, len(roles), total, roles, contents, metas, counts)
+        rows = await self._db.fetch(
+            ADD_MANY, cid, len(roles), total, roles, contents, metas, counts
+        )
         if not rows:
             raise NotFoundError(f"conversation {cid} not found")
         return sorted((message_from_values(row) for row in rows), key=lambda m: m.seq)

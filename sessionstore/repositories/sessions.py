@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
 from .. import validation as v
 from ..config import StoreConfig
-from ..db import Connection, Database
+from ..db import Connection, Database, Row
 from ..errors import (
     ConflictError,
     InvalidInputError,
@@ -98,7 +97,7 @@ DELETE FROM sessions s USING doomed WHERE s.id = doomed.id
 """
 
 
-def session_from_values(values: Sequence[Any]) -> Session:
+def session_from_values(values: Row) -> Session:
     """Build a :class:`Session` from values in ``SESSION_COLUMNS`` order (trusted rows)."""
     return Session.model_construct(
         id=values[0],
@@ -160,7 +159,7 @@ class SessionsRepository:
         *,
         title: str | None = None,
         metadata: dict[str, Any] | None = None,
-        ttl: timedelta | None | v.Unset = v.UNSET,
+        ttl: timedelta | v.Unset | None = v.UNSET,
         expires_at: datetime | None = None,
     ) -> Session:
         """Create an active session for ``user_id``.
@@ -195,7 +194,7 @@ class SessionsRepository:
         self,
         session_id: UUID | str,
         *,
-        title: str | None | v.Unset = v.UNSET,
+        title: str | v.Unset | None = v.UNSET,
         metadata: dict[str, Any] | None = None,
         expected_version: int | None = None,
     ) -> Session:
@@ -209,7 +208,9 @@ class SessionsRepository:
         title_ = v.text(title, "title", optional=True) if set_title else None
         meta = v.metadata_json(metadata)
         version = (
-            None if expected_version is None else v.positive_int(expected_version, "expected_version")
+            None
+            if expected_version is None
+            else v.positive_int(expected_version, "expected_version")
         )
 
         async def work(conn: Connection) -> Session:
@@ -238,7 +239,9 @@ class SessionsRepository:
 
         return await self._db.run(work)
 
-    async def _transition(self, session_id: UUID | str, action: Literal["pause", "resume", "complete"]) -> Session:
+    async def _transition(
+        self, session_id: UUID | str, action: Literal["pause", "resume", "complete"]
+    ) -> Session:
         sid = v.uuid(session_id, "session_id")
         target, sources = _TRANSITIONS[action]
 
@@ -303,4 +306,3 @@ class SessionsRepository:
         if total:
             logger.info("cleanup_expired deleted %d sessions", total)
         return total
-

@@ -1,0 +1,95 @@
+"""Fixtures: one PostgreSQL per run (see ``servers.py``), a migrated template database,
+and a fresh database cloned from it for every test."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+import sessionstore
+from sessionstore import SessionStore
+from sessionstore.migrations import upgrade
+
+from .servers import TestServer, test_server
+
+_names = itertools.count()
+_RUN = f"{os.getpid()}"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[TestServer]:
+    """The run's PostgreSQL server."""
+    with test_server() as server:
+        yield server
+
+
+async def _admin(server: TestServer, sql: str) -> None:
+    conn = await asyncpg.connect(server.admin_dsn, statement_cache_size=0)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def create_database(server: TestServer, template: str | None = None) -> str:
+    """A new, uniquely named database (a copy of ``template`` if given)."""
+    name = f"sstest_{_RUN}_{next(_names)}"
+    clause = f" TEMPLATE {template}" if template else ""
+    await _admin(server, f"CREATE DATABASE {name}{clause}")
+    return name
+
+
+async def drop_database(server: TestServer, name: str) -> None:
+    """Drop ``name``, disconnecting anyone still on it."""
+    await _admin(server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+async def template_db(pg_server: TestServer) -> AsyncIterator[str]:
+    """A database migrated to head, cloned for each test."""
+    name = await create_database(pg_server)
+    await asyncio.to_thread(upgrade, pg_server.dsn_for(name))
+    yield name
+    await drop_database(pg_server, name)
+
+
+@pytest.fixture
+async def empty_dsn(pg_server: TestServer) -> AsyncIterator[str]:
+    """A fresh database with no schema (for migration tests)."""
+    name = await create_database(pg_server)
+    yield pg_server.dsn_for(name)
+    await drop_database(pg_server, name)
+
+
+@pytest.fixture
+async def dsn(pg_server: TestServer, template_db: str) -> AsyncIterator[str]:
+    """A fresh database at head, for this test only."""
+    name = await create_database(pg_server, template=template_db)
+    yield pg_server.dsn_for(name)
+    await drop_database(pg_server, name)
+
+
+def store_overrides() -> dict[str, Any]:
+    """Settings every test store gets (the pooler mode under test comes from the env)."""
+    return {"pooler": os.environ.get("SESSIONSTORE_TEST_POOLER", "auto"), "max_size": 10}
+
+
+@pytest.fixture
+async def store(dsn: str) -> AsyncIterator[SessionStore]:
+    """An open store on this test's database."""
+    async with sessionstore.connect(dsn, **store_overrides()) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def conn(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection to this test's database, for checking what was written."""
+    connection = await asyncpg.connect(dsn, statement_cache_size=0)
+    yield connection
+    await connection.close()

