@@ -20,13 +20,30 @@ from .servers import TestServer, test_server
 
 _names = itertools.count()
 _RUN = f"{os.getpid()}"
+_used: list[str] = []
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[TestServer]:
     """The run's PostgreSQL server."""
     with test_server() as server:
+        _used.append(server.source)
         yield server
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _record_server_version(pg_server: TestServer) -> None:
+    conn = await asyncpg.connect(pg_server.admin_dsn, statement_cache_size=0)
+    try:
+        _used.append(str(await conn.fetchval("SHOW server_version")))
+    finally:
+        await conn.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say which PostgreSQL the run used, so every CI log shows it."""
+    if _used:
+        terminalreporter.write_line(f"PostgreSQL under test: {' '.join(_used)}")
 
 
 async def _admin(server: TestServer, sql: str) -> None:

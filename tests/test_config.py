@@ -1,0 +1,78 @@
+"""StoreConfig and the pure parts of the API (no database)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+import pytest
+
+import sessionstore
+from sessionstore import InvalidInputError, StoreConfig
+from sessionstore.config import redact_dsn
+from sessionstore.pagination import decode_cursor, encode_cursor
+
+
+def test_repr_and_str_never_show_the_password() -> None:
+    cfg = StoreConfig(dsn="postgresql://app:s3cret@db.example:5432/x")
+    assert "s3cret" not in repr(cfg)
+    assert "s3cret" not in str(cfg)
+    assert "app:***@db.example" in repr(cfg)
+    assert redact_dsn("postgresql://app@h/x") == "postgresql://app@h/x"
+
+
+@pytest.mark.parametrize(
+    ("dsn", "pooler", "effective"),
+    [
+        ("postgresql://u:p@aws-0.pooler.supabase.com:6543/postgres", "auto", "transaction"),
+        ("postgresql://u:p@aws-0.pooler.supabase.com:5432/postgres", "auto", "none"),
+        ("postgresql://u@h/db", "auto", "none"),
+        ("postgresql://u@h:6543/db", "session", "session"),
+        ("postgresql://u@h:6432/db", "transaction", "transaction"),
+    ],
+)
+def test_pooler_auto_detects_the_transaction_port(dsn: str, pooler: str, effective: str) -> None:
+    assert StoreConfig(dsn=dsn, pooler=pooler).effective_pooler == effective
+
+
+def test_transaction_pooler_turns_the_statement_cache_off() -> None:
+    store = sessionstore.connect("postgresql://u@h:6543/db", statement_timeout=5)
+    kwargs = store._db.connect_kwargs()
+    assert kwargs["statement_cache_size"] == 0
+    assert "statement_timeout" not in kwargs["server_settings"]
+    direct = sessionstore.connect("postgresql://u@h:5432/db", statement_timeout=5)
+    assert direct._db.connect_kwargs()["server_settings"]["statement_timeout"] == "5000"
+    assert "statement_cache_size" not in direct._db.connect_kwargs()
+
+
+def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SESSIONSTORE_DATABASE_URL", raising=False)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://fallback@h/db")
+    monkeypatch.setenv("SESSIONSTORE_MAX_SIZE", "42")
+    monkeypatch.setenv("SESSIONSTORE_DEFAULT_TTL", "PT1H")
+    cfg = StoreConfig()
+    assert (cfg.dsn, cfg.max_size, cfg.default_ttl) == (
+        "postgresql://fallback@h/db",
+        42,
+        timedelta(hours=1),
+    )
+    monkeypatch.setenv("SESSIONSTORE_DATABASE_URL", "postgresql://primary@h/db")
+    assert StoreConfig().dsn == "postgresql://primary@h/db"
+
+
+def test_overrides_are_validated() -> None:
+    with pytest.raises(InvalidInputError) as info:
+        sessionstore.connect("postgresql://u@h/db", min_size=5, max_size=2)
+    assert info.value.field == "max_size"
+    with pytest.raises(InvalidInputError) as pooler:
+        sessionstore.connect("postgresql://u@h/db", pooler="pgbouncer")
+    assert pooler.value.field == "pooler"
+
+
+def test_cursor_round_trip() -> None:
+    at, row_id = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC), uuid4()
+    assert decode_cursor(encode_cursor(at, row_id)) == (at, row_id)
+    assert decode_cursor(None) == (None, None)
+    for bad in ("", "x", encode_cursor(at, row_id)[:-3] + "!!!"):
+        with pytest.raises(InvalidInputError):
+            decode_cursor(bad)
