@@ -79,10 +79,12 @@ def translate_errors() -> Iterator[None]:
         raise
     except asyncpg.PostgresError as exc:
         raise _error_from_postgres(exc) from exc
-    except (asyncpg.exceptions.ConnectionDoesNotExistError, ConnectionError, OSError) as exc:
+    except TimeoutError as exc:  # before OSError, of which it is a subclass
+        raise StoreTimeoutError(
+            "operation timed out on the client; it was cancelled and its outcome is unknown"
+        ) from exc
+    except OSError as exc:  # ConnectionError included
         raise StoreUnavailableError(f"connection to the database lost: {exc}") from exc
-    except TimeoutError as exc:
-        raise StoreTimeoutError("operation timed out") from exc
     except asyncpg.InterfaceError as exc:
         raise SessionStoreError(f"driver error: {exc}") from exc
 
@@ -218,7 +220,16 @@ class Database:
             try:
                 yield conn
             finally:
-                await pool.release(conn)
+                await self._release(pool, conn)
+
+    @staticmethod
+    async def _release(pool: asyncpg.Pool, conn: PoolConnectionProxy[Any]) -> None:
+        try:
+            await pool.release(conn)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            # asyncpg has terminated the broken connection and the pool will open a new
+            # one; the caller's own outcome (result or error) is what matters.
+            logger.debug("discarded a connection that failed to reset: %r", exc)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:

@@ -71,25 +71,37 @@ async def drop_database(server: TestServer, name: str) -> None:
 async def template_db(pg_server: TestServer) -> AsyncIterator[str]:
     """A database migrated to head, cloned for each test."""
     name = await create_database(pg_server)
-    await asyncio.to_thread(upgrade, pg_server.dsn_for(name))
+    await asyncio.to_thread(upgrade, pg_server.admin_dsn_for(name))
     yield name
     await drop_database(pg_server, name)
 
 
 @pytest.fixture
 async def empty_dsn(pg_server: TestServer) -> AsyncIterator[str]:
-    """A fresh database with no schema (for migration tests)."""
+    """A fresh database with no schema (for migration tests), reached directly."""
     name = await create_database(pg_server)
-    yield pg_server.dsn_for(name)
+    yield pg_server.admin_dsn_for(name)
     await drop_database(pg_server, name)
 
 
 @pytest.fixture
-async def dsn(pg_server: TestServer, template_db: str) -> AsyncIterator[str]:
-    """A fresh database at head, for this test only."""
+async def database(pg_server: TestServer, template_db: str) -> AsyncIterator[str]:
+    """The name of a fresh database at head, for this test only."""
     name = await create_database(pg_server, template=template_db)
-    yield pg_server.dsn_for(name)
+    yield name
     await drop_database(pg_server, name)
+
+
+@pytest.fixture
+def dsn(pg_server: TestServer, database: str) -> str:
+    """The application DSN of this test's database (through the pooler under test, if any)."""
+    return pg_server.dsn_for(database)
+
+
+@pytest.fixture
+def admin_dsn(pg_server: TestServer, database: str) -> str:
+    """A direct DSN to this test's database, for migrations and checks."""
+    return pg_server.admin_dsn_for(database)
 
 
 def store_overrides() -> dict[str, Any]:
@@ -105,8 +117,8 @@ async def store(dsn: str) -> AsyncIterator[SessionStore]:
 
 
 @pytest.fixture
-async def conn(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+async def conn(admin_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     """A direct connection to this test's database, for checking what was written."""
-    connection = await asyncpg.connect(dsn, statement_cache_size=0)
+    connection = await asyncpg.connect(admin_dsn, statement_cache_size=0)
     yield connection
     await connection.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 
 TABLES = ("sessions", "conversations", "messages")
@@ -17,3 +19,22 @@ async def expire(conn: asyncpg.Connection, session_id: object) -> None:
     await conn.execute(
         "UPDATE sessions SET expires_at = now() - interval '1 second' WHERE id = $1", session_id
     )
+
+
+async def lock_waiters(conn: asyncpg.Connection) -> int:
+    """How many backends on this database are waiting for a lock."""
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+    )
+
+
+async def wait_for_lock_waiters(conn: asyncpg.Connection, wanted: int) -> None:
+    """Poll until exactly ``wanted`` backends wait for a lock.
+
+    Lock waits happen on the server, where there is no event to await.
+    """
+    while await lock_waiters(conn) != wanted:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)

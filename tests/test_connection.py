@@ -18,6 +18,7 @@ from sessionstore import (
 )
 
 from .conftest import store_overrides
+from .helpers import wait_for_lock_waiters
 
 
 def _unused_port() -> int:
@@ -59,23 +60,24 @@ async def test_missing_dsn_and_unknown_setting(monkeypatch: pytest.MonkeyPatch) 
     assert bad.value.field == "dsn"
 
 
-async def test_blocked_statement_times_out(store: SessionStore, dsn: str) -> None:
+async def test_blocked_statement_times_out(
+    store: SessionStore, dsn: str, conn: asyncpg.Connection
+) -> None:
+    """Server-side statement_timeout (direct) or client-side command_timeout (behind a
+    transaction pooler, which cannot carry statement_timeout) both end the wait."""
     s = await store.sessions.create("u")
-    blocker = await asyncpg.connect(dsn)
     async with sessionstore.connect(
         dsn, statement_timeout=0.2, command_timeout=1.0, **store_overrides()
     ) as impatient:
-        try:
-            tx = blocker.transaction()
-            await tx.start()
-            await blocker.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", s.id)
+        async with conn.transaction():
+            await conn.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", s.id)
             with pytest.raises(StoreTimeoutError):
                 await impatient.sessions.record_turn(s.id, tokens=1)
-            await tx.rollback()
-            # the pool is healthy afterwards
-            assert (await impatient.sessions.record_turn(s.id, tokens=1)).turn_count == 1
-        finally:
-            await blocker.close()
+            # A client-side cancel reaches the server asynchronously: keep the lock until
+            # it has landed, or the "timed out" statement could still commit.
+            await wait_for_lock_waiters(conn, 0)
+        # the pool is healthy afterwards, and the timed-out call wrote nothing
+        assert (await impatient.sessions.record_turn(s.id, tokens=1)).turn_count == 1
 
 
 async def test_cancelled_caller_leaves_no_partial_write_and_a_healthy_pool(
@@ -91,16 +93,11 @@ async def test_cancelled_caller_leaves_no_partial_write_and_a_healthy_pool(
         await conn.execute("BEGIN")
         await conn.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", s.id)
         task = asyncio.create_task(store.add_turn("c", "user", "x", session_id=s.id, tokens=3))
-        # The lock wait happens on the server, where no event can be awaited: poll for it.
-        blocked = (
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        )
-        while not await conn.fetchval(blocked):  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+        await wait_for_lock_waiters(conn, 1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        await wait_for_lock_waiters(conn, 0)
         await conn.execute("ROLLBACK")
         assert await conn.fetchval("SELECT count(*) FROM messages") == 0
         assert await conn.fetchval("SELECT turn_count FROM sessions") == 0

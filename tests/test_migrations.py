@@ -63,10 +63,10 @@ def _diff(connection: Any) -> list[Any]:
     return list(compare_metadata(context, metadata))
 
 
-async def test_schema_py_matches_the_migrated_database(dsn: str) -> None:
+async def test_schema_py_matches_the_migrated_database(admin_dsn: str) -> None:
     engine = create_async_engine(
         "postgresql+asyncpg://",
-        async_creator=lambda: asyncpg.connect(dsn, statement_cache_size=0),
+        async_creator=lambda: asyncpg.connect(admin_dsn, statement_cache_size=0),
         poolclass=NullPool,
     )
     try:
@@ -177,8 +177,8 @@ async def test_counters_and_seq_are_backfilled(empty_dsn: str) -> None:
 
 
 @pytest.mark.parametrize("revision", ["0002_sessions", "0001_baseline"])
-async def test_each_downgrade_step_works_with_data(dsn: str, revision: str) -> None:
-    conn = await asyncpg.connect(dsn)
+async def test_each_downgrade_step_works_with_data(admin_dsn: str, revision: str) -> None:
+    conn = await asyncpg.connect(admin_dsn)
     try:
         sid = await conn.fetchval("INSERT INTO sessions (user_id) VALUES ('u') RETURNING id")
         cid = await conn.fetchval(
@@ -193,11 +193,11 @@ async def test_each_downgrade_step_works_with_data(dsn: str, revision: str) -> N
         )
     finally:
         await conn.close()
-    await asyncio.to_thread(downgrade, dsn, revision)
-    conn = await asyncpg.connect(dsn)
+    await asyncio.to_thread(downgrade, admin_dsn, revision)
+    conn = await asyncpg.connect(admin_dsn)
     try:
         assert await conn.fetchval("SELECT count(*) FROM messages") == 1
         assert await conn.fetchval("SELECT version_num FROM alembic_version") == revision
     finally:
         await conn.close()
-    await asyncio.to_thread(upgrade, dsn)
+    await asyncio.to_thread(upgrade, admin_dsn)
