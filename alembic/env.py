@@ -8,19 +8,23 @@ The DSN comes from (first found): ``config.attributes["dsn"]`` (set by
 from __future__ import annotations
 
 import asyncio
+import logging
 from logging.config import fileConfig
 from typing import Any
 
 import asyncpg
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from alembic import context
+from sessionstore.adoption import original_revision
 from sessionstore.config import StoreConfig
 from sessionstore.schema import metadata
 
 config = context.config
+logger = logging.getLogger("sessionstore")
 if config.config_file_name is not None and not config.attributes.get("skip_logging_config"):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
@@ -45,6 +49,12 @@ def run_offline() -> None:
 
 def _run_sync(connection: Connection) -> None:
     _configure(connection=connection)
+    adopted = original_revision(connection)
+    if adopted is not None:
+        # Tables from the original Supabase SQL: record what they match, then upgrade.
+        logger.warning("adopting the existing original schema as revision %s", adopted)
+        with context.begin_transaction():
+            context.get_context().stamp(ScriptDirectory.from_config(config), adopted)
     with context.begin_transaction():
         context.run_migrations()
 

@@ -7,13 +7,14 @@ from .errors import (
     InvalidInputError,
     InvalidStateError,
     NotFoundError,
+    PermissionDeniedError,
     SessionExpiredError,
     SessionStoreError,
     StoreTimeoutError,
     StoreUnavailableError,
 )
 from .models import Conversation, Message, MessageRole, Page, Session, SessionStatus
-from .store import SessionStore, connect
+from .store import SessionStore, UserView, connect
 from .turns import Turn
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "MessageRole",
     "NotFoundError",
     "Page",
+    "PermissionDeniedError",
     "Session",
     "SessionExpiredError",
     "SessionStatus",
@@ -34,6 +36,7 @@ __all__ = [
     "StoreTimeoutError",
     "StoreUnavailableError",
     "Turn",
+    "UserView",
     "connect",
 ]
 

@@ -22,12 +22,20 @@ from .errors import (
     ConflictError,
     InvalidInputError,
     NotFoundError,
+    PermissionDeniedError,
     SessionStoreError,
     StoreTimeoutError,
     StoreUnavailableError,
 )
 
-__all__ = ["ConfigureCallback", "Connection", "Database", "Row", "translate_errors"]
+__all__ = [
+    "ConfigureCallback",
+    "Connection",
+    "Database",
+    "Row",
+    "UserScopedDatabase",
+    "translate_errors",
+]
 
 logger = logging.getLogger("sessionstore")
 
@@ -57,6 +65,8 @@ def _error_from_postgres(exc: asyncpg.PostgresError) -> SessionStoreError:
         )
     if state in ("23505", "40001", "40P01"):
         return ConflictError(f"concurrent write conflict: {exc.detail or message}", sqlstate=state)
+    if state == "42501":
+        return PermissionDeniedError(f"permission denied: {message}", sqlstate=state)
     if state.startswith("22") or state in ("23502", "23514"):
         field = (
             getattr(exc, "column_name", None) or getattr(exc, "constraint_name", None) or "value"
@@ -124,6 +134,9 @@ class Database:
     at most ``acquire_timeout``; connecting at most ``connect_timeout``; each statement at
     most ``command_timeout`` on the client and ``statement_timeout`` on the server.
     """
+
+    #: Whether operations run under row-level security in a per-operation transaction.
+    rls_scoped = False
 
     def __init__(self, config: StoreConfig, *, configure: ConfigureCallback | None = None) -> None:
         if not config.dsn:
@@ -272,3 +285,48 @@ class Database:
     async def fetchval(self, query: str, *args: Any, retry: bool = False) -> Any:
         """The first column of the first row of ``query``."""
         return await self.run(lambda conn: conn.fetchval(query, *args), retry=retry)
+
+
+# Transaction-local (is_local = true): the settings end with the transaction, so nothing
+# reaches the next user of the connection, even behind a transaction pooler.
+SET_USER_SCOPE = """
+SELECT set_config('request.jwt.claims', $1, true), set_config('role', 'authenticated', true)
+"""
+
+
+class UserScopedDatabase(Database):
+    """The pool of ``parent``, with every operation run as a Supabase ``authenticated`` user.
+
+    Each acquisition opens a transaction and sets ``request.jwt.claims`` and the role
+    locally before the work runs; commit or rollback ends both.
+    """
+
+    rls_scoped = True
+
+    def __init__(self, parent: Database, claims_json: str) -> None:
+        # Deliberately not Database.__init__: this shares the parent's pool.
+        self.config = parent.config
+        self.pooler = parent.pooler
+        self._parent = parent
+        self._claims = claims_json
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The parent's pool."""
+        return self._parent.pool
+
+    async def open(self) -> None:
+        """Open the parent's pool."""
+        await self._parent.open()
+
+    async def close(self) -> None:
+        """Nothing: the parent owns the pool."""
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Connection]:
+        """A pooled connection inside a transaction scoped to the user."""
+        async with self._parent.acquire() as conn:
+            with translate_errors():
+                async with conn.transaction():
+                    await conn.execute(SET_USER_SCOPE, self._claims)
+                    yield conn

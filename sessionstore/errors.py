@@ -12,6 +12,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidStateError",
     "NotFoundError",
+    "PermissionDeniedError",
     "SessionExpiredError",
     "SessionStoreError",
     "StoreTimeoutError",
@@ -53,6 +54,10 @@ class InvalidInputError(SessionStoreError, ValueError):
     def __init__(self, field: str, rule: str) -> None:
         super().__init__(f"{field}: {rule}")
         self.field = field
+
+
+class PermissionDeniedError(SessionStoreError):
+    """Row-level security or a missing grant refused the operation (SQLSTATE 42501)."""
 
 
 class StoreUnavailableError(SessionStoreError):

@@ -10,31 +10,77 @@ from uuid import UUID
 
 from pydantic import ValidationError
 
+from . import validation as v
 from .config import StoreConfig
-from .db import ConfigureCallback, Database
+from .db import ConfigureCallback, Database, UserScopedDatabase
 from .errors import InvalidInputError
 from .models import MessageRole
 from .repositories import ConversationsRepository, MessagesRepository, SessionsRepository
 from .turns import Turn, add_turn
 
-__all__ = ["SessionStore", "connect"]
+__all__ = ["SessionStore", "UserView", "connect"]
 
 logger = logging.getLogger("sessionstore")
 
 
-class SessionStore:
+class _Repositories:
+    """The repositories and ``add_turn`` over one database handle."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self.sessions = SessionsRepository(db, db.config)
+        self.conversations = ConversationsRepository(db)
+        self.messages = MessagesRepository(db)
+
+    async def add_turn(
+        self,
+        continuation_id: str,
+        role: MessageRole | str,
+        content: str,
+        *,
+        session_id: UUID | str | None = None,
+        metadata: dict[str, Any] | None = None,
+        tokens: int | None = None,
+    ) -> Turn:
+        """Get-or-create the conversation, append the message and bump the session's
+        counters, in one round trip and one transaction. See :func:`sessionstore.turns.add_turn`.
+        """
+        return await add_turn(
+            self._db,
+            continuation_id,
+            role,
+            content,
+            session_id=session_id,
+            metadata=metadata,
+            tokens=tokens,
+        )
+
+
+class UserView(_Repositories):
+    """The store's repositories run under row-level security as one Supabase user.
+
+    Every operation is its own transaction that sets ``request.jwt.claims`` and the
+    ``authenticated`` role locally, so the database's policies decide what is visible:
+    other users' rows read as absent (``NotFoundError``, empty pages) and writes the
+    policies refuse raise ``PermissionDeniedError``.
+    """
+
+    def __init__(self, db: UserScopedDatabase, user_id: str) -> None:
+        super().__init__(db)
+        self.user_id = user_id
+
+
+class SessionStore(_Repositories):
     """Session state in PostgreSQL. Open it with ``async with`` or ``await``; close it once.
 
     ``sessions``, ``conversations`` and ``messages`` are the repositories; every method is
-    safe to call from many tasks at once.
+    safe to call from many tasks at once. This is the service path (the connecting role's
+    own rights); :meth:`as_user` gives the same API under row-level security.
     """
 
     def __init__(self, config: StoreConfig, *, configure: ConfigureCallback | None = None) -> None:
+        super().__init__(Database(config, configure=configure))
         self.config = config
-        self._db = Database(config, configure=configure)
-        self.sessions = SessionsRepository(self._db, config)
-        self.conversations = ConversationsRepository(self._db)
-        self.messages = MessagesRepository(self._db)
 
     @property
     def pooler(self) -> str:
@@ -64,28 +110,23 @@ class SessionStore:
     ) -> None:
         await self.close()
 
-    async def add_turn(
-        self,
-        continuation_id: str,
-        role: MessageRole | str,
-        content: str,
-        *,
-        session_id: UUID | str | None = None,
-        metadata: dict[str, Any] | None = None,
-        tokens: int | None = None,
-    ) -> Turn:
-        """Get-or-create the conversation, append the message and bump the session's
-        counters, in one round trip and one transaction. See :func:`sessionstore.turns.add_turn`.
+    def as_user(self, user_id: str, *, claims: dict[str, Any] | None = None) -> UserView:
+        """The same repositories, run as the Supabase user ``user_id`` under RLS.
+
+        The JWT claims are ``{"sub": user_id, "role": "authenticated"}`` plus ``claims``
+        (which may not change ``sub`` or ``role``). Nothing is set on the connection
+        beyond each operation's transaction.
         """
-        return await add_turn(
-            self._db,
-            continuation_id,
-            role,
-            content,
-            session_id=session_id,
-            metadata=metadata,
-            tokens=tokens,
-        )
+        uid = v.identifier(user_id, "user_id")
+        extra = dict(claims or {})
+        for key, fixed in (("sub", uid), ("role", "authenticated")):
+            if extra.setdefault(key, fixed) != fixed:
+                raise InvalidInputError(
+                    "claims", f"{key!r} is set by as_user and must be {fixed!r}"
+                )
+        claims_json = v.metadata_json(extra, "claims")
+        assert claims_json is not None
+        return UserView(UserScopedDatabase(self._db, claims_json), uid)
 
 
 def connect(

@@ -57,6 +57,18 @@ SELECT msg.*, conv.*, sess.* FROM msg CROSS JOIN conv LEFT JOIN sess ON true
 """
 
 
+# Under RLS the policies' subqueries see the statement's snapshot, which does not hold
+# rows inserted by earlier CTEs of the same statement: a message into a conversation
+# created in that statement would fail its policy. So a user-scoped turn first creates
+# the conversation (only if the session is visible), in the same transaction.
+PRECREATE_CONVERSATION = """
+INSERT INTO conversations (continuation_id, session_id)
+SELECT $1, $2::uuid
+WHERE $2::uuid IS NULL OR EXISTS (SELECT 1 FROM sessions WHERE id = $2::uuid)
+ON CONFLICT (continuation_id) DO NOTHING
+"""
+
+
 class Turn(BaseModel):
     """What ``add_turn`` wrote: the message, and the conversation and session after it."""
 
@@ -82,6 +94,7 @@ async def add_turn(
 
     The session must exist, be active and not expired (``NotFoundError``,
     ``InvalidStateError``, ``SessionExpiredError``); otherwise nothing is written.
+    Under row-level security (``as_user``) it takes two statements in one transaction.
     """
     cont = v.identifier(continuation_id, "continuation_id")
     sid = None if session_id is None else v.uuid(session_id, "session_id")
@@ -91,6 +104,8 @@ async def add_turn(
     count = v.tokens(tokens)
 
     async def work(conn: Connection) -> Turn:
+        if db.rls_scoped:
+            await conn.execute(PRECREATE_CONVERSATION, cont, sid)
         row = await conn.fetchrow(ADD_TURN, cont, sid, role_.value, text, count, meta)
         if row is None:
             assert sid is not None  # without a session the statement always writes

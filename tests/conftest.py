@@ -17,6 +17,7 @@ from sessionstore import SessionStore
 from sessionstore.migrations import upgrade
 
 from .servers import TestServer, test_server
+from .supabase_sql import AUTH_AND_GRANTS, ROLES
 
 _names = itertools.count()
 _RUN = f"{os.getpid()}"
@@ -47,7 +48,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 async def _admin(server: TestServer, sql: str) -> None:
-    conn = await asyncpg.connect(server.admin_dsn, statement_cache_size=0)
+    await _admin_on(server, None, sql)
+
+
+async def _admin_on(server: TestServer, database: str | None, sql: str) -> None:
+    dsn = server.admin_dsn if database is None else server.admin_dsn_for(database)
+    conn = await asyncpg.connect(dsn, statement_cache_size=0)
     try:
         await conn.execute(sql)
     finally:
@@ -73,6 +79,35 @@ async def template_db(pg_server: TestServer) -> AsyncIterator[str]:
     name = await create_database(pg_server)
     await asyncio.to_thread(upgrade, pg_server.admin_dsn_for(name))
     yield name
+    await drop_database(pg_server, name)
+
+
+@pytest.fixture(scope="session")
+async def supabase_template(pg_server: TestServer) -> AsyncIterator[str]:
+    """A Supabase-like database (roles, auth schema, default grants) migrated to head."""
+    await _admin(pg_server, ROLES)
+    name = await create_database(pg_server)
+    await _admin_on(pg_server, name, AUTH_AND_GRANTS)
+    await asyncio.to_thread(upgrade, pg_server.admin_dsn_for(name))
+    yield name
+    await drop_database(pg_server, name)
+
+
+@pytest.fixture
+async def supabase_database(pg_server: TestServer, supabase_template: str) -> AsyncIterator[str]:
+    """A fresh Supabase-like database at head, for this test only."""
+    name = await create_database(pg_server, template=supabase_template)
+    yield name
+    await drop_database(pg_server, name)
+
+
+@pytest.fixture
+async def supabase_like_empty(pg_server: TestServer) -> AsyncIterator[str]:
+    """A fresh Supabase-like database with no schema of ours; its direct DSN."""
+    await _admin(pg_server, ROLES)
+    name = await create_database(pg_server)
+    await _admin_on(pg_server, name, AUTH_AND_GRANTS)
+    yield pg_server.admin_dsn_for(name)
     await drop_database(pg_server, name)
 
 

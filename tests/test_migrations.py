@@ -85,17 +85,20 @@ async def test_rls_policies_triggers_and_cleanup_function(conn: asyncpg.Connecti
             ["sessions", "conversations", "messages"],
         )
     }
-    assert rls == {"sessions": True, "conversations": False, "messages": False}
+    assert rls == {"sessions": True, "conversations": True, "messages": True}
     policies = {
-        r[0]
-        for r in await conn.fetch("SELECT policyname FROM pg_policies WHERE tablename = 'sessions'")
+        (r[0], r[1]) for r in await conn.fetch("SELECT tablename, policyname FROM pg_policies")
     }
     assert policies == {
-        "sessions_select_own",
-        "sessions_insert_own",
-        "sessions_update_own",
-        "sessions_delete_own",
-        "sessions_service_role_all",
+        ("sessions", "sessions_select_own"),
+        ("sessions", "sessions_insert_own"),
+        ("sessions", "sessions_update_own"),
+        ("sessions", "sessions_delete_own"),
+        ("sessions", "sessions_service_role_all"),
+        ("conversations", "conversations_own"),
+        ("conversations", "conversations_service_role_all"),
+        ("messages", "messages_own"),
+        ("messages", "messages_service_role_all"),
     }
     triggers = {
         r[0] for r in await conn.fetch("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")
@@ -126,7 +129,8 @@ async def test_policies_apply_to_a_role_without_bypass(conn: asyncpg.Connection)
             await conn.execute("SET LOCAL ROLE sstest_rls_user")
             assert await conn.fetchval("SELECT count(*) FROM sessions") == 0
             await conn.execute(
-                "SELECT set_config('request.jwt.claims', $1, true)", '{"sub": "alice"}'
+                "SELECT set_config('request.jwt.claims', $1, true)",
+                '{"sub": "alice", "role": "authenticated"}',
             )
             assert [r[0] for r in await conn.fetch("SELECT user_id FROM sessions")] == ["alice"]
             await conn.execute(

@@ -7,7 +7,7 @@ from uuid import UUID
 
 from .. import validation as v
 from ..db import Connection, Database, Row
-from ..errors import NotFoundError, SessionStoreError
+from ..errors import NotFoundError, PermissionDeniedError
 from ..models import Conversation, Page
 from ..pagination import decode_cursor, make_page
 
@@ -102,7 +102,10 @@ class ConversationsRepository:
                     raise NotFoundError(f"session {sid} not found", sqlstate=exc.sqlstate) from None
                 if row is not None:
                     return conversation_from_values(row)
-            raise SessionStoreError(f"could not get or create conversation {cid!r}")
+            # The row exists (the insert conflicted) yet stays invisible: RLS hides it.
+            raise PermissionDeniedError(
+                f"conversation {cid!r} exists but is not visible to this user"
+            )
 
         return await self._db.run(work, retry=True)
 

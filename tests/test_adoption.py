@@ -1,0 +1,216 @@
+"""Adopting a database created by the original Supabase SQL, with rows in it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+from typer.testing import CliRunner
+
+import sessionstore
+from sessionstore.cli import app
+from sessionstore.migrations import downgrade, head_revision, upgrade
+
+from .supabase_sql import ORIGINAL_BASE, ORIGINAL_SESSIONS, UUID_OSSP
+
+ROOT = Path(__file__).resolve().parent.parent
+ALICE = "6f1c1a52-0000-4000-8000-00000000a11c"
+
+ROWS = """
+INSERT INTO sessions (id, user_id, title, turn_count, total_tokens, expires_at, metadata)
+VALUES ('11111111-1111-4111-8111-111111111111', $1, 'old', 4, 120, now() + interval '1 day', NULL);
+INSERT INTO conversations (id, continuation_id, title, session_id)
+VALUES ('22222222-2222-4222-8222-222222222222', 'cont-old', 't',
+        '11111111-1111-4111-8111-111111111111'),
+       ('33333333-3333-4333-8333-333333333333', 'cont-loose', NULL, NULL);
+"""
+# Inserted out of time order, with a tie on created_at broken by id.
+MESSAGES = [
+    (
+        "22222222-2222-4222-8222-222222222222",
+        "assistant",
+        "third",
+        3,
+        "aaaaaaaa-0000-4000-8000-000000000003",
+    ),
+    (
+        "22222222-2222-4222-8222-222222222222",
+        "user",
+        "first",
+        1,
+        "aaaaaaaa-0000-4000-8000-000000000001",
+    ),
+    (
+        "22222222-2222-4222-8222-222222222222",
+        "user",
+        "second-a",
+        2,
+        "aaaaaaaa-0000-4000-8000-00000000002a",
+    ),
+    (
+        "22222222-2222-4222-8222-222222222222",
+        "user",
+        "second-b",
+        2,
+        "aaaaaaaa-0000-4000-8000-00000000002b",
+    ),
+    (
+        "33333333-3333-4333-8333-333333333333",
+        "system",
+        "alone",
+        1,
+        "aaaaaaaa-0000-4000-8000-000000000009",
+    ),
+]
+
+
+async def _make_original(dsn: str, *, with_sessions: bool = True) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(UUID_OSSP)
+        await conn.execute(ORIGINAL_BASE)
+        if with_sessions:
+            await conn.execute(ORIGINAL_SESSIONS)
+            for statement in ROWS.strip().split(";\n"):
+                await conn.execute(statement, *([ALICE] if "$1" in statement else []))
+        else:
+            await conn.execute(
+                "INSERT INTO conversations (id, continuation_id) VALUES"
+                " ('22222222-2222-4222-8222-222222222222', 'cont-old'),"
+                " ('33333333-3333-4333-8333-333333333333', 'cont-loose')"
+            )
+        for conv, role, content, minute, mid in MESSAGES:
+            await conn.execute(
+                "INSERT INTO messages (id, conversation_id, role, content, created_at)"
+                " VALUES ($1, $2, $3, $4,"
+                " timestamptz '2025-01-01 00:00+00' + make_interval(mins => $5))",
+                mid,
+                conv,
+                role,
+                content,
+                minute,
+            )
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def original_dsn(supabase_like_empty: str) -> str:
+    await _make_original(supabase_like_empty)
+    return supabase_like_empty
+
+
+async def _check_adopted(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await conn.fetchval("SELECT version_num FROM alembic_version") == head_revision()
+        assert await conn.fetchval("SELECT count(*) FROM messages") == len(MESSAGES)
+    finally:
+        await conn.close()
+    async with sessionstore.connect(dsn) as store:
+        history = await store.messages.history("22222222-2222-4222-8222-222222222222")
+        assert [(m.seq, m.content) for m in history] == [
+            (1, "first"),
+            (2, "second-a"),
+            (3, "second-b"),
+            (4, "third"),
+        ]
+        conv = await store.conversations.get_by_continuation_id("cont-old")
+        assert (conv.message_count, conv.last_message_at) == (4, history[-1].created_at)
+        loose = await store.conversations.get_by_continuation_id("cont-loose")
+        assert (loose.message_count, loose.session_id) == (1, None)
+        s = await store.sessions.get("11111111-1111-4111-8111-111111111111")
+        assert (s.title, s.turn_count, s.total_tokens, s.metadata, s.version) == (
+            "old",
+            4,
+            120,
+            {},
+            1,
+        )
+        # and the adopted database works as a new one does, under RLS too
+        turn = await store.add_turn("cont-old", "assistant", "fifth", session_id=s.id, tokens=5)
+        assert turn.message.seq == 5
+        assert (await store.as_user(ALICE).messages.count(conv.id)) == 5
+
+
+async def test_sessionstore_migrate_adopts(original_dsn: str) -> None:
+    result = await asyncio.to_thread(CliRunner().invoke, app, ["migrate", "--dsn", original_dsn])
+    assert result.exit_code == 0, result.output
+    await _check_adopted(original_dsn)
+
+
+async def test_alembic_upgrade_head_adopts(original_dsn: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "alembic",
+        "-x",
+        f"dsn={original_dsn}",
+        "upgrade",
+        "head",
+        cwd=ROOT,
+        env={**os.environ},
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert "adopting the existing original schema as revision 0002_sessions" in err.decode()
+    await _check_adopted(original_dsn)
+
+
+async def test_baseline_only_database_is_adopted_at_0001(supabase_like_empty: str) -> None:
+    await _make_original(supabase_like_empty, with_sessions=False)
+    await asyncio.to_thread(upgrade, supabase_like_empty)
+    conn = await asyncpg.connect(supabase_like_empty)
+    try:
+        assert await conn.fetchval("SELECT version_num FROM alembic_version") == head_revision()
+        assert await conn.fetchval("SELECT count(*) FROM sessions") == 0
+        seqs = await conn.fetch(
+            "SELECT content, seq FROM messages WHERE conversation_id = $1 ORDER BY seq",
+            "22222222-2222-4222-8222-222222222222",
+        )
+        assert [r["content"] for r in seqs] == ["first", "second-a", "second-b", "third"]
+    finally:
+        await conn.close()
+
+
+async def test_downgrade_to_the_adoption_point_leaves_the_original_usable(
+    original_dsn: str,
+) -> None:
+    await asyncio.to_thread(upgrade, original_dsn)
+    await asyncio.to_thread(downgrade, original_dsn, "0002_sessions")
+    conn = await asyncpg.connect(original_dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM messages") == len(MESSAGES)
+        # what the original application did still works
+        cid = await conn.fetchval(
+            "INSERT INTO conversations (continuation_id) VALUES ('after') RETURNING id"
+        )
+        await conn.execute(
+            "INSERT INTO messages (conversation_id, role, content) VALUES ($1, 'user', 'x')", cid
+        )
+        sid = await conn.fetchval(
+            "INSERT INTO sessions (user_id, expires_at)"
+            " VALUES ('u', now() - $1::interval) RETURNING id",
+            timedelta(hours=1),
+        )
+        assert await conn.fetchval("SELECT cleanup_expired_sessions()") == 1
+        assert await conn.fetchval("SELECT count(*) FROM sessions WHERE id = $1", sid) == 0
+    finally:
+        await conn.close()
+    await asyncio.to_thread(upgrade, original_dsn)
+    await _check_adopted_rows_only(original_dsn)
+
+
+async def _check_adopted_rows_only(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM messages") == len(MESSAGES) + 1
+        assert await conn.fetchval("SELECT version_num FROM alembic_version") == head_revision()
+    finally:
+        await conn.close()
