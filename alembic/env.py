@@ -29,12 +29,14 @@ if config.config_file_name is not None and not config.attributes.get("skip_loggi
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 
-def _dsn() -> str:
+def _store_config() -> StoreConfig:
+    """The library's settings, with the DSN this run was given."""
+    settings = StoreConfig()
     dsn = config.attributes.get("dsn") or context.get_x_argument(as_dictionary=True).get("dsn")
-    dsn = dsn or StoreConfig().dsn
+    dsn = dsn or settings.dsn
     if not dsn:
         raise SystemExit("no database URL: set SESSIONSTORE_DATABASE_URL or pass -x dsn=...")
-    return str(dsn)
+    return settings.model_copy(update={"dsn": str(dsn)})
 
 
 def _configure(**kwargs: Any) -> None:
@@ -60,13 +62,15 @@ def _run_sync(connection: Connection) -> None:
 
 
 async def run_online() -> None:
-    dsn = _dsn()
+    settings = _store_config()
 
     async def creator() -> asyncpg.Connection:
         # No statement cache: migrations must also survive a session-mode pooler.
         return await asyncpg.connect(
-            dsn,
+            settings.dsn,
+            ssl=settings.ssl_argument(),
             statement_cache_size=0,
+            timeout=settings.connect_timeout,
             server_settings={"application_name": "sessionstore-migrate"},
         )
 

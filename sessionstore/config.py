@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from ssl import SSLContext, create_default_context
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -57,6 +58,7 @@ class StoreConfig(BaseSettings):
     max_size: int = Field(default=10, ge=1)
     pooler: PoolerMode = "auto"
     ssl: SslMode | None = None
+    ssl_root_cert: Path | None = None
     application_name: str = "sessionstore"
     connect_timeout: float = Field(default=10.0, gt=0)
     acquire_timeout: float = Field(default=30.0, gt=0)
@@ -81,6 +83,13 @@ class StoreConfig(BaseSettings):
             raise ValueError("must be a postgresql:// or postgres:// URL")
         return value
 
+    @field_validator("ssl_root_cert")
+    @classmethod
+    def _check_root_cert(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
     @field_validator("max_size")
     @classmethod
     def _check_sizes(cls, value: int, info: Any) -> int:
@@ -88,6 +97,22 @@ class StoreConfig(BaseSettings):
         if value < min_size:
             raise ValueError(f"must be >= min_size ({min_size})")
         return value
+
+    def ssl_argument(self) -> SslMode | SSLContext | None:
+        """What asyncpg's ``ssl`` parameter gets: ``None`` leaves it to the DSN's ``sslmode``.
+
+        With ``ssl_root_cert`` the server certificate is verified against that CA file:
+        ``verify-ca`` checks the chain, ``verify-full`` (the default when only the file
+        is given) also the host name.
+        """
+        if self.ssl_root_cert is None:
+            return self.ssl
+        mode = self.ssl or "verify-full"
+        if mode not in ("verify-ca", "verify-full"):
+            raise ValueError(f"ssl_root_cert needs ssl verify-ca or verify-full, not {mode}")
+        context = create_default_context(cafile=str(self.ssl_root_cert))
+        context.check_hostname = mode == "verify-full"
+        return context
 
     @property
     def effective_pooler(self) -> Literal["none", "transaction", "session"]:

@@ -173,8 +173,12 @@ class Database:
             kwargs["statement_cache_size"] = 0
         elif cfg.statement_timeout is not None:
             settings["statement_timeout"] = str(int(cfg.statement_timeout * 1000))
-        if cfg.ssl is not None:
-            kwargs["ssl"] = cfg.ssl
+        try:
+            ssl_arg = cfg.ssl_argument()
+        except ValueError as exc:
+            raise InvalidInputError("ssl", str(exc)) from None
+        if ssl_arg is not None:
+            kwargs["ssl"] = ssl_arg
         kwargs["server_settings"] = settings
         return kwargs
 

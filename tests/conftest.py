@@ -32,15 +32,6 @@ def pg_server() -> Iterator[TestServer]:
         yield server
 
 
-@pytest.fixture(scope="session", autouse=True)
-async def _record_server_version(pg_server: TestServer) -> None:
-    conn = await asyncpg.connect(pg_server.admin_dsn, statement_cache_size=0)
-    try:
-        _used.append(str(await conn.fetchval("SHOW server_version")))
-    finally:
-        await conn.close()
-
-
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Say which PostgreSQL the run used, so every CI log shows it."""
     if _used:
@@ -51,11 +42,14 @@ async def _admin(server: TestServer, sql: str) -> None:
     await _admin_on(server, None, sql)
 
 
-async def _admin_on(server: TestServer, database: str | None, sql: str) -> None:
+async def _admin_on(server: TestServer, database: str | None, sql: str) -> str:
+    """Run ``sql`` directly on ``database`` (default: the admin database); return the
+    server's version."""
     dsn = server.admin_dsn if database is None else server.admin_dsn_for(database)
     conn = await asyncpg.connect(dsn, statement_cache_size=0)
     try:
         await conn.execute(sql)
+        return str(await conn.fetchval("SHOW server_version"))
     finally:
         await conn.close()
 
@@ -64,7 +58,9 @@ async def create_database(server: TestServer, template: str | None = None) -> st
     """A new, uniquely named database (a copy of ``template`` if given)."""
     name = f"sstest_{_RUN}_{next(_names)}"
     clause = f" TEMPLATE {template}" if template else ""
-    await _admin(server, f"CREATE DATABASE {name}{clause}")
+    version = await _admin_on(server, None, f"CREATE DATABASE {name}{clause}")
+    if len(_used) == 1:
+        _used.append(version)
     return name
 
 

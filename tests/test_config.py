@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from uuid import uuid4
 
 import pytest
@@ -76,3 +77,44 @@ def test_cursor_round_trip() -> None:
     for bad in ("", "x", encode_cursor(at, row_id)[:-3] + "!!!"):
         with pytest.raises(InvalidInputError):
             decode_cursor(bad)
+
+
+SUPABASE_DSNS = [
+    # as the dashboard shows them: direct, session pooler, transaction pooler
+    ("postgresql://postgres:p%40ss@db.abcdefghijklmnop.supabase.co:5432/postgres", "none"),
+    (
+        "postgresql://postgres.abcdefghijklmnop:p%40ss@aws-0-eu-central-1.pooler.supabase.com:5432/postgres",
+        "none",
+    ),
+    (
+        "postgresql://postgres.abcdefghijklmnop:p%40ss@aws-0-eu-central-1.pooler.supabase.com:6543/postgres",
+        "transaction",
+    ),
+    (
+        "postgres://postgres.abcdefghijklmnop:p%40ss@aws-0-eu-central-1.pooler.supabase.com:6543/postgres?sslmode=require",
+        "transaction",
+    ),
+]
+
+
+@pytest.mark.parametrize(("dsn", "pooler"), SUPABASE_DSNS)
+def test_supabase_connection_strings(dsn: str, pooler: str) -> None:
+    cfg = StoreConfig(dsn=dsn)
+    assert cfg.effective_pooler == pooler
+    assert "p%40ss" not in repr(cfg)
+    assert "p@ss" not in repr(cfg)
+
+
+def test_ssl_argument(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_text("")  # only its existence is checked until a context is built
+    assert StoreConfig(dsn="postgresql://u@h/db").ssl_argument() is None
+    assert StoreConfig(dsn="postgresql://u@h/db", ssl="require").ssl_argument() == "require"
+    with pytest.raises(InvalidInputError) as info:
+        sessionstore.connect(
+            "postgresql://u@h/db", ssl="require", ssl_root_cert=ca
+        )._db.connect_kwargs()
+    assert info.value.field == "ssl"
+    with pytest.raises(InvalidInputError) as missing:
+        sessionstore.connect("postgresql://u@h/db", ssl_root_cert=tmp_path / "nope.crt")
+    assert missing.value.field == "ssl_root_cert"

