@@ -66,7 +66,10 @@ def _docker_answers() -> str | None:
 
 @contextlib.contextmanager
 def _container() -> Iterator[TestServer]:
-    from testcontainers.postgres import PostgresContainer
+    try:
+        from testcontainers.community.postgres import PostgresContainer
+    except ImportError:  # testcontainers before the community split
+        from testcontainers.postgres import PostgresContainer
 
     image = os.environ.get("SESSIONSTORE_TEST_IMAGE", DEFAULT_IMAGE)
     container: Any = PostgresContainer(
@@ -75,8 +78,9 @@ def _container() -> Iterator[TestServer]:
     with container:
         dsn = container.get_connection_url()
         port = container.get_exposed_port(5432)
-        logger.warning("testcontainers: started %s, mapped to port %s", image, port)
-        yield TestServer(dsn, dsn, f"container {image} on port {port}")
+        short_id = container.get_wrapped_container().short_id
+        logger.warning("testcontainers: started %s (%s), mapped to port %s", image, short_id, port)
+        yield TestServer(dsn, dsn, f"testcontainers container {short_id} of {image} on port {port}")
 
 
 @contextlib.contextmanager
