@@ -16,10 +16,12 @@ from .errors import (
 from .models import Conversation, Message, MessageRole, Page, Session, SessionStatus
 from .store import SessionStore, UserView, connect
 from .turns import Turn
+from .writer import FailedWrite, QueueFullError, WriteBehindError, WriterStats
 
 __all__ = [
     "ConflictError",
     "Conversation",
+    "FailedWrite",
     "InvalidInputError",
     "InvalidStateError",
     "Message",
@@ -27,6 +29,7 @@ __all__ = [
     "NotFoundError",
     "Page",
     "PermissionDeniedError",
+    "QueueFullError",
     "Session",
     "SessionExpiredError",
     "SessionStatus",
@@ -37,6 +40,8 @@ __all__ = [
     "StoreUnavailableError",
     "Turn",
     "UserView",
+    "WriteBehindError",
+    "WriterStats",
     "connect",
 ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -55,6 +56,32 @@ def migrate(
     migrations.upgrade(url or "", revision, sql=sql)
     if not sql:
         console.print(f"migrated {redact_dsn(url)} to {revision}")
+
+
+@app.command()
+def replay(
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="A spill file (JSON lines).")
+    ],
+    dsn: DsnOption = None,
+) -> None:
+    """Write the messages a failed close() spilled to FILE. Safe to run twice."""
+    url = _dsn(dsn)
+    if not url:
+        raise _fail("no database URL: pass --dsn or set SESSIONSTORE_DATABASE_URL")
+
+    async def go() -> tuple[int, int]:
+        async with connect(url) as store:
+            count = await store.replay(file)
+            return count, store.stats().set_aside
+
+    try:
+        count, set_aside = asyncio.run(go())
+    except SessionStoreError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"replayed {count} messages from {file} ({set_aside} could not be written)")
+    if set_aside:
+        raise typer.Exit(1)
 
 
 def _print_report(report: DemoReport) -> None:

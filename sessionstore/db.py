@@ -95,6 +95,10 @@ def translate_errors() -> Iterator[None]:
         ) from exc
     except OSError as exc:  # ConnectionError included
         raise StoreUnavailableError(f"connection to the database lost: {exc}") from exc
+    except asyncpg.exceptions.InternalClientError as exc:
+        # Seen when the server ends a connection mid-operation (pg_terminate_backend):
+        # the protocol is left in a state no further operation can use.
+        raise StoreUnavailableError(f"connection to the database broken: {exc}") from exc
     except asyncpg.InterfaceError as exc:
         raise SessionStoreError(f"driver error: {exc}") from exc
 
@@ -216,11 +220,18 @@ class Database:
         )
 
     async def close(self) -> None:
-        """Close the pool, waiting for connections in use to be released."""
+        """Close the pool, waiting for connections in use to be released.
+
+        If a graceful close fails (the server is gone), the connections are terminated.
+        """
         pool, self._pool = self._pool, None
-        if pool is not None:
-            with translate_errors():
-                await pool.close()
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), timeout=self.config.connect_timeout)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            logger.warning("pool did not close cleanly (%r); terminating its connections", exc)
+            pool.terminate()
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[Connection]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Generator
+from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from pydantic import ValidationError
 
@@ -17,6 +19,7 @@ from .errors import InvalidInputError
 from .models import MessageRole
 from .repositories import ConversationsRepository, MessagesRepository, SessionsRepository
 from .turns import Turn, add_turn
+from .writer import FailedWrite, OnWriteError, PendingWrite, Writer, WriterStats, read_spill
 
 __all__ = ["SessionStore", "UserView", "connect"]
 
@@ -26,11 +29,11 @@ logger = logging.getLogger("sessionstore")
 class _Repositories:
     """The repositories and ``add_turn`` over one database handle."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, writer: Writer | None = None) -> None:
         self._db = db
         self.sessions = SessionsRepository(db, db.config)
         self.conversations = ConversationsRepository(db)
-        self.messages = MessagesRepository(db)
+        self.messages = MessagesRepository(db, writer)
 
     async def add_turn(
         self,
@@ -78,8 +81,24 @@ class SessionStore(_Repositories):
     own rights); :meth:`as_user` gives the same API under row-level security.
     """
 
-    def __init__(self, config: StoreConfig, *, configure: ConfigureCallback | None = None) -> None:
-        super().__init__(Database(config, configure=configure))
+    def __init__(
+        self,
+        config: StoreConfig,
+        *,
+        configure: ConfigureCallback | None = None,
+        on_write_error: OnWriteError | None = None,
+    ) -> None:
+        db = Database(config, configure=configure)
+        self._writer = Writer(
+            db,
+            batch_size=config.batch_size,
+            max_delay=config.max_delay,
+            max_pending=config.max_pending,
+            write_deadline=config.write_deadline,
+            spill_path=config.spill_path,
+            on_write_error=on_write_error,
+        )
+        super().__init__(db, self._writer)
         self.config = config
 
     @property
@@ -93,8 +112,74 @@ class SessionStore(_Repositories):
         return self
 
     async def close(self) -> None:
-        """Close the pool. Idempotent."""
-        await self._db.close()
+        """Stop accepting write-behind messages, drain them, then close the pool. Idempotent.
+
+        If the database stays unreachable for ``write_deadline`` while draining, the
+        unwritten messages are spilled to ``spill_path`` (when set) and
+        :class:`~sessionstore.writer.WriteBehindError` says how many and where; the pool
+        is closed either way.
+        """
+        try:
+            await self._writer.close()
+        finally:
+            await self._db.close()
+
+    async def flush(self) -> None:
+        """Return when every message enqueued before this call is durable (or set aside).
+
+        :class:`~sessionstore.writer.WriteBehindError` if the database has been
+        unreachable for ``write_deadline``; the messages stay queued and keep being retried.
+        """
+        await self._writer.flush()
+
+    def stats(self) -> WriterStats:
+        """The write-behind queue: queued, in flight, written, retried, set aside, oldest age."""
+        return self._writer.stats()
+
+    def failed_writes(self) -> list[FailedWrite]:
+        """The most recent write-behind messages that could never be written, with reasons."""
+        return self._writer.set_aside()
+
+    async def enqueue_turn(
+        self,
+        continuation_id: str,
+        role: MessageRole | str,
+        content: str,
+        *,
+        session_id: UUID | str | None = None,
+        metadata: dict[str, Any] | None = None,
+        tokens: int | None = None,
+    ) -> UUID:
+        """The write-behind form of :meth:`add_turn`: accept now, write in a later batch.
+
+        Returns the message's id. A turn whose session turns out missing, expired or not
+        active at write time is set aside (nothing of it is written).
+        """
+        item = PendingWrite(
+            id=uuid4(),
+            kind="turn",
+            conversation_id=None,
+            continuation_id=v.identifier(continuation_id, "continuation_id"),
+            session_id=None if session_id is None else v.uuid(session_id, "session_id"),
+            role=v.role(role).value,
+            content=v.text(content, "content") or "",
+            metadata=v.metadata_json(metadata),
+            tokens=v.tokens(tokens),
+            enqueued_at=datetime.now(UTC),
+        )
+        await self._writer.put(item)
+        return item.id
+
+    async def replay(self, path: Path | str) -> int:
+        """Write the messages a failed ``close()`` spilled to ``path``; return how many.
+
+        Idempotent: ids are kept, so messages already stored are skipped.
+        """
+        items = read_spill(Path(path))
+        for item in items:
+            await self._writer.put(item)
+        await self._writer.flush()
+        return len(items)
 
     def __await__(self) -> Generator[Any, None, Self]:
         return self.open().__await__()
@@ -134,13 +219,15 @@ def connect(
     *,
     config: StoreConfig | None = None,
     configure: ConfigureCallback | None = None,
+    on_write_error: OnWriteError | None = None,
     **overrides: Any,
 ) -> SessionStore:
     """A :class:`SessionStore` for ``dsn``; ``await`` it or use it with ``async with``.
 
     Settings come from ``config`` (default: a :class:`StoreConfig` read from the
     environment), then ``dsn`` and keyword ``overrides`` of its fields.
-    ``configure`` is awaited with every new connection after sessionstore's own setup.
+    ``configure`` is awaited with every new connection after sessionstore's own setup;
+    ``on_write_error`` is called with each write-behind message that can never be written.
     ``InvalidInputError`` names a bad or unknown setting.
     """
     base = config if config is not None else StoreConfig()
@@ -154,4 +241,4 @@ def connect(
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "config"
         raise InvalidInputError(field, first["msg"]) from None
-    return SessionStore(merged, configure=configure)
+    return SessionStore(merged, configure=configure, on_write_error=on_write_error)

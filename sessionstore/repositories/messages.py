@@ -8,13 +8,15 @@ distinct sequence numbers and the counters never drift from the rows.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from .. import validation as v
 from ..db import Database, Row
-from ..errors import InvalidInputError, NotFoundError
+from ..errors import InvalidInputError, NotFoundError, SessionStoreError
 from ..models import Message, MessageRole
+from ..writer import PendingWrite, Writer
 
 __all__ = ["MESSAGE_COLUMNS", "MessagesRepository", "NewMessage", "message_from_values"]
 
@@ -91,10 +93,71 @@ def message_from_values(values: Row) -> Message:
 
 
 class MessagesRepository:
-    """Messages: durable appends, history by sequence number, counts."""
+    """Messages: durable appends, write-behind appends, history by sequence number, counts."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, writer: Writer | None = None) -> None:
         self._db = db
+        self._writer = writer
+
+    def _pending(
+        self,
+        conversation_id: UUID | str,
+        role: MessageRole | str,
+        content: str,
+        metadata: dict[str, Any] | None,
+        tokens: int | None,
+    ) -> tuple[Writer, PendingWrite]:
+        if self._writer is None:
+            raise SessionStoreError(
+                "write-behind runs on the service path only, not under as_user: use add()"
+            )
+        item = PendingWrite(
+            id=uuid4(),
+            kind="message",
+            conversation_id=v.uuid(conversation_id, "conversation_id"),
+            continuation_id=None,
+            session_id=None,
+            role=v.role(role).value,
+            content=v.text(content, "content") or "",
+            metadata=v.metadata_json(metadata),
+            tokens=v.tokens(tokens),
+            enqueued_at=datetime.now(UTC),
+        )
+        return self._writer, item
+
+    async def enqueue(
+        self,
+        conversation_id: UUID | str,
+        role: MessageRole | str,
+        content: str,
+        *,
+        metadata: dict[str, Any] | None = None,
+        tokens: int | None = None,
+    ) -> UUID:
+        """Accept a message for write-behind and return its id at once.
+
+        It is durable after ``store.flush()`` or ``store.close()``; if the queue is full
+        this waits for room (nothing is dropped). Input is checked here, before
+        acceptance; a conversation that does not exist is found at write time and the
+        message set aside (see ``store.stats()`` and ``on_write_error``).
+        """
+        writer, item = self._pending(conversation_id, role, content, metadata, tokens)
+        await writer.put(item)
+        return item.id
+
+    def enqueue_nowait(
+        self,
+        conversation_id: UUID | str,
+        role: MessageRole | str,
+        content: str,
+        *,
+        metadata: dict[str, Any] | None = None,
+        tokens: int | None = None,
+    ) -> UUID:
+        """Like :meth:`enqueue`, but raise ``QueueFullError`` instead of waiting."""
+        writer, item = self._pending(conversation_id, role, content, metadata, tokens)
+        writer.put_nowait(item)
+        return item.id
 
     async def add(
         self,
