@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from pydantic import ValidationError
 
@@ -19,7 +19,15 @@ from .errors import InvalidInputError
 from .models import MessageRole
 from .repositories import ConversationsRepository, MessagesRepository, SessionsRepository
 from .turns import Turn, add_turn
-from .writer import FailedWrite, OnWriteError, PendingWrite, Writer, WriterStats, read_spill
+from .writer import (
+    FailedWrite,
+    OnWriteError,
+    PendingWrite,
+    Writer,
+    WriterStats,
+    read_spill,
+    uuid7,
+)
 
 __all__ = ["SessionStore", "UserView", "connect"]
 
@@ -156,7 +164,7 @@ class SessionStore(_Repositories):
         active at write time is set aside (nothing of it is written).
         """
         item = PendingWrite(
-            id=uuid4(),
+            id=uuid7(),
             kind="turn",
             conversation_id=None,
             continuation_id=v.identifier(continuation_id, "continuation_id"),

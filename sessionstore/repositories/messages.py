@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from .. import validation as v
 from ..db import Database, Row
 from ..errors import InvalidInputError, NotFoundError, SessionStoreError
 from ..models import Message, MessageRole
-from ..writer import PendingWrite, Writer
+from ..writer import PendingWrite, Writer, uuid7
 
 __all__ = ["MESSAGE_COLUMNS", "MessagesRepository", "NewMessage", "message_from_values"]
 
@@ -112,7 +112,7 @@ class MessagesRepository:
                 "write-behind runs on the service path only, not under as_user: use add()"
             )
         item = PendingWrite(
-            id=uuid4(),
+            id=uuid7(),
             kind="message",
             conversation_id=v.uuid(conversation_id, "conversation_id"),
             continuation_id=None,
