@@ -14,7 +14,7 @@ from .errors import (
     StoreUnavailableError,
 )
 from .models import Conversation, Message, MessageRole, Page, Session, SessionStatus
-from .store import SessionStore, UserView, connect
+from .store import SessionStore, StoreStats, UserView, connect
 from .turns import Turn
 from .writer import FailedWrite, QueueFullError, WriteBehindError, WriterStats
 
@@ -36,6 +36,7 @@ __all__ = [
     "SessionStore",
     "SessionStoreError",
     "StoreConfig",
+    "StoreStats",
     "StoreTimeoutError",
     "StoreUnavailableError",
     "Turn",

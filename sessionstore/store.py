@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Generator
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from . import validation as v
+from .cache import Invalidation, SessionCache
 from .config import StoreConfig
 from .db import ConfigureCallback, Database, UserScopedDatabase
 from .errors import InvalidInputError
@@ -29,17 +31,36 @@ from .writer import (
     uuid7,
 )
 
-__all__ = ["SessionStore", "UserView", "connect"]
+__all__ = ["SessionStore", "StoreStats", "UserView", "connect"]
 
 logger = logging.getLogger("sessionstore")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoreStats(WriterStats):
+    """:class:`WriterStats` plus the session cache.
+
+    ``cache_invalidation`` is ``notify`` (LISTEN/NOTIFY from other processes), ``ttl``
+    (behind a transaction pooler or with notifications off: entries live ``cache_ttl``)
+    or ``off``; ``cache_listening`` says whether the listener is connected right now.
+    """
+
+    cache_entries: int
+    cache_hits: int
+    cache_misses: int
+    cache_invalidation: Invalidation
+    cache_listening: bool
 
 
 class _Repositories:
     """The repositories and ``add_turn`` over one database handle."""
 
-    def __init__(self, db: Database, writer: Writer | None = None) -> None:
+    def __init__(
+        self, db: Database, writer: Writer | None = None, cache: SessionCache | None = None
+    ) -> None:
         self._db = db
-        self.sessions = SessionsRepository(db, db.config)
+        self._cache = cache
+        self.sessions = SessionsRepository(db, db.config, cache)
         self.conversations = ConversationsRepository(db)
         self.messages = MessagesRepository(db, writer)
 
@@ -56,7 +77,7 @@ class _Repositories:
         """Get-or-create the conversation, append the message and bump the session's
         counters, in one round trip and one transaction. See :func:`sessionstore.turns.add_turn`.
         """
-        return await add_turn(
+        turn = await add_turn(
             self._db,
             continuation_id,
             role,
@@ -64,7 +85,11 @@ class _Repositories:
             session_id=session_id,
             metadata=metadata,
             tokens=tokens,
+            slide=self.sessions.sliding_interval,
         )
+        if self._cache is not None and turn.session is not None:
+            self._cache.put(turn.session)
+        return turn
 
 
 class UserView(_Repositories):
@@ -97,6 +122,12 @@ class SessionStore(_Repositories):
         on_write_error: OnWriteError | None = None,
     ) -> None:
         db = Database(config, configure=configure)
+        invalidation: Invalidation = (
+            "notify" if config.notifications and db.pooler != "transaction" else "ttl"
+        )
+        self._session_cache = SessionCache(
+            size=config.cache_size, ttl=config.cache_ttl, invalidation=invalidation
+        )
         self._writer = Writer(
             db,
             batch_size=config.batch_size,
@@ -105,8 +136,9 @@ class SessionStore(_Repositories):
             write_deadline=config.write_deadline,
             spill_path=config.spill_path,
             on_write_error=on_write_error,
+            on_sessions_changed=self._forget_sessions,
         )
-        super().__init__(db, self._writer)
+        super().__init__(db, self._writer, self._session_cache)
         self.config = config
 
     @property
@@ -114,9 +146,15 @@ class SessionStore(_Repositories):
         """The pooler mode in force: ``none``, ``session`` or ``transaction``."""
         return self._db.pooler
 
+    def _forget_sessions(self, session_ids: set[UUID]) -> None:
+        for session_id in session_ids:
+            self._session_cache.discard(session_id)
+
     async def open(self) -> Self:
-        """Open the pool. Idempotent."""
+        """Open the pool (and the cache's listener connection, where one is used). Idempotent."""
         await self._db.open()
+        assert self.config.dsn is not None
+        self._session_cache.start_listening(self._db.connect_kwargs(), self.config.dsn)
         return self
 
     async def close(self) -> None:
@@ -130,6 +168,7 @@ class SessionStore(_Repositories):
         try:
             await self._writer.close()
         finally:
+            await self._session_cache.stop_listening()
             await self._db.close()
 
     async def flush(self) -> None:
@@ -140,9 +179,18 @@ class SessionStore(_Repositories):
         """
         await self._writer.flush()
 
-    def stats(self) -> WriterStats:
-        """The write-behind queue: queued, in flight, written, retried, set aside, oldest age."""
-        return self._writer.stats()
+    def stats(self) -> StoreStats:
+        """The write-behind queue (queued, in flight, written, retried, set aside, oldest
+        age) and the session cache (entries, hits, misses, how it is invalidated)."""
+        cache = self._session_cache
+        return StoreStats(
+            **dataclasses.asdict(self._writer.stats()),
+            cache_entries=len(cache),
+            cache_hits=cache.hits,
+            cache_misses=cache.misses,
+            cache_invalidation=cache.invalidation,
+            cache_listening=cache.usable and cache.invalidation == "notify",
+        )
 
     def failed_writes(self) -> list[FailedWrite]:
         """The most recent write-behind messages that could never be written, with reasons."""

@@ -7,6 +7,7 @@ write nothing. One statement is one transaction: a turn is all or nothing.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -17,7 +18,12 @@ from .db import Connection, Database
 from .models import Conversation, Message, MessageRole, Session
 from .repositories.conversations import CONVERSATION_COLUMNS, conversation_from_values
 from .repositories.messages import MESSAGE_COLUMNS, message_from_values
-from .repositories.sessions import SESSION_COLUMNS, raise_session_miss, session_from_values
+from .repositories.sessions import (
+    SESSION_COLUMNS,
+    SLIDE,
+    raise_session_miss,
+    session_from_values,
+)
 
 __all__ = ["Turn", "add_turn"]
 
@@ -27,7 +33,8 @@ _N_CONVERSATION = len(CONVERSATION_COLUMNS.split(","))
 ADD_TURN = f"""
 WITH sess AS (
     UPDATE sessions
-    SET turn_count = turn_count + 1, total_tokens = total_tokens + coalesce($5::integer, 0)
+    SET turn_count = turn_count + 1, total_tokens = total_tokens + coalesce($5::integer, 0),
+        {SLIDE.format(param="$7")}
     WHERE id = $2 AND status = 'active' AND (expires_at IS NULL OR expires_at > now())
     RETURNING {SESSION_COLUMNS}
 ),
@@ -88,6 +95,7 @@ async def add_turn(
     session_id: UUID | str | None = None,
     metadata: dict[str, Any] | None = None,
     tokens: int | None = None,
+    slide: timedelta | None = None,
 ) -> Turn:
     """Append a message to the conversation ``continuation_id`` (created if needed) and,
     with ``session_id``, add one turn and ``tokens`` to that session — in one round trip.
@@ -95,6 +103,7 @@ async def add_turn(
     The session must exist, be active and not expired (``NotFoundError``,
     ``InvalidStateError``, ``SessionExpiredError``); otherwise nothing is written.
     Under row-level security (``as_user``) it takes two statements in one transaction.
+    With ``slide``, the session's ``expires_at`` moves to at least now + ``slide``.
     """
     cont = v.identifier(continuation_id, "continuation_id")
     sid = None if session_id is None else v.uuid(session_id, "session_id")
@@ -106,7 +115,7 @@ async def add_turn(
     async def work(conn: Connection) -> Turn:
         if db.rls_scoped:
             await conn.execute(PRECREATE_CONVERSATION, cont, sid)
-        row = await conn.fetchrow(ADD_TURN, cont, sid, role_.value, text, count, meta)
+        row = await conn.fetchrow(ADD_TURN, cont, sid, role_.value, text, count, meta, slide)
         if row is None:
             assert sid is not None  # without a session the statement always writes
             await raise_session_miss(conn, sid, "add a turn to")

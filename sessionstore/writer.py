@@ -306,6 +306,7 @@ class Writer:
         write_deadline: float,
         spill_path: Path | None,
         on_write_error: OnWriteError | None = None,
+        on_sessions_changed: Callable[[set[UUID]], None] | None = None,
     ) -> None:
         self._db = db
         self._batch_size = batch_size
@@ -313,6 +314,7 @@ class Writer:
         self._deadline = write_deadline
         self._spill_path = spill_path
         self._on_write_error = on_write_error
+        self._on_sessions_changed = on_sessions_changed
         self._queue: asyncio.Queue[PendingWrite] = asyncio.Queue(maxsize=max_pending)
         self._carry: PendingWrite | None = None
         self._in_flight: list[PendingWrite] = []
@@ -421,6 +423,10 @@ class Writer:
                 await self._back_off(len(batch), attempt, error)
                 continue
             self._failing_since = None
+            if self._on_sessions_changed is not None:
+                touched = {i.session_id for i in batch if i.session_id is not None}
+                if touched:
+                    self._on_sessions_changed(touched)
             reason = _REJECTED[batch[0].kind]
             for item in batch:
                 if item.id in rejected:

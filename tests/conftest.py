@@ -136,8 +136,16 @@ def admin_dsn(pg_server: TestServer, database: str) -> str:
 
 
 def store_overrides() -> dict[str, Any]:
-    """Settings every test store gets (the pooler mode under test comes from the env)."""
-    return {"pooler": os.environ.get("SESSIONSTORE_TEST_POOLER", "auto"), "max_size": 10}
+    """Settings every test store gets (the pooler mode under test comes from the env).
+
+    The session cache is off here: these tests change rows behind the store's back (as
+    another process would) and check database semantics; ``test_cache.py`` tests the cache.
+    """
+    return {
+        "pooler": os.environ.get("SESSIONSTORE_TEST_POOLER", "auto"),
+        "max_size": 10,
+        "cache_size": 0,
+    }
 
 
 @pytest.fixture

@@ -44,6 +44,7 @@ async def test_upgrade_downgrade_upgrade(empty_dsn: str) -> None:
         "function:update_updated_at_column",
         "function:update_sessions_updated_at",
         "function:cleanup_expired_sessions",
+        "function:sessionstore_notify_session",
     }
     await asyncio.to_thread(downgrade, empty_dsn, "base")
     assert await _objects(empty_dsn) == set()
@@ -103,7 +104,12 @@ async def test_rls_policies_triggers_and_cleanup_function(conn: asyncpg.Connecti
     triggers = {
         r[0] for r in await conn.fetch("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")
     }
-    assert triggers == {"update_conversations_updated_at", "trigger_sessions_updated_at"}
+    assert triggers == {
+        "update_conversations_updated_at",
+        "trigger_sessions_updated_at",
+        "sessions_notify_update",
+        "sessions_notify_delete",
+    }
     await conn.execute(
         """
         INSERT INTO sessions (user_id, status, expires_at) VALUES

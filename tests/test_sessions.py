@@ -127,7 +127,7 @@ async def test_transitions(store: SessionStore) -> None:
     paused = await store.sessions.pause(s.id)
     assert paused.status is SessionStatus.PAUSED
     assert paused.version == s.version + 1
-    with pytest.raises(InvalidStateError, match=r"pause .* it is paused"):
+    with pytest.raises(InvalidStateError, match=r"cannot pause .*: paused → paused is not"):
         await store.sessions.pause(s.id)
     assert (await store.sessions.resume(s.id)).status is SessionStatus.ACTIVE
     done = await store.sessions.complete(s.id)

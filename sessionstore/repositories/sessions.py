@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
 from .. import validation as v
+from ..cache import SessionCache
 from ..config import StoreConfig
 from ..db import Connection, Database, Row
 from ..errors import (
@@ -50,10 +52,20 @@ WHERE id = $1 AND ($5::integer IS NULL OR version = $5)
   AND status IN ('active', 'paused', 'completed') AND {_LIVE}
 RETURNING {SESSION_COLUMNS}
 """
+# $3: the sliding-expiry interval, or NULL when expiry does not slide.
+SLIDE = (
+    "expires_at = CASE WHEN {param}::interval IS NOT NULL AND expires_at IS NOT NULL"
+    " THEN greatest(expires_at, now() + {param}::interval) ELSE expires_at END"
+)
 RECORD_TURN = f"""
 UPDATE sessions
-SET turn_count = turn_count + 1, total_tokens = total_tokens + $2
+SET turn_count = turn_count + 1, total_tokens = total_tokens + $2, {SLIDE.format(param="$3")}
 WHERE id = $1 AND status = 'active' AND {_LIVE}
+RETURNING {SESSION_COLUMNS}
+"""
+EXTEND = f"""
+UPDATE sessions SET expires_at = now() + $2::interval, version = version + 1
+WHERE id = $1 AND status IN ('active', 'paused') AND {_LIVE}
 RETURNING {SESSION_COLUMNS}
 """
 TRANSITION = f"""
@@ -114,7 +126,9 @@ def session_from_values(values: Row) -> Session:
     )
 
 
-Action = Literal["update", "record a turn on", "pause", "resume", "complete", "add a turn to"]
+Action = Literal[
+    "update", "record a turn on", "pause", "resume", "complete", "add a turn to", "extend"
+]
 
 
 async def raise_session_miss(
@@ -123,8 +137,12 @@ async def raise_session_miss(
     action: Action,
     *,
     expected_version: int | None = None,
+    target: SessionStatus | None = None,
 ) -> None:
-    """Raise the error that explains why a conditional write to ``session_id`` matched no row."""
+    """Raise the error that explains why a conditional write to ``session_id`` matched no row.
+
+    A session found past its expiry is persisted as ``expired`` on the way.
+    """
     row = await conn.fetchrow(EXPLAIN_MISS, session_id)
     if row is None:
         raise NotFoundError(f"session {session_id} not found")
@@ -134,6 +152,11 @@ async def raise_session_miss(
     if expected_version is not None and row["version"] != expected_version:
         raise ConflictError(
             f"session {session_id} is at version {row['version']}, expected {expected_version}"
+        )
+    if target is not None:
+        raise InvalidStateError(
+            f"cannot {action} session {session_id}: {status.value} → {target.value}"
+            " is not an allowed transition"
         )
     raise InvalidStateError(f"cannot {action} session {session_id}: it is {status.value}")
 
@@ -149,9 +172,49 @@ _TRANSITIONS: dict[str, tuple[SessionStatus, tuple[SessionStatus, ...]]] = {
 class SessionsRepository:
     """Sessions: create, read, update with optimistic concurrency, counters, lifecycle."""
 
-    def __init__(self, db: Database, config: StoreConfig) -> None:
+    def __init__(
+        self, db: Database, config: StoreConfig, cache: SessionCache | None = None
+    ) -> None:
         self._db = db
         self._config = config
+        self._cache = cache
+
+    @property
+    def sliding_interval(self) -> timedelta | None:
+        """How far a turn pushes ``expires_at`` when expiry slides; ``None`` when it does not."""
+        return self._config.default_ttl if self._config.sliding_expiry else None
+
+    def _remember(self, session: Session) -> Session:
+        if self._cache is not None:
+            self._cache.put(session)
+        return session
+
+    def _forget(self, session_id: UUID) -> None:
+        if self._cache is not None:
+            self._cache.discard(session_id)
+
+    async def _conditional(
+        self,
+        session_id: UUID,
+        action: Action,
+        query: str,
+        *args: Any,
+        expected_version: int | None = None,
+        target: SessionStatus | None = None,
+    ) -> Session:
+        """Run a conditional UPDATE; explain (and raise) when it matched nothing."""
+
+        async def work(conn: Connection) -> Session:
+            row = await conn.fetchrow(query, session_id, *args)
+            if row is None:
+                self._forget(session_id)
+                await raise_session_miss(
+                    conn, session_id, action, expected_version=expected_version, target=target
+                )
+            assert row is not None
+            return session_from_values(row)
+
+        return self._remember(await self._db.run(work))
 
     async def create(
         self,
@@ -180,15 +243,20 @@ class SessionsRepository:
             span = v.ttl(span)
         row = await self._db.fetchrow(INSERT_SESSION, uid, title_, meta, at, span)
         assert row is not None
-        return session_from_values(row)
+        return self._remember(session_from_values(row))
 
     async def get(self, session_id: UUID | str) -> Session:
-        """The session; ``NotFoundError`` if absent. Status reads ``EXPIRED`` once due."""
+        """The session; ``NotFoundError`` if absent. Status reads ``EXPIRED`` once due.
+
+        Served from the cache when fresh (see :mod:`sessionstore.cache`).
+        """
         sid = v.uuid(session_id, "session_id")
+        if self._cache is not None and (cached := self._cache.get(sid)) is not None:
+            return cached
         row = await self._db.fetchrow(GET_SESSION, sid, retry=True)
         if row is None:
             raise NotFoundError(f"session {sid} not found")
-        return session_from_values(row)
+        return self._remember(session_from_values(row))
 
     async def update(
         self,
@@ -213,14 +281,16 @@ class SessionsRepository:
             else v.positive_int(expected_version, "expected_version")
         )
 
-        async def work(conn: Connection) -> Session:
-            row = await conn.fetchrow(UPDATE_SESSION, sid, set_title, title_, meta, version)
-            if row is None:
-                await raise_session_miss(conn, sid, "update", expected_version=version)
-            assert row is not None
-            return session_from_values(row)
-
-        return await self._db.run(work)
+        return await self._conditional(
+            sid,
+            "update",
+            UPDATE_SESSION,
+            set_title,
+            title_,
+            meta,
+            version,
+            expected_version=version,
+        )
 
     async def record_turn(self, session_id: UUID | str, *, tokens: int = 0) -> Session:
         """Atomically add one turn and ``tokens`` to the session's counters.
@@ -230,29 +300,24 @@ class SessionsRepository:
         sid = v.uuid(session_id, "session_id")
         count = v.tokens(tokens, optional=False)
 
-        async def work(conn: Connection) -> Session:
-            row = await conn.fetchrow(RECORD_TURN, sid, count)
-            if row is None:
-                await raise_session_miss(conn, sid, "record a turn on")
-            assert row is not None
-            return session_from_values(row)
+        return await self._conditional(
+            sid, "record a turn on", RECORD_TURN, count, self.sliding_interval
+        )
 
-        return await self._db.run(work)
+    async def extend(self, session_id: UUID | str, ttl: timedelta) -> Session:
+        """Set ``expires_at`` to now + ``ttl`` for an active or paused session."""
+        sid = v.uuid(session_id, "session_id")
+        span = v.ttl(ttl)
+        return await self._conditional(sid, "extend", EXTEND, span)
 
     async def _transition(
         self, session_id: UUID | str, action: Literal["pause", "resume", "complete"]
     ) -> Session:
         sid = v.uuid(session_id, "session_id")
         target, sources = _TRANSITIONS[action]
-
-        async def work(conn: Connection) -> Session:
-            row = await conn.fetchrow(TRANSITION, sid, target.value, [s.value for s in sources])
-            if row is None:
-                await raise_session_miss(conn, sid, action)
-            assert row is not None
-            return session_from_values(row)
-
-        return await self._db.run(work)
+        return await self._conditional(
+            sid, action, TRANSITION, target.value, [s.value for s in sources], target=target
+        )
 
     async def pause(self, session_id: UUID | str) -> Session:
         """active → paused; otherwise ``InvalidStateError`` (or ``SessionExpiredError``)."""
@@ -287,13 +352,19 @@ class SessionsRepository:
     async def delete(self, session_id: UUID | str) -> None:
         """Delete the session; its conversations stay, with ``session_id`` set to null."""
         sid = v.uuid(session_id, "session_id")
+        self._forget(sid)
         if await self._db.fetchval(DELETE_SESSION, sid) is None:
             raise NotFoundError(f"session {sid} not found")
 
-    async def cleanup_expired(self, *, batch_size: int = 1000) -> int:
+    async def cleanup_expired(
+        self, *, batch_size: int = 1000, on_progress: Callable[[int], None] | None = None
+    ) -> int:
         """Delete expired sessions (not completed ones) in batches; return how many.
 
-        Each batch is its own short transaction that skips rows other writers hold.
+        Same rule as the original ``cleanup_expired_sessions()``. Each batch is its own
+        short transaction that skips rows other transactions hold (``SKIP LOCKED``), so
+        writers are never blocked for long and concurrent cleaners never delete a row
+        twice. ``on_progress`` is called with the running total after each batch.
         """
         size = v.limit(batch_size, "batch_size", maximum=100_000)
         total = 0
@@ -301,8 +372,12 @@ class SessionsRepository:
             status = await self._db.run(lambda conn: conn.execute(CLEANUP_BATCH, size))
             deleted = int(status.rsplit(" ", 1)[-1])
             total += deleted
+            if deleted and on_progress is not None:
+                on_progress(total)
             if deleted < size:
                 break
+        if total and self._cache is not None:
+            self._cache.clear()
         if total:
             logger.info("cleanup_expired deleted %d sessions", total)
         return total
