@@ -107,9 +107,9 @@ async def test_concurrent_turns_on_a_new_continuation(
 ) -> None:
     s = await store.sessions.create("u1")
     turns = await asyncio.gather(
-        *(store.add_turn("busy", "user", str(i), session_id=s.id, tokens=1) for i in range(60))
+        *(store.add_turn("busy", "user", str(i), session_id=s.id, tokens=1) for i in range(100))
     )
     assert len({t.conversation.id for t in turns}) == 1
-    assert sorted(t.message.seq for t in turns) == list(range(1, 61))
-    assert (await store.sessions.get(s.id)).turn_count == 60
+    assert sorted(t.message.seq for t in turns) == list(range(1, 101))
+    assert (await store.sessions.get(s.id)).turn_count == 100
     assert await conn.fetchval("SELECT count(*) FROM conversations") == 1
