@@ -113,10 +113,15 @@ def _encode_json(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
+def _decode_json(text: str) -> Any:
+    # Most metadata is the column default; skip the parser for it (one per message row).
+    return {} if text == "{}" else json.loads(text)
+
+
 async def _register_json(conn: asyncpg.Connection) -> None:
     for type_name in ("jsonb", "json"):
         await conn.set_type_codec(
-            type_name, encoder=_encode_json, decoder=json.loads, schema="pg_catalog"
+            type_name, encoder=_encode_json, decoder=_decode_json, schema="pg_catalog"
         )
 
 

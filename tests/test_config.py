@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import pytest
+from pydantic import ValidationError
 
 import sessionstore
 from sessionstore import InvalidInputError, StoreConfig
@@ -118,3 +120,71 @@ def test_ssl_argument(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError) as missing:
         sessionstore.connect("postgresql://u@h/db", ssl_root_cert=tmp_path / "nope.crt")
     assert missing.value.field == "ssl_root_cert"
+
+
+def test_from_trusted_equals_model_construct() -> None:
+    from sessionstore.models import (
+        Conversation,
+        Message,
+        MessageRole,
+        Session,
+        SessionStatus,
+        from_trusted,
+    )
+
+    now = datetime.now(UTC)
+    samples: list[tuple[type[Any], dict[str, Any]]] = [
+        (
+            Message,
+            {
+                "id": uuid4(),
+                "conversation_id": uuid4(),
+                "seq": 3,
+                "role": MessageRole.USER,
+                "content": "x",
+                "metadata": {"a": 1},
+                "tokens": None,
+                "created_at": now,
+            },
+        ),
+        (
+            Session,
+            {
+                "id": uuid4(),
+                "user_id": "u",
+                "title": None,
+                "status": SessionStatus.ACTIVE,
+                "created_at": now,
+                "updated_at": now,
+                "expires_at": None,
+                "metadata": {},
+                "turn_count": 1,
+                "total_tokens": 2,
+                "version": 1,
+            },
+        ),
+        (
+            Conversation,
+            {
+                "id": uuid4(),
+                "continuation_id": "c",
+                "session_id": None,
+                "title": "t",
+                "metadata": {},
+                "created_at": now,
+                "updated_at": now,
+                "message_count": 0,
+                "last_message_at": None,
+                "total_tokens": 0,
+            },
+        ),
+    ]
+    for cls, values in samples:
+        fast, slow = from_trusted(cls, dict(values)), cls.model_construct(**values)
+        assert fast == slow
+        assert repr(fast) == repr(slow)
+        assert fast.model_dump() == slow.model_dump()
+        assert fast.model_fields_set == slow.model_fields_set
+        assert fast.model_copy(update={"metadata": {"z": 0}}).metadata == {"z": 0}
+        with pytest.raises(ValidationError):  # still frozen
+            fast.metadata = {}

@@ -8,7 +8,7 @@ from uuid import UUID
 from .. import validation as v
 from ..db import Connection, Database, Row
 from ..errors import NotFoundError, PermissionDeniedError
-from ..models import Conversation, Page
+from ..models import Conversation, Page, from_trusted
 from ..pagination import decode_cursor, make_page
 
 __all__ = ["CONVERSATION_COLUMNS", "ConversationsRepository", "conversation_from_values"]
@@ -55,17 +55,20 @@ _GET_OR_CREATE_ATTEMPTS = 3
 
 def conversation_from_values(values: Row) -> Conversation:
     """Build a :class:`Conversation` from values in ``CONVERSATION_COLUMNS`` order."""
-    return Conversation.model_construct(
-        id=values[0],
-        continuation_id=values[1],
-        session_id=values[2],
-        title=values[3],
-        metadata=values[4],
-        created_at=values[5],
-        updated_at=values[6],
-        message_count=values[7],
-        last_message_at=values[8],
-        total_tokens=values[9],
+    return from_trusted(
+        Conversation,
+        {
+            "id": values[0],
+            "continuation_id": values[1],
+            "session_id": values[2],
+            "title": values[3],
+            "metadata": values[4],
+            "created_at": values[5],
+            "updated_at": values[6],
+            "message_count": values[7],
+            "last_message_at": values[8],
+            "total_tokens": values[9],
+        },
     )
 
 

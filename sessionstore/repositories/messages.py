@@ -15,7 +15,7 @@ from uuid import UUID
 from .. import validation as v
 from ..db import Database, Row
 from ..errors import InvalidInputError, NotFoundError, SessionStoreError
-from ..models import Message, MessageRole
+from ..models import Message, MessageRole, from_trusted
 from ..writer import PendingWrite, Writer, uuid7
 
 __all__ = ["MESSAGE_COLUMNS", "MessagesRepository", "NewMessage", "message_from_values"]
@@ -68,6 +68,7 @@ ORDER BY m.seq
 COUNT = "SELECT message_count FROM conversations WHERE id = $1"
 
 _NO_UPPER_BOUND = 2**31 - 1
+_ROLES = {role.value: role for role in MessageRole}
 MAX_BATCH = 10_000
 
 #: ``(role, content)``, optionally followed by ``metadata`` and ``tokens``.
@@ -80,15 +81,18 @@ NewMessage = (
 
 def message_from_values(values: Row) -> Message:
     """Build a :class:`Message` from values in ``MESSAGE_COLUMNS`` order."""
-    return Message.model_construct(
-        id=values[0],
-        conversation_id=values[1],
-        seq=values[2],
-        role=MessageRole(values[3]),
-        content=values[4],
-        metadata=values[5],
-        tokens=values[6],
-        created_at=values[7],
+    return from_trusted(
+        Message,
+        {
+            "id": values[0],
+            "conversation_id": values[1],
+            "seq": values[2],
+            "role": _ROLES[values[3]],
+            "content": values[4],
+            "metadata": values[5],
+            "tokens": values[6],
+            "created_at": values[7],
+        },
     )
 
 

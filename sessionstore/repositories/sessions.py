@@ -19,7 +19,7 @@ from ..errors import (
     NotFoundError,
     SessionExpiredError,
 )
-from ..models import Page, Session, SessionStatus
+from ..models import Page, Session, SessionStatus, from_trusted
 from ..pagination import decode_cursor, make_page
 
 __all__ = ["SESSION_COLUMNS", "SessionsRepository", "raise_session_miss", "session_from_values"]
@@ -111,19 +111,25 @@ DELETE FROM sessions s USING doomed WHERE s.id = doomed.id
 
 def session_from_values(values: Row) -> Session:
     """Build a :class:`Session` from values in ``SESSION_COLUMNS`` order (trusted rows)."""
-    return Session.model_construct(
-        id=values[0],
-        user_id=values[1],
-        title=values[2],
-        status=SessionStatus(values[3]),
-        created_at=values[4],
-        updated_at=values[5],
-        expires_at=values[6],
-        metadata=values[7],
-        turn_count=values[8],
-        total_tokens=values[9],
-        version=values[10],
+    return from_trusted(
+        Session,
+        {
+            "id": values[0],
+            "user_id": values[1],
+            "title": values[2],
+            "status": _STATUSES[values[3]],
+            "created_at": values[4],
+            "updated_at": values[5],
+            "expires_at": values[6],
+            "metadata": values[7],
+            "turn_count": values[8],
+            "total_tokens": values[9],
+            "version": values[10],
+        },
     )
+
+
+_STATUSES = {status.value: status for status in SessionStatus}
 
 
 Action = Literal[
