@@ -49,7 +49,14 @@ def run_offline() -> None:
         context.run_migrations()
 
 
+# Serialises migrations across processes (both `alembic` and `sessionstore migrate`):
+# a session-level advisory lock, held by this connection until it closes.
+MIGRATION_LOCK = 7_201_864_355_130_912
+
+
 def _run_sync(connection: Connection) -> None:
+    connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK})")
+    connection.commit()
     _configure(connection=connection)
     adopted = original_revision(connection)
     if adopted is not None:

@@ -1,22 +1,28 @@
-"""The ``sessionstore`` command."""
+"""The ``sessionstore`` command: migrate, downgrade, status, cleanup, replay, demo."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
+import asyncpg
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from . import migrations
+from .adoption import AdoptionError
 from .config import StoreConfig, redact_dsn
+from .db import translate_errors
 from .demo import DemoReport, run_demo
 from .embedded import embedded_server
 from .errors import SessionStoreError
+from .status import Status, check
 from .store import connect
 
 app = typer.Typer(
@@ -30,15 +36,99 @@ DsnOption = Annotated[
         "--dsn", help="postgresql:// URL (default: SESSIONSTORE_DATABASE_URL or DATABASE_URL)."
     ),
 ]
+COUNT_EXPIRED = (
+    "SELECT count(*) FROM sessions"
+    " WHERE expires_at IS NOT NULL AND expires_at < now() AND status <> 'completed'"
+)
 
 
-def _dsn(dsn: str | None) -> str | None:
-    return dsn or StoreConfig().dsn
+class _State:
+    debug = False
 
 
-def _fail(message: str) -> typer.Exit:
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    _State.debug = debug
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+
+
+def _as_store_error(exc: BaseException) -> SessionStoreError | None:
+    """The sessionstore error behind ``exc`` (Alembic and SQLAlchemy wrap driver errors)."""
+    for cause in _causes(exc):
+        if isinstance(cause, SessionStoreError):
+            return cause
+        if isinstance(cause, asyncpg.PostgresError | OSError | TimeoutError):
+            try:
+                with translate_errors():
+                    raise cause
+            except SessionStoreError as translated:
+                return translated
+    return None
+
+
+def explain(exc: BaseException, dsn: str | None) -> str:
+    """One sentence for a person: what went wrong and what to do about it."""
+    where = redact_dsn(dsn) or "the database"
+    if isinstance(exc, AdoptionError):
+        return str(exc)
+    error = _as_store_error(exc)
+    state = error.sqlstate if error else None
+    if state in ("28P01", "28000"):
+        return (
+            f"Authentication failed for {where}: check the user name and password in "
+            "the URL (--dsn or SESSIONSTORE_DATABASE_URL)."
+        )
+    if state == "3D000":
+        return f"The database in {where} does not exist: create it or fix the URL."
+    if state in ("42P01", "42704"):
+        return (
+            f"{where} has no sessionstore schema yet: run `sessionstore migrate` "
+            "(over a direct or session connection) first."
+        )
+    if error is not None and (state is None or state.startswith("08") or state.startswith("57P")):
+        return (
+            f"Could not reach {where}: is the server running, and are host, port and "
+            f"database in the URL right? ({error})"
+        )
+    detail = error or exc
+    return f"{detail} (run with --debug for the traceback)"
+
+
+def _fail(message: str) -> NoReturn:
     console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(1)
+    raise typer.Exit(1)
+
+
+@contextmanager
+def _readable_errors(dsn: str | None) -> Iterator[None]:
+    """Turn any failure into one readable sentence (the traceback with --debug)."""
+    try:
+        yield
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if _State.debug:
+            raise
+        _fail(explain(exc, dsn))
+
+
+def _config(dsn: str | None) -> StoreConfig:
+    config = StoreConfig()
+    if dsn:
+        config = config.model_copy(update={"dsn": dsn})
+    if not config.dsn:
+        _fail("No database URL: pass --dsn or set SESSIONSTORE_DATABASE_URL.")
+    return config
 
 
 @app.command()
@@ -49,13 +139,103 @@ def migrate(
         bool, typer.Option("--sql", help="Print the SQL instead of running it.")
     ] = False,
 ) -> None:
-    """Upgrade the database schema (to head by default)."""
-    url = _dsn(dsn)
-    if not url and not sql:
-        raise _fail("no database URL: pass --dsn or set SESSIONSTORE_DATABASE_URL")
-    migrations.upgrade(url or "", revision, sql=sql)
-    if not sql:
-        console.print(f"migrated {redact_dsn(url)} to {revision}")
+    """Upgrade the schema (to head by default); adopts databases made by the original SQL.
+
+    Serialised across processes by an advisory lock. Needs a direct or session-mode
+    connection, not a transaction pooler.
+    """
+    if sql:
+        migrations.upgrade(dsn or StoreConfig().dsn or "", revision, sql=True)
+        return
+    config = _config(dsn)
+    if config.effective_pooler == "transaction":
+        _fail(
+            "Migrations need a direct or session-mode connection, not a transaction pooler "
+            "(Supabase port 6543): use the direct or session connection string (port 5432)."
+        )
+    assert config.dsn is not None
+    with _readable_errors(config.dsn):
+        migrations.upgrade(config.dsn, revision)
+    console.print(f"migrated {redact_dsn(config.dsn)} to {revision}")
+
+
+@app.command()
+def downgrade(
+    revision: Annotated[
+        str, typer.Argument(help="Target revision, or `base` to remove everything.")
+    ],
+    dsn: DsnOption = None,
+) -> None:
+    """Downgrade the schema to REVISION."""
+    config = _config(dsn)
+    with _readable_errors(config.dsn):
+        migrations.downgrade(config.dsn or "", revision)
+    console.print(f"downgraded {redact_dsn(config.dsn)} to {revision}")
+
+
+def _print_status(config: StoreConfig, s: Status) -> None:
+    table = Table(title=f"sessionstore status: {redact_dsn(config.dsn)}", show_header=False)
+    table.add_row("reachable", f"yes, PostgreSQL {s.server_version}")
+    table.add_row("pooler mode", s.pooler)
+    table.add_row("revision", f"{s.current_revision or 'none'} (head {s.head_revision})")
+    table.add_row("pending", ", ".join(s.pending) or "none")
+    for name, on in s.rls.items():
+        missing = s.missing_policies.get(name) or []
+        table.add_row(
+            f"RLS {name}", ("on" if on else "OFF") + (f", missing {missing}" if missing else "")
+        )
+    table.add_row("anon can read", ", ".join(s.anon_readable) or "nothing")
+    table.add_row("pool", s.pool)
+    console.print(table)
+    for problem in s.problems:
+        console.print(f"[yellow]attention:[/yellow] {problem}")
+
+
+@app.command()
+def status(dsn: DsnOption = None) -> None:
+    """Check the database: reachable, revisions, RLS and policies, anon access, pool.
+
+    Exits non-zero when something needs attention.
+    """
+    config = _config(dsn)
+    with _readable_errors(config.dsn):
+        result = asyncio.run(check(config))
+    _print_status(config, result)
+    if result.problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+def cleanup(
+    dsn: DsnOption = None,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Sessions deleted per transaction.")
+    ] = 1000,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would go.")] = False,
+) -> None:
+    """Delete expired sessions (not completed ones) in short batches, with a progress bar."""
+    config = _config(dsn)
+
+    async def go() -> int:
+        async with connect(config=config) as store:
+            due = int(await store._db.fetchval(COUNT_EXPIRED))
+            if dry_run or due == 0:
+                return due
+            columns = (
+                TextColumn("deleting"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+            )
+            with Progress(*columns, console=console) as bar:
+                task = bar.add_task("cleanup", total=due)
+                return await store.sessions.cleanup_expired(
+                    batch_size=batch_size, on_progress=lambda n: bar.update(task, completed=n)
+                )
+
+    with _readable_errors(config.dsn):
+        count = asyncio.run(go())
+    console.print(f"{'would delete' if dry_run else 'deleted'} {count} expired sessions")
 
 
 @app.command()
@@ -66,19 +246,15 @@ def replay(
     dsn: DsnOption = None,
 ) -> None:
     """Write the messages a failed close() spilled to FILE. Safe to run twice."""
-    url = _dsn(dsn)
-    if not url:
-        raise _fail("no database URL: pass --dsn or set SESSIONSTORE_DATABASE_URL")
+    config = _config(dsn)
 
     async def go() -> tuple[int, int]:
-        async with connect(url) as store:
+        async with connect(config=config) as store:
             count = await store.replay(file)
             return count, store.stats().set_aside
 
-    try:
+    with _readable_errors(config.dsn):
         count, set_aside = asyncio.run(go())
-    except SessionStoreError as exc:
-        raise _fail(str(exc)) from None
     console.print(f"replayed {count} messages from {file} ({set_aside} could not be written)")
     if set_aside:
         raise typer.Exit(1)
@@ -88,8 +264,8 @@ def _print_report(report: DemoReport) -> None:
     table = Table(title="sessionstore demo")
     table.add_column("measure")
     table.add_column("value", justify="right")
-    for status, count in report.sessions_by_status.items():
-        table.add_row(f"sessions {status}", str(count))
+    for name, count in report.sessions_by_status.items():
+        table.add_row(f"sessions {name}", str(count))
     table.add_row("turns", str(report.turns))
     table.add_row("tokens", str(report.tokens))
     table.add_row("messages written", str(report.messages))
@@ -108,28 +284,30 @@ def demo(
         bool, typer.Option("--yes", help="Write demo rows into --dsn without asking.")
     ] = False,
 ) -> None:
-    """Run a simulated MCP server; with no DSN, on an embedded PostgreSQL."""
-    url = _dsn(dsn)
+    """Simulate an MCP server; with no DSN, on an embedded PostgreSQL that is removed after."""
+    url = dsn or StoreConfig().dsn
     with ExitStack() as stack:
         if url is None:
             console.print("no DSN set: starting an embedded PostgreSQL")
-            url = stack.enter_context(embedded_server(keep=keep))
+            with _readable_errors(None):
+                url = stack.enter_context(embedded_server(keep=keep))
         elif not yes and not typer.confirm(f"write demo sessions into {redact_dsn(url)}?"):
             raise typer.Exit(1)
-        migrations.upgrade(url)
+        target = url
 
         async def go() -> DemoReport:
-            async with connect(url) as store:
+            async with connect(target) as store:
                 return await run_demo(store, clients=clients)
 
-        try:
+        with _readable_errors(target):
+            migrations.upgrade(target)
             report = asyncio.run(go())
-        except SessionStoreError as exc:
-            raise _fail(str(exc)) from None
     _print_report(report)
-    console.print(
-        "next: [bold]sessionstore migrate --dsn URL[/bold] on your own database, then see README.md"
-    )
+    console.print("next:")
+    console.print("  export SESSIONSTORE_DATABASE_URL=postgresql://USER:PASSWORD@HOST:5432/DB")
+    console.print("  sessionstore migrate        # the schema, on your database")
+    console.print("  sessionstore status         # revisions, RLS, anon access")
+    console.print("  python3 dev.py test         # the test suite (see README.md)")
 
 
 def main() -> None:

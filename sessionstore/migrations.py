@@ -14,7 +14,7 @@ from alembic.script import ScriptDirectory
 
 from alembic import command
 
-__all__ = ["alembic_config", "downgrade", "head_revision", "upgrade"]
+__all__ = ["alembic_config", "downgrade", "head_revision", "pending_revisions", "upgrade"]
 
 _PACKAGED = Path(__file__).parent / "_alembic"
 _CHECKOUT = Path(__file__).parent.parent / "alembic"
@@ -49,3 +49,12 @@ def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config("")).get_current_head()
     assert head is not None
     return head
+
+
+def pending_revisions(current: str | None) -> list[str]:
+    """Revisions after ``current`` up to head, oldest first (all of them for ``None``)."""
+    script = ScriptDirectory.from_config(alembic_config(""))
+    upper = script.get_current_head()
+    assert upper is not None
+    revisions = list(script.iterate_revisions(upper, current or "base"))
+    return [r.revision for r in reversed(revisions) if r.revision != current]

@@ -1,0 +1,106 @@
+"""Health of a sessionstore database, for ``sessionstore status``: what is there, what is
+missing, and whether anything needs attention."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from .config import StoreConfig
+from .migrations import head_revision, pending_revisions
+
+__all__ = ["EXPECTED_POLICIES", "TABLES", "Status", "check"]
+
+TABLES = ("sessions", "conversations", "messages")
+EXPECTED_POLICIES = {
+    "sessions": {
+        "sessions_select_own",
+        "sessions_insert_own",
+        "sessions_update_own",
+        "sessions_delete_own",
+        "sessions_service_role_all",
+    },
+    "conversations": {"conversations_own", "conversations_service_role_all"},
+    "messages": {"messages_own", "messages_service_role_all"},
+}
+
+TABLE_STATE = """
+SELECT c.relname, c.relrowsecurity,
+       coalesce(array_agg(p.policyname) FILTER (WHERE p.policyname IS NOT NULL), '{}') AS policies,
+       CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon')
+            THEN has_table_privilege('anon', c.oid, 'SELECT') END AS anon_select
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = current_schema()
+LEFT JOIN pg_policies p ON p.tablename = c.relname AND p.schemaname = n.nspname
+WHERE c.relname = ANY($1::text[]) AND c.relkind = 'r'
+GROUP BY c.relname, c.relrowsecurity, c.oid
+"""
+
+
+@dataclass
+class Status:
+    """What ``check`` found. ``problems`` lists what needs attention, one sentence each."""
+
+    server_version: str
+    pooler: str
+    current_revision: str | None
+    head_revision: str
+    pending: list[str]
+    rls: dict[str, bool]
+    missing_policies: dict[str, list[str]]
+    anon_readable: list[str]
+    pool: str
+    problems: list[str] = field(default_factory=list)
+
+
+async def check(config: StoreConfig) -> Status:
+    """Inspect the database ``config`` points at (one direct connection, read-only)."""
+    assert config.dsn is not None
+    conn = await asyncpg.connect(
+        config.dsn,
+        ssl=config.ssl_argument(),
+        timeout=config.connect_timeout,
+        statement_cache_size=0,
+    )
+    try:
+        version = str(await conn.fetchval("SHOW server_version"))
+        has_versions = await conn.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL")
+        current = (
+            await conn.fetchval("SELECT version_num FROM alembic_version") if has_versions else None
+        )
+        rows = await conn.fetch(TABLE_STATE, list(TABLES))
+    finally:
+        await conn.close()
+    head = head_revision()
+    status = Status(
+        server_version=version,
+        pooler=config.effective_pooler,
+        current_revision=current,
+        head_revision=head,
+        pending=pending_revisions(current),
+        rls={r["relname"]: r["relrowsecurity"] for r in rows},
+        missing_policies={
+            r["relname"]: sorted(EXPECTED_POLICIES[r["relname"]] - set(r["policies"])) for r in rows
+        },
+        anon_readable=sorted(
+            r["relname"] for r in rows if r["anon_select"] and not r["relrowsecurity"]
+        ),
+        pool=f"min_size={config.min_size} max_size={config.max_size} "
+        f"statement cache {'off' if config.effective_pooler == 'transaction' else 'on'}",
+    )
+    if status.pending:
+        status.problems.append(
+            f"{len(status.pending)} migration(s) pending: run `sessionstore migrate`"
+        )
+    for table in TABLES:
+        if table not in status.rls:
+            continue
+        if not status.rls[table]:
+            status.problems.append(f"row-level security is off on {table}")
+        if status.missing_policies[table] and current == head:
+            missing = ", ".join(status.missing_policies[table])
+            status.problems.append(f"{table} is missing policies: {missing}")
+    for table in status.anon_readable:
+        status.problems.append(f"anon can read {table} (it has SELECT and no row-level security)")
+    return status

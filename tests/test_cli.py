@@ -1,0 +1,128 @@
+"""The sessionstore command, through Typer's runner, against the real server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+from typer.testing import CliRunner, Result
+
+from sessionstore.cli import app, explain
+from sessionstore.errors import StoreUnavailableError
+from sessionstore.migrations import upgrade
+
+from .servers import TestServer
+
+runner = CliRunner()
+
+
+async def cli(*args: str) -> Result:
+    return await asyncio.to_thread(runner.invoke, app, list(args))
+
+
+def text(result: Result) -> str:
+    """The output with Rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("command", ["migrate", "downgrade", "status", "cleanup", "replay", "demo"])
+async def test_every_command_has_help(command: str) -> None:
+    result = await cli(command, "--help")
+    assert result.exit_code == 0
+    assert "Usage" in text(result)
+
+
+async def test_migrate_status_downgrade(empty_dsn: str) -> None:
+    assert (await cli("migrate", "--dsn", empty_dsn)).exit_code == 0
+    ok = await cli("status", "--dsn", empty_dsn)
+    assert ok.exit_code == 0, ok.output
+    assert "pending" in text(ok)
+    assert "attention" not in text(ok)
+    down = await cli("downgrade", "0003_counters_and_order", "--dsn", empty_dsn)
+    assert down.exit_code == 0, down.output
+    behind = await cli("status", "--dsn", empty_dsn)
+    assert behind.exit_code == 1
+    assert "2 migration(s) pending: run `sessionstore migrate`" in text(behind)
+
+
+async def test_migrate_sql_prints_without_running() -> None:
+    result = await cli("migrate", "--sql", "--dsn", "postgresql://nobody@127.0.0.1:1/none")
+    assert result.exit_code == 0, result.output
+    assert "CREATE TABLE sessions" in text(result)
+
+
+async def test_status_flags_a_missing_policy_and_an_anon_readable_table(
+    pg_server: TestServer, supabase_database: str
+) -> None:
+    dsn = pg_server.admin_dsn_for(supabase_database)
+    assert (await cli("status", "--dsn", dsn)).exit_code == 0
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("DROP POLICY messages_own ON messages")
+        await conn.execute("ALTER TABLE conversations DISABLE ROW LEVEL SECURITY")
+    finally:
+        await conn.close()
+    result = await cli("status", "--dsn", dsn)
+    assert result.exit_code == 1
+    assert "messages is missing policies: messages_own" in text(result)
+    assert "row-level security is off on conversations" in text(result)
+    assert "anon can read conversations" in text(result)
+
+
+async def test_migrate_refuses_a_transaction_pooler() -> None:
+    result = await cli("migrate", "--dsn", "postgresql://u:secret@db.example.com:6543/postgres")
+    assert result.exit_code == 1
+    assert "not a transaction pooler" in text(result)
+    assert "secret" not in text(result)
+    assert "Traceback" not in text(result)
+
+
+async def test_unreachable_database_is_one_sentence() -> None:
+    result = await cli("status", "--dsn", "postgresql://u:secret@127.0.0.1:1/db")
+    assert result.exit_code == 1
+    assert "Could not reach postgresql://u:***@127.0.0.1:1/db" in text(result)
+    assert "Traceback" not in text(result)
+    assert "secret" not in text(result)
+
+
+async def test_missing_migrations_say_what_to_run(empty_dsn: str) -> None:
+    result = await cli("cleanup", "--dsn", empty_dsn)
+    assert result.exit_code == 1
+    assert "has no sessionstore schema yet: run `sessionstore migrate`" in text(result)
+
+
+def test_wrong_password_sentence() -> None:
+    error = StoreUnavailableError(
+        "could not connect: password authentication failed", sqlstate="28P01"
+    )
+    message = explain(error, "postgresql://app:pw@h:5432/db")
+    assert message.startswith("Authentication failed for postgresql://app:***@h:5432/db")
+
+
+async def test_cleanup_dry_run_then_for_real(admin_dsn: str, conn: asyncpg.Connection) -> None:
+    await conn.execute(
+        "INSERT INTO sessions (user_id, expires_at) SELECT 'u', now() - interval '1 hour'"
+        " FROM generate_series(1, 25)"
+    )
+    dry = await cli("cleanup", "--dsn", admin_dsn, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "would delete 25 expired sessions" in text(dry)
+    assert await conn.fetchval("SELECT count(*) FROM sessions") == 25
+    real = await cli("cleanup", "--dsn", admin_dsn, "--batch-size", "10")
+    assert real.exit_code == 0, real.output
+    assert "deleted 25 expired sessions" in text(real)
+    assert await conn.fetchval("SELECT count(*) FROM sessions") == 0
+
+
+async def test_demo_against_a_dsn(empty_dsn: str) -> None:
+    await asyncio.to_thread(upgrade, empty_dsn)
+    result = await cli("demo", "--dsn", empty_dsn, "--yes", "--clients", "3")
+    assert result.exit_code == 0, result.output
+    assert "sessions paused" in text(result)
+    assert "sessionstore migrate" in text(result)
+    conn = await asyncpg.connect(empty_dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM sessions") == 3 + 3
+    finally:
+        await conn.close()
