@@ -85,9 +85,9 @@ mark AS (
 SELECT CASE WHEN EXISTS (SELECT 1 FROM mark) THEN 'expired' ELSE status END AS status, version
 FROM cur
 """
-LIST_SESSIONS = f"""
-SELECT {SESSION_COLUMNS} FROM sessions
-WHERE user_id = $1
+_LIST = """
+SELECT {columns} FROM sessions
+WHERE {owner}
   AND ($2::text IS NULL OR
        CASE WHEN status IN ('active', 'paused') AND expires_at <= now() THEN 'expired'
             ELSE status END = $2)
@@ -95,6 +95,9 @@ WHERE user_id = $1
 ORDER BY created_at DESC, id DESC
 LIMIT $5
 """
+LIST_SESSIONS = _LIST.format(columns=SESSION_COLUMNS, owner="user_id = $1")
+# Every user's sessions (the service path; under RLS only the caller's are visible).
+LIST_ALL_SESSIONS = _LIST.format(columns=SESSION_COLUMNS, owner="$1::text IS NULL")
 DELETE_SESSION = "DELETE FROM sessions WHERE id = $1 RETURNING id"
 # Same rule as the original cleanup_expired_sessions(), bounded and skipping locked rows
 # so concurrent writers and a second cleaner are never blocked for long.
@@ -340,19 +343,21 @@ class SessionsRepository:
     async def list(
         self,
         *,
-        user_id: str,
+        user_id: str | None,
         status: SessionStatus | str | None = None,
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page[Session]:
-        """The user's sessions, newest first, optionally of one status, a page at a time."""
-        uid = v.identifier(user_id, "user_id")
+        """The user's sessions, newest first, optionally of one status, a page at a time.
+
+        ``user_id=None`` lists every user's sessions (what the service path may see).
+        """
+        uid = None if user_id is None else v.identifier(user_id, "user_id")
         status_ = None if status is None else v.status(status).value
         size = v.limit(limit)
         after_at, after_id = decode_cursor(v.text(cursor, "cursor", optional=True))
-        rows = await self._db.fetch(
-            LIST_SESSIONS, uid, status_, after_at, after_id, size + 1, retry=True
-        )
+        query = LIST_SESSIONS if uid is not None else LIST_ALL_SESSIONS
+        rows = await self._db.fetch(query, uid, status_, after_at, after_id, size + 1, retry=True)
         return make_page(rows, size, session_from_values, lambda s: (s.created_at, s.id))
 
     async def delete(self, session_id: UUID | str) -> None:
