@@ -1,7 +1,9 @@
 """A scripted run of the library as an MCP server would use it, with a summary.
 
 Concurrent sessions each hold a few conversations and take turns through ``add_turn``;
-one session is paused, one completed, one left to expire. Returns the numbers so the
+in each session's last conversation the assistant's replies go through the write-behind
+queue (``enqueue_turn``) and are flushed before the summary. One session is paused, one
+completed, one left to expire. Returns the numbers so the
 CLI can print them (the library itself never prints).
 """
 
@@ -27,6 +29,7 @@ class DemoReport:
     turns: int
     tokens: int
     messages: int
+    written_behind: int
     seconds: float
     latencies_ms: list[float] = field(repr=False)
 
@@ -48,11 +51,17 @@ async def _client(
     session = await store.sessions.create(f"demo-user-{n % 5}", title=f"demo session {n}")
     for c in range(conversations):
         continuation = f"demo-{session.id}-{c}"
+        behind = c == conversations - 1  # this conversation's replies go write-behind
         for t in range(turns):
             for role, text in (
                 (MessageRole.USER, f"question {t}"),
                 (MessageRole.ASSISTANT, f"answer {t}"),
             ):
+                if behind and role is MessageRole.ASSISTANT:
+                    await store.enqueue_turn(
+                        continuation, role, text, session_id=session.id, tokens=10 + t
+                    )
+                    continue
                 started = time.perf_counter()
                 await store.add_turn(continuation, role, text, session_id=session.id, tokens=10 + t)
                 latencies.append((time.perf_counter() - started) * 1000)
@@ -71,6 +80,7 @@ async def run_demo(
     await asyncio.gather(
         *(_client(store, n, conversations, turns, latencies) for n in range(clients))
     )
+    await store.flush()
     seconds = time.perf_counter() - started
 
     paused = await store.sessions.create("demo-user-0", title="paused")
@@ -92,11 +102,13 @@ async def run_demo(
             cursor = page.next_cursor
             if cursor is None:
                 break
+    behind = store.stats().written
     return DemoReport(
         sessions_by_status=by_status,
         turns=totals[0],
         tokens=totals[1],
-        messages=len(latencies) + 1,
+        messages=len(latencies) + behind + 1,
+        written_behind=behind,
         seconds=seconds,
         latencies_ms=latencies,
     )

@@ -162,5 +162,11 @@ class ControlledServer:
         self._pg_ctl("-m", "fast", "restart")
 
     def cleanup(self) -> None:
-        """Stop the server for good."""
+        """Stop the server for good.
+
+        Stopped here, by data directory: after a restart the embedded library still
+        holds the first postmaster's pid, finds it gone and would leave the server running.
+        """
+        with contextlib.suppress(Exception):
+            self._pg_ctl("-m", "immediate", "stop")
         self._server.cleanup()
