@@ -120,6 +120,7 @@ async def test_demo_against_a_dsn(empty_dsn: str) -> None:
     result = await cli("demo", "--dsn", empty_dsn, "--yes", "--clients", "3")
     assert result.exit_code == 0, result.output
     assert "sessions paused" in text(result)
+    assert "of which write-behind" in text(result)
     assert "sessionstore migrate" in text(result)
     conn = await asyncpg.connect(empty_dsn)
     try:
