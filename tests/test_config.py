@@ -188,3 +188,9 @@ def test_from_trusted_equals_model_construct() -> None:
         assert fast.model_copy(update={"metadata": {"z": 0}}).metadata == {"z": 0}
         with pytest.raises(ValidationError):  # still frozen
             fast.metadata = {}
+
+
+def test_every_setting_is_documented() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    for name in StoreConfig.model_fields:
+        assert f"| `{name}` |" in doc, f"docs/configuration.md does not describe {name}"
