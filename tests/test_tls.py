@@ -3,6 +3,7 @@ with a certificate from a test CA (made here with the openssl command)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import glob
 import importlib.util
@@ -17,9 +18,11 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from typer.testing import CliRunner
 
 import sessionstore
 from sessionstore import StoreUnavailableError
+from sessionstore.cli import app
 
 
 def _pg_bin() -> Path | None:
@@ -132,6 +135,7 @@ def tls_server() -> Iterator[tuple[int, Path, Path]]:
                 f"ssl = on\nssl_cert_file = '{d}/server.crt'\nssl_key_file = '{d}/server.key'\n"
             )
         (data / "pg_hba.conf").write_text(
+            "hostssl all pwuser 127.0.0.1/32 scram-sha-256\n"
             "hostssl all all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 reject\n"
         )
         subprocess.run(
@@ -193,6 +197,25 @@ async def test_a_certificate_from_another_ca_is_refused(tls_server: tuple[int, P
     dsn = f"postgresql://postgres@localhost:{port}/postgres"
     with pytest.raises(StoreUnavailableError, match="could not connect"):
         await sessionstore.connect(dsn, ssl="verify-full", ssl_root_cert=other, connect_timeout=5)
+
+
+async def test_wrong_password_is_one_sentence(tls_server: tuple[int, Path, Path]) -> None:
+    port, _, _ = tls_server
+    admin = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", ssl="require")
+    try:
+        await admin.execute("DROP ROLE IF EXISTS pwuser")
+        await admin.execute("CREATE ROLE pwuser LOGIN PASSWORD 'right-one'")
+    finally:
+        await admin.close()
+    dsn = f"postgresql://pwuser:wrong-one@127.0.0.1:{port}/postgres?sslmode=require"
+    result = await asyncio.to_thread(CliRunner().invoke, app, ["status", "--dsn", dsn])
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 1
+    assert flat.startswith(
+        f"error: Authentication failed for postgresql://pwuser:***@127.0.0.1:{port}"
+    )
+    assert "wrong-one" not in result.output
+    assert "Traceback" not in result.output
 
 
 async def test_plain_connections_are_refused_by_this_server(
