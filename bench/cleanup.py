@@ -15,27 +15,14 @@ import os
 import statistics
 import time
 from contextlib import ExitStack
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from common import fresh_database
 
 import sessionstore
 from sessionstore.embedded import embedded_server
-from sessionstore.migrations import upgrade
 
 EXPIRED = 50_000
-
-
-async def _fresh(dsn: str) -> str:
-    name = f"bench_cleanup_{os.getpid()}_{int(time.time())}"
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    target = urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
-    await asyncio.to_thread(upgrade, target)
-    return target
 
 
 async def _turns(
@@ -57,7 +44,7 @@ def _summary(name: str, ms: list[float]) -> str:
 
 
 async def run(dsn: str, seconds: float) -> None:
-    target = await _fresh(dsn)
+    target = await fresh_database(dsn, "cleanup")
     async with sessionstore.connect(target, max_size=8, cache_size=0) as store:
         ids = [(await store.sessions.create(f"live-{i}")).id for i in range(100)]
         conn = await asyncpg.connect(target)

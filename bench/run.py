@@ -32,13 +32,13 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
+from common import fresh_database
 
 import sessionstore
 from sessionstore.embedded import embedded_server
-from sessionstore.migrations import upgrade
 from sessionstore.repositories.messages import ADD_MESSAGE, HISTORY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,26 +48,10 @@ BEGIN, END = "<!-- bench/run.py: begin -->", "<!-- bench/run.py: end -->"
 IMPLS = ["sessionstore", "sessionstore-writebehind", "asyncpg", "sqlalchemy", "threadpool"]
 
 
-def with_db(dsn: str, name: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
-
-
-async def fresh_db(dsn: str, tag: str) -> str:
-    name = f"bench_{tag}_{os.getpid()}_{time.time_ns() % 10**9}"
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    target = with_db(dsn, name)
-    await asyncio.to_thread(upgrade, target)
-    return target
-
-
 def turn_workload(dsn: str, clients: int, turns: int) -> list[dict[str, Any]]:
     rows = []
     for impl in IMPLS:
-        target = asyncio.run(fresh_db(dsn, impl.replace("-", "_")))
+        target = asyncio.run(fresh_database(dsn, impl.replace("-", "_")))
         out = subprocess.run(
             [
                 sys.executable,
@@ -107,7 +91,7 @@ def _pct(ms: list[float]) -> tuple[float, float]:
 
 
 async def history_scaling(dsn: str, reads: int) -> list[dict[str, Any]]:
-    target = await fresh_db(dsn, "history")
+    target = await fresh_database(dsn, "history")
     conn = await asyncpg.connect(target)
     rows = []
     loaded = 0
@@ -157,7 +141,7 @@ async def history_scaling(dsn: str, reads: int) -> list[dict[str, Any]]:
 
 
 async def add_overhead(dsn: str, tasks: int, per_task: int) -> dict[str, Any]:
-    target = await fresh_db(dsn, "add")
+    target = await fresh_database(dsn, "add")
     async with sessionstore.connect(target, max_size=10, min_size=10, cache_size=0) as store:
         convs = [(await store.conversations.get_or_create(f"a{i}")).id for i in range(tasks)]
         pool = await asyncpg.create_pool(target, min_size=10, max_size=10)
@@ -192,7 +176,7 @@ def profile(dsn: str) -> str:
     sys.path.insert(0, str(ROOT / "bench"))
     import workload
 
-    target = asyncio.run(fresh_db(dsn, "profile"))
+    target = asyncio.run(fresh_database(dsn, "profile"))
     prof = cProfile.Profile()
     prof.enable()
     asyncio.run(workload.run("sessionstore", target, 50, 20, 10))
@@ -244,7 +228,7 @@ def pgbench_ceiling(dsn: str, clients: int, seconds: int) -> dict[str, Any] | No
 
     from sessionstore.turns import ADD_TURN
 
-    target = asyncio.run(fresh_db(dsn, "pgbench"))
+    target = asyncio.run(fresh_database(dsn, "pgbench"))
 
     async def prepare() -> None:
         ids = await workload.setup(target, clients)

@@ -19,29 +19,12 @@ import subprocess
 import sys
 import time
 from contextlib import ExitStack
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from common import fresh_database
 
 import sessionstore
 from sessionstore.embedded import embedded_server
-from sessionstore.migrations import upgrade
-
-
-def _with_db(dsn: str, name: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
-
-
-async def _fresh_database(dsn: str) -> str:
-    name = f"bench_wb_{os.getpid()}_{int(time.time())}"
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    target = _with_db(dsn, name)
-    await asyncio.to_thread(upgrade, target)
-    return target
 
 
 def _rss_mib() -> float:
@@ -51,7 +34,7 @@ def _rss_mib() -> float:
 async def _one(
     dsn: str, messages: int, producers: int, conversations: int, max_pending: int
 ) -> dict[str, object]:
-    target = await _fresh_database(dsn)
+    target = await fresh_database(dsn, "writebehind")
     async with sessionstore.connect(target, max_size=4, max_pending=max_pending) as store:
         convs = [
             (await store.conversations.get_or_create(f"wb-{i}")).id for i in range(conversations)

@@ -78,12 +78,18 @@ async def template_db(pg_server: TestServer) -> AsyncIterator[str]:
     await drop_database(pg_server, name)
 
 
+async def _supabase_like(server: TestServer) -> str:
+    """A new database with Supabase's roles, auth schema and default grants."""
+    await _admin(server, ROLES)
+    name = await create_database(server)
+    await _admin_on(server, name, AUTH_AND_GRANTS)
+    return name
+
+
 @pytest.fixture(scope="session")
 async def supabase_template(pg_server: TestServer) -> AsyncIterator[str]:
     """A Supabase-like database (roles, auth schema, default grants) migrated to head."""
-    await _admin(pg_server, ROLES)
-    name = await create_database(pg_server)
-    await _admin_on(pg_server, name, AUTH_AND_GRANTS)
+    name = await _supabase_like(pg_server)
     await asyncio.to_thread(upgrade, pg_server.admin_dsn_for(name))
     yield name
     await drop_database(pg_server, name)
@@ -100,9 +106,7 @@ async def supabase_database(pg_server: TestServer, supabase_template: str) -> As
 @pytest.fixture
 async def supabase_like_empty(pg_server: TestServer) -> AsyncIterator[str]:
     """A fresh Supabase-like database with no schema of ours; its direct DSN."""
-    await _admin(pg_server, ROLES)
-    name = await create_database(pg_server)
-    await _admin_on(pg_server, name, AUTH_AND_GRANTS)
+    name = await _supabase_like(pg_server)
     yield pg_server.admin_dsn_for(name)
     await drop_database(pg_server, name)
 

@@ -1,0 +1,30 @@
+"""What the benchmark scripts share."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from sessionstore.migrations import upgrade
+
+
+def with_database(dsn: str, name: str) -> str:
+    """``dsn`` pointed at database ``name``."""
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+
+
+async def fresh_database(dsn: str, tag: str) -> str:
+    """A new database on ``dsn``'s server, migrated to head; its DSN."""
+    name = f"bench_{tag}_{os.getpid()}_{time.time_ns() % 10**9}"
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    target = with_database(dsn, name)
+    await asyncio.to_thread(upgrade, target)
+    return target
