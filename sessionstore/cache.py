@@ -5,7 +5,9 @@ processes' writes arrive through LISTEN/NOTIFY (one dedicated connection per sto
 reconnected when dropped) where a session-level connection exists; behind a transaction
 pooler, entries simply expire after ``cache_ttl``. While the listener is down the cache
 is bypassed, and it is emptied when the listener comes back (notifications may have
-been missed).
+been missed). Between the listener's connection dying and the client noticing (when the
+socket closes, normally milliseconds) a stale entry can still be served; ``cache_ttl``
+bounds that too.
 """
 
 from __future__ import annotations
