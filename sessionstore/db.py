@@ -348,5 +348,15 @@ class UserScopedDatabase(Database):
         async with self._parent.acquire() as conn:
             with translate_errors():
                 async with conn.transaction():
-                    await conn.execute(SET_USER_SCOPE, self._claims)
+                    try:
+                        await conn.execute(SET_USER_SCOPE, self._claims)
+                    except (
+                        asyncpg.InvalidParameterValueError,  # no such role
+                        asyncpg.InsufficientPrivilegeError,  # not granted to this login
+                    ) as exc:
+                        raise PermissionDeniedError(
+                            "as_user needs the role 'authenticated' granted to the connecting "
+                            f"role (Supabase sets this up; see docs/supabase.md): {exc}",
+                            sqlstate=exc.sqlstate,
+                        ) from exc
                     yield conn

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 import asyncpg
@@ -220,3 +221,27 @@ async def test_policies_look_up_the_user_once_per_statement(world: World) -> Non
         for table in ("sessions", "conversations", "messages"):
             plan = "\n".join(r[0] for r in await world.conn.fetch(f"EXPLAIN SELECT * FROM {table}"))
             assert "InitPlan" in plan, plan
+
+
+async def test_as_user_without_supabase_roles_says_so(
+    admin_dsn: str, conn: asyncpg.Connection
+) -> None:
+    """On a database where 'authenticated' is missing (or not granted), a clear error.
+
+    Over the direct DSN: the CI's PgBouncer logs every client in as one server role.
+    """
+    await conn.execute("CREATE ROLE sstest_no_roles LOGIN")
+    try:
+        await conn.execute("GRANT ALL ON ALL TABLES IN SCHEMA public TO sstest_no_roles")
+        parts = urlsplit(admin_dsn)
+        stranger = urlunsplit(
+            parts._replace(netloc="sstest_no_roles@" + parts.netloc.split("@")[-1])
+        )
+        async with sessionstore.connect(stranger, cache_size=0) as store:
+            with pytest.raises(
+                PermissionDeniedError, match="as_user needs the role 'authenticated'"
+            ):
+                await store.as_user(ALICE).sessions.list(user_id=ALICE)
+    finally:
+        await conn.execute("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM sstest_no_roles")
+        await conn.execute("DROP ROLE sstest_no_roles")
