@@ -264,14 +264,6 @@ class Database:
             # one; the caller's own outcome (result or error) is what matters.
             logger.debug("discarded a connection that failed to reset: %r", exc)
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Connection]:
-        """A connection inside a transaction that commits on success, rolls back on error."""
-        async with self.acquire() as conn:
-            with translate_errors():
-                async with conn.transaction():
-                    yield conn
-
     async def run(self, work: Callable[[Connection], Awaitable[T]], *, retry: bool = False) -> T:
         """Run ``work`` on a pooled connection, translating errors.
 
