@@ -230,7 +230,8 @@ async def test_as_user_without_supabase_roles_says_so(
 
     Over the direct DSN: the CI's PgBouncer logs every client in as one server role.
     """
-    await conn.execute("CREATE ROLE sstest_no_roles LOGIN")
+    # a password for servers that require one (the container); trust auth ignores it
+    await conn.execute("CREATE ROLE sstest_no_roles LOGIN PASSWORD 'sstest-pw'")
     try:
         await conn.execute("GRANT ALL ON ALL TABLES IN SCHEMA public TO sstest_no_roles")
         parts = urlsplit(admin_dsn)
