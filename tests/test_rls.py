@@ -235,9 +235,8 @@ async def test_as_user_without_supabase_roles_says_so(
     try:
         await conn.execute("GRANT ALL ON ALL TABLES IN SCHEMA public TO sstest_no_roles")
         parts = urlsplit(admin_dsn)
-        stranger = urlunsplit(
-            parts._replace(netloc="sstest_no_roles@" + parts.netloc.split("@")[-1])
-        )
+        host = parts.netloc.split("@")[-1]
+        stranger = urlunsplit(parts._replace(netloc=f"sstest_no_roles:sstest-pw@{host}"))
         async with sessionstore.connect(stranger, cache_size=0) as store:
             with pytest.raises(
                 PermissionDeniedError, match="as_user needs the role 'authenticated'"
