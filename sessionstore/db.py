@@ -273,9 +273,9 @@ class Database:
         attempt = 0
         while True:
             try:
+                # acquire() translates errors raised inside its block too
                 async with self.acquire() as conn:
-                    with translate_errors():
-                        return await work(conn)
+                    return await work(conn)
             except SessionStoreError as error:
                 attempt += 1
                 if not (retry and is_transient(error)) or attempt >= _RETRY_ATTEMPTS:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Generator
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -28,7 +27,6 @@ from .writer import (
     Writer,
     WriterStats,
     read_spill,
-    uuid7,
 )
 
 __all__ = ["SessionStore", "StoreStats", "UserView", "connect"]
@@ -211,17 +209,14 @@ class SessionStore(_Repositories):
         Returns the message's id. A turn whose session turns out missing, expired or not
         active at write time is set aside (nothing of it is written).
         """
-        item = PendingWrite(
-            id=uuid7(),
-            kind="turn",
-            conversation_id=None,
+        item = PendingWrite.accept(
+            "turn",
+            role,
+            content,
+            metadata,
+            tokens,
             continuation_id=v.identifier(continuation_id, "continuation_id"),
             session_id=None if session_id is None else v.uuid(session_id, "session_id"),
-            role=v.role(role).value,
-            content=v.text(content, "content") or "",
-            metadata=v.metadata_json(metadata),
-            tokens=v.tokens(tokens),
-            enqueued_at=datetime.now(UTC),
         )
         await self._writer.put(item)
         return item.id

@@ -31,11 +31,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
+from . import validation as v
 from .db import Database, is_transient
 from .errors import ConflictError, SessionStoreError, StoreTimeoutError
 
@@ -191,6 +192,34 @@ class PendingWrite:
     enqueued_at: datetime
     ticket: int = 0
     accepted: float = 0.0
+
+    @classmethod
+    def accept(
+        cls,
+        kind: Kind,
+        role: object,
+        content: object,
+        metadata: object,
+        tokens: object,
+        *,
+        conversation_id: UUID | None = None,
+        continuation_id: str | None = None,
+        session_id: UUID | None = None,
+    ) -> PendingWrite:
+        """A new message with its fields checked (``InvalidInputError`` otherwise), a
+        time-ordered id and the acceptance time."""
+        return cls(
+            id=uuid7(),
+            kind=kind,
+            conversation_id=conversation_id,
+            continuation_id=continuation_id,
+            session_id=session_id,
+            role=v.role(role).value,
+            content=v.text(content, "content") or "",
+            metadata=v.metadata_json(metadata),
+            tokens=v.tokens(tokens),
+            enqueued_at=datetime.now(UTC),
+        )
 
     def to_json(self) -> str:
         """One JSON line for a spill file."""

@@ -8,7 +8,6 @@ distinct sequence numbers and the counters never drift from the rows.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -16,7 +15,7 @@ from .. import validation as v
 from ..db import Database, Row
 from ..errors import InvalidInputError, NotFoundError, SessionStoreError
 from ..models import Message, MessageRole, from_trusted
-from ..writer import PendingWrite, Writer, uuid7
+from ..writer import PendingWrite, Writer
 
 __all__ = ["MESSAGE_COLUMNS", "MessagesRepository", "NewMessage", "message_from_values"]
 
@@ -115,17 +114,13 @@ class MessagesRepository:
             raise SessionStoreError(
                 "write-behind runs on the service path only, not under as_user: use add()"
             )
-        item = PendingWrite(
-            id=uuid7(),
-            kind="message",
+        item = PendingWrite.accept(
+            "message",
+            role,
+            content,
+            metadata,
+            tokens,
             conversation_id=v.uuid(conversation_id, "conversation_id"),
-            continuation_id=None,
-            session_id=None,
-            role=v.role(role).value,
-            content=v.text(content, "content") or "",
-            metadata=v.metadata_json(metadata),
-            tokens=v.tokens(tokens),
-            enqueued_at=datetime.now(UTC),
         )
         return self._writer, item
 
