@@ -21,6 +21,7 @@ from sqlalchemy.pool import NullPool
 from alembic import context
 from sessionstore.adoption import original_revision
 from sessionstore.config import StoreConfig
+from sessionstore.db import connect_direct
 from sessionstore.schema import metadata
 
 config = context.config
@@ -72,14 +73,9 @@ async def run_online() -> None:
     settings = _store_config()
 
     async def creator() -> asyncpg.Connection:
-        # No statement cache: migrations must also survive a session-mode pooler.
-        return await asyncpg.connect(
-            settings.dsn,
-            ssl=settings.ssl_argument(),
-            statement_cache_size=0,
-            timeout=settings.connect_timeout,
-            server_settings={"application_name": "sessionstore-migrate"},
-        )
+        # The library's own connection settings; no statement cache, so migrations also
+        # survive a session-mode pooler.
+        return await connect_direct(settings, application_name="sessionstore-migrate")
 
     engine = create_async_engine("postgresql+asyncpg://", async_creator=creator, poolclass=NullPool)
     try:

@@ -3,22 +3,26 @@ kept in PostgreSQL over asyncpg."""
 
 from .config import StoreConfig
 from .errors import (
+    AuthenticationError,
     ConflictError,
     InvalidInputError,
     InvalidStateError,
     NotFoundError,
     PermissionDeniedError,
+    QueueFullError,
     SessionExpiredError,
     SessionStoreError,
     StoreTimeoutError,
     StoreUnavailableError,
+    WriteBehindError,
 )
 from .models import Conversation, Message, MessageRole, Page, Session, SessionStatus
 from .store import SessionStore, StoreStats, UserView, connect
 from .turns import Turn
-from .writer import FailedWrite, QueueFullError, WriteBehindError, WriterStats
+from .writes import FailedWrite, WriterStats
 
 __all__ = [
+    "AuthenticationError",
     "ConflictError",
     "Conversation",
     "FailedWrite",

@@ -8,6 +8,8 @@ import logging
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from .errors import AdoptionError
+
 __all__ = ["AdoptionError", "original_revision"]
 
 logger = logging.getLogger("sessionstore")
@@ -21,10 +23,6 @@ _COLUMNS = text(
     " WHERE table_schema = current_schema() AND table_name = :table"
 )
 _VERSIONED = text("SELECT count(*) FROM alembic_version")
-
-
-class AdoptionError(RuntimeError):
-    """The tables exist but match no known state; adopting them could lose data."""
 
 
 def original_revision(connection: Connection) -> str | None:

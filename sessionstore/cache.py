@@ -15,24 +15,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
-import asyncpg
+from .config import StoreConfig
+from .db import connect_direct
+from .errors import SessionStoreError, translate_errors
+from .models import Session
+from .retry import LISTENER, retrying
+from .rules import effective_status
 
-from .models import Session, SessionStatus
-
-__all__ = ["CHANNEL", "SessionCache"]
+__all__ = ["CHANNEL", "Invalidation", "SessionCache"]
 
 logger = logging.getLogger("sessionstore")
 
 CHANNEL = "sessionstore_sessions"
-_LIVE = (SessionStatus.ACTIVE, SessionStatus.PAUSED)
-_MAX_RECONNECT_DELAY = 5.0
 
 Invalidation = Literal["notify", "ttl", "off"]
 
@@ -49,7 +49,6 @@ class SessionCache:
         self._task: asyncio.Task[None] | None = None
         self.hits = 0
         self.misses = 0
-        self.invalidations = 0
 
     @property
     def usable(self) -> bool:
@@ -69,9 +68,9 @@ class SessionCache:
         self._entries.move_to_end(session_id)
         self.hits += 1
         session = entry[0]
-        due = session.expires_at is not None and session.expires_at <= datetime.now(UTC)
-        if due and session.status in _LIVE:
-            return session.model_copy(update={"status": SessionStatus.EXPIRED})
+        status = effective_status(session.status, session.expires_at, datetime.now(UTC))
+        if status is not session.status:
+            return session.model_copy(update={"status": status})
         return session
 
     def put(self, session: Session) -> None:
@@ -85,8 +84,7 @@ class SessionCache:
 
     def discard(self, session_id: UUID) -> None:
         """Forget one session."""
-        if self._entries.pop(session_id, None) is not None:
-            self.invalidations += 1
+        self._entries.pop(session_id, None)
 
     def clear(self) -> None:
         """Forget everything."""
@@ -97,12 +95,10 @@ class SessionCache:
 
     # -- LISTEN/NOTIFY ----------------------------------------------------------------
 
-    def start_listening(self, connect_kwargs: dict[str, Any], dsn: str) -> None:
+    def start_listening(self, config: StoreConfig) -> None:
         """Run the listener connection in the background (reconnecting as needed)."""
         if self.invalidation == "notify" and self._task is None:
-            self._task = asyncio.create_task(
-                self._listen(dsn, connect_kwargs), name="sessionstore-listener"
-            )
+            self._task = asyncio.create_task(self._listen(config), name="sessionstore-listener")
 
     async def stop_listening(self) -> None:
         """Close the listener connection."""
@@ -116,32 +112,31 @@ class SessionCache:
         with contextlib.suppress(ValueError):
             self.discard(UUID(str(payload)))
 
-    async def _listen(self, dsn: str, connect_kwargs: dict[str, Any]) -> None:
-        attempt = 0
+    async def _listen(self, config: StoreConfig) -> None:
+        # Each connection that was up and then lost starts a fresh backoff.
         while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await asyncpg.connect(dsn, **connect_kwargs)
-                lost = asyncio.Event()
+            async for attempt in retrying(
+                LISTENER,
+                retry_on=lambda error: isinstance(error, SessionStoreError),
+                what="session cache listener connection",
+            ):
+                with attempt:
+                    await self._listen_once(config)
+            logger.warning("session cache listener connection lost; reconnecting")
 
-                def on_lost(_conn: Any, event: asyncio.Event = lost) -> None:
-                    event.set()
-
-                conn.add_termination_listener(on_lost)
+    async def _listen_once(self, config: StoreConfig) -> None:
+        """Connect, listen until the connection is lost, then return."""
+        conn = await connect_direct(config)
+        try:
+            lost = asyncio.Event()
+            conn.add_termination_listener(lambda _conn: lost.set())
+            with translate_errors():
                 await conn.add_listener(CHANNEL, self._on_notify)
-                self.clear()  # anything cached before may have missed notifications
-                self._listening = True
-                attempt = 0
-                logger.info("session cache listening on %s", CHANNEL)
-                await lost.wait()
-                logger.warning("session cache listener connection lost; reconnecting")
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                logger.warning("session cache listener could not connect: %s", exc)
-            finally:
-                self._listening = False
-                if conn is not None and not conn.is_closed():
-                    conn.terminate()
-            attempt += 1
-            await asyncio.sleep(
-                min(_MAX_RECONNECT_DELAY, 0.1 * 2**attempt) * (0.5 + random.random())
-            )
+            self.clear()  # anything cached before may have missed notifications
+            self._listening = True
+            logger.info("session cache listening on %s", CHANNEL)
+            await lost.wait()
+        finally:
+            self._listening = False
+            if not conn.is_closed():
+                conn.terminate()

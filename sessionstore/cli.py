@@ -9,19 +9,23 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
 
-import asyncpg
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from . import migrations
-from .adoption import AdoptionError
 from .config import StoreConfig, redact_dsn
-from .db import translate_errors
 from .demo import DemoReport, run_demo
 from .embedded import embedded_server
-from .errors import SessionStoreError
+from .errors import (
+    AdoptionError,
+    AuthenticationError,
+    SessionStoreError,
+    StoreTimeoutError,
+    StoreUnavailableError,
+    translate,
+)
 from .status import Status, check
 from .store import connect
 
@@ -36,10 +40,6 @@ DsnOption = Annotated[
         "--dsn", help="postgresql:// URL (default: SESSIONSTORE_DATABASE_URL or DATABASE_URL)."
     ),
 ]
-COUNT_EXPIRED = (
-    "SELECT count(*) FROM sessions"
-    " WHERE expires_at IS NOT NULL AND expires_at < now() AND status <> 'completed'"
-)
 
 
 class _State:
@@ -65,43 +65,31 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 def _as_store_error(exc: BaseException) -> SessionStoreError | None:
     """The sessionstore error behind ``exc`` (Alembic and SQLAlchemy wrap driver errors)."""
     for cause in _causes(exc):
-        if isinstance(cause, SessionStoreError):
-            return cause
-        if isinstance(cause, asyncpg.PostgresError | OSError | TimeoutError):
-            try:
-                with translate_errors():
-                    raise cause
-            except SessionStoreError as translated:
-                return translated
+        error = translate(cause)
+        if error is not None:
+            return error
     return None
 
 
 def explain(exc: BaseException, dsn: str | None) -> str:
     """One sentence for a person: what went wrong and what to do about it."""
     where = redact_dsn(dsn) or "the database"
-    if isinstance(exc, AdoptionError):
-        return str(exc)
     error = _as_store_error(exc)
-    state = error.sqlstate if error else None
-    if state in ("28P01", "28000"):
+    if isinstance(error, AuthenticationError):
         return (
             f"Authentication failed for {where}: check the user name and password in "
             "the URL (--dsn or SESSIONSTORE_DATABASE_URL)."
         )
-    if state == "3D000":
-        return f"The database in {where} does not exist: create it or fix the URL."
-    if state in ("42P01", "42704"):
-        return (
-            f"{where} has no sessionstore schema yet: run `sessionstore migrate` "
-            "(over a direct or session connection) first."
-        )
-    if error is not None and (state is None or state.startswith("08") or state.startswith("57P")):
+    if isinstance(error, StoreUnavailableError | StoreTimeoutError):
         return (
             f"Could not reach {where}: is the server running, and are host, port and "
             f"database in the URL right? ({error})"
         )
-    detail = error or exc
-    return f"{detail} (run with --debug for the traceback)"
+    if isinstance(error, AdoptionError):
+        return str(error)
+    if error is not None:
+        return f"{where}: {error}"
+    return f"{exc} (run with --debug for the traceback)"
 
 
 def _fail(message: str) -> NoReturn:
@@ -218,7 +206,7 @@ def cleanup(
 
     async def go() -> int:
         async with connect(config=config) as store:
-            due = int(await store._db.fetchval(COUNT_EXPIRED))
+            due = await store.sessions.count_expired()
             if dry_run or due == 0:
                 return due
             columns = (

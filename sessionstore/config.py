@@ -115,6 +115,12 @@ class StoreConfig(BaseSettings):
         return context
 
     @property
+    def sliding_interval(self) -> timedelta | None:
+        """How far each turn pushes a session's ``expires_at`` (to at least now + this):
+        ``default_ttl`` with ``sliding_expiry``, else ``None`` (expiry does not move)."""
+        return self.default_ttl if self.sliding_expiry else None
+
+    @property
     def effective_pooler(self) -> Literal["none", "transaction", "session"]:
         """The pooler mode in force: ``auto`` becomes ``transaction`` on port 6543."""
         if self.pooler != "auto":

@@ -1,7 +1,9 @@
-"""The connection pool, per-connection setup, pooler rules and error translation.
+"""Connections: the arguments every connection is opened with, the pool, and the
+``Database`` that runs work on it — as the service or, under row-level security, as a user.
 
-This is the only module that catches asyncpg exceptions: :func:`translate_errors` turns
-them into the tree in :mod:`sessionstore.errors`, keeping the SQLSTATE.
+:func:`connect_arguments` is the one place connection settings are built: the pool, the
+cache's listener, ``sessionstore status`` and Alembic all use it. Errors are translated
+by :func:`sessionstore.errors.translate_errors`.
 """
 
 from __future__ import annotations
@@ -9,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg
@@ -19,93 +20,75 @@ from asyncpg.pool import PoolConnectionProxy
 
 from .config import StoreConfig, redact_dsn
 from .errors import (
-    ConflictError,
     InvalidInputError,
-    NotFoundError,
     PermissionDeniedError,
     SessionStoreError,
     StoreTimeoutError,
     StoreUnavailableError,
+    is_transient,
+    translate_errors,
 )
+from .retry import READS, retrying
 
 __all__ = [
     "ConfigureCallback",
     "Connection",
     "Database",
-    "Row",
-    "UserScopedDatabase",
-    "translate_errors",
+    "Pool",
+    "connect_arguments",
+    "connect_direct",
 ]
 
 logger = logging.getLogger("sessionstore")
 
 Connection = asyncpg.Connection | PoolConnectionProxy
-#: A result row: an asyncpg ``Record`` or any sequence of values in column order.
-Row = asyncpg.Record | Sequence[Any]
 #: Called with each new connection after sessionstore's own setup (e.g. to register codecs).
 ConfigureCallback = Callable[[asyncpg.Connection], Awaitable[None]]
 T = TypeVar("T")
 
-#: SQLSTATEs after which the same statement may succeed if sent again.
-_UNAVAILABLE = frozenset({"53300", "57P01", "57P02", "57P03"})
-_RETRY_ATTEMPTS = 3
-_RETRY_BASE_DELAY = 0.05
 
+def connect_arguments(
+    config: StoreConfig, *, application_name: str | None = None, statement_cache: bool = True
+) -> dict[str, Any]:
+    """Keyword arguments for ``asyncpg.connect``/``create_pool`` (the DSN included).
 
-def _error_from_postgres(exc: asyncpg.PostgresError) -> SessionStoreError:
-    state: str = exc.sqlstate or ""
-    message = exc.args[0] if exc.args else str(exc)
-    if state.startswith("08") or state in _UNAVAILABLE:
-        return StoreUnavailableError(f"database unavailable: {message}", sqlstate=state)
-    if state == "57014":
-        return StoreTimeoutError(f"statement cancelled: {message}", sqlstate=state)
-    if state == "23503":
-        return NotFoundError(
-            f"referenced row does not exist: {exc.detail or message}", sqlstate=state
-        )
-    if state in ("23505", "40001", "40P01"):
-        return ConflictError(f"concurrent write conflict: {exc.detail or message}", sqlstate=state)
-    if state == "42501":
-        return PermissionDeniedError(f"permission denied: {message}", sqlstate=state)
-    if state.startswith("22") or state in ("23502", "23514"):
-        field = (
-            getattr(exc, "column_name", None) or getattr(exc, "constraint_name", None) or "value"
-        )
-        error = InvalidInputError(field, f"rejected by the database: {message}")
-        error.sqlstate = state
-        return error
-    return SessionStoreError(f"database error {state}: {message}", sqlstate=state or None)
-
-
-@contextmanager
-def translate_errors() -> Iterator[None]:
-    """Re-raise driver and socket errors as :class:`SessionStoreError` subclasses.
-
-    ``CancelledError`` passes through untouched, as do sessionstore's own errors.
+    Behind a transaction pooler there is no server-side statement cache and no startup
+    setting (neither survives the pooler); ``statement_cache=False`` turns the cache off
+    anyway (one-off connections gain nothing from it).
     """
+    if not config.dsn:
+        raise InvalidInputError("dsn", "no database URL: pass one or set SESSIONSTORE_DATABASE_URL")
+    settings = {"application_name": application_name or config.application_name}
+    kwargs: dict[str, Any] = {
+        "dsn": config.dsn,
+        "timeout": config.connect_timeout,
+        "command_timeout": config.command_timeout,
+    }
+    if config.effective_pooler == "transaction":
+        kwargs["statement_cache_size"] = 0
+    else:
+        if config.statement_timeout is not None:
+            settings["statement_timeout"] = str(int(config.statement_timeout * 1000))
+        if not statement_cache:
+            kwargs["statement_cache_size"] = 0
     try:
-        yield
-    except SessionStoreError:
-        raise
-    except asyncpg.PostgresError as exc:
-        raise _error_from_postgres(exc) from exc
-    except TimeoutError as exc:  # before OSError, of which it is a subclass
-        raise StoreTimeoutError(
-            "operation timed out on the client; it was cancelled and its outcome is unknown"
-        ) from exc
-    except OSError as exc:  # ConnectionError included
-        raise StoreUnavailableError(f"connection to the database lost: {exc}") from exc
-    except asyncpg.exceptions.InternalClientError as exc:
-        # Seen when the server ends a connection mid-operation (pg_terminate_backend):
-        # the protocol is left in a state no further operation can use.
-        raise StoreUnavailableError(f"connection to the database broken: {exc}") from exc
-    except asyncpg.InterfaceError as exc:
-        raise SessionStoreError(f"driver error: {exc}") from exc
+        ssl_arg = config.ssl_argument()
+    except ValueError as exc:
+        raise InvalidInputError("ssl", str(exc)) from None
+    if ssl_arg is not None:
+        kwargs["ssl"] = ssl_arg
+    kwargs["server_settings"] = settings
+    return kwargs
 
 
-def is_transient(error: SessionStoreError) -> bool:
-    """Whether sending the same work again may succeed."""
-    return isinstance(error, StoreUnavailableError) or error.sqlstate in ("40001", "40P01")
+async def connect_direct(
+    config: StoreConfig, *, application_name: str | None = None
+) -> asyncpg.Connection:
+    """One connection outside the pool (the listener, ``status``, migrations)."""
+    with translate_errors():
+        return await asyncpg.connect(
+            **connect_arguments(config, application_name=application_name, statement_cache=False)
+        )
 
 
 def _encode_json(value: Any) -> str:
@@ -116,13 +99,6 @@ def _encode_json(value: Any) -> str:
 def _decode_json(text: str) -> Any:
     # Most metadata is the column default; skip the parser for it (one per message row).
     return {} if text == "{}" else json.loads(text)
-
-
-async def _register_json(conn: asyncpg.Connection) -> None:
-    for type_name in ("jsonb", "json"):
-        await conn.set_type_codec(
-            type_name, encoder=_encode_json, decoder=_decode_json, schema="pg_catalog"
-        )
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -136,90 +112,53 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
-class Database:
-    """One asyncpg pool configured from a :class:`StoreConfig`.
-
-    Operations acquire a connection for one statement or one transaction. Acquiring waits
-    at most ``acquire_timeout``; connecting at most ``connect_timeout``; each statement at
-    most ``command_timeout`` on the client and ``statement_timeout`` on the server.
-    """
-
-    #: Whether operations run under row-level security in a per-operation transaction.
-    rls_scoped = False
+class Pool:
+    """One asyncpg pool configured from a :class:`StoreConfig`: its lifecycle and its
+    connections. Acquiring waits at most ``acquire_timeout``, connecting at most
+    ``connect_timeout``."""
 
     def __init__(self, config: StoreConfig, *, configure: ConfigureCallback | None = None) -> None:
-        if not config.dsn:
-            raise InvalidInputError(
-                "dsn", "no database URL: pass one or set SESSIONSTORE_DATABASE_URL"
-            )
         self.config = config
-        self.pooler = config.effective_pooler
+        self._arguments = connect_arguments(config)  # checks the DSN and SSL settings now
         self._configure = configure
         self._pool: asyncpg.Pool | None = None
 
     async def _init_connection(self, conn: asyncpg.Connection) -> None:
-        await _register_json(conn)
+        for type_name in ("jsonb", "json"):
+            await conn.set_type_codec(
+                type_name, encoder=_encode_json, decoder=_decode_json, schema="pg_catalog"
+            )
         if self._configure is not None:
             await self._configure(conn)
 
-    @property
-    def pool(self) -> asyncpg.Pool:
-        """The open pool. :class:`SessionStoreError` before ``open()`` or after ``close()``."""
-        if self._pool is None:
-            raise SessionStoreError("the store is not open (use `async with` or `await connect()`)")
-        return self._pool
-
-    def connect_kwargs(self) -> dict[str, Any]:
-        """Arguments for ``asyncpg.connect``/``create_pool`` that follow the pooler rules."""
-        cfg = self.config
-        settings = {"application_name": cfg.application_name}
-        kwargs: dict[str, Any] = {
-            "timeout": cfg.connect_timeout,
-            "command_timeout": cfg.command_timeout,
-        }
-        if self.pooler == "transaction":
-            # Server-side prepared statements and startup GUCs do not survive a transaction pooler.
-            kwargs["statement_cache_size"] = 0
-        elif cfg.statement_timeout is not None:
-            settings["statement_timeout"] = str(int(cfg.statement_timeout * 1000))
-        try:
-            ssl_arg = cfg.ssl_argument()
-        except ValueError as exc:
-            raise InvalidInputError("ssl", str(exc)) from None
-        if ssl_arg is not None:
-            kwargs["ssl"] = ssl_arg
-        kwargs["server_settings"] = settings
-        return kwargs
-
     async def open(self) -> None:
-        """Create the pool (opening ``min_size`` connections)."""
+        """Create the pool (opening ``min_size`` connections). Idempotent."""
         if self._pool is not None:
             return
         cfg = self.config
-        with translate_errors():
-            try:
+        try:
+            with translate_errors():
                 self._pool = await asyncio.wait_for(
                     asyncpg.create_pool(
-                        cfg.dsn,
                         min_size=cfg.min_size,
                         max_size=cfg.max_size,
                         max_inactive_connection_lifetime=cfg.max_inactive_connection_lifetime,
                         init=self._init_connection,
                         reset=_keep_session,
-                        **self.connect_kwargs(),
+                        **self._arguments,
                     ),
                     timeout=cfg.connect_timeout * max(cfg.min_size, 1) + cfg.connect_timeout,
                 )
-            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-                raise StoreUnavailableError(
-                    f"could not connect to {redact_dsn(cfg.dsn)} "
-                    f"within connect_timeout={cfg.connect_timeout}s: {exc}",
-                    sqlstate=getattr(exc, "sqlstate", None),
-                ) from exc
+        except (StoreUnavailableError, StoreTimeoutError) as exc:
+            raise StoreUnavailableError(
+                f"could not connect to {redact_dsn(cfg.dsn)} "
+                f"within connect_timeout={cfg.connect_timeout}s: {exc}",
+                sqlstate=exc.sqlstate,
+            ) from exc
         logger.info(
             "pool open: %s (pooler=%s, size %d..%d)",
             redact_dsn(cfg.dsn),
-            self.pooler,
+            cfg.effective_pooler,
             cfg.min_size,
             cfg.max_size,
         )
@@ -233,15 +172,19 @@ class Database:
         if pool is None:
             return
         try:
-            await asyncio.wait_for(pool.close(), timeout=self.config.connect_timeout)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            logger.warning("pool did not close cleanly (%r); terminating its connections", exc)
+            with translate_errors():
+                await asyncio.wait_for(pool.close(), timeout=self.config.connect_timeout)
+        except SessionStoreError as exc:
+            logger.warning("pool did not close cleanly (%s); terminating its connections", exc)
             pool.terminate()
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[Connection]:
-        """A pooled connection, released (or discarded if broken) on exit."""
-        pool = self.pool
+        """A pooled connection, released (or discarded if broken) on exit. Errors raised
+        inside the block are translated too."""
+        pool = self._pool
+        if pool is None:
+            raise SessionStoreError("the store is not open (use `async with` or `await connect()`)")
         with translate_errors():
             try:
                 conn = await pool.acquire(timeout=self.config.acquire_timeout)
@@ -253,38 +196,102 @@ class Database:
             try:
                 yield conn
             finally:
-                await self._release(pool, conn)
+                await _release(pool, conn)
 
-    @staticmethod
-    async def _release(pool: asyncpg.Pool, conn: PoolConnectionProxy[Any]) -> None:
-        try:
+
+async def _release(pool: asyncpg.Pool, conn: PoolConnectionProxy[Any]) -> None:
+    try:
+        with translate_errors():
             await pool.release(conn)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            # asyncpg has terminated the broken connection and the pool will open a new
-            # one; the caller's own outcome (result or error) is what matters.
-            logger.debug("discarded a connection that failed to reset: %r", exc)
+    except SessionStoreError as exc:
+        # asyncpg has terminated the broken connection and the pool will open a new
+        # one; the caller's own outcome (result or error) is what matters.
+        logger.debug("discarded a connection that failed to reset: %s", exc)
+
+
+# Transaction-local (is_local = true): the settings end with the transaction, so nothing
+# reaches the next user of the connection, even behind a transaction pooler.
+SET_USER_SCOPE = """
+SELECT set_config('request.jwt.claims', $1, true), set_config('role', 'authenticated', true)
+"""
+# No such role (22023), or the role is not granted to the connecting login (42501).
+_SCOPE_REFUSED = ("22023", "42501")
+
+
+def _retry_read(error: BaseException) -> bool:
+    # A client-side timeout has used up the caller's time budget: it is not re-sent.
+    return is_transient(error) and not isinstance(error, StoreTimeoutError)
+
+
+class Database:
+    """Runs work on the pool's connections, as the connecting role or — when ``claims``
+    (a JSON object) is given — as a Supabase ``authenticated`` user under row-level
+    security: each acquisition then opens a transaction that sets the claims and the
+    role locally, and commit or rollback ends both.
+
+    Each statement is bounded by ``command_timeout`` on the client and
+    ``statement_timeout`` on the server.
+    """
+
+    def __init__(self, pool: Pool, claims: str | None = None) -> None:
+        self.pool = pool
+        self.config = pool.config
+        self._claims = claims
+
+    @property
+    def rls_scoped(self) -> bool:
+        """Whether operations run under row-level security, each in its own transaction."""
+        return self._claims is not None
+
+    def as_user(self, claims: str) -> Database:
+        """The same pool, with every operation run as the user the JWT ``claims`` name."""
+        return Database(self.pool, claims)
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Connection]:
+        """A pooled connection (inside the user's transaction when scoped)."""
+        async with self.pool.acquire() as conn:
+            if self._claims is None:
+                yield conn
+                return
+            async with conn.transaction():
+                try:
+                    with translate_errors():
+                        await conn.execute(SET_USER_SCOPE, self._claims)
+                except SessionStoreError as exc:
+                    if exc.sqlstate not in _SCOPE_REFUSED:
+                        raise
+                    raise PermissionDeniedError(
+                        "as_user needs the role 'authenticated' granted to the connecting "
+                        f"role (Supabase sets this up; see docs/supabase.md): {exc}",
+                        sqlstate=exc.sqlstate,
+                    ) from exc
+                yield conn
+
+    async def _once(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+        async with self.acquire() as conn:
+            return await work(conn)
 
     async def run(self, work: Callable[[Connection], Awaitable[T]], *, retry: bool = False) -> T:
-        """Run ``work`` on a pooled connection, translating errors.
+        """Run ``work`` on a connection, translating errors.
 
-        With ``retry=True`` (reads and idempotent writes only) transient failures are
-        retried up to 3 times with jittered exponential backoff.
+        With ``retry=True`` (reads and idempotent writes only) a lost connection, a
+        restarting server or a serialisation failure is retried twice more with the
+        :data:`sessionstore.retry.READS` backoff.
         """
-        attempt = 0
-        while True:
-            try:
-                # acquire() translates errors raised inside its block too
-                async with self.acquire() as conn:
-                    return await work(conn)
-            except SessionStoreError as error:
-                attempt += 1
-                if not (retry and is_transient(error)) or attempt >= _RETRY_ATTEMPTS:
-                    raise
-                delay = _RETRY_BASE_DELAY * 2**attempt * (0.5 + random.random())
-                logger.warning(
-                    "transient database error, retry %d in %.2fs: %s", attempt, delay, error
-                )
-                await asyncio.sleep(delay)
+        try:
+            return await self._once(work)
+        except SessionStoreError as error:
+            if not (retry and _retry_read(error)):
+                raise
+            first = error
+        # The first attempt above skipped tenacity's per-call cost; it counts as attempt 1.
+        async for attempt in retrying(READS, retry_on=_retry_read, what="read"):
+            with attempt:
+                if attempt.retry_state.attempt_number == 1:
+                    raise first
+                return await self._once(work)
+        raise AssertionError("unreachable: the retry loop returns or raises")
 
     async def fetchrow(self, query: str, *args: Any, retry: bool = False) -> asyncpg.Record | None:
         """One row of ``query`` (or ``None``)."""
@@ -297,58 +304,3 @@ class Database:
     async def fetchval(self, query: str, *args: Any, retry: bool = False) -> Any:
         """The first column of the first row of ``query``."""
         return await self.run(lambda conn: conn.fetchval(query, *args), retry=retry)
-
-
-# Transaction-local (is_local = true): the settings end with the transaction, so nothing
-# reaches the next user of the connection, even behind a transaction pooler.
-SET_USER_SCOPE = """
-SELECT set_config('request.jwt.claims', $1, true), set_config('role', 'authenticated', true)
-"""
-
-
-class UserScopedDatabase(Database):
-    """The pool of ``parent``, with every operation run as a Supabase ``authenticated`` user.
-
-    Each acquisition opens a transaction and sets ``request.jwt.claims`` and the role
-    locally before the work runs; commit or rollback ends both.
-    """
-
-    rls_scoped = True
-
-    def __init__(self, parent: Database, claims_json: str) -> None:
-        # Deliberately not Database.__init__: this shares the parent's pool.
-        self.config = parent.config
-        self.pooler = parent.pooler
-        self._parent = parent
-        self._claims = claims_json
-
-    @property
-    def pool(self) -> asyncpg.Pool:
-        """The parent's pool."""
-        return self._parent.pool
-
-    async def open(self) -> None:
-        """Open the parent's pool."""
-        await self._parent.open()
-
-    async def close(self) -> None:
-        """Nothing: the parent owns the pool."""
-
-    @asynccontextmanager
-    async def acquire(self) -> AsyncIterator[Connection]:
-        """A pooled connection inside a transaction scoped to the user."""
-        async with self._parent.acquire() as conn:
-            with translate_errors():
-                async with conn.transaction():
-                    try:
-                        await conn.execute(SET_USER_SCOPE, self._claims)
-                    except (
-                        asyncpg.InvalidParameterValueError,  # no such role
-                        asyncpg.InsufficientPrivilegeError,  # not granted to this login
-                    ) as exc:
-                        raise PermissionDeniedError(
-                            "as_user needs the role 'authenticated' granted to the connecting "
-                            f"role (Supabase sets this up; see docs/supabase.md): {exc}",
-                            sqlstate=exc.sqlstate,
-                        ) from exc
-                    yield conn

@@ -1,22 +1,42 @@
-"""The exception tree. Every error sessionstore raises is a :class:`SessionStoreError`.
+"""The exception tree, and the one place where driver errors become sessionstore errors.
 
-Errors that come from the server carry its SQLSTATE in ``sqlstate`` (``None`` when the
-error was detected on the client). Driver exceptions never reach callers: ``db.py``
-translates them in one place.
+Every error sessionstore raises is a :class:`SessionStoreError`. Errors that come from
+the server carry its SQLSTATE in ``sqlstate`` (``None`` when the error was detected on
+the client). Driver and socket exceptions never reach callers: :func:`translate_errors`
+(and :func:`translate`, which it uses) is the only code in the package that looks at
+asyncpg's exception classes, and :func:`is_transient` the only rule for "may succeed if
+sent again".
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+if TYPE_CHECKING:
+    from .writes import PendingWrite
+
 __all__ = [
+    "AdoptionError",
+    "AuthenticationError",
     "ConflictError",
     "InvalidInputError",
     "InvalidStateError",
     "NotFoundError",
     "PermissionDeniedError",
+    "QueueFullError",
     "SessionExpiredError",
     "SessionStoreError",
     "StoreTimeoutError",
     "StoreUnavailableError",
+    "WriteBehindError",
+    "is_transient",
+    "translate",
+    "translate_errors",
 ]
 
 
@@ -51,13 +71,17 @@ class InvalidInputError(SessionStoreError, ValueError):
 
     field: str
 
-    def __init__(self, field: str, rule: str) -> None:
-        super().__init__(f"{field}: {rule}")
+    def __init__(self, field: str, rule: str, *, sqlstate: str | None = None) -> None:
+        super().__init__(f"{field}: {rule}", sqlstate=sqlstate)
         self.field = field
 
 
 class PermissionDeniedError(SessionStoreError):
     """Row-level security or a missing grant refused the operation (SQLSTATE 42501)."""
+
+
+class AuthenticationError(PermissionDeniedError):
+    """The server refused the login: wrong user name or password (SQLSTATE 28P01, 28000)."""
 
 
 class StoreUnavailableError(SessionStoreError):
@@ -66,3 +90,117 @@ class StoreUnavailableError(SessionStoreError):
 
 class StoreTimeoutError(SessionStoreError, TimeoutError):
     """An operation did not finish within its timeout; the server cancelled or will cancel it."""
+
+
+class QueueFullError(SessionStoreError):
+    """``enqueue_nowait`` found ``max_pending`` messages already waiting."""
+
+
+class WriteBehindError(SessionStoreError):
+    """Accepted messages could not be made durable within ``write_deadline``.
+
+    ``unwritten`` holds exactly those messages; ``spill_path`` names the file they were
+    written to (``None`` if no ``spill_path`` was configured).
+    """
+
+    def __init__(
+        self, message: str, unwritten: list[PendingWrite], spill_path: Path | None
+    ) -> None:
+        super().__init__(message)
+        self.unwritten = unwritten
+        self.spill_path = spill_path
+
+
+class AdoptionError(SessionStoreError):
+    """The tables exist but match no known state; adopting them could lose data."""
+
+
+#: SQLSTATEs after which the same statement may succeed if sent again.
+_UNAVAILABLE = frozenset({"53300", "57P01", "57P02", "57P03"})
+_RETRY_CONFLICTS = frozenset({"40001", "40P01"})
+
+
+def _from_postgres(exc: asyncpg.PostgresError) -> SessionStoreError:
+    state: str = exc.sqlstate or ""
+    message = exc.args[0] if exc.args else str(exc)
+    if state.startswith("08") or state in _UNAVAILABLE:
+        return StoreUnavailableError(f"database unavailable: {message}", sqlstate=state)
+    if state == "57014":
+        return StoreTimeoutError(f"statement cancelled: {message}", sqlstate=state)
+    if state == "23503":
+        return NotFoundError(
+            f"referenced row does not exist: {exc.detail or message}", sqlstate=state
+        )
+    if state == "23505" or state in _RETRY_CONFLICTS:
+        return ConflictError(f"concurrent write conflict: {exc.detail or message}", sqlstate=state)
+    if state.startswith("28"):
+        return AuthenticationError(
+            f"authentication failed: {message}; check the user name and password",
+            sqlstate=state,
+        )
+    if state == "3D000":
+        return StoreUnavailableError(
+            f"{message}: create the database or fix the URL", sqlstate=state
+        )
+    if state in ("42P01", "42704", "3F000"):  # missing table, type or schema
+        return SessionStoreError(
+            f"the sessionstore schema is missing ({message}): run `sessionstore migrate`",
+            sqlstate=state,
+        )
+    if state == "42501":
+        return PermissionDeniedError(f"permission denied: {message}", sqlstate=state)
+    if state.startswith("22") or state in ("23502", "23514"):
+        field = (
+            getattr(exc, "column_name", None) or getattr(exc, "constraint_name", None) or "value"
+        )
+        return InvalidInputError(field, f"rejected by the database: {message}", sqlstate=state)
+    return SessionStoreError(f"database error {state}: {message}", sqlstate=state or None)
+
+
+def translate(exc: BaseException) -> SessionStoreError | None:
+    """The sessionstore error for a driver or socket exception; ``None`` for anything else.
+
+    A :class:`SessionStoreError` is returned unchanged.
+    """
+    if isinstance(exc, SessionStoreError):
+        return exc
+    if isinstance(exc, asyncpg.PostgresError):
+        return _from_postgres(exc)
+    if isinstance(exc, TimeoutError):  # before OSError, of which it is a subclass
+        return StoreTimeoutError(
+            "operation timed out on the client; it was cancelled and its outcome is unknown"
+        )
+    if isinstance(exc, OSError):  # ConnectionError included
+        return StoreUnavailableError(f"connection to the database lost: {exc}")
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        # Seen when the server ends a connection mid-operation (pg_terminate_backend):
+        # the protocol is left in a state no further operation can use.
+        return StoreUnavailableError(f"connection to the database broken: {exc}")
+    if isinstance(exc, asyncpg.InterfaceError):
+        return SessionStoreError(f"driver error: {exc}")
+    return None
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Re-raise driver and socket errors as :class:`SessionStoreError` subclasses.
+
+    ``CancelledError`` passes through untouched, as do sessionstore's own errors and
+    anything that is not a database or network failure.
+    """
+    try:
+        yield
+    except asyncpg.PostgresError as exc:
+        raise _from_postgres(exc) from exc
+    except (OSError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError) as exc:
+        error = translate(exc)  # OSError includes TimeoutError and ConnectionError
+        assert error is not None  # translate() knows every class caught here
+        raise error from exc
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether sending the same work again may succeed: the database was unreachable, the
+    client gave up waiting, or a serialisation failure or deadlock aborted it."""
+    return isinstance(error, StoreUnavailableError | StoreTimeoutError) or (
+        isinstance(error, SessionStoreError) and error.sqlstate in _RETRY_CONFLICTS
+    )

@@ -8,9 +8,9 @@ from datetime import datetime
 from typing import TypeVar
 from uuid import UUID
 
-from .db import Row
 from .errors import InvalidInputError
 from .models import Page
+from .rows import Row
 
 __all__ = ["decode_cursor", "encode_cursor", "make_page"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import asyncpg
-
 from .config import StoreConfig
+from .db import connect_direct
+from .errors import translate_errors
 from .migrations import head_revision, pending_revisions
 
 __all__ = ["EXPECTED_POLICIES", "TABLES", "Status", "check"]
@@ -56,22 +56,19 @@ class Status:
 
 async def check(config: StoreConfig) -> Status:
     """Inspect the database ``config`` points at (one direct connection, read-only)."""
-    assert config.dsn is not None
-    conn = await asyncpg.connect(
-        config.dsn,
-        ssl=config.ssl_argument(),
-        timeout=config.connect_timeout,
-        statement_cache_size=0,
-    )
-    try:
-        version = str(await conn.fetchval("SHOW server_version"))
-        has_versions = await conn.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL")
-        current = (
-            await conn.fetchval("SELECT version_num FROM alembic_version") if has_versions else None
-        )
-        rows = await conn.fetch(TABLE_STATE, list(TABLES))
-    finally:
-        await conn.close()
+    conn = await connect_direct(config, application_name="sessionstore-status")
+    with translate_errors():
+        try:
+            version = str(await conn.fetchval("SHOW server_version"))
+            has_versions = await conn.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL")
+            current = (
+                await conn.fetchval("SELECT version_num FROM alembic_version")
+                if has_versions
+                else None
+            )
+            rows = await conn.fetch(TABLE_STATE, list(TABLES))
+        finally:
+            await conn.close()
     head = head_revision()
     status = Status(
         server_version=version,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Generator
+from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -15,19 +15,20 @@ from pydantic import ValidationError
 from . import validation as v
 from .cache import Invalidation, SessionCache
 from .config import StoreConfig
-from .db import ConfigureCallback, Database, UserScopedDatabase
+from .db import ConfigureCallback, Database, Pool
 from .errors import InvalidInputError
 from .models import MessageRole
-from .repositories import ConversationsRepository, MessagesRepository, SessionsRepository
-from .turns import Turn, add_turn
-from .writer import (
-    FailedWrite,
-    OnWriteError,
-    PendingWrite,
-    Writer,
-    WriterStats,
-    read_spill,
+from .repositories import (
+    ConversationsRepository,
+    MessagesRepository,
+    QueuedMessagesRepository,
+    SessionsRepository,
 )
+from .repositories.messages import write_messages
+from .spill import read_spill
+from .turns import Turn, accept_turn, add_turn, write_turns
+from .writer import Writer
+from .writes import FailedWrite, OnWriteError, PendingWrite, WriterStats
 
 __all__ = ["SessionStore", "StoreStats", "UserView", "connect"]
 
@@ -50,17 +51,15 @@ class StoreStats(WriterStats):
     cache_listening: bool
 
 
-class _Repositories:
-    """The repositories and ``add_turn`` over one database handle."""
+class _Scope:
+    """What the store and its user views both offer: sessions, conversations and
+    ``add_turn`` over one database handle (the service's, or a user's under RLS)."""
 
-    def __init__(
-        self, db: Database, writer: Writer | None = None, cache: SessionCache | None = None
-    ) -> None:
+    def __init__(self, db: Database, cache: SessionCache | None = None) -> None:
         self._db = db
         self._cache = cache
-        self.sessions = SessionsRepository(db, db.config, cache)
+        self.sessions = SessionsRepository(db, cache)
         self.conversations = ConversationsRepository(db)
-        self.messages = MessagesRepository(db, writer)
 
     async def add_turn(
         self,
@@ -83,28 +82,29 @@ class _Repositories:
             session_id=session_id,
             metadata=metadata,
             tokens=tokens,
-            slide=self.sessions.sliding_interval,
         )
         if self._cache is not None and turn.session is not None:
             self._cache.put(turn.session)
         return turn
 
 
-class UserView(_Repositories):
+class UserView(_Scope):
     """The store's repositories run under row-level security as one Supabase user.
 
     Every operation is its own transaction that sets ``request.jwt.claims`` and the
     ``authenticated`` role locally, so the database's policies decide what is visible:
     other users' rows read as absent (``NotFoundError``, empty pages) and writes the
-    policies refuse raise ``PermissionDeniedError``.
+    policies refuse raise ``PermissionDeniedError``. There is no write-behind here:
+    ``messages`` has the durable methods only.
     """
 
-    def __init__(self, db: UserScopedDatabase, user_id: str) -> None:
+    def __init__(self, db: Database, user_id: str) -> None:
         super().__init__(db)
+        self.messages = MessagesRepository(db)
         self.user_id = user_id
 
 
-class SessionStore(_Repositories):
+class SessionStore(_Scope):
     """Session state in PostgreSQL. Open it with ``async with`` or ``await``; close it once.
 
     ``sessions``, ``conversations`` and ``messages`` are the repositories; every method is
@@ -119,40 +119,47 @@ class SessionStore(_Repositories):
         configure: ConfigureCallback | None = None,
         on_write_error: OnWriteError | None = None,
     ) -> None:
-        db = Database(config, configure=configure)
+        self._pool = Pool(config, configure=configure)
         invalidation: Invalidation = (
-            "notify" if config.notifications and db.pooler != "transaction" else "ttl"
+            "notify" if config.notifications and config.effective_pooler != "transaction" else "ttl"
         )
-        self._session_cache = SessionCache(
+        cache = SessionCache(
             size=config.cache_size, ttl=config.cache_ttl, invalidation=invalidation
         )
+        super().__init__(Database(self._pool), cache)
+        self._session_cache = cache
         self._writer = Writer(
-            db,
+            self._write_batch,
             batch_size=config.batch_size,
             max_delay=config.max_delay,
             max_pending=config.max_pending,
             write_deadline=config.write_deadline,
             spill_path=config.spill_path,
             on_write_error=on_write_error,
-            on_sessions_changed=self._forget_sessions,
+            on_written=self._forget_sessions,
         )
-        super().__init__(db, self._writer, self._session_cache)
+        self.messages = QueuedMessagesRepository(self._db, self._writer)
         self.config = config
 
     @property
     def pooler(self) -> str:
         """The pooler mode in force: ``none``, ``session`` or ``transaction``."""
-        return self._db.pooler
+        return self.config.effective_pooler
 
-    def _forget_sessions(self, session_ids: set[UUID]) -> None:
-        for session_id in session_ids:
-            self._session_cache.discard(session_id)
+    async def _write_batch(self, batch: Sequence[PendingWrite]) -> Mapping[UUID, str]:
+        if batch[0].kind == "turn":
+            return await write_turns(self._db, batch)
+        return await write_messages(self._db, batch)
+
+    def _forget_sessions(self, batch: Sequence[PendingWrite]) -> None:
+        for item in batch:
+            if item.session_id is not None:
+                self._session_cache.discard(item.session_id)
 
     async def open(self) -> Self:
         """Open the pool (and the cache's listener connection, where one is used). Idempotent."""
-        await self._db.open()
-        assert self.config.dsn is not None
-        self._session_cache.start_listening(self._db.connect_kwargs(), self.config.dsn)
+        await self._pool.open()
+        self._session_cache.start_listening(self.config)
         return self
 
     async def close(self) -> None:
@@ -160,19 +167,19 @@ class SessionStore(_Repositories):
 
         If the database stays unreachable for ``write_deadline`` while draining, the
         unwritten messages are spilled to ``spill_path`` (when set) and
-        :class:`~sessionstore.writer.WriteBehindError` says how many and where; the pool
+        :class:`~sessionstore.errors.WriteBehindError` says how many and where; the pool
         is closed either way.
         """
         try:
             await self._writer.close()
         finally:
             await self._session_cache.stop_listening()
-            await self._db.close()
+            await self._pool.close()
 
     async def flush(self) -> None:
         """Return when every message enqueued before this call is durable (or set aside).
 
-        :class:`~sessionstore.writer.WriteBehindError` if the database has been
+        :class:`~sessionstore.errors.WriteBehindError` if the database has been
         unreachable for ``write_deadline``; the messages stay queued and keep being retried.
         """
         await self._writer.flush()
@@ -209,14 +216,13 @@ class SessionStore(_Repositories):
         Returns the message's id. A turn whose session turns out missing, expired or not
         active at write time is set aside (nothing of it is written).
         """
-        item = PendingWrite.accept(
-            "turn",
+        item = accept_turn(
+            continuation_id,
             role,
             content,
-            metadata,
-            tokens,
-            continuation_id=v.identifier(continuation_id, "continuation_id"),
-            session_id=None if session_id is None else v.uuid(session_id, "session_id"),
+            session_id=session_id,
+            metadata=metadata,
+            tokens=tokens,
         )
         await self._writer.put(item)
         return item.id
@@ -262,7 +268,7 @@ class SessionStore(_Repositories):
                 )
         claims_json = v.metadata_json(extra, "claims")
         assert claims_json is not None
-        return UserView(UserScopedDatabase(self._db, claims_json), uid)
+        return UserView(self._db.as_user(claims_json), uid)
 
 
 def connect(

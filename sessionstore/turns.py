@@ -1,13 +1,16 @@
-"""``add_turn``: conversation get-or-create, message append and session counters in one statement.
+"""A turn: a message appended to a conversation (created if needed) and counted on its
+session — the one owner of that operation, for the direct path (``add_turn``, one
+statement) and the write-behind path (``enqueue_turn``, one statement per batch).
 
 The session UPDATE gates everything else: when the session is missing, expired or not
 active it matches no row, so the conversation and message inserts (which read from it)
-write nothing. One statement is one transaction: a turn is all or nothing.
+write nothing. One statement is one transaction: a turn is all or nothing. Both paths
+build the session's and the conversation's changes from :mod:`sessionstore.rules`.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -15,28 +18,22 @@ from pydantic import BaseModel, ConfigDict
 
 from . import validation as v
 from .db import Connection, Database
+from .lifecycle import raise_session_miss
 from .models import Conversation, Message, MessageRole, Session
-from .repositories.conversations import CONVERSATION_COLUMNS, conversation_from_values
-from .repositories.messages import MESSAGE_COLUMNS, message_from_values
-from .repositories.sessions import (
-    SESSION_COLUMNS,
-    SLIDE,
-    raise_session_miss,
-    session_from_values,
-)
+from .repositories.conversations import CONVERSATION, conversation_from_row
+from .repositories.messages import MESSAGE, message_from_row
+from .repositories.sessions import SESSION, session_from_row
+from .rules import accepts_turns, bump_conversation, bump_session, seq_of
+from .writes import PendingWrite
 
-__all__ = ["Turn", "add_turn"]
+__all__ = ["Turn", "accept_turn", "add_turn", "write_turns"]
 
-_N_MESSAGE = len(MESSAGE_COLUMNS.split(","))
-_N_CONVERSATION = len(CONVERSATION_COLUMNS.split(","))
-
+_TOKENS = "coalesce($5::integer, 0)"
 ADD_TURN = f"""
 WITH sess AS (
-    UPDATE sessions
-    SET turn_count = turn_count + 1, total_tokens = total_tokens + coalesce($5::integer, 0),
-        {SLIDE.format(param="$7")}
-    WHERE id = $2 AND status = 'active' AND (expires_at IS NULL OR expires_at > now())
-    RETURNING {SESSION_COLUMNS}
+    UPDATE sessions SET {bump_session("", turns="1", tokens=_TOKENS, slide="$7")}
+    WHERE id = $2 AND {accepts_turns()}
+    RETURNING {SESSION.select(prefix="s_")}
 ),
 gate AS (
     SELECT 1 WHERE $2::uuid IS NULL
@@ -46,23 +43,20 @@ gate AS (
 conv AS (
     INSERT INTO conversations AS c
         (continuation_id, session_id, message_count, last_message_at, total_tokens)
-    SELECT $1, $2::uuid, 1, now(), coalesce($5::integer, 0) FROM gate
+    SELECT $1, $2::uuid, 1, now(), {_TOKENS} FROM gate
     ON CONFLICT (continuation_id) DO UPDATE
-    SET message_count = c.message_count + 1,
-        last_message_at = now(),
-        total_tokens = c.total_tokens + coalesce($5::integer, 0)
-    RETURNING {CONVERSATION_COLUMNS}
+    SET {bump_conversation("c", messages="1", tokens=_TOKENS, at="now()")}
+    RETURNING {CONVERSATION.select(prefix="c_", alias="c")}
 ),
 msg AS (
     INSERT INTO messages (conversation_id, seq, role, content, metadata, tokens)
-    SELECT conv.id, conv.message_count, $3::message_role, $4,
-           coalesce($6::jsonb, '{{}}'::jsonb), $5::integer
+    SELECT conv.c_id, {seq_of("conv.c_message_count", added="1", ordinal="1")},
+           $3::message_role, $4, coalesce($6::jsonb, '{{}}'::jsonb), $5::integer
     FROM conv
-    RETURNING {MESSAGE_COLUMNS}
+    RETURNING {MESSAGE.select(prefix="m_")}
 )
 SELECT msg.*, conv.*, sess.* FROM msg CROSS JOIN conv LEFT JOIN sess ON true
 """
-
 
 # Under RLS the policies' subqueries see the statement's snapshot, which does not hold
 # rows inserted by earlier CTEs of the same statement: a message into a conversation
@@ -73,6 +67,76 @@ INSERT INTO conversations (continuation_id, session_id)
 SELECT $1, $2::uuid
 WHERE $2::uuid IS NULL OR EXISTS (SELECT 1 FROM sessions WHERE id = $2::uuid)
 ON CONFLICT (continuation_id) DO NOTHING
+"""
+
+# ADD_TURN for many turns at once (write-behind), skipping ids already stored (a retried
+# batch). A turn whose session is missing, expired or not active is rejected, and
+# nothing of it written.
+TURN_BATCH = f"""
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::message_role[], $5::text[],
+                         $6::jsonb[], $7::integer[], $8::timestamptz[])
+        WITH ORDINALITY AS u(id, continuation_id, session_id, role, content, metadata,
+                             tokens, created_at, ord)
+),
+stored AS (  -- ids of this batch already written (a retry): probed by primary key
+    SELECT id FROM messages WHERE id = ANY($1::uuid[])
+),
+fresh AS (
+    SELECT i.* FROM input i WHERE NOT EXISTS (SELECT 1 FROM stored s WHERE s.id = i.id)
+),
+per_session AS (
+    SELECT session_id, count(*)::integer AS n, coalesce(sum(tokens), 0) AS tok
+    FROM fresh WHERE session_id IS NOT NULL GROUP BY session_id
+),
+sess AS (
+    UPDATE sessions s SET {bump_session("s", turns="p.n", tokens="p.tok", slide="$9")}
+    FROM per_session p
+    WHERE s.id = p.session_id AND {accepts_turns("s")}
+    RETURNING s.id
+),
+ok AS (
+    SELECT f.* FROM fresh f WHERE f.session_id IS NULL OR f.session_id IN (SELECT id FROM sess)
+),
+per_conv AS (
+    SELECT continuation_id, (array_agg(session_id ORDER BY ord))[1] AS session_id,
+           count(*)::integer AS n, coalesce(sum(tokens), 0) AS tok, max(created_at) AS last_at
+    FROM ok GROUP BY continuation_id
+),
+conv AS (
+    INSERT INTO conversations AS c
+        (continuation_id, session_id, message_count, last_message_at, total_tokens)
+    SELECT continuation_id, session_id, n, last_at, tok FROM per_conv
+    ON CONFLICT (continuation_id) DO UPDATE
+    SET {
+    bump_conversation(
+        "c",
+        messages="EXCLUDED.message_count",
+        tokens="EXCLUDED.total_tokens",
+        at="EXCLUDED.last_message_at",
+    )
+}
+    RETURNING c.id, c.continuation_id, c.message_count
+),
+ins AS (
+    INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens, created_at)
+    SELECT o.id, conv.id,
+           {
+    seq_of(
+        "conv.message_count",
+        added="p.n",
+        ordinal="row_number() OVER (PARTITION BY o.continuation_id ORDER BY o.ord)",
+    )
+},
+           o.role, o.content, coalesce(o.metadata, '{{}}'::jsonb), o.tokens, o.created_at
+    FROM ok o
+    JOIN conv ON conv.continuation_id = o.continuation_id
+    JOIN per_conv p ON p.continuation_id = o.continuation_id
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM ins) AS inserted,
+       ARRAY(SELECT f.id FROM fresh f WHERE NOT EXISTS (SELECT 1 FROM ok WHERE ok.id = f.id))
+           AS rejected
 """
 
 
@@ -95,7 +159,6 @@ async def add_turn(
     session_id: UUID | str | None = None,
     metadata: dict[str, Any] | None = None,
     tokens: int | None = None,
-    slide: timedelta | None = None,
 ) -> Turn:
     """Append a message to the conversation ``continuation_id`` (created if needed) and,
     with ``session_id``, add one turn and ``tokens`` to that session — in one round trip.
@@ -103,7 +166,7 @@ async def add_turn(
     The session must exist, be active and not expired (``NotFoundError``,
     ``InvalidStateError``, ``SessionExpiredError``); otherwise nothing is written.
     Under row-level security (``as_user``) it takes two statements in one transaction.
-    With ``slide``, the session's ``expires_at`` moves to at least now + ``slide``.
+    With sliding expiry configured, the session's ``expires_at`` moves forward.
     """
     cont = v.identifier(continuation_id, "continuation_id")
     sid = None if session_id is None else v.uuid(session_id, "session_id")
@@ -111,6 +174,7 @@ async def add_turn(
     text = v.text(content, "content")
     meta = v.metadata_json(metadata)
     count = v.tokens(tokens)
+    slide = db.config.sliding_interval
 
     async def work(conn: Connection) -> Turn:
         if db.rls_scoped:
@@ -119,13 +183,50 @@ async def add_turn(
         if row is None:
             assert sid is not None  # without a session the statement always writes
             await raise_session_miss(conn, sid, "add a turn to")
-        assert row is not None
-        values = tuple(row.values())
-        conv_end = _N_MESSAGE + _N_CONVERSATION
         return Turn.model_construct(
-            message=message_from_values(values[:_N_MESSAGE]),
-            conversation=conversation_from_values(values[_N_MESSAGE:conv_end]),
-            session=None if sid is None else session_from_values(values[conv_end:]),
+            message=message_from_row(row, "m_"),
+            conversation=conversation_from_row(row, "c_"),
+            session=None if sid is None else session_from_row(row, "s_"),
         )
 
     return await db.run(work)
+
+
+def accept_turn(
+    continuation_id: str,
+    role: MessageRole | str,
+    content: str,
+    *,
+    session_id: UUID | str | None,
+    metadata: dict[str, Any] | None,
+    tokens: int | None,
+) -> PendingWrite:
+    """The write-behind form of :func:`add_turn`, checked and ready to queue."""
+    return PendingWrite.accept(
+        "turn",
+        role,
+        content,
+        metadata,
+        tokens,
+        continuation_id=v.identifier(continuation_id, "continuation_id"),
+        session_id=None if session_id is None else v.uuid(session_id, "session_id"),
+    )
+
+
+async def write_turns(db: Database, batch: Sequence[PendingWrite]) -> dict[UUID, str]:
+    """Write a write-behind batch of turns in one statement; return the ids it could not
+    write (their session is missing, not active or expired)."""
+    row = await db.fetchrow(
+        TURN_BATCH,
+        [i.id for i in batch],
+        [i.continuation_id for i in batch],
+        [i.session_id for i in batch],
+        [i.role for i in batch],
+        [i.content for i in batch],
+        [i.metadata for i in batch],
+        [i.tokens for i in batch],
+        [i.enqueued_at for i in batch],
+        db.config.sliding_interval,
+    )
+    assert row is not None  # the statement always returns one row
+    return dict.fromkeys(row["rejected"], "session not found, not active or expired")

@@ -9,7 +9,6 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from sessionstore.cli import app, explain
-from sessionstore.errors import StoreUnavailableError
 from sessionstore.migrations import upgrade
 
 from .servers import TestServer
@@ -89,13 +88,12 @@ async def test_unreachable_database_is_one_sentence() -> None:
 async def test_missing_migrations_say_what_to_run(empty_dsn: str) -> None:
     result = await cli("cleanup", "--dsn", empty_dsn)
     assert result.exit_code == 1
-    assert "has no sessionstore schema yet: run `sessionstore migrate`" in text(result)
+    assert "the sessionstore schema is missing" in text(result)
+    assert "run `sessionstore migrate`" in text(result)
 
 
 def test_wrong_password_sentence() -> None:
-    error = StoreUnavailableError(
-        "could not connect: password authentication failed", sqlstate="28P01"
-    )
+    error = asyncpg.InvalidPasswordError("password authentication failed for user app")
     message = explain(error, "postgresql://app:pw@h:5432/db")
     assert message.startswith("Authentication failed for postgresql://app:***@h:5432/db")
 

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 import sessionstore
 from sessionstore import InvalidInputError, StoreConfig
 from sessionstore.config import redact_dsn
+from sessionstore.db import connect_arguments
 from sessionstore.pagination import decode_cursor, encode_cursor
 
 
@@ -39,13 +40,14 @@ def test_pooler_auto_detects_the_transaction_port(dsn: str, pooler: str, effecti
 
 
 def test_transaction_pooler_turns_the_statement_cache_off() -> None:
-    store = sessionstore.connect("postgresql://u@h:6543/db", statement_timeout=5)
-    kwargs = store._db.connect_kwargs()
+    kwargs = connect_arguments(StoreConfig(dsn="postgresql://u@h:6543/db", statement_timeout=5))
     assert kwargs["statement_cache_size"] == 0
     assert "statement_timeout" not in kwargs["server_settings"]
-    direct = sessionstore.connect("postgresql://u@h:5432/db", statement_timeout=5)
-    assert direct._db.connect_kwargs()["server_settings"]["statement_timeout"] == "5000"
-    assert "statement_cache_size" not in direct._db.connect_kwargs()
+    direct = connect_arguments(StoreConfig(dsn="postgresql://u@h:5432/db", statement_timeout=5))
+    assert direct["server_settings"]["statement_timeout"] == "5000"
+    assert "statement_cache_size" not in direct
+    one_off = StoreConfig(dsn="postgresql://u@h:5432/db")
+    assert connect_arguments(one_off, statement_cache=False)["statement_cache_size"] == 0
 
 
 def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,9 +115,7 @@ def test_ssl_argument(tmp_path: Path) -> None:
     assert StoreConfig(dsn="postgresql://u@h/db").ssl_argument() is None
     assert StoreConfig(dsn="postgresql://u@h/db", ssl="require").ssl_argument() == "require"
     with pytest.raises(InvalidInputError) as info:
-        sessionstore.connect(
-            "postgresql://u@h/db", ssl="require", ssl_root_cert=ca
-        )._db.connect_kwargs()
+        sessionstore.connect("postgresql://u@h/db", ssl="require", ssl_root_cert=ca)
     assert info.value.field == "ssl"
     with pytest.raises(InvalidInputError) as missing:
         sessionstore.connect("postgresql://u@h/db", ssl_root_cert=tmp_path / "nope.crt")

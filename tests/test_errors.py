@@ -13,7 +13,7 @@ from sessionstore import (
     StoreTimeoutError,
     StoreUnavailableError,
 )
-from sessionstore.db import translate_errors
+from sessionstore.errors import translate_errors
 
 E = asyncpg.exceptions
 

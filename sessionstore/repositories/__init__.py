@@ -1,7 +1,12 @@
 """Repositories: the SQL for each table and the mapping of its rows to models."""
 
 from .conversations import ConversationsRepository
-from .messages import MessagesRepository
+from .messages import MessagesRepository, QueuedMessagesRepository
 from .sessions import SessionsRepository
 
-__all__ = ["ConversationsRepository", "MessagesRepository", "SessionsRepository"]
+__all__ = [
+    "ConversationsRepository",
+    "MessagesRepository",
+    "QueuedMessagesRepository",
+    "SessionsRepository",
+]

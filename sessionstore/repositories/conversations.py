@@ -6,17 +6,28 @@ from typing import Any
 from uuid import UUID
 
 from .. import validation as v
-from ..db import Connection, Database, Row
+from ..db import Connection, Database
 from ..errors import NotFoundError, PermissionDeniedError
 from ..models import Conversation, Page, from_trusted
 from ..pagination import decode_cursor, make_page
+from ..rows import Columns, Row
 
-__all__ = ["CONVERSATION_COLUMNS", "ConversationsRepository", "conversation_from_values"]
+__all__ = ["CONVERSATION", "ConversationsRepository", "conversation_from_row"]
 
-CONVERSATION_COLUMNS = """
-    id, continuation_id, session_id, title, metadata, created_at, updated_at,
-    message_count, last_message_at, total_tokens
-"""
+CONVERSATION = Columns(
+    "id",
+    "continuation_id",
+    "session_id",
+    "title",
+    "metadata",
+    "created_at",
+    "updated_at",
+    "message_count",
+    "last_message_at",
+    "total_tokens",
+)
+_COLUMNS = CONVERSATION.select()
+
 # ON CONFLICT DO NOTHING never waits forever and writes no dead tuple for the common
 # "already there" case; the UNION arm returns the existing row.
 GET_OR_CREATE = f"""
@@ -24,21 +35,21 @@ WITH ins AS (
     INSERT INTO conversations (continuation_id, session_id, title, metadata)
     VALUES ($1, $2, $3, coalesce($4::jsonb, '{{}}'::jsonb))
     ON CONFLICT (continuation_id) DO NOTHING
-    RETURNING {CONVERSATION_COLUMNS}
+    RETURNING {_COLUMNS}
 )
-SELECT {CONVERSATION_COLUMNS} FROM ins
+SELECT {_COLUMNS} FROM ins
 UNION ALL
-SELECT {CONVERSATION_COLUMNS} FROM conversations
+SELECT {_COLUMNS} FROM conversations
 WHERE continuation_id = $1 AND NOT EXISTS (SELECT 1 FROM ins)
 """
-GET_BY_ID = f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = $1"
-GET_BY_CONTINUATION = f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE continuation_id = $1"
+GET_BY_ID = f"SELECT {_COLUMNS} FROM conversations WHERE id = $1"
+GET_BY_CONTINUATION = f"SELECT {_COLUMNS} FROM conversations WHERE continuation_id = $1"
 # One row per conversation, or one all-null row when the session has none: zero rows
 # means the session itself does not exist.
 LIST_FOR_SESSION = f"""
 SELECT c.* FROM sessions s
 LEFT JOIN LATERAL (
-    SELECT {CONVERSATION_COLUMNS} FROM conversations
+    SELECT {_COLUMNS} FROM conversations
     WHERE session_id = s.id
       AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
     ORDER BY created_at DESC, id DESC
@@ -53,23 +64,9 @@ ORDER BY c.created_at DESC, c.id DESC
 _GET_OR_CREATE_ATTEMPTS = 3
 
 
-def conversation_from_values(values: Row) -> Conversation:
-    """Build a :class:`Conversation` from values in ``CONVERSATION_COLUMNS`` order."""
-    return from_trusted(
-        Conversation,
-        {
-            "id": values[0],
-            "continuation_id": values[1],
-            "session_id": values[2],
-            "title": values[3],
-            "metadata": values[4],
-            "created_at": values[5],
-            "updated_at": values[6],
-            "message_count": values[7],
-            "last_message_at": values[8],
-            "total_tokens": values[9],
-        },
-    )
+def conversation_from_row(row: Row, prefix: str = "") -> Conversation:
+    """A :class:`Conversation` from a row holding :data:`CONVERSATION` (names with ``prefix``)."""
+    return from_trusted(Conversation, CONVERSATION.read(row, prefix))
 
 
 class ConversationsRepository:
@@ -104,7 +101,7 @@ class ConversationsRepository:
                 except NotFoundError as exc:  # the only foreign key here is session_id
                     raise NotFoundError(f"session {sid} not found", sqlstate=exc.sqlstate) from None
                 if row is not None:
-                    return conversation_from_values(row)
+                    return conversation_from_row(row)
             # The row exists (the insert conflicted) yet stays invisible: RLS hides it.
             raise PermissionDeniedError(
                 f"conversation {cid!r} exists but is not visible to this user"
@@ -118,7 +115,7 @@ class ConversationsRepository:
         row = await self._db.fetchrow(GET_BY_ID, cid, retry=True)
         if row is None:
             raise NotFoundError(f"conversation {cid} not found")
-        return conversation_from_values(row)
+        return conversation_from_row(row)
 
     async def get_by_continuation_id(self, continuation_id: str) -> Conversation:
         """The conversation with this continuation id; ``NotFoundError`` if absent."""
@@ -126,7 +123,7 @@ class ConversationsRepository:
         row = await self._db.fetchrow(GET_BY_CONTINUATION, cid, retry=True)
         if row is None:
             raise NotFoundError(f"conversation with continuation_id {cid!r} not found")
-        return conversation_from_values(row)
+        return conversation_from_row(row)
 
     async def list_for_session(
         self, session_id: UUID | str, *, limit: int = 50, cursor: str | None = None
@@ -138,5 +135,5 @@ class ConversationsRepository:
         rows = await self._db.fetch(LIST_FOR_SESSION, sid, after_at, after_id, size + 1, retry=True)
         if not rows:
             raise NotFoundError(f"session {sid} not found")
-        present = [row for row in rows if row[0] is not None]
-        return make_page(present, size, conversation_from_values, lambda c: (c.created_at, c.id))
+        present = [row for row in rows if row["id"] is not None]
+        return make_page(present, size, conversation_from_row, lambda c: (c.created_at, c.id))

@@ -7,56 +7,67 @@ distinct sequence numbers and the counters never drift from the rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
 from .. import validation as v
-from ..db import Database, Row
-from ..errors import InvalidInputError, NotFoundError, SessionStoreError
+from ..db import Database
+from ..errors import InvalidInputError, NotFoundError
 from ..models import Message, MessageRole, from_trusted
-from ..writer import PendingWrite, Writer
+from ..rows import Columns, Row
+from ..rules import bump_conversation, seq_of
+from ..writer import Writer
+from ..writes import PendingWrite
 
-__all__ = ["MESSAGE_COLUMNS", "MessagesRepository", "NewMessage", "message_from_values"]
+__all__ = [
+    "MESSAGE",
+    "MessagesRepository",
+    "NewMessage",
+    "QueuedMessagesRepository",
+    "message_from_row",
+    "write_messages",
+]
 
-MESSAGE_COLUMNS = "id, conversation_id, seq, role, content, metadata, tokens, created_at"
-
-ADD_MESSAGE = f"""
-WITH conv AS (
-    UPDATE conversations
-    SET message_count = message_count + 1,
-        last_message_at = now(),
-        total_tokens = total_tokens + coalesce($5::integer, 0)
-    WHERE id = $1
-    RETURNING id, message_count
+MESSAGE = Columns(
+    "id", "conversation_id", "seq", "role", "content", "metadata", "tokens", "created_at"
 )
-INSERT INTO messages (conversation_id, seq, role, content, metadata, tokens)
-SELECT conv.id, conv.message_count, $2::message_role, $3, coalesce($4::jsonb, '{{}}'::jsonb), $5
-FROM conv
-RETURNING {MESSAGE_COLUMNS}
-"""
+_COLUMNS = MESSAGE.select()
+
 ADD_MANY = f"""
 WITH conv AS (
     UPDATE conversations
-    SET message_count = message_count + $2,
-        last_message_at = now(),
-        total_tokens = total_tokens + $3
+    SET {bump_conversation("", messages="$2", tokens="$3", at="now()")}
     WHERE id = $1
     RETURNING id, message_count
 )
 INSERT INTO messages (conversation_id, seq, role, content, metadata, tokens)
-SELECT conv.id, conv.message_count - $2 + u.ord, u.role, u.content,
+SELECT conv.id, {seq_of("conv.message_count", added="$2", ordinal="u.ord")}, u.role, u.content,
        coalesce(u.metadata, '{{}}'::jsonb), u.tokens
 FROM conv,
      unnest($4::message_role[], $5::text[], $6::jsonb[], $7::integer[])
          WITH ORDINALITY AS u(role, content, metadata, tokens, ord)
-RETURNING {MESSAGE_COLUMNS}
+RETURNING {_COLUMNS}
+"""
+# The one-message case of ADD_MANY, without arrays (the common call stays cheap).
+ADD_MESSAGE = f"""
+WITH conv AS (
+    UPDATE conversations
+    SET {bump_conversation("", messages="1", tokens="coalesce($5::integer, 0)", at="now()")}
+    WHERE id = $1
+    RETURNING id, message_count
+)
+INSERT INTO messages (conversation_id, seq, role, content, metadata, tokens)
+SELECT conv.id, {seq_of("conv.message_count", added="1", ordinal="1")}, $2::message_role, $3,
+       coalesce($4::jsonb, '{{}}'::jsonb), $5
+FROM conv
+RETURNING {_COLUMNS}
 """
 # Zero rows: no such conversation. One all-null row: a conversation without messages.
 HISTORY = f"""
 SELECT m.* FROM conversations c
 LEFT JOIN LATERAL (
-    SELECT {MESSAGE_COLUMNS} FROM messages
+    SELECT {_COLUMNS} FROM messages
     WHERE conversation_id = c.id AND seq < $3
     ORDER BY seq DESC
     LIMIT $2
@@ -65,6 +76,50 @@ WHERE c.id = $1
 ORDER BY m.seq
 """
 COUNT = "SELECT message_count FROM conversations WHERE id = $1"
+# Write-behind: ADD_MANY for many conversations at once, skipping ids already stored
+# (a retried batch). Ids whose conversation does not exist come back as rejected.
+MESSAGE_BATCH = f"""
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::message_role[], $4::text[],
+                         $5::jsonb[], $6::integer[], $7::timestamptz[])
+        WITH ORDINALITY AS u(id, conversation_id, role, content, metadata, tokens, created_at, ord)
+),
+stored AS (  -- ids of this batch already written (a retry): probed by primary key
+    SELECT id FROM messages WHERE id = ANY($1::uuid[])
+),
+fresh AS (
+    SELECT i.* FROM input i WHERE NOT EXISTS (SELECT 1 FROM stored s WHERE s.id = i.id)
+),
+per_conv AS (
+    SELECT conversation_id, count(*)::integer AS n, coalesce(sum(tokens), 0) AS tok,
+           max(created_at) AS last_at
+    FROM fresh GROUP BY conversation_id
+),
+bumped AS (
+    UPDATE conversations c
+    SET {bump_conversation("c", messages="p.n", tokens="p.tok", at="p.last_at")}
+    FROM per_conv p
+    WHERE c.id = p.conversation_id
+    RETURNING c.id, c.message_count, p.n
+),
+ins AS (
+    INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens, created_at)
+    SELECT f.id, f.conversation_id,
+           {
+    seq_of(
+        "b.message_count",
+        added="b.n",
+        ordinal="row_number() OVER (PARTITION BY f.conversation_id ORDER BY f.ord)",
+    )
+},
+           f.role, f.content, coalesce(f.metadata, '{{}}'::jsonb), f.tokens, f.created_at
+    FROM fresh f JOIN bumped b ON b.id = f.conversation_id
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM ins) AS inserted,
+       ARRAY(SELECT f.id FROM fresh f
+             WHERE NOT EXISTS (SELECT 1 FROM bumped b WHERE b.id = f.conversation_id)) AS rejected
+"""
 
 _NO_UPPER_BOUND = 2**31 - 1
 _ROLES = {role.value: role for role in MessageRole}
@@ -78,85 +133,35 @@ NewMessage = (
 )
 
 
-def message_from_values(values: Row) -> Message:
-    """Build a :class:`Message` from values in ``MESSAGE_COLUMNS`` order."""
-    return from_trusted(
-        Message,
-        {
-            "id": values[0],
-            "conversation_id": values[1],
-            "seq": values[2],
-            "role": _ROLES[values[3]],
-            "content": values[4],
-            "metadata": values[5],
-            "tokens": values[6],
-            "created_at": values[7],
-        },
+def message_from_row(row: Row, prefix: str = "") -> Message:
+    """A :class:`Message` from a row holding :data:`MESSAGE` (names with ``prefix``)."""
+    values = MESSAGE.read(row, prefix)
+    values["role"] = _ROLES[values["role"]]
+    return from_trusted(Message, values)
+
+
+async def write_messages(db: Database, batch: Sequence[PendingWrite]) -> dict[UUID, str]:
+    """Write a write-behind batch of ``messages.enqueue`` messages in one statement;
+    return the ids it could not write (their conversation does not exist)."""
+    row = await db.fetchrow(
+        MESSAGE_BATCH,
+        [i.id for i in batch],
+        [i.conversation_id for i in batch],
+        [i.role for i in batch],
+        [i.content for i in batch],
+        [i.metadata for i in batch],
+        [i.tokens for i in batch],
+        [i.enqueued_at for i in batch],
     )
+    assert row is not None  # the statement always returns one row
+    return dict.fromkeys(row["rejected"], "conversation not found")
 
 
 class MessagesRepository:
-    """Messages: durable appends, write-behind appends, history by sequence number, counts."""
+    """Messages: durable appends, history by sequence number, counts."""
 
-    def __init__(self, db: Database, writer: Writer | None = None) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
-        self._writer = writer
-
-    def _pending(
-        self,
-        conversation_id: UUID | str,
-        role: MessageRole | str,
-        content: str,
-        metadata: dict[str, Any] | None,
-        tokens: int | None,
-    ) -> tuple[Writer, PendingWrite]:
-        if self._writer is None:
-            raise SessionStoreError(
-                "write-behind runs on the service path only, not under as_user: use add()"
-            )
-        item = PendingWrite.accept(
-            "message",
-            role,
-            content,
-            metadata,
-            tokens,
-            conversation_id=v.uuid(conversation_id, "conversation_id"),
-        )
-        return self._writer, item
-
-    async def enqueue(
-        self,
-        conversation_id: UUID | str,
-        role: MessageRole | str,
-        content: str,
-        *,
-        metadata: dict[str, Any] | None = None,
-        tokens: int | None = None,
-    ) -> UUID:
-        """Accept a message for write-behind and return its id at once.
-
-        It is durable after ``store.flush()`` or ``store.close()``; if the queue is full
-        this waits for room (nothing is dropped). Input is checked here, before
-        acceptance; a conversation that does not exist is found at write time and the
-        message set aside (see ``store.stats()`` and ``on_write_error``).
-        """
-        writer, item = self._pending(conversation_id, role, content, metadata, tokens)
-        await writer.put(item)
-        return item.id
-
-    def enqueue_nowait(
-        self,
-        conversation_id: UUID | str,
-        role: MessageRole | str,
-        content: str,
-        *,
-        metadata: dict[str, Any] | None = None,
-        tokens: int | None = None,
-    ) -> UUID:
-        """Like :meth:`enqueue`, but raise ``QueueFullError`` instead of waiting."""
-        writer, item = self._pending(conversation_id, role, content, metadata, tokens)
-        writer.put_nowait(item)
-        return item.id
 
     async def add(
         self,
@@ -179,7 +184,7 @@ class MessagesRepository:
         row = await self._db.fetchrow(ADD_MESSAGE, cid, role_.value, text, meta, count)
         if row is None:
             raise NotFoundError(f"conversation {cid} not found")
-        return message_from_values(row)
+        return message_from_row(row)
 
     async def add_many(
         self, conversation_id: UUID | str, messages: Iterable[NewMessage]
@@ -211,7 +216,7 @@ class MessagesRepository:
         )
         if not rows:
             raise NotFoundError(f"conversation {cid} not found")
-        return sorted((message_from_values(row) for row in rows), key=lambda m: m.seq)
+        return sorted((message_from_row(row) for row in rows), key=lambda m: m.seq)
 
     async def history(
         self, conversation_id: UUID | str, *, limit: int = 50, before: int | None = None
@@ -223,7 +228,7 @@ class MessagesRepository:
         rows = await self._db.fetch(HISTORY, cid, size, upper, retry=True)
         if not rows:
             raise NotFoundError(f"conversation {cid} not found")
-        return [message_from_values(row) for row in rows if row[0] is not None]
+        return [message_from_row(row) for row in rows if row["id"] is not None]
 
     async def count(self, conversation_id: UUID | str) -> int:
         """How many messages the conversation holds (kept on the row: no scan)."""
@@ -232,3 +237,63 @@ class MessagesRepository:
         if count is None:
             raise NotFoundError(f"conversation {cid} not found")
         return int(count)
+
+
+class QueuedMessagesRepository(MessagesRepository):
+    """:class:`MessagesRepository` plus write-behind appends (the service path only:
+    ``as_user`` views have no write-behind queue)."""
+
+    def __init__(self, db: Database, writer: Writer) -> None:
+        super().__init__(db)
+        self._writer = writer
+
+    def _pending(
+        self,
+        conversation_id: UUID | str,
+        role: MessageRole | str,
+        content: str,
+        metadata: dict[str, Any] | None,
+        tokens: int | None,
+    ) -> PendingWrite:
+        return PendingWrite.accept(
+            "message",
+            role,
+            content,
+            metadata,
+            tokens,
+            conversation_id=v.uuid(conversation_id, "conversation_id"),
+        )
+
+    async def enqueue(
+        self,
+        conversation_id: UUID | str,
+        role: MessageRole | str,
+        content: str,
+        *,
+        metadata: dict[str, Any] | None = None,
+        tokens: int | None = None,
+    ) -> UUID:
+        """Accept a message for write-behind and return its id at once.
+
+        It is durable after ``store.flush()`` or ``store.close()``; if the queue is full
+        this waits for room (nothing is dropped). Input is checked here, before
+        acceptance; a conversation that does not exist is found at write time and the
+        message set aside (see ``store.stats()`` and ``on_write_error``).
+        """
+        item = self._pending(conversation_id, role, content, metadata, tokens)
+        await self._writer.put(item)
+        return item.id
+
+    def enqueue_nowait(
+        self,
+        conversation_id: UUID | str,
+        role: MessageRole | str,
+        content: str,
+        *,
+        metadata: dict[str, Any] | None = None,
+        tokens: int | None = None,
+    ) -> UUID:
+        """Like :meth:`enqueue`, but raise ``QueueFullError`` instead of waiting."""
+        item = self._pending(conversation_id, role, content, metadata, tokens)
+        self._writer.put_nowait(item)
+        return item.id

@@ -10,37 +10,43 @@ from uuid import UUID
 
 from .. import validation as v
 from ..cache import SessionCache
-from ..config import StoreConfig
-from ..db import Connection, Database, Row
+from ..db import Connection, Database
 from ..errors import (
-    ConflictError,
     InvalidInputError,
-    InvalidStateError,
     NotFoundError,
-    SessionExpiredError,
 )
+from ..lifecycle import TRANSITIONS, Action, raise_session_miss
 from ..models import Page, Session, SessionStatus, from_trusted
 from ..pagination import decode_cursor, make_page
+from ..rows import Columns, Row
+from ..rules import accepts_turns, bump_session, cleanup_due, not_past_expiry, read_status
 
-__all__ = ["SESSION_COLUMNS", "SessionsRepository", "raise_session_miss", "session_from_values"]
+__all__ = ["SESSION", "SessionsRepository", "session_from_row"]
 
 logger = logging.getLogger("sessionstore")
 
-# A session past expires_at reads as expired even before anything has persisted that.
-SESSION_COLUMNS = """
-    id, user_id, title,
-    CASE WHEN status IN ('active', 'paused') AND expires_at <= now() THEN 'expired'
-         ELSE status END AS status,
-    created_at, updated_at, expires_at, metadata, turn_count, total_tokens, version
-"""
-_LIVE = "(expires_at IS NULL OR expires_at > now())"
+SESSION = Columns(
+    "id",
+    "user_id",
+    "title",
+    "status",
+    "created_at",
+    "updated_at",
+    "expires_at",
+    "metadata",
+    "turn_count",
+    "total_tokens",
+    "version",
+    computed={"status": read_status},
+)
+_COLUMNS = SESSION.select()
 
 INSERT_SESSION = f"""
 INSERT INTO sessions (user_id, title, metadata, expires_at)
 VALUES ($1, $2, coalesce($3::jsonb, '{{}}'::jsonb), coalesce($4::timestamptz, now() + $5::interval))
-RETURNING {SESSION_COLUMNS}
+RETURNING {_COLUMNS}
 """
-GET_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"
+GET_SESSION = f"SELECT {_COLUMNS} FROM sessions WHERE id = $1"
 
 # $2: whether title was passed. version moves only when user-visible fields change.
 UPDATE_SESSION = f"""
@@ -49,149 +55,66 @@ SET title = CASE WHEN $2 THEN $3 ELSE title END,
     metadata = CASE WHEN $4::jsonb IS NULL THEN metadata ELSE metadata || $4::jsonb END,
     version = version + 1
 WHERE id = $1 AND ($5::integer IS NULL OR version = $5)
-  AND status IN ('active', 'paused', 'completed') AND {_LIVE}
-RETURNING {SESSION_COLUMNS}
+  AND status IN ('active', 'paused', 'completed') AND {not_past_expiry()}
+RETURNING {_COLUMNS}
 """
 # $3: the sliding-expiry interval, or NULL when expiry does not slide.
-SLIDE = (
-    "expires_at = CASE WHEN {param}::interval IS NOT NULL AND expires_at IS NOT NULL"
-    " THEN greatest(expires_at, now() + {param}::interval) ELSE expires_at END"
-)
 RECORD_TURN = f"""
-UPDATE sessions
-SET turn_count = turn_count + 1, total_tokens = total_tokens + $2, {SLIDE.format(param="$3")}
-WHERE id = $1 AND status = 'active' AND {_LIVE}
-RETURNING {SESSION_COLUMNS}
+UPDATE sessions SET {bump_session("", turns="1", tokens="$2", slide="$3")}
+WHERE id = $1 AND {accepts_turns()}
+RETURNING {_COLUMNS}
 """
 EXTEND = f"""
 UPDATE sessions SET expires_at = now() + $2::interval, version = version + 1
-WHERE id = $1 AND status IN ('active', 'paused') AND {_LIVE}
-RETURNING {SESSION_COLUMNS}
+WHERE id = $1 AND status IN ('active', 'paused') AND {not_past_expiry()}
+RETURNING {_COLUMNS}
 """
 TRANSITION = f"""
 UPDATE sessions SET status = $2, version = version + 1
-WHERE id = $1 AND status = ANY($3::text[]) AND {_LIVE}
-RETURNING {SESSION_COLUMNS}
+WHERE id = $1 AND status = ANY($3::text[]) AND {not_past_expiry()}
+RETURNING {_COLUMNS}
 """
-# Explains why a conditional write matched nothing; persists 'expired' once it is due.
-EXPLAIN_MISS = """
-WITH cur AS (SELECT id, status, expires_at, version FROM sessions WHERE id = $1),
-mark AS (
-    UPDATE sessions s SET status = 'expired', version = s.version + 1
-    FROM cur
-    WHERE s.id = cur.id AND cur.status IN ('active', 'paused') AND cur.expires_at <= now()
-    RETURNING s.id
-)
-SELECT CASE WHEN EXISTS (SELECT 1 FROM mark) THEN 'expired' ELSE status END AS status, version
-FROM cur
-"""
-_LIST = """
-SELECT {columns} FROM sessions
-WHERE {owner}
-  AND ($2::text IS NULL OR
-       CASE WHEN status IN ('active', 'paused') AND expires_at <= now() THEN 'expired'
-            ELSE status END = $2)
+_LIST = f"""
+SELECT {_COLUMNS} FROM sessions
+WHERE {{owner}}
+  AND ($2::text IS NULL OR {read_status()} = $2)
   AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
 ORDER BY created_at DESC, id DESC
 LIMIT $5
 """
-LIST_SESSIONS = _LIST.format(columns=SESSION_COLUMNS, owner="user_id = $1")
+LIST_SESSIONS = _LIST.format(owner="user_id = $1")
 # Every user's sessions (the service path; under RLS only the caller's are visible).
-LIST_ALL_SESSIONS = _LIST.format(columns=SESSION_COLUMNS, owner="$1::text IS NULL")
+LIST_ALL_SESSIONS = _LIST.format(owner="$1::text IS NULL")
 DELETE_SESSION = "DELETE FROM sessions WHERE id = $1 RETURNING id"
-# Same rule as the original cleanup_expired_sessions(), bounded and skipping locked rows
-# so concurrent writers and a second cleaner are never blocked for long.
-CLEANUP_BATCH = """
+# Bounded and skipping locked rows, so concurrent writers and a second cleaner are
+# never blocked for long.
+CLEANUP_BATCH = f"""
 WITH doomed AS (
-    SELECT id FROM sessions
-    WHERE expires_at IS NOT NULL AND expires_at < now() AND status <> 'completed'
+    SELECT id FROM sessions WHERE {cleanup_due()}
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 )
 DELETE FROM sessions s USING doomed WHERE s.id = doomed.id
 """
-
-
-def session_from_values(values: Row) -> Session:
-    """Build a :class:`Session` from values in ``SESSION_COLUMNS`` order (trusted rows)."""
-    return from_trusted(
-        Session,
-        {
-            "id": values[0],
-            "user_id": values[1],
-            "title": values[2],
-            "status": _STATUSES[values[3]],
-            "created_at": values[4],
-            "updated_at": values[5],
-            "expires_at": values[6],
-            "metadata": values[7],
-            "turn_count": values[8],
-            "total_tokens": values[9],
-            "version": values[10],
-        },
-    )
-
+COUNT_DUE = f"SELECT count(*) FROM sessions WHERE {cleanup_due()}"
 
 _STATUSES = {status.value: status for status in SessionStatus}
 
 
-Action = Literal[
-    "update", "record a turn on", "pause", "resume", "complete", "add a turn to", "extend"
-]
-
-
-async def raise_session_miss(
-    conn: Connection,
-    session_id: UUID,
-    action: Action,
-    *,
-    expected_version: int | None = None,
-    target: SessionStatus | None = None,
-) -> None:
-    """Raise the error that explains why a conditional write to ``session_id`` matched no row.
-
-    A session found past its expiry is persisted as ``expired`` on the way.
-    """
-    row = await conn.fetchrow(EXPLAIN_MISS, session_id)
-    if row is None:
-        raise NotFoundError(f"session {session_id} not found")
-    status = SessionStatus(row["status"])
-    if status is SessionStatus.EXPIRED:
-        raise SessionExpiredError(f"cannot {action} session {session_id}: it has expired")
-    if expected_version is not None and row["version"] != expected_version:
-        raise ConflictError(
-            f"session {session_id} is at version {row['version']}, expected {expected_version}"
-        )
-    if target is not None:
-        raise InvalidStateError(
-            f"cannot {action} session {session_id}: {status.value} → {target.value}"
-            " is not an allowed transition"
-        )
-    raise InvalidStateError(f"cannot {action} session {session_id}: it is {status.value}")
-
-
-# Each transition: the target status and the statuses it may start from.
-_TRANSITIONS: dict[str, tuple[SessionStatus, tuple[SessionStatus, ...]]] = {
-    "pause": (SessionStatus.PAUSED, (SessionStatus.ACTIVE,)),
-    "resume": (SessionStatus.ACTIVE, (SessionStatus.PAUSED,)),
-    "complete": (SessionStatus.COMPLETED, (SessionStatus.ACTIVE, SessionStatus.PAUSED)),
-}
+def session_from_row(row: Row, prefix: str = "") -> Session:
+    """A :class:`Session` from a row holding :data:`SESSION` (names with ``prefix``)."""
+    values = SESSION.read(row, prefix)
+    values["status"] = _STATUSES[values["status"]]
+    return from_trusted(Session, values)
 
 
 class SessionsRepository:
     """Sessions: create, read, update with optimistic concurrency, counters, lifecycle."""
 
-    def __init__(
-        self, db: Database, config: StoreConfig, cache: SessionCache | None = None
-    ) -> None:
+    def __init__(self, db: Database, cache: SessionCache | None = None) -> None:
         self._db = db
-        self._config = config
+        self._config = db.config
         self._cache = cache
-
-    @property
-    def sliding_interval(self) -> timedelta | None:
-        """How far a turn pushes ``expires_at`` when expiry slides; ``None`` when it does not."""
-        return self._config.default_ttl if self._config.sliding_expiry else None
 
     def _remember(self, session: Session) -> Session:
         if self._cache is not None:
@@ -220,8 +143,7 @@ class SessionsRepository:
                 await raise_session_miss(
                     conn, session_id, action, expected_version=expected_version, target=target
                 )
-            assert row is not None
-            return session_from_values(row)
+            return session_from_row(row)
 
         return self._remember(await self._db.run(work))
 
@@ -252,7 +174,7 @@ class SessionsRepository:
             span = v.ttl(span)
         row = await self._db.fetchrow(INSERT_SESSION, uid, title_, meta, at, span)
         assert row is not None
-        return self._remember(session_from_values(row))
+        return self._remember(session_from_row(row))
 
     async def get(self, session_id: UUID | str) -> Session:
         """The session; ``NotFoundError`` if absent. Status reads ``EXPIRED`` once due.
@@ -265,7 +187,7 @@ class SessionsRepository:
         row = await self._db.fetchrow(GET_SESSION, sid, retry=True)
         if row is None:
             raise NotFoundError(f"session {sid} not found")
-        return self._remember(session_from_values(row))
+        return self._remember(session_from_row(row))
 
     async def update(
         self,
@@ -310,7 +232,7 @@ class SessionsRepository:
         count = v.tokens(tokens, optional=False)
 
         return await self._conditional(
-            sid, "record a turn on", RECORD_TURN, count, self.sliding_interval
+            sid, "record a turn on", RECORD_TURN, count, self._config.sliding_interval
         )
 
     async def extend(self, session_id: UUID | str, ttl: timedelta) -> Session:
@@ -323,7 +245,7 @@ class SessionsRepository:
         self, session_id: UUID | str, action: Literal["pause", "resume", "complete"]
     ) -> Session:
         sid = v.uuid(session_id, "session_id")
-        target, sources = _TRANSITIONS[action]
+        target, sources = TRANSITIONS[action]
         return await self._conditional(
             sid, action, TRANSITION, target.value, [s.value for s in sources], target=target
         )
@@ -358,7 +280,7 @@ class SessionsRepository:
         after_at, after_id = decode_cursor(v.text(cursor, "cursor", optional=True))
         query = LIST_SESSIONS if uid is not None else LIST_ALL_SESSIONS
         rows = await self._db.fetch(query, uid, status_, after_at, after_id, size + 1, retry=True)
-        return make_page(rows, size, session_from_values, lambda s: (s.created_at, s.id))
+        return make_page(rows, size, session_from_row, lambda s: (s.created_at, s.id))
 
     async def delete(self, session_id: UUID | str) -> None:
         """Delete the session; its conversations stay, with ``session_id`` set to null."""
@@ -392,3 +314,7 @@ class SessionsRepository:
         if total:
             logger.info("cleanup_expired deleted %d sessions", total)
         return total
+
+    async def count_expired(self) -> int:
+        """How many sessions :meth:`cleanup_expired` would delete right now."""
+        return int(await self._db.fetchval(COUNT_DUE, retry=True))

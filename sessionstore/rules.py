@@ -1,0 +1,103 @@
+"""The domain's rules, each written once, as SQL fragments the statements are built from.
+
+Every statement that reads a session's status, records a turn, appends messages or
+cleans up expired sessions is composed from these fragments, so the direct path
+(``add_turn``, ``messages.add``), the write-behind batches, the cache and the CLI cannot
+drift apart. Each function takes the table alias its fragment refers to (``""`` for
+none) and the SQL expressions it combines (parameters such as ``"$3"`` or columns).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from .models import SessionStatus
+
+__all__ = [
+    "accepts_turns",
+    "bump_conversation",
+    "bump_session",
+    "cleanup_due",
+    "effective_status",
+    "not_past_expiry",
+    "read_status",
+    "seq_of",
+]
+
+
+def _col(alias: str, column: str) -> str:
+    return f"{alias}.{column}" if alias else column
+
+
+def not_past_expiry(alias: str = "") -> str:
+    """The session's ``expires_at`` is unset or still ahead."""
+    at = _col(alias, "expires_at")
+    return f"({at} IS NULL OR {at} > now())"
+
+
+def accepts_turns(alias: str = "") -> str:
+    """A live session: active and not past ``expires_at``. Only these take turns."""
+    return f"{_col(alias, 'status')} = 'active' AND {not_past_expiry(alias)}"
+
+
+def read_status(alias: str = "") -> str:
+    """The status a session reads as: an active or paused one past ``expires_at`` is
+    ``expired``, even before anything has persisted that. :func:`effective_status` is the
+    same rule for a session already in memory."""
+    status, at = _col(alias, "status"), _col(alias, "expires_at")
+    return (
+        f"CASE WHEN {status} IN ('active', 'paused') AND {at} <= now() THEN 'expired'"
+        f" ELSE {status} END"
+    )
+
+
+def effective_status(
+    status: SessionStatus, expires_at: datetime | None, now: datetime
+) -> SessionStatus:
+    """:func:`read_status` evaluated on the client, at ``now``."""
+    due = expires_at is not None and expires_at <= now
+    if due and status in (SessionStatus.ACTIVE, SessionStatus.PAUSED):
+        return SessionStatus.EXPIRED
+    return status
+
+
+def bump_session(alias: str, *, turns: str, tokens: str, slide: str) -> str:
+    """A turn's effect on its session, as ``SET`` assignments: ``turns`` more turns,
+    ``tokens`` more tokens and, when ``slide`` (an interval) is not null, ``expires_at``
+    pushed to at least now + ``slide`` (never pulled in; a session without expiry keeps none).
+    """
+    at = _col(alias, "expires_at")
+    return (
+        f"turn_count = {_col(alias, 'turn_count')} + {turns},"
+        f" total_tokens = {_col(alias, 'total_tokens')} + {tokens},"
+        f" expires_at = CASE WHEN {slide}::interval IS NOT NULL AND {at} IS NOT NULL"
+        f" THEN greatest({at}, now() + {slide}::interval) ELSE {at} END"
+    )
+
+
+def bump_conversation(alias: str, *, messages: str, tokens: str, at: str) -> str:
+    """An append's effect on its conversation, as ``SET`` assignments: ``messages`` more
+    messages, ``tokens`` more tokens, ``last_message_at`` moved forward to ``at``.
+
+    The conversation row is locked by this update, which is what orders concurrent
+    appends: see :func:`seq_of`.
+    """
+    return (
+        f"message_count = {_col(alias, 'message_count')} + {messages},"
+        f" total_tokens = {_col(alias, 'total_tokens')} + {tokens},"
+        f" last_message_at = greatest({_col(alias, 'last_message_at')}, {at})"
+    )
+
+
+def seq_of(count: str, *, added: str, ordinal: str) -> str:
+    """The ``seq`` of the ``ordinal``-th (1-based) of ``added`` messages just appended,
+    given the conversation's ``message_count`` after :func:`bump_conversation`: appended
+    messages take the numbers after those already there, in order, without gaps."""
+    return f"{count} - {added} + {ordinal}"
+
+
+def cleanup_due(alias: str = "") -> str:
+    """The original ``cleanup_expired_sessions()`` rule: ``expires_at`` set and in the
+    past, and the session not ``completed``."""
+    at = _col(alias, "expires_at")
+    return f"{at} IS NOT NULL AND {at} < now() AND {_col(alias, 'status')} <> 'completed'"

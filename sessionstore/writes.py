@@ -1,0 +1,113 @@
+"""What the write-behind queue holds and reports: accepted messages, messages set aside,
+and the queue's counters."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+from uuid import UUID
+
+from . import validation as v
+
+__all__ = ["FailedWrite", "Kind", "OnWriteError", "PendingWrite", "WriterStats", "uuid7"]
+
+#: ``message``: appended to an existing conversation (``messages.enqueue``);
+#: ``turn``: a whole turn, conversation and session included (``enqueue_turn``).
+Kind = Literal["message", "turn"]
+
+
+def uuid7() -> UUID:
+    """A time-ordered (version 7) UUID: new rows land at the right edge of the primary key
+    index instead of at random places in it, which keeps bulk inserts cheap."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    return UUID(int=value)
+
+
+@dataclass(slots=True)
+class PendingWrite:
+    """One accepted message waiting to be written. ``ticket`` and ``accepted`` (a
+    monotonic time) are set by the writer when it takes the message."""
+
+    id: UUID
+    kind: Kind
+    conversation_id: UUID | None
+    continuation_id: str | None
+    session_id: UUID | None
+    role: str
+    content: str
+    metadata: str | None
+    tokens: int | None
+    enqueued_at: datetime
+    ticket: int = 0
+    accepted: float = 0.0
+
+    @classmethod
+    def accept(
+        cls,
+        kind: Kind,
+        role: object,
+        content: object,
+        metadata: object,
+        tokens: object,
+        *,
+        conversation_id: UUID | None = None,
+        continuation_id: str | None = None,
+        session_id: UUID | None = None,
+    ) -> PendingWrite:
+        """A new message with its fields checked (``InvalidInputError`` otherwise), a
+        time-ordered id and the acceptance time."""
+        return cls(
+            id=uuid7(),
+            kind=kind,
+            conversation_id=conversation_id,
+            continuation_id=continuation_id,
+            session_id=session_id,
+            role=v.role(role).value,
+            content=v.text(content, "content") or "",
+            metadata=v.metadata_json(metadata),
+            tokens=v.tokens(tokens),
+            enqueued_at=datetime.now(UTC),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FailedWrite:
+    """A message that can never be written, and why."""
+
+    id: UUID
+    kind: Kind
+    conversation_id: UUID | None
+    continuation_id: str | None
+    session_id: UUID | None
+    reason: str
+    sqlstate: str | None
+
+
+#: Called with each write-behind message that can never be written.
+OnWriteError = Callable[[FailedWrite], None]
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStats:
+    """A snapshot of the write-behind queue.
+
+    ``queued``: accepted, not yet picked up; ``in_flight``: in the batch being collected
+    or written; ``written``: durable; ``retried``: batch attempts that failed
+    transiently; ``set_aside``: rows that can never be written; ``oldest_age``: seconds
+    since the oldest unwritten message was accepted (``None`` when there is none);
+    ``failing_for``: seconds the writer has been failing to reach the database.
+    """
+
+    queued: int
+    in_flight: int
+    written: int
+    retried: int
+    set_aside: int
+    oldest_age: float | None
+    failing_for: float | None
