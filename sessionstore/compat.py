@@ -17,7 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from .errors import NotFoundError
-from .models import MessageRole, SessionStatus
+from .models import MessageRole, SessionStatus, TurnOptions
 from .store import SessionStore, connect
 
 __all__ = ["SessionManager"]
@@ -78,19 +78,11 @@ class SessionManager:
         ``fire_and_forget=True`` returns ``None`` at once and writes through the
         write-behind queue: durable at ``shutdown()`` (or ``store.flush()``), never dropped.
         """
+        options: TurnOptions = {"session_id": session_id, "metadata": metadata, "tokens": tokens}
         if fire_and_forget:
-            await self.store.enqueue_turn(
-                continuation_id,
-                role,
-                content,
-                session_id=session_id,
-                metadata=metadata,
-                tokens=tokens,
-            )
+            await self.store.enqueue_turn(continuation_id, role, content, **options)
             return None
-        turn = await self.store.add_turn(
-            continuation_id, role, content, session_id=session_id, metadata=metadata, tokens=tokens
-        )
+        turn = await self.store.add_turn(continuation_id, role, content, **options)
         return turn.message.model_dump(mode="json")
 
     async def get_conversation_history_async(

@@ -6,6 +6,7 @@ take them; :func:`raise_session_miss` then asks the database which rule refused 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, NoReturn
 from uuid import UUID
 
@@ -14,7 +15,7 @@ from .errors import ConflictError, InvalidStateError, NotFoundError, SessionExpi
 from .models import SessionStatus
 from .rules import read_status
 
-__all__ = ["TRANSITIONS", "Action", "raise_session_miss"]
+__all__ = ["TRANSITIONS", "Action", "Attempt", "raise_session_miss"]
 
 #: Each transition: the target status and the statuses it may start from.
 TRANSITIONS: dict[str, tuple[SessionStatus, tuple[SessionStatus, ...]]] = {
@@ -40,31 +41,37 @@ Action = Literal[
 ]
 
 
-async def raise_session_miss(
-    conn: Connection,
-    session_id: UUID,
-    action: Action,
-    *,
-    expected_version: int | None = None,
-    target: SessionStatus | None = None,
-) -> NoReturn:
-    """Raise the error that explains why a conditional write to ``session_id`` matched no row.
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A conditional write to a session, described for the error that explains a refusal:
+    the ``action`` tried and, where they apply, the version and status it expected."""
+
+    session_id: UUID
+    action: Action
+    expected_version: int | None = None
+    target: SessionStatus | None = None
+
+
+async def raise_session_miss(conn: Connection, attempt: Attempt) -> NoReturn:
+    """Raise the error that explains why ``attempt`` matched no row.
 
     A session found past its expiry is persisted as ``expired`` on the way.
     """
+    session_id, action = attempt.session_id, attempt.action
     row = await conn.fetchrow(EXPLAIN_MISS, session_id)
     if row is None:
         raise NotFoundError(f"session {session_id} not found")
     status = SessionStatus(row["status"])
     if status is SessionStatus.EXPIRED:
         raise SessionExpiredError(f"cannot {action} session {session_id}: it has expired")
-    if expected_version is not None and row["version"] != expected_version:
+    expected = attempt.expected_version
+    if expected is not None and row["version"] != expected:
         raise ConflictError(
-            f"session {session_id} is at version {row['version']}, expected {expected_version}"
+            f"session {session_id} is at version {row['version']}, expected {expected}"
         )
-    if target is not None:
+    if attempt.target is not None:
         raise InvalidStateError(
-            f"cannot {action} session {session_id}: {status.value} → {target.value}"
+            f"cannot {action} session {session_id}: {status.value} → {attempt.target.value}"
             " is not an allowed transition"
         )
     raise InvalidStateError(f"cannot {action} session {session_id}: it is {status.value}")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
@@ -12,10 +13,13 @@ from pydantic import BaseModel, ConfigDict
 __all__ = [
     "Conversation",
     "Message",
+    "MessageOptions",
     "MessageRole",
     "Page",
+    "Role",
     "Session",
     "SessionStatus",
+    "TurnOptions",
     "from_trusted",
 ]
 
@@ -26,6 +30,30 @@ class MessageRole(enum.StrEnum):
     USER = "user"
     ASSISTANT = "assistant"
     SYSTEM = "system"
+
+
+#: A message's role, as the enum or its string value.
+Role = MessageRole | str
+
+
+class MessageOptions(TypedDict, total=False):
+    """The keyword options of every message append (``messages.add``, ``enqueue``,
+    ``enqueue_nowait``, ``add_turn``, ``enqueue_turn``). All may be omitted or ``None``.
+
+    ``metadata``: a JSON object stored with the message. ``tokens``: the message's token
+    count (a non-negative integer), added to the conversation's (and a turn's session's)
+    ``total_tokens``. Any other keyword raises ``InvalidInputError`` naming it.
+    """
+
+    metadata: Mapping[str, Any] | None
+    tokens: int | None
+
+
+class TurnOptions(MessageOptions, total=False):
+    """:class:`MessageOptions` plus ``session_id``: the session the turn counts on (its
+    ``turn_count`` and ``total_tokens`` grow; it must exist, be active and not expired)."""
+
+    session_id: UUID | str | None
 
 
 class SessionStatus(enum.StrEnum):

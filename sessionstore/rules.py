@@ -15,6 +15,7 @@ from .models import SessionStatus
 
 __all__ = [
     "accepts_turns",
+    "batch_ordinal",
     "bump_conversation",
     "bump_session",
     "cleanup_due",
@@ -94,6 +95,12 @@ def seq_of(count: str, *, added: str, ordinal: str) -> str:
     given the conversation's ``message_count`` after :func:`bump_conversation`: appended
     messages take the numbers after those already there, in order, without gaps."""
     return f"{count} - {added} + {ordinal}"
+
+
+def batch_ordinal(conversation: str, order: str) -> str:
+    """The ``ordinal`` for :func:`seq_of` of a batch row: its position among the batch's
+    rows for the same ``conversation``, in batch ``order``."""
+    return f"row_number() OVER (PARTITION BY {conversation} ORDER BY {order})"
 
 
 def cleanup_due(alias: str = "") -> str:

@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
+    Constraint,
     DateTime,
     ForeignKey,
     Index,
@@ -41,23 +42,50 @@ def _uuid_pk() -> Column[object]:
     )
 
 
+def _now(name: str) -> Column[object]:
+    return Column(name, _tz(), nullable=False, server_default=text("now()"))
+
+
+def _counter(name: str, kind: type[Integer] = Integer) -> Column[object]:
+    return Column(name, kind, nullable=False, server_default=text("0"))
+
+
+def _reference(name: str, target: str, ondelete: str, constraint: str) -> Column[object]:
+    return Column(name, UUID(as_uuid=True), ForeignKey(target, ondelete=ondelete, name=constraint))
+
+
+def _listing_index(name: str, table: Table, owner: str) -> Index:
+    """What a keyset listing of one owner's rows, newest first, reads."""
+    return Index(name, table.c[owner], table.c.created_at.desc(), table.c.id.desc())
+
+
 def _jsonb_object() -> Column[object]:
     return Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb"))
 
 
-sessions = Table(
+def _entity(name: str, *columns: Column[object] | Constraint) -> Table:
+    """A table of something a user names and changes (sessions, conversations): a uuid
+    key, an optional title, a metadata object, creation and update times, then ``columns``.
+    """
+    return Table(
+        name,
+        metadata,
+        _uuid_pk(),
+        Column("title", Text),
+        _jsonb_object(),
+        _now("created_at"),
+        _now("updated_at"),
+        *columns,
+    )
+
+
+sessions = _entity(
     "sessions",
-    metadata,
-    _uuid_pk(),
     Column("user_id", Text, nullable=False),
-    Column("title", Text),
     Column("status", Text, nullable=False, server_default=text("'active'::text")),
-    Column("created_at", _tz(), nullable=False, server_default=text("now()")),
-    Column("updated_at", _tz(), nullable=False, server_default=text("now()")),
     Column("expires_at", _tz()),
-    Column("turn_count", Integer, nullable=False, server_default=text("0")),
-    Column("total_tokens", BigInteger, nullable=False, server_default=text("0")),
-    _jsonb_object(),
+    _counter("turn_count"),
+    _counter("total_tokens", BigInteger),
     Column("version", Integer, nullable=False, server_default=text("1")),
     CheckConstraint(
         "status = ANY (ARRAY['active'::text, 'paused'::text, 'completed'::text, 'expired'::text])",
@@ -73,55 +101,31 @@ Index(
     postgresql_where=sessions.c.expires_at.isnot(None),
 )
 Index("idx_sessions_user_status", sessions.c.user_id, sessions.c.status)
-Index(
-    "idx_sessions_user_created",
-    sessions.c.user_id,
-    sessions.c.created_at.desc(),
-    sessions.c.id.desc(),
-)
+_listing_index("idx_sessions_user_created", sessions, "user_id")
 
-conversations = Table(
+conversations = _entity(
     "conversations",
-    metadata,
-    _uuid_pk(),
     Column("continuation_id", Text, nullable=False),
-    Column("title", Text),
-    _jsonb_object(),
-    Column("created_at", _tz(), nullable=False, server_default=text("now()")),
-    Column("updated_at", _tz(), nullable=False, server_default=text("now()")),
-    Column(
-        "session_id",
-        UUID(as_uuid=True),
-        ForeignKey("sessions.id", ondelete="SET NULL", name="conversations_session_id_fkey"),
-    ),
-    Column("message_count", Integer, nullable=False, server_default=text("0")),
+    _reference("session_id", "sessions.id", "SET NULL", "conversations_session_id_fkey"),
+    _counter("message_count"),
     Column("last_message_at", _tz()),
-    Column("total_tokens", BigInteger, nullable=False, server_default=text("0")),
+    _counter("total_tokens", BigInteger),
     UniqueConstraint("continuation_id", name="conversations_continuation_id_key"),
 )
 Index("idx_conversations_continuation_id", conversations.c.continuation_id)
 Index("idx_conversations_created_at", conversations.c.created_at.desc())
 Index("idx_conversations_session_id", conversations.c.session_id)
-Index(
-    "idx_conversations_session_created",
-    conversations.c.session_id,
-    conversations.c.created_at.desc(),
-    conversations.c.id.desc(),
-)
+_listing_index("idx_conversations_session_created", conversations, "session_id")
 
 messages = Table(
     "messages",
     metadata,
     _uuid_pk(),
-    Column(
-        "conversation_id",
-        UUID(as_uuid=True),
-        ForeignKey("conversations.id", ondelete="CASCADE", name="messages_conversation_id_fkey"),
-    ),
+    _reference("conversation_id", "conversations.id", "CASCADE", "messages_conversation_id_fkey"),
     Column("role", message_role, nullable=False),
     Column("content", Text, nullable=False),
     _jsonb_object(),
-    Column("created_at", _tz(), nullable=False, server_default=text("now()")),
+    _now("created_at"),
     Column("seq", Integer, nullable=False),
     Column("tokens", Integer),
     CheckConstraint("tokens >= 0", name="messages_tokens_check"),

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, Unpack
 from uuid import UUID
 
 from pydantic import ValidationError
@@ -17,7 +17,7 @@ from .cache import Invalidation, SessionCache
 from .config import StoreConfig
 from .db import ConfigureCallback, Database, Pool
 from .errors import InvalidInputError
-from .models import MessageRole
+from .models import Role, TurnOptions
 from .repositories import (
     ConversationsRepository,
     MessagesRepository,
@@ -62,27 +62,17 @@ class _Scope:
         self.conversations = ConversationsRepository(db)
 
     async def add_turn(
-        self,
-        continuation_id: str,
-        role: MessageRole | str,
-        content: str,
-        *,
-        session_id: UUID | str | None = None,
-        metadata: dict[str, Any] | None = None,
-        tokens: int | None = None,
+        self, continuation_id: str, role: Role, content: str, **options: Unpack[TurnOptions]
     ) -> Turn:
-        """Get-or-create the conversation, append the message and bump the session's
-        counters, in one round trip and one transaction. See :func:`sessionstore.turns.add_turn`.
+        """Get-or-create the conversation, append the message and, with ``session_id``,
+        count the turn on the session — in one round trip and one transaction.
+
+        ``options``: ``session_id``, ``metadata``, ``tokens`` (see
+        :class:`~sessionstore.TurnOptions`). The session must exist, be active and not
+        expired (``NotFoundError``, ``InvalidStateError``, ``SessionExpiredError``),
+        otherwise nothing is written. See :func:`sessionstore.turns.add_turn`.
         """
-        turn = await add_turn(
-            self._db,
-            continuation_id,
-            role,
-            content,
-            session_id=session_id,
-            metadata=metadata,
-            tokens=tokens,
-        )
+        turn = await add_turn(self._db, continuation_id, role, content, **options)
         if self._cache is not None and turn.session is not None:
             self._cache.put(turn.session)
         return turn
@@ -202,28 +192,15 @@ class SessionStore(_Scope):
         return self._writer.set_aside()
 
     async def enqueue_turn(
-        self,
-        continuation_id: str,
-        role: MessageRole | str,
-        content: str,
-        *,
-        session_id: UUID | str | None = None,
-        metadata: dict[str, Any] | None = None,
-        tokens: int | None = None,
+        self, continuation_id: str, role: Role, content: str, **options: Unpack[TurnOptions]
     ) -> UUID:
         """The write-behind form of :meth:`add_turn`: accept now, write in a later batch.
 
-        Returns the message's id. A turn whose session turns out missing, expired or not
-        active at write time is set aside (nothing of it is written).
+        Returns the message's id. Input is checked here; a turn whose session turns out
+        missing, expired or not active at write time is set aside (nothing of it is
+        written). The turn has the same effect on its session as :meth:`add_turn`.
         """
-        item = accept_turn(
-            continuation_id,
-            role,
-            content,
-            session_id=session_id,
-            metadata=metadata,
-            tokens=tokens,
-        )
+        item = accept_turn(continuation_id, role, content, options)
         await self._writer.put(item)
         return item.id
 

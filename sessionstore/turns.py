@@ -11,24 +11,24 @@ build the session's and the conversation's changes from :mod:`sessionstore.rules
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Unpack
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 
 from . import validation as v
 from .db import Connection, Database
-from .lifecycle import raise_session_miss
-from .models import Conversation, Message, MessageRole, Session
+from .lifecycle import Attempt, raise_session_miss
+from .models import Conversation, Message, Role, Session, TurnOptions
 from .repositories.conversations import CONVERSATION, conversation_from_row
 from .repositories.messages import MESSAGE, message_from_row
 from .repositories.sessions import SESSION, session_from_row
-from .rules import accepts_turns, bump_conversation, bump_session, seq_of
-from .writes import PendingWrite
+from .rules import accepts_turns, batch_ordinal, bump_conversation, bump_session, seq_of
+from .writes import PendingWrite, batch_arguments, fresh_rows
 
 __all__ = ["Turn", "accept_turn", "add_turn", "write_turns"]
 
-_TOKENS = "coalesce($5::integer, 0)"
+_TOKENS = "coalesce($6::integer, 0)"
 ADD_TURN = f"""
 WITH sess AS (
     UPDATE sessions SET {bump_session("", turns="1", tokens=_TOKENS, slide="$7")}
@@ -51,7 +51,7 @@ conv AS (
 msg AS (
     INSERT INTO messages (conversation_id, seq, role, content, metadata, tokens)
     SELECT conv.c_id, {seq_of("conv.c_message_count", added="1", ordinal="1")},
-           $3::message_role, $4, coalesce($6::jsonb, '{{}}'::jsonb), $5::integer
+           $3::message_role, $4, coalesce($5::jsonb, '{{}}'::jsonb), $6::integer
     FROM conv
     RETURNING {MESSAGE.select(prefix="m_")}
 )
@@ -69,28 +69,35 @@ WHERE $2::uuid IS NULL OR EXISTS (SELECT 1 FROM sessions WHERE id = $2::uuid)
 ON CONFLICT (continuation_id) DO NOTHING
 """
 
-# ADD_TURN for many turns at once (write-behind), skipping ids already stored (a retried
-# batch). A turn whose session is missing, expired or not active is rejected, and
-# nothing of it written.
-TURN_BATCH = f"""
-WITH input AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::message_role[], $5::text[],
-                         $6::jsonb[], $7::integer[], $8::timestamptz[])
-        WITH ORDINALITY AS u(id, continuation_id, session_id, role, content, metadata,
-                             tokens, created_at, ord)
-),
-stored AS (  -- ids of this batch already written (a retry): probed by primary key
-    SELECT id FROM messages WHERE id = ANY($1::uuid[])
-),
-fresh AS (
-    SELECT i.* FROM input i WHERE NOT EXISTS (SELECT 1 FROM stored s WHERE s.id = i.id)
-),
+# ADD_TURN for many turns at once (write-behind). A turn whose session is missing,
+# expired or not active is rejected, and nothing of it written.
+_BATCH_FIELDS = (
+    "id",
+    "continuation_id",
+    "session_id",
+    "role",
+    "content",
+    "metadata",
+    "tokens",
+    "enqueued_at",
+)
+_BATCH_SESSION = bump_session("s", turns="p.n", tokens="p.tok", slide="$9")
+_BATCH_CONVERSATION = bump_conversation(
+    "c",
+    messages="EXCLUDED.message_count",
+    tokens="EXCLUDED.total_tokens",
+    at="EXCLUDED.last_message_at",
+)
+_BATCH_SEQ = seq_of(
+    "conv.message_count", added="p.n", ordinal=batch_ordinal("o.continuation_id", "o.ord")
+)
+TURN_BATCH = f"""{fresh_rows(_BATCH_FIELDS)},
 per_session AS (
     SELECT session_id, count(*)::integer AS n, coalesce(sum(tokens), 0) AS tok
     FROM fresh WHERE session_id IS NOT NULL GROUP BY session_id
 ),
 sess AS (
-    UPDATE sessions s SET {bump_session("s", turns="p.n", tokens="p.tok", slide="$9")}
+    UPDATE sessions s SET {_BATCH_SESSION}
     FROM per_session p
     WHERE s.id = p.session_id AND {accepts_turns("s")}
     RETURNING s.id
@@ -100,35 +107,20 @@ ok AS (
 ),
 per_conv AS (
     SELECT continuation_id, (array_agg(session_id ORDER BY ord))[1] AS session_id,
-           count(*)::integer AS n, coalesce(sum(tokens), 0) AS tok, max(created_at) AS last_at
+           count(*)::integer AS n, coalesce(sum(tokens), 0) AS tok, max(enqueued_at) AS last_at
     FROM ok GROUP BY continuation_id
 ),
 conv AS (
     INSERT INTO conversations AS c
         (continuation_id, session_id, message_count, last_message_at, total_tokens)
     SELECT continuation_id, session_id, n, last_at, tok FROM per_conv
-    ON CONFLICT (continuation_id) DO UPDATE
-    SET {
-    bump_conversation(
-        "c",
-        messages="EXCLUDED.message_count",
-        tokens="EXCLUDED.total_tokens",
-        at="EXCLUDED.last_message_at",
-    )
-}
+    ON CONFLICT (continuation_id) DO UPDATE SET {_BATCH_CONVERSATION}
     RETURNING c.id, c.continuation_id, c.message_count
 ),
 ins AS (
     INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens, created_at)
-    SELECT o.id, conv.id,
-           {
-    seq_of(
-        "conv.message_count",
-        added="p.n",
-        ordinal="row_number() OVER (PARTITION BY o.continuation_id ORDER BY o.ord)",
-    )
-},
-           o.role, o.content, coalesce(o.metadata, '{{}}'::jsonb), o.tokens, o.created_at
+    SELECT o.id, conv.id, {_BATCH_SEQ}, o.role, o.content,
+           coalesce(o.metadata, '{{}}'::jsonb), o.tokens, o.enqueued_at
     FROM ok o
     JOIN conv ON conv.continuation_id = o.continuation_id
     JOIN per_conv p ON p.continuation_id = o.continuation_id
@@ -150,15 +142,22 @@ class Turn(BaseModel):
     session: Session | None
 
 
+_TURN_OPTIONS = TurnOptions.__optional_keys__
+
+
+def _checked(
+    continuation_id: str, role: Role, content: str, options: TurnOptions
+) -> tuple[str, UUID | None, v.CheckedMessage]:
+    session_id = options.get("session_id")
+    return (
+        v.identifier(continuation_id, "continuation_id"),
+        None if session_id is None else v.uuid(session_id, "session_id"),
+        v.message(role, content, options, _TURN_OPTIONS),
+    )
+
+
 async def add_turn(
-    db: Database,
-    continuation_id: str,
-    role: MessageRole | str,
-    content: str,
-    *,
-    session_id: UUID | str | None = None,
-    metadata: dict[str, Any] | None = None,
-    tokens: int | None = None,
+    db: Database, continuation_id: str, role: Role, content: str, **options: Unpack[TurnOptions]
 ) -> Turn:
     """Append a message to the conversation ``continuation_id`` (created if needed) and,
     with ``session_id``, add one turn and ``tokens`` to that session — in one round trip.
@@ -168,21 +167,16 @@ async def add_turn(
     Under row-level security (``as_user``) it takes two statements in one transaction.
     With sliding expiry configured, the session's ``expires_at`` moves forward.
     """
-    cont = v.identifier(continuation_id, "continuation_id")
-    sid = None if session_id is None else v.uuid(session_id, "session_id")
-    role_ = v.role(role)
-    text = v.text(content, "content")
-    meta = v.metadata_json(metadata)
-    count = v.tokens(tokens)
+    cont, sid, message = _checked(continuation_id, role, content, options)
     slide = db.config.sliding_interval
 
     async def work(conn: Connection) -> Turn:
         if db.rls_scoped:
             await conn.execute(PRECREATE_CONVERSATION, cont, sid)
-        row = await conn.fetchrow(ADD_TURN, cont, sid, role_.value, text, count, meta, slide)
+        row = await conn.fetchrow(ADD_TURN, cont, sid, *message, slide)
         if row is None:
             assert sid is not None  # without a session the statement always writes
-            await raise_session_miss(conn, sid, "add a turn to")
+            await raise_session_miss(conn, Attempt(sid, "add a turn to"))
         return Turn.model_construct(
             message=message_from_row(row, "m_"),
             conversation=conversation_from_row(row, "c_"),
@@ -193,40 +187,17 @@ async def add_turn(
 
 
 def accept_turn(
-    continuation_id: str,
-    role: MessageRole | str,
-    content: str,
-    *,
-    session_id: UUID | str | None,
-    metadata: dict[str, Any] | None,
-    tokens: int | None,
+    continuation_id: str, role: Role, content: str, options: TurnOptions
 ) -> PendingWrite:
     """The write-behind form of :func:`add_turn`, checked and ready to queue."""
-    return PendingWrite.accept(
-        "turn",
-        role,
-        content,
-        metadata,
-        tokens,
-        continuation_id=v.identifier(continuation_id, "continuation_id"),
-        session_id=None if session_id is None else v.uuid(session_id, "session_id"),
-    )
+    cont, sid, message = _checked(continuation_id, role, content, options)
+    return PendingWrite.accept("turn", message, continuation_id=cont, session_id=sid)
 
 
 async def write_turns(db: Database, batch: Sequence[PendingWrite]) -> dict[UUID, str]:
     """Write a write-behind batch of turns in one statement; return the ids it could not
     write (their session is missing, not active or expired)."""
-    row = await db.fetchrow(
-        TURN_BATCH,
-        [i.id for i in batch],
-        [i.continuation_id for i in batch],
-        [i.session_id for i in batch],
-        [i.role for i in batch],
-        [i.content for i in batch],
-        [i.metadata for i in batch],
-        [i.tokens for i in batch],
-        [i.enqueued_at for i in batch],
-        db.config.sliding_interval,
-    )
+    arguments = batch_arguments(batch, _BATCH_FIELDS)
+    row = await db.fetchrow(TURN_BATCH, *arguments, db.config.sliding_interval)
     assert row is not None  # the statement always returns one row
     return dict.fromkeys(row["rejected"], "session not found, not active or expired")

@@ -6,11 +6,12 @@ and returns the value in the form the SQL needs. Pure functions, no I/O.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, NamedTuple, TypeVar
 from uuid import UUID
 
 from .errors import InvalidInputError
@@ -19,11 +20,14 @@ from .models import MessageRole, SessionStatus
 __all__ = [
     "MAX_LIMIT",
     "UNSET",
+    "CheckedMessage",
     "Unset",
     "aware_datetime",
     "identifier",
     "limit",
+    "message",
     "metadata_json",
+    "options",
     "positive_int",
     "role",
     "status",
@@ -72,26 +76,26 @@ def identifier(value: object, field: str) -> str:
     return checked
 
 
+E = TypeVar("E", bound=enum.StrEnum)
+
+
+def _member(kind: type[E], value: object, field: str) -> E:
+    """A member of the string enum ``kind``, given as itself or its value."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return kind(value)
+    allowed = ", ".join(member.value for member in kind)
+    raise InvalidInputError(field, f"must be one of {allowed}, got {value!r:.60}")
+
+
 def role(value: object, field: str = "role") -> MessageRole:
     """A :class:`MessageRole` or its string value."""
-    try:
-        if not isinstance(value, str):
-            raise ValueError(value)
-        return MessageRole(value)
-    except ValueError:
-        allowed = ", ".join(r.value for r in MessageRole)
-        raise InvalidInputError(field, f"must be one of {allowed}, got {value!r:.60}") from None
+    return _member(MessageRole, value, field)
 
 
 def status(value: object, field: str = "status") -> SessionStatus:
     """A :class:`SessionStatus` or its string value."""
-    try:
-        if not isinstance(value, str):
-            raise ValueError(value)
-        return SessionStatus(value)
-    except ValueError:
-        allowed = ", ".join(s.value for s in SessionStatus)
-        raise InvalidInputError(field, f"must be one of {allowed}, got {value!r:.60}") from None
+    return _member(SessionStatus, value, field)
 
 
 def metadata_json(value: object, field: str = "metadata") -> str | None:
@@ -133,6 +137,39 @@ def limit(value: object, field: str = "limit", *, maximum: int = MAX_LIMIT) -> i
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= maximum:
         raise InvalidInputError(field, f"must be an integer between 1 and {maximum}, got {value!r}")
     return value
+
+
+def options(given: Mapping[str, object], allowed: frozenset[str]) -> None:
+    """Refuse keyword options a method does not take: a misspelt ``token=`` must not be
+    silently ignored."""
+    for name in given:
+        if name not in allowed:
+            raise InvalidInputError(name, f"is not an option here (options: {sorted(allowed)})")
+
+
+class CheckedMessage(NamedTuple):
+    """A message's fields, checked and in the form the SQL takes."""
+
+    role: str
+    content: str
+    metadata: str | None
+    tokens: int | None
+
+
+def message(
+    role_: object, content: object, given: Mapping[str, object], allowed: frozenset[str]
+) -> CheckedMessage:
+    """Check a message to append: its role, its content and the keyword options ``given``
+    (of which only ``allowed`` may appear; ``metadata`` and ``tokens`` are read here)."""
+    options(given, allowed)
+    checked = text(content, "content")
+    assert checked is not None
+    return CheckedMessage(
+        role(role_).value,
+        checked,
+        metadata_json(given.get("metadata")),
+        tokens(given.get("tokens")),
+    )
 
 
 def aware_datetime(value: object, field: str, *, optional: bool = True) -> datetime | None:

@@ -5,15 +5,24 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from . import validation as v
 
-__all__ = ["FailedWrite", "Kind", "OnWriteError", "PendingWrite", "WriterStats", "uuid7"]
+__all__ = [
+    "FailedWrite",
+    "Kind",
+    "OnWriteError",
+    "PendingWrite",
+    "WriterStats",
+    "batch_arguments",
+    "fresh_rows",
+    "uuid7",
+]
 
 #: ``message``: appended to an existing conversation (``messages.enqueue``);
 #: ``turn``: a whole turn, conversation and session included (``enqueue_turn``).
@@ -51,27 +60,23 @@ class PendingWrite:
     def accept(
         cls,
         kind: Kind,
-        role: object,
-        content: object,
-        metadata: object,
-        tokens: object,
+        fields: v.CheckedMessage,
         *,
         conversation_id: UUID | None = None,
         continuation_id: str | None = None,
         session_id: UUID | None = None,
     ) -> PendingWrite:
-        """A new message with its fields checked (``InvalidInputError`` otherwise), a
-        time-ordered id and the acceptance time."""
+        """A new message of checked ``fields`` with a time-ordered id, accepted now."""
         return cls(
             id=uuid7(),
             kind=kind,
             conversation_id=conversation_id,
             continuation_id=continuation_id,
             session_id=session_id,
-            role=v.role(role).value,
-            content=v.text(content, "content") or "",
-            metadata=v.metadata_json(metadata),
-            tokens=v.tokens(tokens),
+            role=fields.role,
+            content=fields.content,
+            metadata=fields.metadata,
+            tokens=fields.tokens,
             enqueued_at=datetime.now(UTC),
         )
 
@@ -111,3 +116,43 @@ class WriterStats:
     set_aside: int
     oldest_age: float | None
     failing_for: float | None
+
+
+# The SQL type of each PendingWrite field a batch statement reads.
+_SQL_TYPES = {
+    "id": "uuid",
+    "conversation_id": "uuid",
+    "continuation_id": "text",
+    "session_id": "uuid",
+    "role": "message_role",
+    "content": "text",
+    "metadata": "jsonb",
+    "tokens": "integer",
+    "enqueued_at": "timestamptz",
+}
+
+
+def fresh_rows(fields: Sequence[str]) -> str:
+    """The opening of a batch statement: CTE ``fresh`` holds the batch's rows (columns
+    ``fields`` plus ``ord``, the position in the batch) whose ids are not stored yet.
+
+    Skipping stored ids is what makes a retried batch (after a lost connection or a
+    timeout whose statement did commit) write nothing twice. ``fields`` starts with
+    ``id``; the batch is passed as :func:`batch_arguments` of the same ``fields``.
+    """
+    arrays = ", ".join(f"${n}::{_SQL_TYPES[f]}[]" for n, f in enumerate(fields, start=1))
+    return f"""
+WITH input AS (
+    SELECT * FROM unnest({arrays}) WITH ORDINALITY AS u({", ".join(fields)}, ord)
+),
+stored AS (  -- probed by primary key: an anti-join would scan all messages per batch
+    SELECT id FROM messages WHERE id = ANY($1::uuid[])
+),
+fresh AS (
+    SELECT i.* FROM input i WHERE NOT EXISTS (SELECT 1 FROM stored s WHERE s.id = i.id)
+)"""
+
+
+def batch_arguments(batch: Sequence[PendingWrite], fields: Sequence[str]) -> list[list[Any]]:
+    """One array per field, in batch order, for a statement opened by :func:`fresh_rows`."""
+    return [[getattr(item, field) for item in batch] for field in fields]

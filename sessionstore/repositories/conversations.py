@@ -12,7 +12,13 @@ from ..models import Conversation, Page, from_trusted
 from ..pagination import decode_cursor, make_page
 from ..rows import Columns, Row
 
-__all__ = ["CONVERSATION", "ConversationsRepository", "conversation_from_row"]
+__all__ = [
+    "CONVERSATION",
+    "ConversationsRepository",
+    "conversation_from_row",
+    "conversation_missing",
+    "fetch_conversation",
+]
 
 CONVERSATION = Columns(
     "id",
@@ -69,6 +75,21 @@ def conversation_from_row(row: Row, prefix: str = "") -> Conversation:
     return from_trusted(Conversation, CONVERSATION.read(row, prefix))
 
 
+def conversation_missing(conversation_id: UUID) -> NotFoundError:
+    """The error for a conversation that does not exist (or is not visible under RLS)."""
+    return NotFoundError(f"conversation {conversation_id} not found")
+
+
+async def fetch_conversation(db: Database, query: str, conversation_id: object) -> Row:
+    """The row ``query`` (``$1``: the conversation's id) returns for the conversation;
+    ``InvalidInputError`` for a malformed id, ``NotFoundError`` when there is no row."""
+    cid = v.uuid(conversation_id, "conversation_id")
+    row = await db.fetchrow(query, cid, retry=True)
+    if row is None:
+        raise conversation_missing(cid)
+    return row
+
+
 class ConversationsRepository:
     """Conversations, found by id or by their unique ``continuation_id``."""
 
@@ -111,11 +132,7 @@ class ConversationsRepository:
 
     async def get(self, conversation_id: UUID | str) -> Conversation:
         """The conversation; ``NotFoundError`` if absent."""
-        cid = v.uuid(conversation_id, "conversation_id")
-        row = await self._db.fetchrow(GET_BY_ID, cid, retry=True)
-        if row is None:
-            raise NotFoundError(f"conversation {cid} not found")
-        return conversation_from_row(row)
+        return conversation_from_row(await fetch_conversation(self._db, GET_BY_ID, conversation_id))
 
     async def get_by_continuation_id(self, continuation_id: str) -> Conversation:
         """The conversation with this continuation id; ``NotFoundError`` if absent."""

@@ -8,17 +8,18 @@ distinct sequence numbers and the counters never drift from the rows.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 from uuid import UUID
 
 from .. import validation as v
 from ..db import Database
-from ..errors import InvalidInputError, NotFoundError
-from ..models import Message, MessageRole, from_trusted
+from ..errors import InvalidInputError
+from ..models import Message, MessageOptions, MessageRole, Role, from_trusted
 from ..rows import Columns, Row
-from ..rules import bump_conversation, seq_of
+from ..rules import batch_ordinal, bump_conversation, seq_of
 from ..writer import Writer
-from ..writes import PendingWrite
+from ..writes import PendingWrite, batch_arguments, fresh_rows
+from .conversations import conversation_missing, fetch_conversation
 
 __all__ = [
     "MESSAGE",
@@ -34,35 +35,34 @@ MESSAGE = Columns(
 )
 _COLUMNS = MESSAGE.select()
 
-ADD_MANY = f"""
-WITH conv AS (
-    UPDATE conversations
-    SET {bump_conversation("", messages="$2", tokens="$3", at="now()")}
-    WHERE id = $1
-    RETURNING id, message_count
-)
+
+def _append(added: str, tokens: str, rows: str) -> str:
+    """A message append: ``rows`` (with columns role, content, metadata, tokens, ord)
+    added to conversation ``$1`` after bumping its counters, in one statement."""
+    bump = bump_conversation("", messages=added, tokens=tokens, at="now()")
+    seq = seq_of("conv.message_count", added=added, ordinal="u.ord")
+    return f"""
+WITH conv AS (UPDATE conversations SET {bump} WHERE id = $1 RETURNING id, message_count)
 INSERT INTO messages (conversation_id, seq, role, content, metadata, tokens)
-SELECT conv.id, {seq_of("conv.message_count", added="$2", ordinal="u.ord")}, u.role, u.content,
-       coalesce(u.metadata, '{{}}'::jsonb), u.tokens
-FROM conv,
-     unnest($4::message_role[], $5::text[], $6::jsonb[], $7::integer[])
-         WITH ORDINALITY AS u(role, content, metadata, tokens, ord)
+SELECT conv.id, {seq}, u.role, u.content, coalesce(u.metadata, '{{}}'::jsonb), u.tokens
+FROM conv, {rows}
 RETURNING {_COLUMNS}
 """
-# The one-message case of ADD_MANY, without arrays (the common call stays cheap).
-ADD_MESSAGE = f"""
-WITH conv AS (
-    UPDATE conversations
-    SET {bump_conversation("", messages="1", tokens="coalesce($5::integer, 0)", at="now()")}
-    WHERE id = $1
-    RETURNING id, message_count
+
+
+ADD_MANY = _append(
+    "$2",
+    "$3",
+    "unnest($4::message_role[], $5::text[], $6::jsonb[], $7::integer[])"
+    " WITH ORDINALITY AS u(role, content, metadata, tokens, ord)",
 )
-INSERT INTO messages (conversation_id, seq, role, content, metadata, tokens)
-SELECT conv.id, {seq_of("conv.message_count", added="1", ordinal="1")}, $2::message_role, $3,
-       coalesce($4::jsonb, '{{}}'::jsonb), $5
-FROM conv
-RETURNING {_COLUMNS}
-"""
+# One message without arrays (the common call stays cheap).
+ADD_MESSAGE = _append(
+    "1",
+    "coalesce($5::integer, 0)",
+    "(SELECT $2::message_role AS role, $3::text AS content, $4::jsonb AS metadata,"
+    " $5::integer AS tokens, 1 AS ord) AS u",
+)
 # Zero rows: no such conversation. One all-null row: a conversation without messages.
 HISTORY = f"""
 SELECT m.* FROM conversations c
@@ -76,43 +76,29 @@ WHERE c.id = $1
 ORDER BY m.seq
 """
 COUNT = "SELECT message_count FROM conversations WHERE id = $1"
-# Write-behind: ADD_MANY for many conversations at once, skipping ids already stored
-# (a retried batch). Ids whose conversation does not exist come back as rejected.
-MESSAGE_BATCH = f"""
-WITH input AS (
-    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::message_role[], $4::text[],
-                         $5::jsonb[], $6::integer[], $7::timestamptz[])
-        WITH ORDINALITY AS u(id, conversation_id, role, content, metadata, tokens, created_at, ord)
-),
-stored AS (  -- ids of this batch already written (a retry): probed by primary key
-    SELECT id FROM messages WHERE id = ANY($1::uuid[])
-),
-fresh AS (
-    SELECT i.* FROM input i WHERE NOT EXISTS (SELECT 1 FROM stored s WHERE s.id = i.id)
-),
+# Write-behind: appends to many conversations in one statement. Ids whose conversation
+# does not exist come back as rejected.
+_BATCH_FIELDS = ("id", "conversation_id", "role", "content", "metadata", "tokens", "enqueued_at")
+_BATCH_BUMP = bump_conversation("c", messages="p.n", tokens="p.tok", at="p.last_at")
+_BATCH_SEQ = seq_of(
+    "b.message_count", added="b.n", ordinal=batch_ordinal("f.conversation_id", "f.ord")
+)
+MESSAGE_BATCH = f"""{fresh_rows(_BATCH_FIELDS)},
 per_conv AS (
     SELECT conversation_id, count(*)::integer AS n, coalesce(sum(tokens), 0) AS tok,
-           max(created_at) AS last_at
+           max(enqueued_at) AS last_at
     FROM fresh GROUP BY conversation_id
 ),
 bumped AS (
-    UPDATE conversations c
-    SET {bump_conversation("c", messages="p.n", tokens="p.tok", at="p.last_at")}
+    UPDATE conversations c SET {_BATCH_BUMP}
     FROM per_conv p
     WHERE c.id = p.conversation_id
     RETURNING c.id, c.message_count, p.n
 ),
 ins AS (
     INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens, created_at)
-    SELECT f.id, f.conversation_id,
-           {
-    seq_of(
-        "b.message_count",
-        added="b.n",
-        ordinal="row_number() OVER (PARTITION BY f.conversation_id ORDER BY f.ord)",
-    )
-},
-           f.role, f.content, coalesce(f.metadata, '{{}}'::jsonb), f.tokens, f.created_at
+    SELECT f.id, f.conversation_id, {_BATCH_SEQ}, f.role, f.content,
+           coalesce(f.metadata, '{{}}'::jsonb), f.tokens, f.enqueued_at
     FROM fresh f JOIN bumped b ON b.id = f.conversation_id
     RETURNING id
 )
@@ -121,6 +107,7 @@ SELECT (SELECT count(*) FROM ins) AS inserted,
              WHERE NOT EXISTS (SELECT 1 FROM bumped b WHERE b.id = f.conversation_id)) AS rejected
 """
 
+_MESSAGE_OPTIONS = MessageOptions.__optional_keys__
 _NO_UPPER_BOUND = 2**31 - 1
 _ROLES = {role.value: role for role in MessageRole}
 MAX_BATCH = 10_000
@@ -143,16 +130,7 @@ def message_from_row(row: Row, prefix: str = "") -> Message:
 async def write_messages(db: Database, batch: Sequence[PendingWrite]) -> dict[UUID, str]:
     """Write a write-behind batch of ``messages.enqueue`` messages in one statement;
     return the ids it could not write (their conversation does not exist)."""
-    row = await db.fetchrow(
-        MESSAGE_BATCH,
-        [i.id for i in batch],
-        [i.conversation_id for i in batch],
-        [i.role for i in batch],
-        [i.content for i in batch],
-        [i.metadata for i in batch],
-        [i.tokens for i in batch],
-        [i.enqueued_at for i in batch],
-    )
+    row = await db.fetchrow(MESSAGE_BATCH, *batch_arguments(batch, _BATCH_FIELDS))
     assert row is not None  # the statement always returns one row
     return dict.fromkeys(row["rejected"], "conversation not found")
 
@@ -166,24 +144,20 @@ class MessagesRepository:
     async def add(
         self,
         conversation_id: UUID | str,
-        role: MessageRole | str,
+        role: Role,
         content: str,
-        *,
-        metadata: dict[str, Any] | None = None,
-        tokens: int | None = None,
+        **options: Unpack[MessageOptions],
     ) -> Message:
-        """Append one message; it is committed when this returns.
+        """Append one message; it is committed when this returns. ``options``:
+        ``metadata``, ``tokens`` (see :class:`~sessionstore.MessageOptions`).
 
         ``NotFoundError`` if the conversation does not exist (nothing is written).
         """
         cid = v.uuid(conversation_id, "conversation_id")
-        role_ = v.role(role)
-        text = v.text(content, "content")
-        meta = v.metadata_json(metadata)
-        count = v.tokens(tokens)
-        row = await self._db.fetchrow(ADD_MESSAGE, cid, role_.value, text, meta, count)
+        fields = v.message(role, content, options, _MESSAGE_OPTIONS)
+        row = await self._db.fetchrow(ADD_MESSAGE, cid, *fields)
         if row is None:
-            raise NotFoundError(f"conversation {cid} not found")
+            raise conversation_missing(cid)
         return message_from_row(row)
 
     async def add_many(
@@ -215,7 +189,7 @@ class MessagesRepository:
             ADD_MANY, cid, len(roles), total, roles, contents, metas, counts
         )
         if not rows:
-            raise NotFoundError(f"conversation {cid} not found")
+            raise conversation_missing(cid)
         return sorted((message_from_row(row) for row in rows), key=lambda m: m.seq)
 
     async def history(
@@ -227,16 +201,13 @@ class MessagesRepository:
         upper = _NO_UPPER_BOUND if before is None else v.positive_int(before, "before")
         rows = await self._db.fetch(HISTORY, cid, size, upper, retry=True)
         if not rows:
-            raise NotFoundError(f"conversation {cid} not found")
+            raise conversation_missing(cid)
         return [message_from_row(row) for row in rows if row["id"] is not None]
 
     async def count(self, conversation_id: UUID | str) -> int:
         """How many messages the conversation holds (kept on the row: no scan)."""
-        cid = v.uuid(conversation_id, "conversation_id")
-        count = await self._db.fetchval(COUNT, cid, retry=True)
-        if count is None:
-            raise NotFoundError(f"conversation {cid} not found")
-        return int(count)
+        row = await fetch_conversation(self._db, COUNT, conversation_id)
+        return int(row["message_count"])
 
 
 class QueuedMessagesRepository(MessagesRepository):
@@ -248,52 +219,39 @@ class QueuedMessagesRepository(MessagesRepository):
         self._writer = writer
 
     def _pending(
-        self,
-        conversation_id: UUID | str,
-        role: MessageRole | str,
-        content: str,
-        metadata: dict[str, Any] | None,
-        tokens: int | None,
+        self, conversation_id: UUID | str, role: Role, content: str, options: MessageOptions
     ) -> PendingWrite:
-        return PendingWrite.accept(
-            "message",
-            role,
-            content,
-            metadata,
-            tokens,
-            conversation_id=v.uuid(conversation_id, "conversation_id"),
-        )
+        cid = v.uuid(conversation_id, "conversation_id")
+        fields = v.message(role, content, options, _MESSAGE_OPTIONS)
+        return PendingWrite.accept("message", fields, conversation_id=cid)
 
     async def enqueue(
         self,
         conversation_id: UUID | str,
-        role: MessageRole | str,
+        role: Role,
         content: str,
-        *,
-        metadata: dict[str, Any] | None = None,
-        tokens: int | None = None,
+        **options: Unpack[MessageOptions],
     ) -> UUID:
-        """Accept a message for write-behind and return its id at once.
+        """Accept a message for write-behind and return its id at once. ``options`` as
+        for :meth:`~MessagesRepository.add`.
 
         It is durable after ``store.flush()`` or ``store.close()``; if the queue is full
         this waits for room (nothing is dropped). Input is checked here, before
         acceptance; a conversation that does not exist is found at write time and the
         message set aside (see ``store.stats()`` and ``on_write_error``).
         """
-        item = self._pending(conversation_id, role, content, metadata, tokens)
+        item = self._pending(conversation_id, role, content, options)
         await self._writer.put(item)
         return item.id
 
     def enqueue_nowait(
         self,
         conversation_id: UUID | str,
-        role: MessageRole | str,
+        role: Role,
         content: str,
-        *,
-        metadata: dict[str, Any] | None = None,
-        tokens: int | None = None,
+        **options: Unpack[MessageOptions],
     ) -> UUID:
         """Like :meth:`enqueue`, but raise ``QueueFullError`` instead of waiting."""
-        item = self._pending(conversation_id, role, content, metadata, tokens)
+        item = self._pending(conversation_id, role, content, options)
         self._writer.put_nowait(item)
         return item.id

@@ -15,7 +15,7 @@ from ..errors import (
     InvalidInputError,
     NotFoundError,
 )
-from ..lifecycle import TRANSITIONS, Action, raise_session_miss
+from ..lifecycle import TRANSITIONS, Attempt, raise_session_miss
 from ..models import Page, Session, SessionStatus, from_trusted
 from ..pagination import decode_cursor, make_page
 from ..rows import Columns, Row
@@ -125,24 +125,15 @@ class SessionsRepository:
         if self._cache is not None:
             self._cache.discard(session_id)
 
-    async def _conditional(
-        self,
-        session_id: UUID,
-        action: Action,
-        query: str,
-        *args: Any,
-        expected_version: int | None = None,
-        target: SessionStatus | None = None,
-    ) -> Session:
-        """Run a conditional UPDATE; explain (and raise) when it matched nothing."""
+    async def _conditional(self, attempt: Attempt, query: str, *args: Any) -> Session:
+        """Run a conditional UPDATE (``$1`` is the session's id); explain (and raise) when
+        it matched nothing."""
 
         async def work(conn: Connection) -> Session:
-            row = await conn.fetchrow(query, session_id, *args)
+            row = await conn.fetchrow(query, attempt.session_id, *args)
             if row is None:
-                self._forget(session_id)
-                await raise_session_miss(
-                    conn, session_id, action, expected_version=expected_version, target=target
-                )
+                self._forget(attempt.session_id)
+                await raise_session_miss(conn, attempt)
             return session_from_row(row)
 
         return self._remember(await self._db.run(work))
@@ -212,16 +203,8 @@ class SessionsRepository:
             else v.positive_int(expected_version, "expected_version")
         )
 
-        return await self._conditional(
-            sid,
-            "update",
-            UPDATE_SESSION,
-            set_title,
-            title_,
-            meta,
-            version,
-            expected_version=version,
-        )
+        attempt = Attempt(sid, "update", expected_version=version)
+        return await self._conditional(attempt, UPDATE_SESSION, set_title, title_, meta, version)
 
     async def record_turn(self, session_id: UUID | str, *, tokens: int = 0) -> Session:
         """Atomically add one turn and ``tokens`` to the session's counters.
@@ -231,23 +214,23 @@ class SessionsRepository:
         sid = v.uuid(session_id, "session_id")
         count = v.tokens(tokens, optional=False)
 
-        return await self._conditional(
-            sid, "record a turn on", RECORD_TURN, count, self._config.sliding_interval
-        )
+        slide = self._config.sliding_interval
+        return await self._conditional(Attempt(sid, "record a turn on"), RECORD_TURN, count, slide)
 
     async def extend(self, session_id: UUID | str, ttl: timedelta) -> Session:
         """Set ``expires_at`` to now + ``ttl`` for an active or paused session."""
         sid = v.uuid(session_id, "session_id")
         span = v.ttl(ttl)
-        return await self._conditional(sid, "extend", EXTEND, span)
+        return await self._conditional(Attempt(sid, "extend"), EXTEND, span)
 
     async def _transition(
         self, session_id: UUID | str, action: Literal["pause", "resume", "complete"]
     ) -> Session:
         sid = v.uuid(session_id, "session_id")
         target, sources = TRANSITIONS[action]
+        attempt = Attempt(sid, action, target=target)
         return await self._conditional(
-            sid, action, TRANSITION, target.value, [s.value for s in sources], target=target
+            attempt, TRANSITION, target.value, [s.value for s in sources]
         )
 
     async def pause(self, session_id: UUID | str) -> Session:
