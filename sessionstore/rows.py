@@ -41,7 +41,7 @@ class Columns:
             parts.append(f"{expr} AS {prefix}{name}")
         return ", ".join(parts)
 
-    def read(self, row: Row, prefix: str = "") -> dict[str, Any]:
+    def read(self, row: Row | Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         """The row's values by column name (without ``prefix``)."""
         keys = self._keys.get(prefix)
         if keys is None:

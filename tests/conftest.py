@@ -32,6 +32,18 @@ def pg_server() -> Iterator[TestServer]:
         yield server
 
 
+# Fixtures that give a test a real PostgreSQL: the run's, or one the test controls.
+_SERVER_FIXTURES = frozenset({"pg_server", "controlled", "tls_server"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test ``integration`` (it talks to a real PostgreSQL) or ``unit`` (pure
+    logic, fakes at most): ``pytest -m unit`` runs without any database."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        item.add_marker(pytest.mark.integration if names & _SERVER_FIXTURES else pytest.mark.unit)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Say which PostgreSQL the run used, so every CI log shows it."""
     if _used:

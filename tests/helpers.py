@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
@@ -31,10 +34,32 @@ async def lock_waiters(conn: asyncpg.Connection) -> int:
     )
 
 
-async def wait_for_lock_waiters(conn: asyncpg.Connection, wanted: int) -> None:
-    """Poll until exactly ``wanted`` backends wait for a lock.
+async def eventually(
+    check: Callable[[], Awaitable[bool] | bool],
+    *,
+    what: str,
+    within: float = 10.0,
+    every: float = 0.01,
+) -> None:
+    """Poll ``check`` until it is true; fail the test if ``within`` seconds pass first.
 
-    Lock waits happen on the server, where there is no event to await.
+    Only for states with no event to await: lock waits on the server, a background
+    connection coming up or going down, a TTL running out.
     """
-    while await lock_waiters(conn) != wanted:  # noqa: ASYNC110
-        await asyncio.sleep(0.01)
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if await result if inspect.isawaitable(result) else result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {within}s: {what}")
+        await asyncio.sleep(every)
+
+
+async def wait_for_lock_waiters(conn: asyncpg.Connection, wanted: int) -> None:
+    """Wait until exactly ``wanted`` backends wait for a lock (at most 10 s)."""
+
+    async def reached() -> bool:
+        return await lock_waiters(conn) == wanted
+
+    await eventually(reached, what=f"{wanted} backends waiting for a lock")

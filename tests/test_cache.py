@@ -15,6 +15,7 @@ import sessionstore
 from sessionstore import SessionStatus, SessionStore
 
 from .conftest import store_overrides
+from .helpers import eventually
 
 POOLER = store_overrides()["pooler"]
 NOTIFY = POOLER != "transaction"
@@ -27,8 +28,10 @@ def _cached(**extra: Any) -> dict[str, Any]:
 async def _listening(store: SessionStore) -> None:
     """The listener connects in the background after open(), and the cache is bypassed
     until it does; wait for it (there is no event to await). No-op in TTL mode."""
-    while store.stats().cache_invalidation == "notify" and not store.stats().cache_listening:  # noqa: ASYNC110
-        await asyncio.sleep(0.01)
+    await eventually(
+        lambda: store.stats().cache_invalidation != "notify" or store.stats().cache_listening,
+        what="the cache's listener is connected",
+    )
 
 
 async def test_reads_are_cached_and_own_writes_update_at_once(
@@ -80,20 +83,22 @@ async def test_other_process_update_arrives_through_notify(dsn: str) -> None:
         s = await one.sessions.create("u", title="before")
         assert (await two.sessions.get(s.id)).title == "before"  # now cached in two
         await one.sessions.update(s.id, title="after")
-        started = time.monotonic()
-        while (await two.sessions.get(s.id)).title != "after":
-            assert time.monotonic() - started < 1.0, "not invalidated within one second"
-            await asyncio.sleep(0.01)
+
+        async def updated() -> bool:
+            return (await two.sessions.get(s.id)).title == "after"
+
+        await eventually(updated, within=1.0, what="the other store's update is seen")
         assert two.stats().cache_invalidation == "notify"
         await one.sessions.delete(s.id)
-        started = time.monotonic()
-        while True:
+
+        async def gone() -> bool:
             try:
                 await two.sessions.get(s.id)
             except sessionstore.NotFoundError:
-                break
-            assert time.monotonic() - started < 1.0
-            await asyncio.sleep(0.01)
+                return True
+            return False
+
+        await eventually(gone, within=1.0, what="the other store's delete is seen")
 
 
 async def test_without_notifications_the_ttl_bounds_staleness(dsn: str) -> None:
@@ -107,8 +112,11 @@ async def test_without_notifications_the_ttl_bounds_staleness(dsn: str) -> None:
         await one.sessions.update(s.id, title="after")
         fetched = time.monotonic()
         assert (await two.sessions.get(s.id)).title == "before"  # stale, within the TTL
-        while (await two.sessions.get(s.id)).title != "after":  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+
+        async def updated() -> bool:
+            return (await two.sessions.get(s.id)).title == "after"
+
+        await eventually(updated, within=0.3 + 0.2, every=0.02, what="the TTL ran out")
         assert time.monotonic() - fetched < 0.3 + 0.2
 
 
@@ -138,8 +146,9 @@ async def test_listener_reconnects_and_bypasses_the_cache_meanwhile(
         assert killed == 1
         # The store learns of the loss when the socket closes (milliseconds; there is no
         # event to await). A reconnect clears the cache, so either state is safe below.
-        while store.stats().cache_listening:  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
+        await eventually(
+            lambda: not store.stats().cache_listening, every=0.005, what="the loss is noticed"
+        )
         # while it is down a change made elsewhere is not missed...
         await conn.execute(
             "UPDATE sessions SET title = 'b', version = version + 1 WHERE id = $1", s.id

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
+
 import asyncpg
 import pytest
 
+import sessionstore
 from sessionstore import (
+    AuthenticationError,
     ConflictError,
     InvalidInputError,
     NotFoundError,
@@ -13,7 +19,13 @@ from sessionstore import (
     StoreTimeoutError,
     StoreUnavailableError,
 )
-from sessionstore.errors import translate_errors
+from sessionstore.errors import (
+    AdoptionError,
+    QueueFullError,
+    WriteBehindError,
+    is_transient,
+    translate_errors,
+)
 
 E = asyncpg.exceptions
 
@@ -55,3 +67,35 @@ def test_own_errors_pass_through_unchanged() -> None:
     with pytest.raises(NotFoundError) as info, translate_errors():
         raise own
     assert info.value is own
+
+
+def _package_exceptions() -> list[type[BaseException]]:
+    found: list[type[BaseException]] = []
+    for module_info in pkgutil.walk_packages(sessionstore.__path__, "sessionstore."):
+        module = importlib.import_module(module_info.name)
+        for _, value in inspect.getmembers(module, inspect.isclass):
+            if issubclass(value, BaseException) and value.__module__.startswith("sessionstore"):
+                found.append(value)
+    return found
+
+
+def test_every_exception_in_the_package_is_a_session_store_error() -> None:
+    found = set(_package_exceptions())
+    assert {AdoptionError, QueueFullError, WriteBehindError, AuthenticationError} <= found
+    assert [e.__name__ for e in found if not issubclass(e, SessionStoreError)] == []
+
+
+def test_authentication_failure_is_its_own_error() -> None:
+    with pytest.raises(AuthenticationError) as info, translate_errors():
+        raise E.InvalidPasswordError("password authentication failed for user app")
+    assert isinstance(info.value, sessionstore.PermissionDeniedError)
+    assert info.value.sqlstate == "28P01"
+
+
+def test_transient_is_one_rule() -> None:
+    assert is_transient(StoreUnavailableError("down"))
+    assert is_transient(StoreTimeoutError("slow"))
+    assert is_transient(ConflictError("ser", sqlstate="40001"))
+    assert not is_transient(ConflictError("dup", sqlstate="23505"))
+    assert not is_transient(NotFoundError("gone"))
+    assert not is_transient(RuntimeError("not ours"))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -113,3 +116,91 @@ async def test_concurrent_turns_on_a_new_continuation(
     assert sorted(t.message.seq for t in turns) == list(range(1, 101))
     assert (await store.sessions.get(s.id)).turn_count == 100
     assert await conn.fetchval("SELECT count(*) FROM conversations") == 1
+
+
+async def _session_state(conn: asyncpg.Connection, session_id: object) -> tuple[object, ...]:
+    row = await conn.fetchrow(
+        "SELECT turn_count, total_tokens, expires_at, status, version FROM sessions WHERE id = $1",
+        session_id,
+    )
+    assert row is not None
+    return tuple(row.values())
+
+
+@pytest.mark.parametrize("sliding", [False, True])
+async def test_add_turn_and_enqueue_turn_have_the_same_effect(
+    dsn: str, conn: asyncpg.Connection, sliding: bool
+) -> None:
+    """The direct and the write-behind turn are one rule: counters, tokens and sliding
+    expiry move alike (enqueue_turn used to leave expires_at where it was)."""
+    ttl = timedelta(hours=2)
+    settings = {**store_overrides(), "sliding_expiry": sliding, "default_ttl": ttl}
+    async with sessionstore.connect(dsn, **settings) as store:
+        short = timedelta(minutes=5)
+        direct = await store.sessions.create("u", ttl=short)
+        queued = await store.sessions.create("u", ttl=short)
+        for i in range(3):
+            await store.add_turn("direct", "user", f"m{i}", session_id=direct.id, tokens=7)
+            await store.enqueue_turn("queued", "user", f"m{i}", session_id=queued.id, tokens=7)
+        await store.flush()
+        assert store.stats().set_aside == 0
+        now = await conn.fetchval("SELECT now()")
+        for before in (direct, queued):
+            turns, tokens, expires_at, status, version = await _session_state(conn, before.id)
+            assert (turns, tokens, status, version) == (3, 21, "active", before.version)
+            assert isinstance(expires_at, datetime)
+            assert before.expires_at is not None
+            if sliding:
+                assert expires_at >= now + ttl - timedelta(minutes=1)
+            else:
+                assert expires_at == before.expires_at
+        for continuation_id in ("direct", "queued"):
+            c = await store.conversations.get_by_continuation_id(continuation_id)
+            assert (c.message_count, c.total_tokens) == (3, 21)
+
+
+@pytest.mark.parametrize("state", ["paused", "completed", "expired"])
+async def test_add_turn_and_enqueue_turn_refuse_the_same_sessions(
+    store: SessionStore, conn: asyncpg.Connection, state: str
+) -> None:
+    s = await store.sessions.create("u")
+    if state == "paused":
+        await store.sessions.pause(s.id)
+    elif state == "completed":
+        await store.sessions.complete(s.id)
+    else:
+        await expire(conn, s.id)
+    refused = SessionExpiredError if state == "expired" else InvalidStateError
+    with pytest.raises(refused):
+        await store.add_turn("direct", "user", "x", session_id=s.id, tokens=3)
+    before = (await row_counts(conn), await _session_state(conn, s.id))
+    queued = await store.enqueue_turn("queued", "user", "x", session_id=s.id, tokens=3)
+    await store.flush()
+    assert [f.id for f in store.failed_writes()] == [queued]
+    assert (await row_counts(conn), await _session_state(conn, s.id)) == before
+    assert before[0] == {"sessions": 1, "conversations": 0, "messages": 0}
+
+
+async def test_unknown_keyword_options_are_refused_before_anything_is_sent(
+    store: SessionStore, conn: asyncpg.Connection
+) -> None:
+    c = await store.conversations.get_or_create("c")
+    s = await store.sessions.create("u")
+    bad: dict[str, Any] = {"token": 5}  # a misspelt `tokens` must not be ignored
+    calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: store.add_turn("c", "user", "x", session_id=s.id, **bad),
+        lambda: store.enqueue_turn("c", "user", "x", **bad),
+        lambda: store.messages.add(c.id, "user", "x", **bad),
+        lambda: store.messages.enqueue(c.id, "user", "x", **bad),
+        lambda: store.as_user("u").add_turn("c", "user", "x", **bad),
+    ]
+    for call in calls:
+        with pytest.raises(InvalidInputError) as info:
+            await call()
+        assert info.value.field == "token"
+    with pytest.raises(InvalidInputError) as nowait:
+        store.messages.enqueue_nowait(c.id, "user", "x", **bad)
+    assert nowait.value.field == "token"
+    await store.flush()
+    assert await row_counts(conn) == {"sessions": 1, "conversations": 1, "messages": 0}
+    assert store.stats().written == 0
