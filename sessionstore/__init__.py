@@ -16,7 +16,16 @@ from .errors import (
     StoreUnavailableError,
     WriteBehindError,
 )
-from .models import Conversation, Message, MessageRole, Page, Session, SessionStatus
+from .models import (
+    Conversation,
+    Message,
+    MessageOptions,
+    MessageRole,
+    Page,
+    Session,
+    SessionStatus,
+    TurnOptions,
+)
 from .store import SessionStore, StoreStats, UserView, connect
 from .turns import Turn
 from .writes import FailedWrite, WriterStats
@@ -29,6 +38,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidStateError",
     "Message",
+    "MessageOptions",
     "MessageRole",
     "NotFoundError",
     "Page",
@@ -44,6 +54,7 @@ __all__ = [
     "StoreTimeoutError",
     "StoreUnavailableError",
     "Turn",
+    "TurnOptions",
     "UserView",
     "WriteBehindError",
     "WriterStats",
