@@ -255,8 +255,8 @@ def pgbench_ceiling(dsn: str, clients: int, seconds: int) -> dict[str, Any] | No
             "$2": ":sid::uuid" if with_session else "NULL::uuid",
             "$3": f"'{role}'",
             "$4": "'pgbench'",
-            "$5": "12",
-            "$6": "NULL",
+            "$5": "NULL",
+            "$6": "12",
             "$7": "NULL",
         }
         sql = ADD_TURN

@@ -102,9 +102,12 @@ class Writer:
     def _full(self) -> bool:
         return len(self._waiting) >= self._max_pending
 
-    def _accept(self, item: PendingWrite) -> None:
+    def _check_open(self) -> None:
         if self._closed:
             raise SessionStoreError("the store is closed: no new writes are accepted")
+
+    def _accept(self, item: PendingWrite) -> None:
+        self._check_open()
         self._ensure_running()
         self._issued += 1
         item.ticket = self._issued
@@ -115,6 +118,7 @@ class Writer:
     async def put(self, item: PendingWrite) -> None:
         """Accept ``item``, waiting while ``max_pending`` messages are waiting."""
         while self._full():
+            self._check_open()  # a failed close() leaves its messages queued
             self._ensure_running()
             async with self._progress:
                 await self._progress.wait()
@@ -122,6 +126,7 @@ class Writer:
 
     def put_nowait(self, item: PendingWrite) -> None:
         """Accept ``item`` or raise :class:`QueueFullError`."""
+        self._check_open()
         if self._full():
             raise QueueFullError(
                 f"write-behind queue full ({self._max_pending} pending): wait with enqueue()"
@@ -192,6 +197,7 @@ class Writer:
                 with attempt:
                     rejected = await self._write_batch(batch)
         except SessionStoreError as error:  # permanent: find the rows that cause it
+            self._failing_since = None  # the database answered
             await self._split(batch, error)
             return
         self._failing_since = None
@@ -201,14 +207,25 @@ class Writer:
             if item.id in rejected:
                 self._set_aside_one(item, rejected[item.id], None)
         self._written += len(batch) - len(rejected)
+        self._resolve(batch)
+
+    def _resolve(self, done: Sequence[PendingWrite]) -> None:
+        """``done`` is written or set aside: no longer in flight (a split batch resolves
+        part by part)."""
+        if len(done) == len(self._batch):
+            self._batch = []
+        else:
+            ids = {item.id for item in done}
+            self._batch = [item for item in self._batch if item.id not in ids]
 
     async def _split(self, batch: Sequence[PendingWrite], error: SessionStoreError) -> None:
         """A permanent error: write the halves apart until the bad rows stand alone."""
         if len(batch) == 1:
             if error.sqlstate == "23505":
                 self._written += 1  # another writer (a replay) stored this very id
-                return
-            self._set_aside_one(batch[0], str(error), error.sqlstate)
+            else:
+                self._set_aside_one(batch[0], str(error), error.sqlstate)
+            self._resolve(batch)
             return
         middle = len(batch) // 2
         await self._write(batch[:middle])
