@@ -73,9 +73,11 @@ async def run_online() -> None:
     settings = _store_config()
 
     async def creator() -> asyncpg.Connection:
-        # The library's own connection settings; no statement cache, so migrations also
-        # survive a session-mode pooler.
-        return await connect_direct(settings, application_name="sessionstore-migrate")
+        # The library's own connection settings, without its per-statement timeouts (a
+        # migration waits for locks); no statement cache, so it survives a session pooler.
+        return await connect_direct(
+            settings, application_name="sessionstore-migrate", migrations=True
+        )
 
     engine = create_async_engine("postgresql+asyncpg://", async_creator=creator, poolclass=NullPool)
     try:

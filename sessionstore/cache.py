@@ -23,7 +23,7 @@ from uuid import UUID
 
 from .config import StoreConfig
 from .db import connect_direct
-from .errors import SessionStoreError, translate_errors
+from .errors import SessionStoreError, StoreUnavailableError, translate_errors
 from .models import Session
 from .retry import LISTENER, retrying
 from .rules import effective_status
@@ -35,6 +35,8 @@ logger = logging.getLogger("sessionstore")
 CHANNEL = "sessionstore_sessions"
 
 Invalidation = Literal["notify", "ttl", "off"]
+#: Seconds a listener connection must stay up before its loss resets the backoff.
+_STABLE = 10.0
 
 
 class SessionCache:
@@ -113,7 +115,9 @@ class SessionCache:
             self.discard(UUID(str(payload)))
 
     async def _listen(self, config: StoreConfig) -> None:
-        # Each connection that was up and then lost starts a fresh backoff.
+        # A connection lost soon after it came up counts as a failure, so a server or
+        # pooler that drops LISTEN sessions at once meets the backoff, not a connect storm;
+        # one that stayed up a while starts a fresh backoff (reconnect at once).
         while True:
             async for attempt in retrying(
                 LISTENER,
@@ -121,12 +125,15 @@ class SessionCache:
                 what="session cache listener connection",
             ):
                 with attempt:
-                    await self._listen_once(config)
+                    up_for = await self._listen_once(config)
+                    if up_for < _STABLE:
+                        raise StoreUnavailableError(f"listener connection lost after {up_for:.1f}s")
             logger.warning("session cache listener connection lost; reconnecting")
 
-    async def _listen_once(self, config: StoreConfig) -> None:
-        """Connect, listen until the connection is lost, then return."""
+    async def _listen_once(self, config: StoreConfig) -> float:
+        """Connect and listen until the connection is lost; return how long it was up."""
         conn = await connect_direct(config)
+        started = time.monotonic()
         try:
             lost = asyncio.Event()
             conn.add_termination_listener(lambda _conn: lost.set())
@@ -140,3 +147,4 @@ class SessionCache:
             self._listening = False
             if not conn.is_closed():
                 conn.terminate()
+        return time.monotonic() - started

@@ -80,7 +80,9 @@ def explain(exc: BaseException, dsn: str | None) -> str:
             f"Authentication failed for {where}: check the user name and password in "
             "the URL (--dsn or SESSIONSTORE_DATABASE_URL)."
         )
-    if isinstance(error, StoreUnavailableError | StoreTimeoutError):
+    # No SQLSTATE, or a connection-class one: the server never answered the request.
+    silent = error is not None and (error.sqlstate or "08").startswith("08")
+    if isinstance(error, StoreUnavailableError | StoreTimeoutError) and silent:
         return (
             f"Could not reach {where}: is the server running, and are host, port and "
             f"database in the URL right? ({error})"

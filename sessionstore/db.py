@@ -48,13 +48,20 @@ T = TypeVar("T")
 
 
 def connect_arguments(
-    config: StoreConfig, *, application_name: str | None = None, statement_cache: bool = True
+    config: StoreConfig,
+    *,
+    application_name: str | None = None,
+    statement_cache: bool = True,
+    migrations: bool = False,
 ) -> dict[str, Any]:
     """Keyword arguments for ``asyncpg.connect``/``create_pool`` (the DSN included).
 
     Behind a transaction pooler there is no server-side statement cache and no startup
     setting (neither survives the pooler); ``statement_cache=False`` turns the cache off
-    anyway (one-off connections gain nothing from it).
+    anyway (one-off connections gain nothing from it). ``migrations=True`` drops
+    ``command_timeout`` and ``statement_timeout``: a migration waits for the migration
+    lock and for locks held by live traffic, and backfills large tables, for as long as
+    that takes (connecting is still bounded by ``connect_timeout``).
     """
     if not config.dsn:
         raise InvalidInputError("dsn", "no database URL: pass one or set SESSIONSTORE_DATABASE_URL")
@@ -62,12 +69,12 @@ def connect_arguments(
     kwargs: dict[str, Any] = {
         "dsn": config.dsn,
         "timeout": config.connect_timeout,
-        "command_timeout": config.command_timeout,
+        "command_timeout": None if migrations else config.command_timeout,
     }
     if config.effective_pooler == "transaction":
         kwargs["statement_cache_size"] = 0
     else:
-        if config.statement_timeout is not None:
+        if config.statement_timeout is not None and not migrations:
             settings["statement_timeout"] = str(int(config.statement_timeout * 1000))
         if not statement_cache:
             kwargs["statement_cache_size"] = 0
@@ -82,13 +89,15 @@ def connect_arguments(
 
 
 async def connect_direct(
-    config: StoreConfig, *, application_name: str | None = None
+    config: StoreConfig, *, application_name: str | None = None, migrations: bool = False
 ) -> asyncpg.Connection:
-    """One connection outside the pool (the listener, ``status``, migrations)."""
+    """One connection outside the pool (the listener, ``status``, migrations: see
+    :func:`connect_arguments`)."""
+    arguments = connect_arguments(
+        config, application_name=application_name, statement_cache=False, migrations=migrations
+    )
     with translate_errors():
-        return await asyncpg.connect(
-            **connect_arguments(config, application_name=application_name, statement_cache=False)
-        )
+        return await asyncpg.connect(**arguments)
 
 
 def _encode_json(value: Any) -> str:

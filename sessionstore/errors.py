@@ -190,6 +190,8 @@ def translate_errors() -> Iterator[None]:
     """
     try:
         yield
+    except SessionStoreError:
+        raise  # already ours (StoreTimeoutError is an OSError too)
     except asyncpg.PostgresError as exc:
         raise _from_postgres(exc) from exc
     except (OSError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError) as exc:

@@ -10,7 +10,6 @@ from uuid import UUID
 
 from .errors import InvalidInputError
 from .models import Page
-from .rows import Row
 
 __all__ = ["decode_cursor", "encode_cursor", "make_page"]
 
@@ -38,13 +37,8 @@ def decode_cursor(cursor: str | None) -> tuple[datetime | None, UUID | None]:
         raise InvalidInputError("cursor", "is not a cursor returned by this listing") from None
 
 
-def make_page(
-    rows: Sequence[Row],
-    size: int,
-    build: Callable[[Row], T],
-    key: Callable[[T], tuple[datetime, UUID]],
-) -> Page[T]:
-    """A page of ``size`` items from ``rows``, fetched with one extra row to detect a next page."""
-    items = [build(row) for row in rows[:size]]
-    next_cursor = encode_cursor(*key(items[-1])) if len(rows) > size else None
-    return Page[T].model_construct(items=items, next_cursor=next_cursor)
+def make_page(items: Sequence[T], size: int, key: Callable[[T], tuple[datetime, UUID]]) -> Page[T]:
+    """A page of ``size`` of ``items``, which were fetched with one extra to detect a next page."""
+    page = list(items[:size])
+    next_cursor = encode_cursor(*key(page[-1])) if len(items) > size else None
+    return Page[T].model_construct(items=page, next_cursor=next_cursor)

@@ -1,4 +1,4 @@
-"""Select lists built from column names, and rows read back by those names.
+"""Select lists built from column names, and rows read back into models by those names.
 
 A statement that returns several tables' rows at once (``add_turn`` returns the message,
 its conversation and its session) gives each table's columns a prefix; the mapping reads
@@ -8,27 +8,51 @@ shift the fields.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from enum import StrEnum
+from operator import itemgetter
+from typing import Any, Generic, TypeVar
 
 import asyncpg
+from pydantic import BaseModel
 
-__all__ = ["Columns", "Row"]
+from .models import from_trusted
+
+__all__ = ["Columns", "Row", "members"]
 
 #: A result row as asyncpg returns it.
 Row = asyncpg.Record
+M = TypeVar("M", bound=BaseModel)
+E = TypeVar("E", bound=StrEnum)
 
 
-class Columns:
-    """The columns a model is built from. ``computed`` maps a name to a function of the
-    table alias that returns the SQL expression producing it."""
+def members(kind: type[E]) -> Callable[[str], E]:
+    """A ``convert`` function from a string enum's value to its member (a dict lookup:
+    cheaper than calling the enum, once per row and field)."""
+    return {member.value: member for member in kind}.__getitem__
+
+
+class Columns(Generic[M]):
+    """The columns ``model`` is built from: one per field, named like the field, in the
+    fields' order (or ``names``, when given).
+
+    ``computed`` maps a name to a function of the table alias that returns the SQL
+    expression producing it; ``convert`` maps a name to a function applied to its value
+    (e.g. :func:`members` of an enum).
+    """
 
     def __init__(
-        self, *names: str, computed: Mapping[str, Callable[[str], str]] | None = None
+        self,
+        model: type[M],
+        *names: str,
+        computed: Mapping[str, Callable[[str], str]] | None = None,
+        convert: Mapping[str, Callable[[Any], Any]] | None = None,
     ) -> None:
-        self.names = names
+        self.model = model
+        self.names = names or tuple(model.model_fields)
         self._computed = dict(computed or {})
-        self._keys: dict[str, tuple[str, ...]] = {}
+        self._convert = dict(convert or {})
+        self._getters: dict[str, Callable[[Any], tuple[Any, ...]]] = {}
 
     def select(self, *, prefix: str = "", alias: str = "") -> str:
         """``expr AS name, …`` for a SELECT or RETURNING list (names get ``prefix``)."""
@@ -41,9 +65,29 @@ class Columns:
             parts.append(f"{expr} AS {prefix}{name}")
         return ", ".join(parts)
 
-    def read(self, row: Row | Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-        """The row's values by column name (without ``prefix``)."""
-        keys = self._keys.get(prefix)
-        if keys is None:
-            keys = self._keys[prefix] = tuple(prefix + name for name in self.names)
-        return {name: row[key] for name, key in zip(self.names, keys, strict=True)}
+    def _build(self, values: tuple[Any, ...] | Any) -> M:
+        fields = dict(zip(self.names, values, strict=True))
+        for name, convert in self._convert.items():
+            fields[name] = convert(fields[name])
+        return from_trusted(self.model, fields)
+
+    def one(self, row: Row | Mapping[str, Any], prefix: str = "") -> M:
+        """The model from one row, each field read by its column name (with ``prefix``)."""
+        getter = self._getters.get(prefix)
+        if getter is None:
+            getter = itemgetter(*(prefix + name for name in self.names))
+            self._getters[prefix] = getter
+        return self._build(getter(row))
+
+    def many(self, rows: Sequence[Row]) -> list[M]:
+        """Models from rows of one result holding exactly these columns (no prefix).
+
+        The names are checked once per result; when they are these columns in this order
+        (as :meth:`select` lists them), each row's values are taken in order, which is
+        several times cheaper than a lookup by name per field.
+        """
+        if not rows:
+            return []
+        if tuple(rows[0].keys()) != self.names:
+            return [self.one(row) for row in rows]
+        return [self._build(row.values()) for row in rows]

@@ -20,9 +20,9 @@ from . import validation as v
 from .db import Connection, Database
 from .lifecycle import Attempt, raise_session_miss
 from .models import Conversation, Message, Role, Session, TurnOptions
-from .repositories.conversations import CONVERSATION, conversation_from_row
-from .repositories.messages import MESSAGE, message_from_row
-from .repositories.sessions import SESSION, session_from_row
+from .repositories.conversations import CONVERSATION
+from .repositories.messages import MESSAGE
+from .repositories.sessions import SESSION
 from .rules import accepts_turns, batch_ordinal, bump_conversation, bump_session, seq_of
 from .writes import PendingWrite, batch_arguments, fresh_rows
 
@@ -178,9 +178,9 @@ async def add_turn(
             assert sid is not None  # without a session the statement always writes
             await raise_session_miss(conn, Attempt(sid, "add a turn to"))
         return Turn.model_construct(
-            message=message_from_row(row, "m_"),
-            conversation=conversation_from_row(row, "c_"),
-            session=None if sid is None else session_from_row(row, "s_"),
+            message=MESSAGE.one(row, "m_"),
+            conversation=CONVERSATION.one(row, "c_"),
+            session=None if sid is None else SESSION.one(row, "s_"),
         )
 
     return await db.run(work)

@@ -284,6 +284,8 @@ class Writer:
                 await self.flush()
         except WriteBehindError as error:
             await self._stop()
+            async with self._progress:
+                self._progress.notify_all()  # put() callers waiting for room: it is closed
             unwritten = self._unwritten()
             path = self._spill_path
             if path is not None:

@@ -125,3 +125,11 @@ async def test_demo_against_a_dsn(empty_dsn: str) -> None:
         assert await conn.fetchval("SELECT count(*) FROM sessions") == 3 + 3
     finally:
         await conn.close()
+
+
+async def test_a_missing_database_is_named_not_called_unreachable(pg_server: TestServer) -> None:
+    result = await cli("status", "--dsn", pg_server.admin_dsn_for("sstest_no_such_database"))
+    assert result.exit_code == 1
+    assert 'database "sstest_no_such_database" does not exist' in text(result)
+    assert "create the database or fix the URL" in text(result)
+    assert "Could not reach" not in text(result)

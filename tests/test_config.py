@@ -194,3 +194,14 @@ def test_every_setting_is_documented() -> None:
     doc = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
     for name in StoreConfig.model_fields:
         assert f"| `{name}` |" in doc, f"docs/configuration.md does not describe {name}"
+
+
+def test_migrations_are_not_bounded_by_the_per_statement_timeouts() -> None:
+    config = StoreConfig(dsn="postgresql://u@h/db", command_timeout=2, statement_timeout=5)
+    service = connect_arguments(config)
+    assert service["command_timeout"] == 2
+    assert service["server_settings"]["statement_timeout"] == "5000"
+    migrating = connect_arguments(config, migrations=True)
+    assert migrating["command_timeout"] is None
+    assert "statement_timeout" not in migrating["server_settings"]
+    assert migrating["timeout"] == config.connect_timeout  # connecting stays bounded

@@ -68,3 +68,12 @@ async def test_list_for_session_empty_and_missing(store: SessionStore) -> None:
     assert (page.items, page.next_cursor) == ([], None)
     with pytest.raises(NotFoundError):
         await store.conversations.list_for_session("00000000-0000-0000-0000-000000000000")
+
+
+async def test_get_or_create_with_a_missing_session_says_so(
+    store: SessionStore, conn: asyncpg.Connection
+) -> None:
+    missing = "00000000-0000-0000-0000-00000000abcd"
+    with pytest.raises(NotFoundError, match=f"session {missing} not found"):
+        await store.conversations.get_or_create("c", session_id=missing)
+    assert await row_counts(conn) == {"sessions": 0, "conversations": 0, "messages": 0}

@@ -99,3 +99,12 @@ def test_transient_is_one_rule() -> None:
     assert not is_transient(ConflictError("dup", sqlstate="23505"))
     assert not is_transient(NotFoundError("gone"))
     assert not is_transient(RuntimeError("not ours"))
+
+
+def test_own_errors_raised_inside_keep_their_cause() -> None:
+    # StoreTimeoutError is also an OSError; it must not be "translated" into itself
+    own = StoreTimeoutError("no connection free within acquire_timeout")
+    with pytest.raises(StoreTimeoutError) as info, translate_errors():
+        raise own from None
+    assert info.value is own
+    assert info.value.__cause__ is None

@@ -16,6 +16,11 @@ from sqlalchemy.pool import NullPool
 from sessionstore.migrations import downgrade, head_revision, upgrade
 from sessionstore.schema import metadata
 
+from .helpers import wait_for_lock_waiters
+
+# alembic/env.py's advisory lock that serialises migrations across processes
+MIGRATION_LOCK = 7_201_864_355_130_912
+
 OBJECTS = """
 SELECT 'table:' || tablename FROM pg_tables
     WHERE schemaname = 'public' AND tablename <> 'alembic_version'
@@ -211,3 +216,28 @@ async def test_each_downgrade_step_works_with_data(admin_dsn: str, revision: str
     finally:
         await conn.close()
     await asyncio.to_thread(upgrade, admin_dsn)
+
+
+async def test_a_migration_waits_for_the_lock_past_command_timeout(
+    empty_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migrations do not inherit the service's per-statement timeouts: waiting for the
+    migration lock (or for locks of live traffic) must not time out."""
+    monkeypatch.setenv("SESSIONSTORE_COMMAND_TIMEOUT", "1")
+    monkeypatch.setenv("SESSIONSTORE_STATEMENT_TIMEOUT", "1")
+    holder = await asyncpg.connect(empty_dsn)
+    try:
+        await holder.execute(f"SELECT pg_advisory_lock({MIGRATION_LOCK})")
+        migrating = asyncio.ensure_future(asyncio.to_thread(upgrade, empty_dsn))
+        await wait_for_lock_waiters(holder, 1)
+        await asyncio.sleep(1.5)  # hold the lock past both timeouts
+        assert not migrating.done()
+    finally:
+        await holder.execute(f"SELECT pg_advisory_unlock({MIGRATION_LOCK})")
+        await holder.close()
+    await asyncio.wait_for(migrating, timeout=60)
+    conn = await asyncpg.connect(empty_dsn)
+    try:
+        assert await conn.fetchval("SELECT version_num FROM alembic_version") == head_revision()
+    finally:
+        await conn.close()

@@ -718,3 +718,23 @@ async def test_put_after_a_failed_close_raises_instead_of_waiting(
     with pytest.raises(SessionStoreError, match="closed"):
         async with asyncio.timeout(0.5):
             await writer.put(item())
+
+
+async def test_a_put_waiting_for_room_raises_when_close_fails(
+    make_writer: MakeWriter, tmp_path: Path
+) -> None:
+    fake = FakeWrite()
+    fake.always = StoreUnavailableError("database unavailable")
+    writer = make_writer(fake, batch_size=1, max_delay=0.0, max_pending=2, write_deadline=0.1)
+    first, *rest = items(3)
+    writer.put_nowait(first)
+    await fake.wait_for_calls(1)
+    for i in rest:
+        writer.put_nowait(i)
+    waiting = asyncio.create_task(writer.put(item()))  # full: waits for room
+    with pytest.raises(WriteBehindError):
+        async with asyncio.timeout(BOUND):
+            await writer.close()
+    with pytest.raises(SessionStoreError, match="closed"):
+        async with asyncio.timeout(BOUND):
+            await waiting

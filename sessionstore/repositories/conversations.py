@@ -7,31 +7,19 @@ from uuid import UUID
 
 from .. import validation as v
 from ..db import Connection, Database
-from ..errors import NotFoundError, PermissionDeniedError
-from ..models import Conversation, Page, from_trusted
+from ..errors import NotFoundError, PermissionDeniedError, translate_errors
+from ..models import Conversation, Page
 from ..pagination import decode_cursor, make_page
 from ..rows import Columns, Row
 
 __all__ = [
     "CONVERSATION",
     "ConversationsRepository",
-    "conversation_from_row",
     "conversation_missing",
     "fetch_conversation",
 ]
 
-CONVERSATION = Columns(
-    "id",
-    "continuation_id",
-    "session_id",
-    "title",
-    "metadata",
-    "created_at",
-    "updated_at",
-    "message_count",
-    "last_message_at",
-    "total_tokens",
-)
+CONVERSATION = Columns(Conversation)
 _COLUMNS = CONVERSATION.select()
 
 # ON CONFLICT DO NOTHING never waits forever and writes no dead tuple for the common
@@ -68,11 +56,6 @@ ORDER BY c.created_at DESC, c.id DESC
 # A concurrent creator can commit between our snapshot and our insert; the next
 # attempt then sees its row. Two attempts always suffice; the third is slack.
 _GET_OR_CREATE_ATTEMPTS = 3
-
-
-def conversation_from_row(row: Row, prefix: str = "") -> Conversation:
-    """A :class:`Conversation` from a row holding :data:`CONVERSATION` (names with ``prefix``)."""
-    return from_trusted(Conversation, CONVERSATION.read(row, prefix))
 
 
 def conversation_missing(conversation_id: UUID) -> NotFoundError:
@@ -118,11 +101,12 @@ class ConversationsRepository:
         async def work(conn: Connection) -> Conversation:
             for _ in range(_GET_OR_CREATE_ATTEMPTS):
                 try:
-                    row = await conn.fetchrow(GET_OR_CREATE, cid, sid, title_, meta)
+                    with translate_errors():
+                        row = await conn.fetchrow(GET_OR_CREATE, cid, sid, title_, meta)
                 except NotFoundError as exc:  # the only foreign key here is session_id
                     raise NotFoundError(f"session {sid} not found", sqlstate=exc.sqlstate) from None
                 if row is not None:
-                    return conversation_from_row(row)
+                    return CONVERSATION.one(row)
             # The row exists (the insert conflicted) yet stays invisible: RLS hides it.
             raise PermissionDeniedError(
                 f"conversation {cid!r} exists but is not visible to this user"
@@ -132,7 +116,7 @@ class ConversationsRepository:
 
     async def get(self, conversation_id: UUID | str) -> Conversation:
         """The conversation; ``NotFoundError`` if absent."""
-        return conversation_from_row(await fetch_conversation(self._db, GET_BY_ID, conversation_id))
+        return CONVERSATION.one(await fetch_conversation(self._db, GET_BY_ID, conversation_id))
 
     async def get_by_continuation_id(self, continuation_id: str) -> Conversation:
         """The conversation with this continuation id; ``NotFoundError`` if absent."""
@@ -140,7 +124,7 @@ class ConversationsRepository:
         row = await self._db.fetchrow(GET_BY_CONTINUATION, cid, retry=True)
         if row is None:
             raise NotFoundError(f"conversation with continuation_id {cid!r} not found")
-        return conversation_from_row(row)
+        return CONVERSATION.one(row)
 
     async def list_for_session(
         self, session_id: UUID | str, *, limit: int = 50, cursor: str | None = None
@@ -153,4 +137,4 @@ class ConversationsRepository:
         if not rows:
             raise NotFoundError(f"session {sid} not found")
         present = [row for row in rows if row["id"] is not None]
-        return make_page(present, size, conversation_from_row, lambda c: (c.created_at, c.id))
+        return make_page(CONVERSATION.many(present), size, lambda c: (c.created_at, c.id))

@@ -14,8 +14,8 @@ from uuid import UUID
 from .. import validation as v
 from ..db import Database
 from ..errors import InvalidInputError
-from ..models import Message, MessageOptions, MessageRole, Role, from_trusted
-from ..rows import Columns, Row
+from ..models import Message, MessageOptions, MessageRole, Role
+from ..rows import Columns, members
 from ..rules import batch_ordinal, bump_conversation, seq_of
 from ..writer import Writer
 from ..writes import PendingWrite, batch_arguments, fresh_rows
@@ -26,13 +26,10 @@ __all__ = [
     "MessagesRepository",
     "NewMessage",
     "QueuedMessagesRepository",
-    "message_from_row",
     "write_messages",
 ]
 
-MESSAGE = Columns(
-    "id", "conversation_id", "seq", "role", "content", "metadata", "tokens", "created_at"
-)
+MESSAGE = Columns(Message, convert={"role": members(MessageRole)})
 _COLUMNS = MESSAGE.select()
 
 
@@ -109,7 +106,6 @@ SELECT (SELECT count(*) FROM ins) AS inserted,
 
 _MESSAGE_OPTIONS = MessageOptions.__optional_keys__
 _NO_UPPER_BOUND = 2**31 - 1
-_ROLES = {role.value: role for role in MessageRole}
 MAX_BATCH = 10_000
 
 #: ``(role, content)``, optionally followed by ``metadata`` and ``tokens``.
@@ -118,13 +114,6 @@ NewMessage = (
     | tuple[MessageRole | str, str, Mapping[str, Any] | None]
     | tuple[MessageRole | str, str, Mapping[str, Any] | None, int | None]
 )
-
-
-def message_from_row(row: Row, prefix: str = "") -> Message:
-    """A :class:`Message` from a row holding :data:`MESSAGE` (names with ``prefix``)."""
-    values = MESSAGE.read(row, prefix)
-    values["role"] = _ROLES[values["role"]]
-    return from_trusted(Message, values)
 
 
 async def write_messages(db: Database, batch: Sequence[PendingWrite]) -> dict[UUID, str]:
@@ -158,7 +147,7 @@ class MessagesRepository:
         row = await self._db.fetchrow(ADD_MESSAGE, cid, *fields)
         if row is None:
             raise conversation_missing(cid)
-        return message_from_row(row)
+        return MESSAGE.one(row)
 
     async def add_many(
         self, conversation_id: UUID | str, messages: Iterable[NewMessage]
@@ -190,7 +179,7 @@ class MessagesRepository:
         )
         if not rows:
             raise conversation_missing(cid)
-        return sorted((message_from_row(row) for row in rows), key=lambda m: m.seq)
+        return sorted(MESSAGE.many(rows), key=lambda m: m.seq)
 
     async def history(
         self, conversation_id: UUID | str, *, limit: int = 50, before: int | None = None
@@ -202,7 +191,7 @@ class MessagesRepository:
         rows = await self._db.fetch(HISTORY, cid, size, upper, retry=True)
         if not rows:
             raise conversation_missing(cid)
-        return [message_from_row(row) for row in rows if row["id"] is not None]
+        return MESSAGE.many([row for row in rows if row["id"] is not None])
 
     async def count(self, conversation_id: UUID | str) -> int:
         """How many messages the conversation holds (kept on the row: no scan)."""

@@ -16,28 +16,17 @@ from ..errors import (
     NotFoundError,
 )
 from ..lifecycle import TRANSITIONS, Attempt, raise_session_miss
-from ..models import Page, Session, SessionStatus, from_trusted
+from ..models import Page, Session, SessionStatus
 from ..pagination import decode_cursor, make_page
-from ..rows import Columns, Row
+from ..rows import Columns, members
 from ..rules import accepts_turns, bump_session, cleanup_due, not_past_expiry, read_status
 
-__all__ = ["SESSION", "SessionsRepository", "session_from_row"]
+__all__ = ["SESSION", "SessionsRepository"]
 
 logger = logging.getLogger("sessionstore")
 
 SESSION = Columns(
-    "id",
-    "user_id",
-    "title",
-    "status",
-    "created_at",
-    "updated_at",
-    "expires_at",
-    "metadata",
-    "turn_count",
-    "total_tokens",
-    "version",
-    computed={"status": read_status},
+    Session, computed={"status": read_status}, convert={"status": members(SessionStatus)}
 )
 _COLUMNS = SESSION.select()
 
@@ -98,15 +87,6 @@ DELETE FROM sessions s USING doomed WHERE s.id = doomed.id
 """
 COUNT_DUE = f"SELECT count(*) FROM sessions WHERE {cleanup_due()}"
 
-_STATUSES = {status.value: status for status in SessionStatus}
-
-
-def session_from_row(row: Row, prefix: str = "") -> Session:
-    """A :class:`Session` from a row holding :data:`SESSION` (names with ``prefix``)."""
-    values = SESSION.read(row, prefix)
-    values["status"] = _STATUSES[values["status"]]
-    return from_trusted(Session, values)
-
 
 class SessionsRepository:
     """Sessions: create, read, update with optimistic concurrency, counters, lifecycle."""
@@ -134,7 +114,7 @@ class SessionsRepository:
             if row is None:
                 self._forget(attempt.session_id)
                 await raise_session_miss(conn, attempt)
-            return session_from_row(row)
+            return SESSION.one(row)
 
         return self._remember(await self._db.run(work))
 
@@ -165,7 +145,7 @@ class SessionsRepository:
             span = v.ttl(span)
         row = await self._db.fetchrow(INSERT_SESSION, uid, title_, meta, at, span)
         assert row is not None
-        return self._remember(session_from_row(row))
+        return self._remember(SESSION.one(row))
 
     async def get(self, session_id: UUID | str) -> Session:
         """The session; ``NotFoundError`` if absent. Status reads ``EXPIRED`` once due.
@@ -178,7 +158,7 @@ class SessionsRepository:
         row = await self._db.fetchrow(GET_SESSION, sid, retry=True)
         if row is None:
             raise NotFoundError(f"session {sid} not found")
-        return self._remember(session_from_row(row))
+        return self._remember(SESSION.one(row))
 
     async def update(
         self,
@@ -263,7 +243,7 @@ class SessionsRepository:
         after_at, after_id = decode_cursor(v.text(cursor, "cursor", optional=True))
         query = LIST_SESSIONS if uid is not None else LIST_ALL_SESSIONS
         rows = await self._db.fetch(query, uid, status_, after_at, after_id, size + 1, retry=True)
-        return make_page(rows, size, session_from_row, lambda s: (s.created_at, s.id))
+        return make_page(SESSION.many(rows), size, lambda s: (s.created_at, s.id))
 
     async def delete(self, session_id: UUID | str) -> None:
         """Delete the session; its conversations stay, with ``session_id`` set to null."""
