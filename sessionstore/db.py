@@ -256,30 +256,27 @@ class Database:
         """The same pool, with every operation run as the user the JWT ``claims`` name."""
         return Database(self.pool, claims)
 
-    @asynccontextmanager
-    async def acquire(self) -> AsyncIterator[Connection]:
-        """A pooled connection (inside the user's transaction when scoped)."""
+    async def _once(self, work: Callable[[Connection], Awaitable[T]]) -> T:
         async with self.pool.acquire() as conn:
             if self._claims is None:
-                yield conn
-                return
+                return await work(conn)
             async with conn.transaction():
-                try:
-                    with translate_errors():
-                        await conn.execute(SET_USER_SCOPE, self._claims)
-                except SessionStoreError as exc:
-                    if exc.sqlstate not in _SCOPE_REFUSED:
-                        raise
-                    raise PermissionDeniedError(
-                        "as_user needs the role 'authenticated' granted to the connecting "
-                        f"role (Supabase sets this up; see docs/supabase.md): {exc}",
-                        sqlstate=exc.sqlstate,
-                    ) from exc
-                yield conn
+                await self._enter_user_scope(conn, self._claims)
+                return await work(conn)
 
-    async def _once(self, work: Callable[[Connection], Awaitable[T]]) -> T:
-        async with self.acquire() as conn:
-            return await work(conn)
+    @staticmethod
+    async def _enter_user_scope(conn: Connection, claims: str) -> None:
+        try:
+            with translate_errors():
+                await conn.execute(SET_USER_SCOPE, claims)
+        except SessionStoreError as exc:
+            if exc.sqlstate not in _SCOPE_REFUSED:
+                raise
+            raise PermissionDeniedError(
+                "as_user needs the role 'authenticated' granted to the connecting "
+                f"role (Supabase sets this up; see docs/supabase.md): {exc}",
+                sqlstate=exc.sqlstate,
+            ) from exc
 
     async def run(self, work: Callable[[Connection], Awaitable[T]], *, retry: bool = False) -> T:
         """Run ``work`` on a connection, translating errors.

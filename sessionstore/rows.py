@@ -51,7 +51,7 @@ class Columns(Generic[M]):
         self.model = model
         self.names = names or tuple(model.model_fields)
         self._computed = dict(computed or {})
-        self._convert = dict(convert or {})
+        self._convert_items = tuple((convert or {}).items())
         self._getters: dict[str, Callable[[Any], tuple[Any, ...]]] = {}
 
     def select(self, *, prefix: str = "", alias: str = "") -> str:
@@ -66,8 +66,10 @@ class Columns(Generic[M]):
         return ", ".join(parts)
 
     def _build(self, values: tuple[Any, ...] | Any) -> M:
-        fields = dict(zip(self.names, values, strict=True))
-        for name, convert in self._convert.items():
+        # once per row: kept to C-level builtins (strict=False: one() and many() have
+        # already matched the values to the names)
+        fields = dict(zip(self.names, values, strict=False))
+        for name, convert in self._convert_items:
             fields[name] = convert(fields[name])
         return from_trusted(self.model, fields)
 

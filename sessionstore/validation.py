@@ -6,7 +6,6 @@ and returns the value in the form the SQL needs. Pure functions, no I/O.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import json
 from collections.abc import Mapping
@@ -77,25 +76,28 @@ def identifier(value: object, field: str) -> str:
 
 
 E = TypeVar("E", bound=enum.StrEnum)
+_ROLES = {member.value: member for member in MessageRole}
+_STATUSES = {member.value: member for member in SessionStatus}
 
 
-def _member(kind: type[E], value: object, field: str) -> E:
-    """A member of the string enum ``kind``, given as itself or its value."""
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            return kind(value)
-    allowed = ", ".join(member.value for member in kind)
-    raise InvalidInputError(field, f"must be one of {allowed}, got {value!r:.60}")
+def _member(members: Mapping[str, E], value: object, field: str) -> E:
+    """The member named by ``value`` (a member or its value; a dict lookup, as this runs
+    for every message)."""
+    member = members.get(value) if isinstance(value, str) else None
+    if member is None:
+        allowed = ", ".join(members)
+        raise InvalidInputError(field, f"must be one of {allowed}, got {value!r:.60}")
+    return member
 
 
 def role(value: object, field: str = "role") -> MessageRole:
     """A :class:`MessageRole` or its string value."""
-    return _member(MessageRole, value, field)
+    return _member(_ROLES, value, field)
 
 
 def status(value: object, field: str = "status") -> SessionStatus:
     """A :class:`SessionStatus` or its string value."""
-    return _member(SessionStatus, value, field)
+    return _member(_STATUSES, value, field)
 
 
 def metadata_json(value: object, field: str = "metadata") -> str | None:
