@@ -191,7 +191,9 @@ class MessagesRepository:
         rows = await self._db.fetch(HISTORY, cid, size, upper, retry=True)
         if not rows:
             raise conversation_missing(cid)
-        return MESSAGE.many([row for row in rows if row["id"] is not None])
+        if rows[0]["id"] is None:  # the one all-null row of a conversation without messages
+            return []
+        return MESSAGE.many(rows)
 
     async def count(self, conversation_id: UUID | str) -> int:
         """How many messages the conversation holds (kept on the row: no scan)."""
