@@ -17,6 +17,7 @@ from .errors import (
     WriteBehindError,
 )
 from .models import (
+    AddTurnOptions,
     Conversation,
     Message,
     MessageOptions,
@@ -31,6 +32,7 @@ from .turns import Turn
 from .writes import FailedWrite, WriterStats
 
 __all__ = [
+    "AddTurnOptions",
     "AuthenticationError",
     "ConflictError",
     "Conversation",

@@ -89,7 +89,9 @@ class StoreUnavailableError(SessionStoreError):
 
 
 class StoreTimeoutError(SessionStoreError, TimeoutError):
-    """An operation did not finish within its timeout; the server cancelled or will cancel it."""
+    """An operation did not finish within its timeout. Its outcome is unknown: the server
+    may have committed it before the cancellation arrived. Reads can simply be retried;
+    ``add_turn`` can be resent safely with the same ``message_id``."""
 
 
 class QueueFullError(SessionStoreError):
@@ -168,7 +170,9 @@ def translate(exc: BaseException) -> SessionStoreError | None:
         return _from_postgres(exc)
     if isinstance(exc, TimeoutError):  # before OSError, of which it is a subclass
         return StoreTimeoutError(
-            "operation timed out on the client; it was cancelled and its outcome is unknown"
+            "operation timed out on the client and was cancelled, but it may have been "
+            "committed: its outcome is unknown (add_turn with the same message_id is safe "
+            "to send again)"
         )
     if isinstance(exc, OSError):  # ConnectionError included
         return StoreUnavailableError(f"connection to the database lost: {exc}")

@@ -11,6 +11,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict
 
 __all__ = [
+    "AddTurnOptions",
     "Conversation",
     "Message",
     "MessageOptions",
@@ -54,6 +55,16 @@ class TurnOptions(MessageOptions, total=False):
     ``turn_count`` and ``total_tokens`` grow; it must exist, be active and not expired)."""
 
     session_id: UUID | str | None
+
+
+class AddTurnOptions(TurnOptions, total=False):
+    """:class:`TurnOptions` plus ``message_id``: the id the new message gets, chosen by the
+    caller (a UUID). Sending the same turn again with the same id returns the stored turn
+    and counts nothing twice, so a turn whose outcome is unknown (``StoreTimeoutError``)
+    can be resent safely; the same id with a different message raises ``ConflictError``.
+    """
+
+    message_id: UUID | str | None
 
 
 class SessionStatus(enum.StrEnum):

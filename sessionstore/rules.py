@@ -16,10 +16,12 @@ from .models import SessionStatus
 __all__ = [
     "accepts_turns",
     "batch_ordinal",
+    "bind",
     "bump_conversation",
     "bump_session",
     "cleanup_due",
     "effective_status",
+    "may_write",
     "not_past_expiry",
     "read_status",
     "seq_of",
@@ -101,6 +103,18 @@ def batch_ordinal(conversation: str, order: str) -> str:
     """The ``ordinal`` for :func:`seq_of` of a batch row: its position among the batch's
     rows for the same ``conversation``, in batch ``order``."""
     return f"row_number() OVER (PARTITION BY {conversation} ORDER BY {order})"
+
+
+def may_write(owner: str, session: str) -> str:
+    """Ownership: a conversation bound to a session (``owner``) is written only through
+    that session; one without a session, or a write naming none, is not restricted."""
+    return f"({owner} IS NULL OR {session} IS NULL OR {owner} = {session})"
+
+
+def bind(owner: str, session: str) -> str:
+    """The conversation's session after a write naming ``session``: an unbound
+    conversation is bound by the first turn that names one; a bound one keeps its own."""
+    return f"coalesce({owner}, {session})"
 
 
 def cleanup_due(alias: str = "") -> str:

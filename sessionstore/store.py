@@ -17,7 +17,7 @@ from .cache import Invalidation, SessionCache
 from .config import StoreConfig
 from .db import ConfigureCallback, Database, Pool
 from .errors import InvalidInputError
-from .models import Role, TurnOptions
+from .models import AddTurnOptions, Role, TurnOptions
 from .repositories import (
     ConversationsRepository,
     MessagesRepository,
@@ -62,14 +62,15 @@ class _Scope:
         self.conversations = ConversationsRepository(db)
 
     async def add_turn(
-        self, continuation_id: str, role: Role, content: str, **options: Unpack[TurnOptions]
+        self, continuation_id: str, role: Role, content: str, **options: Unpack[AddTurnOptions]
     ) -> Turn:
         """Get-or-create the conversation, append the message and, with ``session_id``,
         count the turn on the session — in one round trip and one transaction.
 
-        ``options``: ``session_id``, ``metadata``, ``tokens`` (see
-        :class:`~sessionstore.TurnOptions`). The session must exist, be active and not
-        expired (``NotFoundError``, ``InvalidStateError``, ``SessionExpiredError``),
+        ``options``: ``session_id``, ``metadata``, ``tokens``, ``message_id`` (see
+        :class:`~sessionstore.AddTurnOptions`). The session must exist, be active and not
+        expired (``NotFoundError``, ``InvalidStateError``, ``SessionExpiredError``), and a
+        conversation bound to another session refuses the turn (``ConflictError``);
         otherwise nothing is written. See :func:`sessionstore.turns.add_turn`.
         """
         turn = await add_turn(self._db, continuation_id, role, content, **options)

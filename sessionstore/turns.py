@@ -10,6 +10,7 @@ build the session's and the conversation's changes from :mod:`sessionstore.rules
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Unpack
 from uuid import UUID
@@ -18,45 +19,81 @@ from pydantic import BaseModel, ConfigDict
 
 from . import validation as v
 from .db import Connection, Database
+from .errors import ConflictError, translate_errors
 from .lifecycle import Attempt, raise_session_miss
-from .models import Conversation, Message, Role, Session, TurnOptions
+from .models import AddTurnOptions, Conversation, Message, Role, Session, TurnOptions
 from .repositories.conversations import CONVERSATION
 from .repositories.messages import MESSAGE
 from .repositories.sessions import SESSION
-from .rules import accepts_turns, batch_ordinal, bump_conversation, bump_session, seq_of
+from .rules import (
+    accepts_turns,
+    batch_ordinal,
+    bind,
+    bump_conversation,
+    bump_session,
+    may_write,
+    seq_of,
+)
 from .writes import PendingWrite, batch_arguments, fresh_rows
 
 __all__ = ["Turn", "accept_turn", "add_turn", "write_turns"]
 
 _TOKENS = "coalesce($6::integer, 0)"
+# $1 continuation id, $2 session id, $3-$6 the message, $7 the sliding interval, $8 the
+# caller's message id. The session is locked first (like every writer), then the
+# conversation; the session's counters move only if the conversation accepted the
+# message (ownership), so nothing is written unless everything is.
 ADD_TURN = f"""
-WITH sess AS (
-    UPDATE sessions SET {bump_session("", turns="1", tokens=_TOKENS, slide="$7")}
-    WHERE id = $2 AND {accepts_turns()}
-    RETURNING {SESSION.select(prefix="s_")}
+WITH stored AS (  -- the same message id already written: a resend after a timeout
+    SELECT {MESSAGE.select(prefix="m_", alias="m")}, c.continuation_id AS stored_in
+    FROM messages m JOIN conversations c ON c.id = m.conversation_id
+    WHERE m.id = $8::uuid
+),
+live AS (
+    SELECT id FROM sessions
+    WHERE id = $2 AND {accepts_turns()} AND NOT EXISTS (SELECT 1 FROM stored)
+    FOR UPDATE
 ),
 gate AS (
-    SELECT 1 WHERE $2::uuid IS NULL
+    SELECT 1 WHERE $2::uuid IS NULL AND NOT EXISTS (SELECT 1 FROM stored)
     UNION ALL
-    SELECT 1 FROM sess
+    SELECT 1 FROM live
 ),
 conv AS (
     INSERT INTO conversations AS c
         (continuation_id, session_id, message_count, last_message_at, total_tokens)
     SELECT $1, $2::uuid, 1, now(), {_TOKENS} FROM gate
     ON CONFLICT (continuation_id) DO UPDATE
-    SET {bump_conversation("c", messages="1", tokens=_TOKENS, at="now()")}
+    SET session_id = {bind("c.session_id", "EXCLUDED.session_id")},
+        {bump_conversation("c", messages="1", tokens=_TOKENS, at="now()")}
+    WHERE {may_write("c.session_id", "EXCLUDED.session_id")}
     RETURNING {CONVERSATION.select(prefix="c_", alias="c")}
 ),
+sess AS (
+    UPDATE sessions SET {bump_session("", turns="1", tokens=_TOKENS, slide="$7")}
+    WHERE id = (SELECT id FROM live) AND EXISTS (SELECT 1 FROM conv)
+    RETURNING {SESSION.select(prefix="s_")}
+),
 msg AS (
-    INSERT INTO messages (conversation_id, seq, role, content, metadata, tokens)
-    SELECT conv.c_id, {seq_of("conv.c_message_count", added="1", ordinal="1")},
+    INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens)
+    SELECT coalesce($8::uuid, gen_random_uuid()), conv.c_id,
+           {seq_of("conv.c_message_count", added="1", ordinal="1")},
            $3::message_role, $4, coalesce($5::jsonb, '{{}}'::jsonb), $6::integer
     FROM conv
     RETURNING {MESSAGE.select(prefix="m_")}
 )
-SELECT msg.*, conv.*, sess.* FROM msg CROSS JOIN conv LEFT JOIN sess ON true
+SELECT msg.*, conv.*, sess.*, NULL::text AS stored_in
+FROM msg CROSS JOIN conv LEFT JOIN sess ON true
+UNION ALL
+SELECT {", ".join("stored.m_" + name for name in MESSAGE.names)},
+       {CONVERSATION.select(prefix="c_", alias="c")},
+       {SESSION.select(prefix="s_", alias="s")}, stored.stored_in
+FROM stored
+JOIN conversations c ON c.id = stored.m_conversation_id
+LEFT JOIN sessions s ON s.id = $2
 """
+# Why a turn matched nothing although its session may be fine: who owns the conversation.
+OWNER = "SELECT session_id FROM conversations WHERE continuation_id = $1"
 
 # Under RLS the policies' subqueries see the statement's snapshot, which does not hold
 # rows inserted by earlier CTEs of the same statement: a message into a conversation
@@ -69,8 +106,9 @@ WHERE $2::uuid IS NULL OR EXISTS (SELECT 1 FROM sessions WHERE id = $2::uuid)
 ON CONFLICT (continuation_id) DO NOTHING
 """
 
-# ADD_TURN for many turns at once (write-behind). A turn whose session is missing,
-# expired or not active is rejected, and nothing of it written.
+# ADD_TURN for many turns at once (write-behind), with the same rules: a turn whose
+# session is missing, expired or not active, or whose conversation belongs to another
+# session, is refused and nothing of it written. $9: the sliding interval.
 _BATCH_FIELDS = (
     "id",
     "continuation_id",
@@ -89,46 +127,71 @@ _BATCH_CONVERSATION = bump_conversation(
     at="EXCLUDED.last_message_at",
 )
 _BATCH_SEQ = seq_of(
-    "conv.message_count", added="p.n", ordinal=batch_ordinal("o.continuation_id", "o.ord")
+    "conv.message_count", added="p.n", ordinal=batch_ordinal("a.continuation_id", "a.ord")
 )
 TURN_BATCH = f"""{fresh_rows(_BATCH_FIELDS)},
-per_session AS (
-    SELECT session_id, count(*)::integer AS n, coalesce(sum(tokens), 0) AS tok
-    FROM fresh WHERE session_id IS NOT NULL GROUP BY session_id
-),
-sess AS (
-    UPDATE sessions s SET {_BATCH_SESSION}
-    FROM per_session p
-    WHERE s.id = p.session_id AND {accepts_turns("s")}
-    RETURNING s.id
+live AS (  -- the batch's sessions that take turns, locked first like every writer
+    SELECT s.id FROM sessions s
+    WHERE s.id IN (SELECT session_id FROM fresh) AND {accepts_turns("s")}
+    ORDER BY s.id
+    FOR UPDATE
 ),
 ok AS (
-    SELECT f.* FROM fresh f WHERE f.session_id IS NULL OR f.session_id IN (SELECT id FROM sess)
+    SELECT f.* FROM fresh f WHERE f.session_id IS NULL OR f.session_id IN (SELECT id FROM live)
+),
+owner AS (  -- each conversation's session: its own, else the first one the batch names
+    SELECT o.continuation_id, coalesce(
+        (SELECT c.session_id FROM conversations c WHERE c.continuation_id = o.continuation_id),
+        (array_agg(o.session_id ORDER BY o.ord) FILTER (WHERE o.session_id IS NOT NULL))[1]
+    ) AS session_id
+    FROM ok o GROUP BY o.continuation_id
+),
+accepted AS (
+    SELECT o.*, w.session_id AS owner_id FROM ok o JOIN owner w USING (continuation_id)
+    WHERE {may_write("w.session_id", "o.session_id")}
 ),
 per_conv AS (
-    SELECT continuation_id, (array_agg(session_id ORDER BY ord))[1] AS session_id,
-           count(*)::integer AS n, coalesce(sum(tokens), 0) AS tok, max(enqueued_at) AS last_at
-    FROM ok GROUP BY continuation_id
+    SELECT continuation_id, (array_agg(owner_id))[1] AS session_id, count(*)::integer AS n,
+           coalesce(sum(tokens), 0) AS tok, max(enqueued_at) AS last_at
+    FROM accepted GROUP BY continuation_id
 ),
 conv AS (
     INSERT INTO conversations AS c
         (continuation_id, session_id, message_count, last_message_at, total_tokens)
     SELECT continuation_id, session_id, n, last_at, tok FROM per_conv
-    ON CONFLICT (continuation_id) DO UPDATE SET {_BATCH_CONVERSATION}
+    ON CONFLICT (continuation_id) DO UPDATE
+    SET session_id = {bind("c.session_id", "EXCLUDED.session_id")}, {_BATCH_CONVERSATION}
+    WHERE {may_write("c.session_id", "EXCLUDED.session_id")}
     RETURNING c.id, c.continuation_id, c.message_count
+),
+written AS (
+    SELECT a.*, conv.id AS conversation_id FROM accepted a JOIN conv USING (continuation_id)
 ),
 ins AS (
     INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens, created_at)
-    SELECT o.id, conv.id, {_BATCH_SEQ}, o.role, o.content,
-           coalesce(o.metadata, '{{}}'::jsonb), o.tokens, o.enqueued_at
-    FROM ok o
-    JOIN conv ON conv.continuation_id = o.continuation_id
-    JOIN per_conv p ON p.continuation_id = o.continuation_id
+    SELECT a.id, a.conversation_id, {_BATCH_SEQ}, a.role, a.content,
+           coalesce(a.metadata, '{{}}'::jsonb), a.tokens, a.enqueued_at
+    FROM written a
+    JOIN conv ON conv.continuation_id = a.continuation_id
+    JOIN per_conv p ON p.continuation_id = a.continuation_id
     RETURNING id
+),
+per_session AS (
+    SELECT session_id, count(*)::integer AS n, coalesce(sum(tokens), 0) AS tok
+    FROM written WHERE session_id IS NOT NULL GROUP BY session_id
+),
+sess AS (  -- counted only for turns whose conversation took them
+    UPDATE sessions s SET {_BATCH_SESSION}
+    FROM per_session p
+    WHERE s.id = p.session_id
+    RETURNING s.id
 )
 SELECT (SELECT count(*) FROM ins) AS inserted,
-       ARRAY(SELECT f.id FROM fresh f WHERE NOT EXISTS (SELECT 1 FROM ok WHERE ok.id = f.id))
-           AS rejected
+       ARRAY(SELECT f.id FROM fresh f
+             WHERE f.session_id IS NOT NULL AND f.session_id NOT IN (SELECT id FROM live))
+           AS refused_by_session,
+       ARRAY(SELECT o.id FROM ok o WHERE NOT EXISTS (SELECT 1 FROM written w WHERE w.id = o.id))
+           AS refused_by_owner
 """
 
 
@@ -143,45 +206,91 @@ class Turn(BaseModel):
 
 
 _TURN_OPTIONS = TurnOptions.__optional_keys__
+_ADD_TURN_OPTIONS = AddTurnOptions.__optional_keys__
 
 
 def _checked(
-    continuation_id: str, role: Role, content: str, options: TurnOptions
+    continuation_id: str, role: Role, content: str, options: TurnOptions, allowed: frozenset[str]
 ) -> tuple[str, UUID | None, v.CheckedMessage]:
     session_id = options.get("session_id")
     return (
         v.identifier(continuation_id, "continuation_id"),
         None if session_id is None else v.uuid(session_id, "session_id"),
-        v.message(role, content, options, _TURN_OPTIONS),
+        v.message(role, content, options, allowed),
     )
 
 
+def _same_turn(
+    turn: Turn, stored_in: str, cont: str, sid: UUID | None, new: v.CheckedMessage
+) -> None:
+    """A resend must repeat the stored turn exactly; anything else reusing its id is refused
+    (the error names no content)."""
+    stored = turn.message
+    metadata = {} if new.metadata is None else json.loads(new.metadata)
+    same = (
+        stored_in == cont
+        and (sid is None or turn.conversation.session_id == sid)
+        and (stored.role.value, stored.content, stored.metadata, stored.tokens)
+        == (new.role, new.content, metadata, new.tokens)
+    )
+    if not same:
+        raise ConflictError(
+            f"message_id {stored.id} is already the id of a different message; nothing was written"
+        )
+
+
 async def add_turn(
-    db: Database, continuation_id: str, role: Role, content: str, **options: Unpack[TurnOptions]
+    db: Database,
+    continuation_id: str,
+    role: Role,
+    content: str,
+    **options: Unpack[AddTurnOptions],
 ) -> Turn:
     """Append a message to the conversation ``continuation_id`` (created if needed) and,
     with ``session_id``, add one turn and ``tokens`` to that session — in one round trip.
 
     The session must exist, be active and not expired (``NotFoundError``,
-    ``InvalidStateError``, ``SessionExpiredError``); otherwise nothing is written.
-    Under row-level security (``as_user``) it takes two statements in one transaction.
-    With sliding expiry configured, the session's ``expires_at`` moves forward.
+    ``InvalidStateError``, ``SessionExpiredError``); a conversation bound to another
+    session raises ``ConflictError`` (an unbound one is bound to this session). In every
+    refusal nothing is written. With ``message_id``, a resend returns the stored turn
+    (see :class:`~sessionstore.AddTurnOptions`). Under row-level security (``as_user``)
+    it takes two statements in one transaction. With sliding expiry configured, the
+    session's ``expires_at`` moves forward.
     """
-    cont, sid, message = _checked(continuation_id, role, content, options)
-    slide = db.config.sliding_interval
+    cont, sid, message = _checked(continuation_id, role, content, options, _ADD_TURN_OPTIONS)
+    given_id = options.get("message_id")
+    mid = None if given_id is None else v.uuid(given_id, "message_id")
+    arguments = (cont, sid, *message, db.config.sliding_interval, mid)
 
     async def work(conn: Connection) -> Turn:
         if db.rls_scoped:
             await conn.execute(PRECREATE_CONVERSATION, cont, sid)
-        row = await conn.fetchrow(ADD_TURN, cont, sid, *message, slide)
+        try:
+            with translate_errors():
+                row = await conn.fetchrow(ADD_TURN, *arguments)
+        except ConflictError as exc:
+            # Two resends of one message id at once: the loser's insert met the winner's
+            # row. Outside a transaction it can read the stored turn back.
+            if mid is None or exc.sqlstate != "23505" or db.rls_scoped:
+                raise
+            row = await conn.fetchrow(ADD_TURN, *arguments)
         if row is None:
             assert sid is not None  # without a session the statement always writes
+            owner = await conn.fetchval(OWNER, cont)
+            if owner is not None and owner != sid:
+                raise ConflictError(
+                    f"conversation {cont!r} belongs to another session; a turn of session "
+                    f"{sid} cannot be added to it (nothing was written)"
+                )
             await raise_session_miss(conn, Attempt(sid, "add a turn to"))
-        return Turn.model_construct(
+        turn = Turn.model_construct(
             message=MESSAGE.one(row, "m_"),
             conversation=CONVERSATION.one(row, "c_"),
-            session=None if sid is None else SESSION.one(row, "s_"),
+            session=None if sid is None or row["s_id"] is None else SESSION.one(row, "s_"),
         )
+        if row["stored_in"] is not None:
+            _same_turn(turn, row["stored_in"], cont, sid, message)
+        return turn
 
     return await db.run(work)
 
@@ -190,14 +299,19 @@ def accept_turn(
     continuation_id: str, role: Role, content: str, options: TurnOptions
 ) -> PendingWrite:
     """The write-behind form of :func:`add_turn`, checked and ready to queue."""
-    cont, sid, message = _checked(continuation_id, role, content, options)
+    cont, sid, message = _checked(continuation_id, role, content, options, _TURN_OPTIONS)
     return PendingWrite.accept("turn", message, continuation_id=cont, session_id=sid)
 
 
 async def write_turns(db: Database, batch: Sequence[PendingWrite]) -> dict[UUID, str]:
-    """Write a write-behind batch of turns in one statement; return the ids it could not
-    write (their session is missing, not active or expired)."""
+    """Write a write-behind batch of turns in one statement; return the ids it refused:
+    their session is missing, not active or expired, or their conversation belongs to
+    another session."""
     arguments = batch_arguments(batch, _BATCH_FIELDS)
     row = await db.fetchrow(TURN_BATCH, *arguments, db.config.sliding_interval)
     assert row is not None  # the statement always returns one row
-    return dict.fromkeys(row["rejected"], "session not found, not active or expired")
+    refused = dict.fromkeys(row["refused_by_session"], "session not found, not active or expired")
+    refused.update(
+        dict.fromkeys(row["refused_by_owner"], "conversation belongs to another session")
+    )
+    return refused

@@ -6,12 +6,14 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import uuid4
 
 import asyncpg
 import pytest
 
 import sessionstore
 from sessionstore import (
+    ConflictError,
     InvalidInputError,
     InvalidStateError,
     MessageRole,
@@ -204,3 +206,119 @@ async def test_unknown_keyword_options_are_refused_before_anything_is_sent(
     await store.flush()
     assert await row_counts(conn) == {"sessions": 1, "conversations": 1, "messages": 0}
     assert store.stats().written == 0
+
+
+async def test_a_session_cannot_write_into_another_sessions_conversation(
+    store: SessionStore, conn: asyncpg.Connection
+) -> None:
+    alice = await store.sessions.create("alice")
+    bob = await store.sessions.create("bob")
+    await store.add_turn("c-1", "user", "alice secret", session_id=alice.id, tokens=5)
+    before = (await row_counts(conn), await _session_state(conn, bob.id))
+    with pytest.raises(ConflictError, match="belongs to another session") as info:
+        await store.add_turn("c-1", "user", "bob hi", session_id=bob.id, tokens=3)
+    assert "alice secret" not in str(info.value)
+    assert "bob hi" not in str(info.value)
+    assert (await row_counts(conn), await _session_state(conn, bob.id)) == before
+    c = await store.conversations.get_by_continuation_id("c-1")
+    assert [m.content for m in await store.messages.history(c.id)] == ["alice secret"]
+    assert (c.message_count, c.total_tokens, c.session_id) == (1, 5, alice.id)
+    # write-behind: set aside and reported, never written
+    queued = await store.enqueue_turn("c-1", "user", "bob again", session_id=bob.id)
+    await store.flush()
+    assert [(f.id, f.reason) for f in store.failed_writes()] == [
+        (queued, "conversation belongs to another session")
+    ]
+    assert (await row_counts(conn), await _session_state(conn, bob.id)) == before
+    with pytest.raises(ConflictError):
+        await store.conversations.get_or_create("c-1", session_id=bob.id)
+    # a turn naming no session is not a turn of another session
+    await store.add_turn("c-1", "system", "note")
+    assert (await store.conversations.get(c.id)).session_id == alice.id
+
+
+async def test_an_unbound_conversation_is_bound_by_the_first_turn_naming_a_session(
+    store: SessionStore,
+) -> None:
+    loose = await store.add_turn("adopted", "user", "from before sessions")
+    assert loose.conversation.session_id is None
+    s = await store.sessions.create("u")
+    t = await store.add_turn("adopted", "user", "now in a session", session_id=s.id)
+    assert t.conversation.session_id == s.id
+    other = await store.sessions.create("v")
+    with pytest.raises(ConflictError):
+        await store.add_turn("adopted", "user", "x", session_id=other.id)
+
+
+async def test_two_sessions_racing_to_bind_one_new_conversation(
+    store: SessionStore, conn: asyncpg.Connection
+) -> None:
+    sessions = [await store.sessions.create(f"u{i}") for i in range(10)]
+    results = await asyncio.gather(
+        *(store.add_turn("contested", "user", "x", session_id=s.id) for s in sessions),
+        return_exceptions=True,
+    )
+    won = [r for r in results if not isinstance(r, BaseException)]
+    assert len(won) == 1
+    assert all(isinstance(r, ConflictError) for r in results if isinstance(r, BaseException))
+    winner = won[0].conversation.session_id
+    turns = {
+        r["id"]: r["turn_count"] for r in await conn.fetch("SELECT id, turn_count FROM sessions")
+    }
+    assert turns == {s.id: int(s.id == winner) for s in sessions}
+    assert await conn.fetchval("SELECT count(*) FROM messages") == 1
+
+
+async def test_resending_a_turn_with_its_message_id_writes_it_once(
+    store: SessionStore, conn: asyncpg.Connection
+) -> None:
+    s = await store.sessions.create("u")
+    mid = uuid4()
+    first = await store.add_turn(
+        "c", "user", "CANARY-hi", session_id=s.id, tokens=4, message_id=mid
+    )
+    again = await store.add_turn(
+        "c", "user", "CANARY-hi", session_id=s.id, tokens=4, message_id=str(mid)
+    )
+    assert first.message == again.message
+    assert first.message.id == mid
+    racing = await asyncio.gather(
+        *(
+            store.add_turn("c", "user", "racing", session_id=s.id, tokens=1, message_id=racer)
+            for racer in [uuid4()] * 5
+        )
+    )
+    assert len({t.message.id for t in racing}) == 1
+    assert await conn.fetchval("SELECT count(*) FROM messages") == 2
+    after = await store.sessions.get(s.id)
+    assert (after.turn_count, after.total_tokens) == (2, 5)
+    conv = await store.conversations.get(first.conversation.id)
+    assert (conv.message_count, conv.total_tokens) == (2, 5)
+    for changed in (
+        {"content": "CANARY-hi!"},
+        {"tokens": 5},
+        {"role": "assistant"},
+        {"continuation_id": "elsewhere"},
+        {"metadata": {"k": 1}},
+    ):
+        args: dict[str, Any] = {"continuation_id": "c", "role": "user", "content": "CANARY-hi"}
+        args.update(changed)
+        extra: dict[str, Any] = {
+            "metadata": changed.get("metadata"),
+            "tokens": changed.get("tokens", 4),
+        }
+        with pytest.raises(ConflictError, match="already the id of a different message") as info:
+            await store.add_turn(
+                args["continuation_id"],
+                args["role"],
+                args["content"],
+                session_id=s.id,
+                message_id=mid,
+                **extra,
+            )
+        assert "CANARY" not in str(info.value)
+    assert await conn.fetchval("SELECT count(*) FROM messages") == 2
+    assert (await store.sessions.get(s.id)).turn_count == 2
+    with pytest.raises(InvalidInputError) as bad:
+        await store.add_turn("c", "user", "x", message_id="not-a-uuid")
+    assert bad.value.field == "message_id"

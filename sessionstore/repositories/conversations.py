@@ -7,7 +7,7 @@ from uuid import UUID
 
 from .. import validation as v
 from ..db import Connection, Database
-from ..errors import NotFoundError, PermissionDeniedError, translate_errors
+from ..errors import ConflictError, NotFoundError, PermissionDeniedError, translate_errors
 from ..models import Conversation, Page
 from ..pagination import decode_cursor, make_page
 from ..rows import Columns, Row
@@ -91,7 +91,8 @@ class ConversationsRepository:
 
         Race-free: concurrent calls for one id make exactly one row. An existing
         conversation is returned as it is (``session_id``, ``title`` and ``metadata`` apply
-        only on creation). ``NotFoundError`` if ``session_id`` names no session.
+        only on creation), except that one bound to another session than ``session_id``
+        raises ``ConflictError``. ``NotFoundError`` if ``session_id`` names no session.
         """
         cid = v.identifier(continuation_id, "continuation_id")
         sid = None if session_id is None else v.uuid(session_id, "session_id")
@@ -106,7 +107,12 @@ class ConversationsRepository:
                 except NotFoundError as exc:  # the only foreign key here is session_id
                     raise NotFoundError(f"session {sid} not found", sqlstate=exc.sqlstate) from None
                 if row is not None:
-                    return CONVERSATION.one(row)
+                    found = CONVERSATION.one(row)
+                    if sid is not None and found.session_id not in (None, sid):
+                        raise ConflictError(
+                            f"conversation {cid!r} belongs to another session, not {sid}"
+                        )
+                    return found
             # The row exists (the insert conflicted) yet stays invisible: RLS hides it.
             raise PermissionDeniedError(
                 f"conversation {cid!r} exists but is not visible to this user"
