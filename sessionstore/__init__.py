@@ -27,6 +27,7 @@ from .models import (
     SessionStatus,
     TurnOptions,
 )
+from .purge import PurgeCounts
 from .store import SessionStore, StoreStats, UserView, connect
 from .turns import Turn
 from .writes import FailedWrite, WriterStats
@@ -45,6 +46,7 @@ __all__ = [
     "NotFoundError",
     "Page",
     "PermissionDeniedError",
+    "PurgeCounts",
     "QueueFullError",
     "Session",
     "SessionExpiredError",

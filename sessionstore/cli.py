@@ -202,6 +202,14 @@ def cleanup(
         int, typer.Option(min=1, help="Sessions deleted per transaction.")
     ] = 1000,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would go.")] = False,
+    with_conversations: Annotated[
+        bool,
+        typer.Option(
+            "--with-conversations",
+            help="Also delete the sessions' conversations and messages"
+            " (by default they stay, detached, as the original cleanup left them).",
+        ),
+    ] = False,
 ) -> None:
     """Delete expired sessions (not completed ones) in short batches, with a progress bar."""
     config = _config(dsn)
@@ -220,12 +228,15 @@ def cleanup(
             with Progress(*columns, console=console) as bar:
                 task = bar.add_task("cleanup", total=due)
                 return await store.sessions.cleanup_expired(
-                    batch_size=batch_size, on_progress=lambda n: bar.update(task, completed=n)
+                    batch_size=batch_size,
+                    on_progress=lambda n: bar.update(task, completed=n),
+                    delete_conversations=with_conversations,
                 )
 
     with _readable_errors(config.dsn):
         count = asyncio.run(go())
-    console.print(f"{'would delete' if dry_run else 'deleted'} {count} expired sessions")
+    what = "expired sessions" + (" with their conversations" if with_conversations else "")
+    console.print(f"{'would delete' if dry_run else 'deleted'} {count} {what}")
 
 
 @app.command()

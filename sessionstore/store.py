@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, Unpack
@@ -18,6 +18,7 @@ from .config import StoreConfig
 from .db import ConfigureCallback, Database, Pool
 from .errors import InvalidInputError
 from .models import AddTurnOptions, Role, TurnOptions
+from .purge import PurgeCounts, purge_user
 from .repositories import (
     ConversationsRepository,
     MessagesRepository,
@@ -77,6 +78,24 @@ class _Scope:
         if self._cache is not None and turn.session is not None:
             self._cache.put(turn.session)
         return turn
+
+    async def purge_user(
+        self,
+        user_id: str,
+        *,
+        batch_size: int = 1000,
+        on_progress: Callable[[PurgeCounts], None] | None = None,
+    ) -> PurgeCounts:
+        """Delete every session of ``user_id`` with its conversations and messages, in
+        batches of at most ``batch_size`` rows (short transactions: other users' writes
+        keep going); return the counts. ``on_progress`` gets the running counts.
+
+        Under ``as_user`` the policies apply: a user can purge only their own data.
+        """
+        counts = await purge_user(self._db, user_id, batch_size=batch_size, on_progress=on_progress)
+        if counts.sessions and self._cache is not None:
+            self._cache.clear()
+        return counts
 
 
 class UserView(_Scope):

@@ -22,6 +22,7 @@ __all__ = [
     "CheckedMessage",
     "Unset",
     "aware_datetime",
+    "flag",
     "identifier",
     "limit",
     "message",
@@ -191,6 +192,13 @@ def ttl(value: object, field: str = "ttl") -> timedelta:
         raise InvalidInputError(field, f"must be a timedelta, got {type(value).__name__}")
     if value <= timedelta(0):
         raise InvalidInputError(field, "must be positive")
+    return value
+
+
+def flag(value: object, field: str) -> bool:
+    """A ``bool`` (not merely something truthy: ``"false"`` would be)."""
+    if not isinstance(value, bool):
+        raise InvalidInputError(field, f"must be True or False, got {type(value).__name__}")
     return value
 
 

@@ -77,3 +77,17 @@ async def test_get_or_create_with_a_missing_session_says_so(
     with pytest.raises(NotFoundError, match=f"session {missing} not found"):
         await store.conversations.get_or_create("c", session_id=missing)
     assert await row_counts(conn) == {"sessions": 0, "conversations": 0, "messages": 0}
+
+
+async def test_delete_a_conversation_with_its_messages(
+    store: SessionStore, conn: asyncpg.Connection
+) -> None:
+    s = await store.sessions.create("u")
+    doomed = await store.add_turn("doomed", "user", "x", session_id=s.id)
+    await store.add_turn("doomed", "assistant", "y", session_id=s.id)
+    kept = await store.add_turn("kept", "user", "z", session_id=s.id)
+    await store.conversations.delete(doomed.conversation.id)
+    assert await row_counts(conn) == {"sessions": 1, "conversations": 1, "messages": 1}
+    assert (await store.conversations.get(kept.conversation.id)).message_count == 1
+    with pytest.raises(NotFoundError):
+        await store.conversations.delete(doomed.conversation.id)

@@ -16,6 +16,7 @@ from sessionstore import (
     InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
+    PurgeCounts,
     SessionStore,
     UserView,
 )
@@ -245,3 +246,27 @@ async def test_as_user_without_supabase_roles_says_so(
     finally:
         await conn.execute("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM sstest_no_roles")
         await conn.execute("DROP ROLE sstest_no_roles")
+
+
+async def test_a_user_can_purge_only_their_own_data(world: World) -> None:
+    before = await _bob_state(world.conn)
+    alice = world.store.as_user(ALICE)
+    assert await alice.purge_user(BOB) == PurgeCounts()  # bob's rows are not visible
+    assert await _bob_state(world.conn) == before
+    assert await alice.purge_user(ALICE) == PurgeCounts(sessions=1, conversations=1, messages=1)
+    assert await world.conn.fetchval("SELECT count(*) FROM sessions WHERE user_id = $1", ALICE) == 0
+    left = {r[0] for r in await world.conn.fetch("SELECT continuation_id FROM conversations")}
+    assert left == {"bob-c", "orphan-c"}
+    assert await row_counts(world.conn) == {"sessions": 2, "conversations": 2, "messages": 2}
+
+
+async def test_a_user_deletes_own_session_with_its_conversations(world: World) -> None:
+    before = await _bob_state(world.conn)
+    alice = world.store.as_user(ALICE)
+    with pytest.raises(NotFoundError):
+        await alice.conversations.delete(world.bob_conversation)
+    assert await _bob_state(world.conn) == before
+    await alice.sessions.delete(world.alice_session)
+    assert await row_counts(world.conn) == {"sessions": 2, "conversations": 2, "messages": 2}
+    left = {r[0] for r in await world.conn.fetch("SELECT continuation_id FROM conversations")}
+    assert left == {"bob-c", "orphan-c"}

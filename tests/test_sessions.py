@@ -21,7 +21,7 @@ from sessionstore import (
     SessionStore,
 )
 
-from .helpers import expire
+from .helpers import expire, row_counts
 
 
 async def test_create_defaults(store: SessionStore) -> None:
@@ -181,15 +181,38 @@ async def test_list_filters_by_effective_status(
     assert len((await store.sessions.list(user_id="u1")).items) == 3
 
 
-async def test_delete_keeps_conversations(store: SessionStore, conn: asyncpg.Connection) -> None:
+async def test_delete_takes_the_conversations_and_messages_along(
+    store: SessionStore, conn: asyncpg.Connection
+) -> None:
     s = await store.sessions.create("u1")
-    c = await store.conversations.get_or_create("c1", session_id=s.id)
+    other = await store.sessions.create("u1")
+    for i in range(3):
+        await store.add_turn(f"c{i}", "user", "x", session_id=s.id)
+    kept = await store.add_turn("other", "user", "y", session_id=other.id)
+    loose = await store.add_turn("loose", "user", "z")
     await store.sessions.delete(s.id)
     with pytest.raises(NotFoundError):
         await store.sessions.get(s.id)
-    assert (await store.conversations.get(c.id)).session_id is None
+    assert await row_counts(conn) == {"sessions": 1, "conversations": 2, "messages": 2}
+    assert {r["id"] for r in await conn.fetch("SELECT id FROM conversations")} == {
+        kept.conversation.id,
+        loose.conversation.id,
+    }
     with pytest.raises(NotFoundError):
         await store.sessions.delete(s.id)
+
+
+async def test_delete_can_keep_the_conversations_detached(
+    store: SessionStore, conn: asyncpg.Connection
+) -> None:
+    s = await store.sessions.create("u1")
+    t = await store.add_turn("c1", "user", "x", session_id=s.id)
+    await store.sessions.delete(s.id, keep_conversations=True)
+    assert (await store.conversations.get(t.conversation.id)).session_id is None
+    assert await row_counts(conn) == {"sessions": 0, "conversations": 1, "messages": 1}
+    with pytest.raises(InvalidInputError) as info:
+        await store.sessions.delete(s.id, keep_conversations="no")  # type: ignore[arg-type]
+    assert info.value.field == "keep_conversations"
 
 
 async def test_cleanup_expired_in_batches(store: SessionStore, conn: asyncpg.Connection) -> None:
@@ -206,6 +229,24 @@ async def test_cleanup_expired_in_batches(store: SessionStore, conn: asyncpg.Con
     assert remaining == {kept_completed.id, live.id, forever.id}
     assert (await store.conversations.get(conv.id)).session_id is None
     assert await store.sessions.cleanup_expired() == 0
+
+
+async def test_cleanup_can_delete_the_conversations_too(
+    store: SessionStore, conn: asyncpg.Connection
+) -> None:
+    doomed = [await store.sessions.create("u1") for _ in range(3)]
+    live = await store.sessions.create("u1")
+    for s in [*doomed, live]:
+        await store.add_turn(f"c-{s.id}", "user", "x", session_id=s.id)
+        await store.add_turn(f"c-{s.id}", "assistant", "y", session_id=s.id)
+    for s in doomed:
+        await expire(conn, s.id)
+    progress: list[int] = []
+    deleted = await store.sessions.cleanup_expired(
+        batch_size=2, on_progress=progress.append, delete_conversations=True
+    )
+    assert (deleted, progress) == (3, [2, 3])
+    assert await row_counts(conn) == {"sessions": 1, "conversations": 1, "messages": 2}
 
 
 async def test_invalid_cursor(store: SessionStore) -> None:

@@ -37,6 +37,7 @@ SELECT {_COLUMNS} FROM conversations
 WHERE continuation_id = $1 AND NOT EXISTS (SELECT 1 FROM ins)
 """
 GET_BY_ID = f"SELECT {_COLUMNS} FROM conversations WHERE id = $1"
+DELETE_CONVERSATION = "DELETE FROM conversations WHERE id = $1 RETURNING id"
 GET_BY_CONTINUATION = f"SELECT {_COLUMNS} FROM conversations WHERE continuation_id = $1"
 # One row per conversation, or one all-null row when the session has none: zero rows
 # means the session itself does not exist.
@@ -63,11 +64,14 @@ def conversation_missing(conversation_id: UUID) -> NotFoundError:
     return NotFoundError(f"conversation {conversation_id} not found")
 
 
-async def fetch_conversation(db: Database, query: str, conversation_id: object) -> Row:
+async def fetch_conversation(
+    db: Database, query: str, conversation_id: object, *, retry: bool = True
+) -> Row:
     """The row ``query`` (``$1``: the conversation's id) returns for the conversation;
-    ``InvalidInputError`` for a malformed id, ``NotFoundError`` when there is no row."""
+    ``InvalidInputError`` for a malformed id, ``NotFoundError`` when there is no row.
+    ``retry`` as for ``Database.run`` (off for writes)."""
     cid = v.uuid(conversation_id, "conversation_id")
-    row = await db.fetchrow(query, cid, retry=True)
+    row = await db.fetchrow(query, cid, retry=retry)
     if row is None:
         raise conversation_missing(cid)
     return row
@@ -123,6 +127,10 @@ class ConversationsRepository:
     async def get(self, conversation_id: UUID | str) -> Conversation:
         """The conversation; ``NotFoundError`` if absent."""
         return CONVERSATION.one(await fetch_conversation(self._db, GET_BY_ID, conversation_id))
+
+    async def delete(self, conversation_id: UUID | str) -> None:
+        """Delete the conversation and its messages; ``NotFoundError`` if absent."""
+        await fetch_conversation(self._db, DELETE_CONVERSATION, conversation_id, retry=False)
 
     async def get_by_continuation_id(self, continuation_id: str) -> Conversation:
         """The conversation with this continuation id; ``NotFoundError`` if absent."""

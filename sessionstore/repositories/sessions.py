@@ -9,6 +9,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 from .. import validation as v
+from ..batches import delete_in_batches
 from ..cache import SessionCache
 from ..db import Connection, Database
 from ..errors import (
@@ -74,14 +75,25 @@ LIMIT $5
 LIST_SESSIONS = _LIST.format(owner="user_id = $1")
 # Every user's sessions (the service path; under RLS only the caller's are visible).
 LIST_ALL_SESSIONS = _LIST.format(owner="$1::text IS NULL")
-DELETE_SESSION = "DELETE FROM sessions WHERE id = $1 RETURNING id"
+# $2: keep the conversations (detached, the original behaviour) instead of deleting them
+# with their messages (ON DELETE CASCADE), in the same statement.
+DELETE_SESSION = """
+WITH conversations_gone AS (
+    DELETE FROM conversations WHERE session_id = $1 AND NOT $2
+)
+DELETE FROM sessions WHERE id = $1 RETURNING id
+"""
 # Bounded and skipping locked rows, so concurrent writers and a second cleaner are
 # never blocked for long.
+# $1: also delete the sessions' conversations and their messages. $2: the batch size.
 CLEANUP_BATCH = f"""
 WITH doomed AS (
     SELECT id FROM sessions WHERE {cleanup_due()}
-    LIMIT $1
+    LIMIT $2
     FOR UPDATE SKIP LOCKED
+),
+conversations_gone AS (
+    DELETE FROM conversations c USING doomed WHERE $1 AND c.session_id = doomed.id
 )
 DELETE FROM sessions s USING doomed WHERE s.id = doomed.id
 """
@@ -245,33 +257,39 @@ class SessionsRepository:
         rows = await self._db.fetch(query, uid, status_, after_at, after_id, size + 1, retry=True)
         return make_page(SESSION.many(rows), size, lambda s: (s.created_at, s.id))
 
-    async def delete(self, session_id: UUID | str) -> None:
-        """Delete the session; its conversations stay, with ``session_id`` set to null."""
+    async def delete(self, session_id: UUID | str, *, keep_conversations: bool = False) -> None:
+        """Delete the session with its conversations and their messages, in one statement.
+
+        ``keep_conversations=True`` keeps them instead, detached (``session_id`` null):
+        the original schema's behaviour. ``NotFoundError`` if there is no such session.
+        """
         sid = v.uuid(session_id, "session_id")
+        keep = v.flag(keep_conversations, "keep_conversations")
         self._forget(sid)
-        if await self._db.fetchval(DELETE_SESSION, sid) is None:
+        if await self._db.fetchval(DELETE_SESSION, sid, keep) is None:
             raise NotFoundError(f"session {sid} not found")
 
     async def cleanup_expired(
-        self, *, batch_size: int = 1000, on_progress: Callable[[int], None] | None = None
+        self,
+        *,
+        batch_size: int = 1000,
+        on_progress: Callable[[int], None] | None = None,
+        delete_conversations: bool = False,
     ) -> int:
         """Delete expired sessions (not completed ones) in batches; return how many.
 
-        Same rule as the original ``cleanup_expired_sessions()``. Each batch is its own
-        short transaction that skips rows other transactions hold (``SKIP LOCKED``), so
-        writers are never blocked for long and concurrent cleaners never delete a row
-        twice. ``on_progress`` is called with the running total after each batch.
+        Same rule as the original ``cleanup_expired_sessions()``, which leaves the
+        sessions' conversations in place (detached); ``delete_conversations=True`` deletes
+        them and their messages too. Each batch is its own short transaction that skips
+        rows other transactions hold (``SKIP LOCKED``), so writers are never blocked for
+        long and concurrent cleaners never delete a row twice. ``on_progress`` is called
+        with the running total after each batch.
         """
         size = v.limit(batch_size, "batch_size", maximum=100_000)
-        total = 0
-        while True:
-            status = await self._db.run(lambda conn: conn.execute(CLEANUP_BATCH, size))
-            deleted = int(status.rsplit(" ", 1)[-1])
-            total += deleted
-            if deleted and on_progress is not None:
-                on_progress(total)
-            if deleted < size:
-                break
+        cascade = v.flag(delete_conversations, "delete_conversations")
+        total = await delete_in_batches(
+            self._db, CLEANUP_BATCH, cascade, size=size, on_progress=on_progress
+        )
         if total and self._cache is not None:
             self._cache.clear()
         if total:
