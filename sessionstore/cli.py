@@ -174,7 +174,7 @@ def _print_status(config: StoreConfig, s: Status) -> None:
         table.add_row(
             f"RLS {name}", ("on" if on else "OFF") + (f", missing {missing}" if missing else "")
         )
-    table.add_row("anon can read", ", ".join(s.anon_readable) or "nothing")
+    table.add_row("API roles can reach", ", ".join(s.exposed) or "nothing")
     table.add_row("pool", s.pool)
     console.print(table)
     for problem in s.problems:
@@ -308,7 +308,7 @@ def demo(
     console.print("next:")
     console.print("  export SESSIONSTORE_DATABASE_URL=postgresql://USER:PASSWORD@HOST:5432/DB")
     console.print("  sessionstore migrate        # the schema, on your database")
-    console.print("  sessionstore status         # revisions, RLS, anon access")
+    console.print("  sessionstore status         # revisions, RLS, API-role access")
     console.print("  python3 dev.py test         # the test suite (see README.md)")
 
 

@@ -10,9 +10,12 @@ from .db import connect_direct
 from .errors import translate_errors
 from .migrations import head_revision, pending_revisions
 
-__all__ = ["EXPECTED_POLICIES", "TABLES", "Status", "check"]
+__all__ = ["API_ROLES", "EXPECTED_POLICIES", "TABLES", "Status", "check"]
 
-TABLES = ("sessions", "conversations", "messages")
+#: Every table sessionstore creates, Alembic's version table included.
+TABLES = ("sessions", "conversations", "messages", "alembic_version")
+#: The roles Supabase's API switches to for the anon and user keys.
+API_ROLES = ("anon", "authenticated")
 EXPECTED_POLICIES = {
     "sessions": {
         "sessions_select_own",
@@ -23,13 +26,16 @@ EXPECTED_POLICIES = {
     },
     "conversations": {"conversations_own", "conversations_service_role_all"},
     "messages": {"messages_own", "messages_service_role_all"},
+    "alembic_version": set(),  # row-level security with no policy: no API role sees a row
 }
 
 TABLE_STATE = """
 SELECT c.relname, c.relrowsecurity,
        coalesce(array_agg(p.policyname) FILTER (WHERE p.policyname IS NOT NULL), '{}') AS policies,
-       CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon')
-            THEN has_table_privilege('anon', c.oid, 'SELECT') END AS anon_select
+       ARRAY(SELECT r.rolname FROM pg_roles r
+             WHERE r.rolname = ANY($2::text[])
+               AND has_table_privilege(r.oid, c.oid, 'SELECT,INSERT,UPDATE,DELETE')
+             ORDER BY r.rolname) AS api_roles
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = current_schema()
 LEFT JOIN pg_policies p ON p.tablename = c.relname AND p.schemaname = n.nspname
@@ -49,7 +55,7 @@ class Status:
     pending: list[str]
     rls: dict[str, bool]
     missing_policies: dict[str, list[str]]
-    anon_readable: list[str]
+    exposed: list[str]
     pool: str
     problems: list[str] = field(default_factory=list)
 
@@ -66,7 +72,7 @@ async def check(config: StoreConfig) -> Status:
                 if has_versions
                 else None
             )
-            rows = await conn.fetch(TABLE_STATE, list(TABLES))
+            rows = await conn.fetch(TABLE_STATE, list(TABLES), list(API_ROLES))
         finally:
             await conn.close()
     head = head_revision()
@@ -80,8 +86,11 @@ async def check(config: StoreConfig) -> Status:
         missing_policies={
             r["relname"]: sorted(EXPECTED_POLICIES[r["relname"]] - set(r["policies"])) for r in rows
         },
-        anon_readable=sorted(
-            r["relname"] for r in rows if r["anon_select"] and not r["relrowsecurity"]
+        exposed=sorted(
+            f"{role}: {r['relname']}"
+            for r in rows
+            if not r["relrowsecurity"]
+            for role in r["api_roles"]
         ),
         pool=f"min_size={config.min_size} max_size={config.max_size} "
         f"statement cache {'off' if config.effective_pooler == 'transaction' else 'on'}",
@@ -98,6 +107,9 @@ async def check(config: StoreConfig) -> Status:
         if status.missing_policies[table] and current == head:
             missing = ", ".join(status.missing_policies[table])
             status.problems.append(f"{table} is missing policies: {missing}")
-    for table in status.anon_readable:
-        status.problems.append(f"anon can read {table} (it has SELECT and no row-level security)")
+    for entry in status.exposed:
+        role, table = entry.split(": ")
+        status.problems.append(
+            f"{role} can read or change {table} (it has privileges and no row-level security)"
+        )
     return status

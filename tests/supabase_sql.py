@@ -3,27 +3,42 @@ existing deployments created (written from the facts in design.md, "The original
 
 from __future__ import annotations
 
-# Roles are cluster-wide; creating them is idempotent.
-ROLES = """
+# Roles are cluster-wide; creating them is idempotent, and existing ones are brought to
+# Supabase's attributes: the API roles inherit (INHERIT, the default), service_role
+# bypasses row-level security, and authenticator — the login PostgREST uses — does not
+# inherit, so it holds no privilege until it switches role. (Supabase's own `postgres`
+# is NOSUPERUSER BYPASSRLS; the stores under test connect as the server's admin role.)
+AUTHENTICATOR_PASSWORD = "authenticator-test"
+ROLES = f"""
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'anon') THEN
-        CREATE ROLE anon NOLOGIN NOINHERIT;
+        CREATE ROLE anon NOLOGIN;
     END IF;
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN
-        CREATE ROLE authenticated NOLOGIN NOINHERIT;
+        CREATE ROLE authenticated NOLOGIN;
     END IF;
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'service_role') THEN
-        CREATE ROLE service_role NOLOGIN NOINHERIT BYPASSRLS;
+        CREATE ROLE service_role NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticator') THEN
+        CREATE ROLE authenticator LOGIN;
     END IF;
 END
 $$;
+ALTER ROLE anon NOLOGIN INHERIT;
+ALTER ROLE authenticated NOLOGIN INHERIT;
+ALTER ROLE service_role NOLOGIN INHERIT BYPASSRLS;
+ALTER ROLE authenticator LOGIN NOINHERIT PASSWORD '{AUTHENTICATOR_PASSWORD}';
+GRANT anon, authenticated, service_role TO authenticator;
 GRANT anon, authenticated, service_role TO CURRENT_USER;
 """
 
-# Per database: the auth schema as Supabase defines it, and Supabase's default
-# privileges, which grant every new table to anon and authenticated: a table without
-# a policy is then readable, so a missing policy shows up as a leak in the tests.
+# Per database: the auth schema as Supabase defines it (supabase/auth's migrations: the
+# old per-claim settings and the claims document both work), and Supabase's default
+# privileges, which grant every new table, sequence and function in public to the API
+# roles: a table without row-level security is then open to the anon key, so a missing
+# lock shows up as a leak in the tests.
 AUTH_AND_GRANTS = """
 CREATE SCHEMA IF NOT EXISTS auth;
 CREATE OR REPLACE FUNCTION auth.jwt() RETURNS jsonb LANGUAGE sql STABLE AS $$
@@ -33,15 +48,21 @@ CREATE OR REPLACE FUNCTION auth.jwt() RETURNS jsonb LANGUAGE sql STABLE AS $$
     )::jsonb
 $$;
 CREATE OR REPLACE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS $$
-    SELECT coalesce(
-        nullif(current_setting('request.jwt.claim.sub', true), ''),
-        (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')
+    SELECT nullif(
+        coalesce(
+            current_setting('request.jwt.claim.sub', true),
+            (current_setting('request.jwt.claims', true)::jsonb ->> 'sub')
+        ),
+        ''
     )::uuid
 $$;
 CREATE OR REPLACE FUNCTION auth.role() RETURNS text LANGUAGE sql STABLE AS $$
-    SELECT coalesce(
-        nullif(current_setting('request.jwt.claim.role', true), ''),
-        (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'role')
+    SELECT nullif(
+        coalesce(
+            current_setting('request.jwt.claim.role', true),
+            (current_setting('request.jwt.claims', true)::jsonb ->> 'role')
+        ),
+        ''
     )::text
 $$;
 GRANT USAGE ON SCHEMA public, auth TO anon, authenticated, service_role;

@@ -42,7 +42,7 @@ async def test_migrate_status_downgrade(empty_dsn: str) -> None:
     assert down.exit_code == 0, down.output
     behind = await cli("status", "--dsn", empty_dsn)
     assert behind.exit_code == 1
-    assert "2 migration(s) pending: run `sessionstore migrate`" in text(behind)
+    assert "3 migration(s) pending: run `sessionstore migrate`" in text(behind)
 
 
 async def test_migrate_sql_prints_without_running() -> None:
@@ -66,7 +66,8 @@ async def test_status_flags_a_missing_policy_and_an_anon_readable_table(
     assert result.exit_code == 1
     assert "messages is missing policies: messages_own" in text(result)
     assert "row-level security is off on conversations" in text(result)
-    assert "anon can read conversations" in text(result)
+    assert "anon can read or change conversations" in text(result)
+    assert "authenticated can read or change conversations" in text(result)
 
 
 async def test_migrate_refuses_a_transaction_pooler() -> None:
