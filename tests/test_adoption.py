@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -214,3 +214,99 @@ async def _check_adopted_rows_only(dsn: str) -> None:
         assert await conn.fetchval("SELECT version_num FROM alembic_version") == head_revision()
     finally:
         await conn.close()
+
+
+OLD = datetime(2025, 1, 2, tzinfo=UTC)
+
+
+async def test_adoption_changes_no_existing_value(original_dsn: str) -> None:
+    conn = await asyncpg.connect(original_dsn)
+    try:
+        # the original's triggers would stamp these updates; the setup sets them as-is
+        for table in ("sessions", "conversations"):
+            await conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+            await conn.execute(f"UPDATE {table} SET updated_at = $1", OLD)
+            await conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+        for mid, metadata in (
+            ("aaaaaaaa-0000-4000-8000-000000000001", '{"model": "glm-4.6", "tokens": 7}'),
+            ("aaaaaaaa-0000-4000-8000-00000000002a", '{"usage": {"total_tokens": 30}}'),
+            ("aaaaaaaa-0000-4000-8000-00000000002b", '{"tokens": "many"}'),  # not a count
+            ("aaaaaaaa-0000-4000-8000-000000000003", '{"token_count": 5}'),
+        ):
+            await conn.execute("UPDATE messages SET metadata = $2 WHERE id = $1", mid, metadata)
+        before = {
+            table: await conn.fetch(f"SELECT * FROM {table} ORDER BY id")
+            for table in ("sessions", "conversations", "messages")
+        }
+    finally:
+        await conn.close()
+    await asyncio.to_thread(upgrade, original_dsn)
+    conn = await asyncpg.connect(original_dsn)
+    try:
+        for table, rows in before.items():
+            after = await conn.fetch(f"SELECT * FROM {table} ORDER BY id")
+            for old, new in zip(rows, after, strict=True):
+                for column, value in old.items():
+                    if column == "metadata" and value is None:
+                        continue  # NULL metadata becomes '{}' (the column is NOT NULL now)
+                    assert new[column] == value, (table, column)
+        rows = await conn.fetch(
+            "SELECT id::text, tokens FROM messages WHERE conversation_id = $1",
+            "22222222-2222-4222-8222-222222222222",
+        )
+        tokens = {r["id"]: r["tokens"] for r in rows}
+        assert tokens == {
+            "aaaaaaaa-0000-4000-8000-000000000001": 7,
+            "aaaaaaaa-0000-4000-8000-00000000002a": 30,
+            "aaaaaaaa-0000-4000-8000-00000000002b": None,
+            "aaaaaaaa-0000-4000-8000-000000000003": 5,
+        }
+        assert (
+            await conn.fetchval(
+                "SELECT total_tokens FROM conversations WHERE continuation_id = 'cont-old'"
+            )
+            == 42
+        )
+    finally:
+        await conn.close()
+
+
+async def test_the_original_servers_writes_keep_working_at_head(original_dsn: str) -> None:
+    """Expand before contract: what the original save_conversation / save_message sent
+    still works after the upgrade, and gets its seq and counters from the database."""
+    await asyncio.to_thread(upgrade, original_dsn)
+    conn = await asyncpg.connect(original_dsn)
+    try:
+        # save_conversation: an upsert by continuation id
+        cid = await conn.fetchval(
+            "INSERT INTO conversations (continuation_id, title, metadata)"
+            " VALUES ('from-old-server', 'Conversation from-old', '{}')"
+            " ON CONFLICT (continuation_id) DO UPDATE SET title = EXCLUDED.title"
+            " RETURNING id"
+        )
+        # save_message: no seq, no tokens
+        for n in range(3):
+            await conn.execute(
+                "INSERT INTO messages (conversation_id, role, content, metadata)"
+                " VALUES ($1, 'assistant', $2, $3)",
+                cid,
+                f"old {n}",
+                '{"model": "kimi", "tokens": 10}',
+            )
+    finally:
+        await conn.close()
+    async with sessionstore.connect(original_dsn) as store:
+        turn = await store.add_turn("from-old-server", "user", "new", tokens=1)
+        assert turn.message.seq == 4
+        history = await store.messages.history(cid)
+        assert [(m.seq, m.content, m.tokens) for m in history] == [
+            (1, "old 0", 10),
+            (2, "old 1", 10),
+            (3, "old 2", 10),
+            (4, "new", 1),
+        ]
+        conv = await store.conversations.get(cid)
+        assert (conv.message_count, conv.total_tokens) == (4, 31)
+        # and the old per-session trigger still answers for the old cleanup function
+        old_existing = await store.conversations.get_by_continuation_id("cont-old")
+        assert old_existing.message_count == 4

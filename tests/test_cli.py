@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from sessionstore.cli import app, explain
-from sessionstore.migrations import upgrade
+from sessionstore.migrations import pending_revisions, upgrade
 
 from .servers import TestServer
 
@@ -42,7 +42,8 @@ async def test_migrate_status_downgrade(empty_dsn: str) -> None:
     assert down.exit_code == 0, down.output
     behind = await cli("status", "--dsn", empty_dsn)
     assert behind.exit_code == 1
-    assert "3 migration(s) pending: run `sessionstore migrate`" in text(behind)
+    pending = len(pending_revisions("0003_counters_and_order"))
+    assert f"{pending} migration(s) pending: run `sessionstore migrate`" in text(behind)
 
 
 async def test_migrate_sql_prints_without_running() -> None:

@@ -50,6 +50,7 @@ async def test_upgrade_downgrade_upgrade(empty_dsn: str) -> None:
         "function:update_sessions_updated_at",
         "function:cleanup_expired_sessions",
         "function:sessionstore_notify_session",
+        "function:sessionstore_append_original",
     }
     await asyncio.to_thread(downgrade, empty_dsn, "base")
     assert await _objects(empty_dsn) == set()
@@ -114,6 +115,7 @@ async def test_rls_policies_triggers_and_cleanup_function(conn: asyncpg.Connecti
         "trigger_sessions_updated_at",
         "sessions_notify_update",
         "sessions_notify_delete",
+        "sessionstore_append_original",
     }
     await conn.execute(
         """

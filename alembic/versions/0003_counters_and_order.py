@@ -15,6 +15,18 @@
   (nulls backfilled), and id defaults are aligned on ``gen_random_uuid()``.
 - Keyset-pagination indexes for listing a user's sessions and a session's conversations.
 
+Adoption changes no existing value: the backfills run with the tables' user triggers
+disabled (the original ``update_conversations_updated_at`` and
+``trigger_sessions_updated_at`` would stamp every backfilled row with a new
+``updated_at``), and ``messages.tokens`` is taken from the original metadata where it
+holds a count (see ``tokens_from_metadata``), so conversation totals start right.
+
+Expand before contract: in the same transaction that makes ``seq`` NOT NULL, a trigger
+gives a message inserted the original way (no ``seq``) its ``seq``, ``tokens`` from its
+metadata, and its conversation's counters, so a server still writing the original way
+keeps working during and after the upgrade (revision 0007 adds it to databases that
+passed this revision before it existed).
+
 Revision ID: 0003_counters_and_order
 Revises: 0002_sessions
 Create Date: 2026-11-24
@@ -30,7 +42,50 @@ branch_labels = None
 depends_on = None
 
 
+# The original stored token counts in messages.metadata under no fixed key; these are the
+# keys it and its clients used. Only a non-negative integer that fits is taken.
+def tokens_from_metadata(doc: str) -> str:
+    """The token count held in the jsonb ``doc``, or NULL."""
+    return f"""
+CASE WHEN jsonb_typeof({doc}) = 'object' THEN (
+    SELECT (k.v #>> '{{}}')::integer FROM (VALUES
+        (1, {doc} -> 'tokens'), (2, {doc} -> 'total_tokens'), (3, {doc} -> 'token_count'),
+        (4, {doc} -> 'usage' -> 'total_tokens')
+    ) AS k(pos, v)
+    WHERE jsonb_typeof(k.v) = 'number' AND (k.v #>> '{{}}') ~ '^[0-9]{{1,9}}$'
+    ORDER BY k.pos LIMIT 1
+) END
+"""
+
+
+# Appends a message inserted without seq the way sessionstore appends: lock the
+# conversation, bump its counters, take the new count as seq.
+ORIGINAL_WRITER_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION sessionstore_append_original() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.tokens IS NULL THEN
+        NEW.tokens := ({tokens_from_metadata("NEW.metadata")});
+    END IF;
+    UPDATE conversations
+    SET message_count = message_count + 1,
+        total_tokens = total_tokens + coalesce(NEW.tokens, 0),
+        last_message_at = greatest(last_message_at, coalesce(NEW.created_at, now()))
+    WHERE id = NEW.conversation_id
+    RETURNING message_count INTO NEW.seq;
+    RETURN NEW;
+END
+$$
+"""
+ORIGINAL_WRITER_TRIGGER = (
+    "CREATE TRIGGER sessionstore_append_original BEFORE INSERT ON messages"
+    " FOR EACH ROW WHEN (NEW.seq IS NULL) EXECUTE FUNCTION sessionstore_append_original()"
+)
+
+
 def upgrade() -> None:
+    for table in ("sessions", "conversations", "messages"):
+        op.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
     for table in ("sessions", "conversations", "messages"):
         op.execute(f"ALTER TABLE {table} ALTER COLUMN id SET DEFAULT gen_random_uuid()")
         op.execute(f"UPDATE {table} SET metadata = '{{}}'::jsonb WHERE metadata IS NULL")
@@ -58,6 +113,11 @@ def upgrade() -> None:
         """
     )
     op.execute(
+        "UPDATE messages SET tokens = t.tokens FROM (SELECT id, "
+        + tokens_from_metadata("metadata")
+        + " AS tokens FROM messages) t WHERE messages.id = t.id AND t.tokens IS NOT NULL"
+    )
+    op.execute(
         "ALTER TABLE messages ALTER COLUMN seq SET NOT NULL,"
         " ADD CONSTRAINT messages_tokens_check CHECK (tokens >= 0),"
         " ADD CONSTRAINT uq_messages_conversation_seq UNIQUE (conversation_id, seq)"
@@ -74,9 +134,10 @@ def upgrade() -> None:
     op.execute(
         """
         UPDATE conversations c
-        SET message_count = agg.n, last_message_at = agg.last_at
+        SET message_count = agg.n, last_message_at = agg.last_at, total_tokens = agg.tokens
         FROM (
-            SELECT conversation_id, max(seq) AS n, max(created_at) AS last_at
+            SELECT conversation_id, max(seq) AS n, max(created_at) AS last_at,
+                   coalesce(sum(tokens), 0) AS tokens
             FROM messages WHERE conversation_id IS NOT NULL
             GROUP BY conversation_id
         ) agg
@@ -101,9 +162,15 @@ def upgrade() -> None:
     op.execute(
         "CREATE INDEX idx_sessions_user_created ON sessions (user_id, created_at DESC, id DESC)"
     )
+    for table in ("sessions", "conversations", "messages"):
+        op.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+    op.execute(ORIGINAL_WRITER_FUNCTION)
+    op.execute(ORIGINAL_WRITER_TRIGGER)
 
 
 def downgrade() -> None:
+    op.execute("DROP TRIGGER IF EXISTS sessionstore_append_original ON messages")
+    op.execute("DROP FUNCTION IF EXISTS sessionstore_append_original()")
     op.execute("DROP INDEX idx_sessions_user_created")
     op.execute(
         "ALTER TABLE sessions"
