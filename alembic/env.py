@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from alembic import context
-from sessionstore.adoption import original_revision
+from sessionstore.adoption import original_revision, record_original
 from sessionstore.config import StoreConfig
 from sessionstore.db import connect_direct
 from sessionstore.schema import metadata
@@ -65,6 +65,7 @@ def _run_sync(connection: Connection) -> None:
         logger.warning("adopting the existing original schema as revision %s", adopted)
         with context.begin_transaction():
             context.get_context().stamp(ScriptDirectory.from_config(config), adopted)
+            record_original(connection, adopted)
     with context.begin_transaction():
         context.run_migrations()
 

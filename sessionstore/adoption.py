@@ -3,6 +3,7 @@ revisions it already matches instead of failing on "already exists"."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 from sqlalchemy import text
@@ -10,7 +11,7 @@ from sqlalchemy.engine import Connection
 
 from .errors import AdoptionError
 
-__all__ = ["AdoptionError", "original_revision"]
+__all__ = ["RECORD_KEY", "AdoptionError", "original_revision", "record_original"]
 
 logger = logging.getLogger("sessionstore")
 
@@ -51,3 +52,48 @@ def original_revision(connection: Connection) -> str | None:
     if "sessions" in tables and "session_id" in columns("conversations"):
         return "0002_sessions"
     return "0001_baseline"
+
+
+#: The key of the record :func:`record_original` keeps in the comment on alembic_version.
+RECORD_KEY = "sessionstore_adopted"
+_TABLES_SQL = "('sessions', 'conversations', 'messages')"
+# What the upgrade changes and an exact downgrade must put back: the id defaults, the
+# index definitions and the row-level-security policies, as the database deparses them.
+_SNAPSHOT = text(
+    f"""
+SELECT json_build_object(
+    'id_defaults', (
+        SELECT coalesce(json_object_agg(c.relname, pg_get_expr(d.adbin, d.adrelid)), '{{}}')
+        FROM pg_attrdef d
+        JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+        JOIN pg_class c ON c.oid = d.adrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = current_schema() AND c.relname IN {_TABLES_SQL} AND a.attname = 'id'
+    ),
+    'indexes', (
+        SELECT coalesce(json_object_agg(indexname, indexdef), '{{}}') FROM pg_indexes
+        WHERE schemaname = current_schema() AND tablename IN {_TABLES_SQL}
+    ),
+    'policies', (
+        SELECT coalesce(json_agg(json_build_object(
+            'name', policyname, 'table', tablename, 'permissive', permissive,
+            'roles', roles, 'cmd', cmd, 'qual', qual, 'with_check', with_check
+        ) ORDER BY tablename, policyname), '[]')
+        FROM pg_policies WHERE schemaname = current_schema() AND tablename IN {_TABLES_SQL}
+    )
+)::text
+"""
+)
+
+
+def record_original(connection: Connection, revision: str) -> None:
+    """Keep, in the comment on ``alembic_version``, the definitions the upgrade replaces
+    (id defaults, indexes, policies), so a downgrade to ``revision`` restores them exactly.
+
+    Called once, when an original database is adopted; the comment survives dumps.
+    """
+    snapshot = connection.execute(_SNAPSHOT).scalar_one()
+    record = json.dumps({RECORD_KEY: {"revision": revision, **json.loads(snapshot)}})
+    literal = connection.execute(text("SELECT quote_literal(:r)"), {"r": record}).scalar_one()
+    connection.exec_driver_sql(f"COMMENT ON TABLE alembic_version IS {literal}")
+    logger.info("recorded the original definitions for an exact downgrade to %s", revision)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -310,3 +312,55 @@ async def test_the_original_servers_writes_keep_working_at_head(original_dsn: st
         # and the old per-session trigger still answers for the old cleanup function
         old_existing = await store.conversations.get_by_continuation_id("cont-old")
         assert old_existing.message_count == 4
+
+
+CATALOG = """
+SELECT json_build_object(
+    'defaults', (
+        SELECT json_object_agg(c.relname || '.' || a.attname, pg_get_expr(d.adbin, d.adrelid))
+        FROM pg_attrdef d
+        JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+        JOIN pg_class c ON c.oid = d.adrelid
+        WHERE c.relname IN ('sessions', 'conversations', 'messages') AND a.attname = 'id'
+    ),
+    'indexes', (
+        SELECT json_object_agg(indexname, indexdef) FROM pg_indexes
+        WHERE tablename IN ('sessions', 'conversations', 'messages')
+    ),
+    'policies', (
+        SELECT json_agg(json_build_object('n', policyname, 'c', cmd, 'q', qual, 'w', with_check)
+                        ORDER BY policyname)
+        FROM pg_policies WHERE tablename IN ('sessions', 'conversations', 'messages')
+    )
+)::text
+"""
+
+
+async def _catalog(dsn: str) -> Any:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return json.loads(await conn.fetchval(CATALOG))
+    finally:
+        await conn.close()
+
+
+async def test_downgrade_to_the_adoption_point_is_exact(original_dsn: str) -> None:
+    """Defaults, policies and index definitions come back as they were before adoption,
+    including an index the original had on other columns than the baseline's."""
+    conn = await asyncpg.connect(original_dsn)
+    try:
+        await conn.execute("DROP INDEX idx_messages_conversation_id")
+        await conn.execute(
+            "CREATE INDEX idx_messages_conversation_id ON messages (conversation_id, created_at)"
+        )
+    finally:
+        await conn.close()
+    before = await _catalog(original_dsn)
+    assert before["defaults"]["conversations.id"] == "uuid_generate_v4()"
+    assert any("auth.uid()" in (p["q"] or "") for p in before["policies"])
+    await asyncio.to_thread(upgrade, original_dsn)
+    assert await _catalog(original_dsn) != before
+    await asyncio.to_thread(downgrade, original_dsn, "0002_sessions")
+    assert await _catalog(original_dsn) == before
+    await asyncio.to_thread(upgrade, original_dsn)  # and up again, rows intact
+    await _check_adopted(original_dsn)

@@ -15,6 +15,9 @@
   (nulls backfilled), and id defaults are aligned on ``gen_random_uuid()``.
 - Keyset-pagination indexes for listing a user's sessions and a session's conversations.
 
+On an adopted database the downgrade restores the id defaults and the index definition
+that adoption recorded (``sessionstore.adoption.record_original``).
+
 Adoption changes no existing value: the backfills run with the tables' user triggers
 disabled (the original ``update_conversations_updated_at`` and
 ``trigger_sessions_updated_at`` would stamp every backfilled row with a new
@@ -34,7 +37,10 @@ Create Date: 2026-11-24
 
 from __future__ import annotations
 
-from alembic import op
+import json
+from typing import Any
+
+from alembic import context, op
 
 revision = "0003_counters_and_order"
 down_revision = "0002_sessions"
@@ -81,6 +87,25 @@ ORIGINAL_WRITER_TRIGGER = (
     "CREATE TRIGGER sessionstore_append_original BEFORE INSERT ON messages"
     " FOR EACH ROW WHEN (NEW.seq IS NULL) EXECUTE FUNCTION sessionstore_append_original()"
 )
+
+
+def _recorded() -> dict[str, Any] | None:
+    """What adoption recorded of the original database (see sessionstore.adoption), or
+    None: not adopted, or SQL-only (offline) mode."""
+    if context.is_offline_mode():
+        return None
+    comment = (
+        op.get_bind()
+        .exec_driver_sql("SELECT obj_description('alembic_version'::regclass, 'pg_class')")
+        .scalar()
+    )
+    if not isinstance(comment, str):
+        return None
+    try:
+        record = json.loads(comment)["sessionstore_adopted"]
+    except (TypeError, ValueError, KeyError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def upgrade() -> None:
@@ -184,7 +209,15 @@ def downgrade() -> None:
         "ALTER TABLE conversations"
         " DROP COLUMN total_tokens, DROP COLUMN last_message_at, DROP COLUMN message_count"
     )
-    op.execute("CREATE INDEX idx_messages_conversation_id ON messages (conversation_id)")
+    recorded = _recorded()
+    if recorded is None:
+        op.execute("CREATE INDEX idx_messages_conversation_id ON messages (conversation_id)")
+    else:  # an adopted database: its own definitions, exactly
+        index = recorded["indexes"].get("idx_messages_conversation_id")
+        if index is not None:
+            op.execute(index)
+        for table, default in recorded["id_defaults"].items():
+            op.execute(f'ALTER TABLE "{table}" ALTER COLUMN id SET DEFAULT {default}')
     op.execute(
         "ALTER TABLE messages"
         " DROP CONSTRAINT uq_messages_conversation_seq,"

@@ -16,6 +16,10 @@ Like 0002, the policies read ``request.jwt.claims`` directly (what Supabase's
 ``TO authenticated`` clause either, for the same reason: that role exists only on
 Supabase; without claims the expressions are NULL and match nothing.
 
+On an adopted database the downgrade restores the session policies exactly as adoption
+recorded them (``sessionstore.adoption.record_original``), the original ``auth.uid()``
+text included.
+
 Revision ID: 0004_rls_by_owner
 Revises: 0003_counters_and_order
 Create Date: 2026-11-24
@@ -23,7 +27,10 @@ Create Date: 2026-11-24
 
 from __future__ import annotations
 
-from alembic import op
+import json
+from typing import Any
+
+from alembic import context, op
 
 revision = "0004_rls_by_owner"
 down_revision = "0003_counters_and_order"
@@ -100,6 +107,43 @@ def _drop_session_policies() -> None:
         op.execute(f"DROP POLICY IF EXISTS {name} ON sessions")
 
 
+def _recorded() -> dict[str, Any] | None:
+    """What adoption recorded of the original database (see sessionstore.adoption), or
+    None: not adopted, or SQL-only (offline) mode."""
+    if context.is_offline_mode():
+        return None
+    comment = (
+        op.get_bind()
+        .exec_driver_sql("SELECT obj_description('alembic_version'::regclass, 'pg_class')")
+        .scalar()
+    )
+    if not isinstance(comment, str):
+        return None
+    try:
+        record = json.loads(comment)["sessionstore_adopted"]
+    except (TypeError, ValueError, KeyError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _quoted(name: str) -> str:
+    return "PUBLIC" if name == "public" else '"' + name.replace('"', '""') + '"'
+
+
+def _policy(p: dict[str, Any]) -> str:
+    """CREATE POLICY for a policy as pg_policies described it."""
+    roles = ", ".join(_quoted(r) for r in p["roles"])
+    sql = (
+        f"CREATE POLICY {_quoted(p['name'])} ON {_quoted(p['table'])}"
+        f" AS {p['permissive']} FOR {p['cmd']} TO {roles}"
+    )
+    if p["qual"] is not None:
+        sql += f" USING ({p['qual']})"
+    if p["with_check"] is not None:
+        sql += f" WITH CHECK ({p['with_check']})"
+    return sql
+
+
 def upgrade() -> None:
     _drop_session_policies()
     for policy in SESSION_POLICIES:
@@ -116,5 +160,11 @@ def downgrade() -> None:
     for table in ("conversations", "messages"):
         op.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
     _drop_session_policies()
-    for policy in PER_ROW_SESSION_POLICIES:
-        op.execute(policy)
+    recorded = _recorded()
+    if recorded is None:
+        for policy in PER_ROW_SESSION_POLICIES:
+            op.execute(policy)
+        return
+    for p in recorded["policies"]:  # an adopted database: its own policies, exactly
+        if p["table"] == "sessions" and p["name"] in SESSION_POLICY_NAMES:
+            op.execute(_policy(p))
