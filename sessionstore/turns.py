@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Unpack
+from typing import NoReturn, Unpack
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 
 from . import validation as v
 from .db import Connection, Database
-from .errors import ConflictError, translate_errors
+from .errors import ConflictError, PermissionDeniedError, translate_errors
 from .lifecycle import Attempt, raise_session_miss
 from .models import AddTurnOptions, Conversation, Message, Role, Session, TurnOptions
 from .repositories.conversations import CONVERSATION
@@ -92,7 +92,8 @@ FROM stored
 JOIN conversations c ON c.id = stored.m_conversation_id
 LEFT JOIN sessions s ON s.id = $2
 """
-# Why a turn matched nothing although its session may be fine: who owns the conversation.
+# Why a turn matched nothing: the session refused it, or else the conversation did.
+TAKES_TURNS = f"SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND {accepts_turns()})"
 OWNER = "SELECT session_id FROM conversations WHERE continuation_id = $1"
 
 # Under RLS the policies' subqueries see the statement's snapshot, which does not hold
@@ -239,6 +240,21 @@ def _same_turn(
         )
 
 
+async def _explain_refusal(conn: Connection, cont: str, sid: UUID, *, scoped: bool) -> NoReturn:
+    """Raise why a turn matched nothing: its session, else its conversation."""
+    if not await conn.fetchval(TAKES_TURNS, sid):
+        await raise_session_miss(conn, Attempt(sid, "add a turn to"))
+    if scoped and await conn.fetchval(OWNER, cont) is None:
+        # Some PostgreSQL releases raise 42501 in the statement itself instead.
+        raise PermissionDeniedError(
+            f"conversation {cont!r} exists but is not visible to this user (nothing was written)"
+        )
+    raise ConflictError(
+        f"conversation {cont!r} belongs to another session; a turn of session {sid} "
+        "cannot be added to it (nothing was written)"
+    )
+
+
 async def add_turn(
     db: Database,
     continuation_id: str,
@@ -276,13 +292,7 @@ async def add_turn(
             row = await conn.fetchrow(ADD_TURN, *arguments)
         if row is None:
             assert sid is not None  # without a session the statement always writes
-            owner = await conn.fetchval(OWNER, cont)
-            if owner is not None and owner != sid:
-                raise ConflictError(
-                    f"conversation {cont!r} belongs to another session; a turn of session "
-                    f"{sid} cannot be added to it (nothing was written)"
-                )
-            await raise_session_miss(conn, Attempt(sid, "add a turn to"))
+            await _explain_refusal(conn, cont, sid, scoped=db.rls_scoped)
         turn = Turn.model_construct(
             message=MESSAGE.one(row, "m_"),
             conversation=CONVERSATION.one(row, "c_"),

@@ -8,6 +8,7 @@ import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -17,7 +18,7 @@ from sessionstore import SessionStore
 from sessionstore.migrations import upgrade
 
 from .servers import TestServer, test_server
-from .supabase_sql import AUTH_AND_GRANTS, ROLES
+from .supabase_sql import AUTH_AND_GRANTS, OWNER, OWNER_PASSWORD, ROLES
 
 _names = itertools.count()
 _RUN = f"{os.getpid()}"
@@ -66,10 +67,21 @@ async def _admin_on(server: TestServer, database: str | None, sql: str) -> str:
         await conn.close()
 
 
-async def create_database(server: TestServer, template: str | None = None) -> str:
+def as_supabase_postgres(dsn: str) -> str:
+    """``dsn`` logging in as the role that plays Supabase's ``postgres``: not a superuser,
+    bypasses row-level security, owns the Supabase-like databases (see supabase_sql)."""
+    parts = urlsplit(dsn)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{OWNER}:{OWNER_PASSWORD}@{host}"))
+
+
+async def create_database(
+    server: TestServer, template: str | None = None, *, owner: str | None = None
+) -> str:
     """A new, uniquely named database (a copy of ``template`` if given)."""
     name = f"sstest_{_RUN}_{next(_names)}"
     clause = f" TEMPLATE {template}" if template else ""
+    clause += f" OWNER {owner}" if owner else ""
     version = await _admin_on(server, None, f"CREATE DATABASE {name}{clause}")
     if len(_used) == 1:
         _used.append(version)
@@ -91,35 +103,39 @@ async def template_db(pg_server: TestServer) -> AsyncIterator[str]:
 
 
 async def _supabase_like(server: TestServer) -> str:
-    """A new database with Supabase's roles, auth schema and default grants."""
+    """A new database with Supabase's roles, auth schema and default grants, owned by the
+    role that plays Supabase's ``postgres``."""
     await _admin(server, ROLES)
-    name = await create_database(server)
+    name = await create_database(server, owner=OWNER)
     await _admin_on(server, name, AUTH_AND_GRANTS)
     return name
 
 
 @pytest.fixture(scope="session")
 async def supabase_template(pg_server: TestServer) -> AsyncIterator[str]:
-    """A Supabase-like database (roles, auth schema, default grants) migrated to head."""
+    """A Supabase-like database (roles, auth schema, default grants) migrated to head by
+    its owner, as `sessionstore migrate` runs on Supabase."""
     name = await _supabase_like(pg_server)
-    await asyncio.to_thread(upgrade, pg_server.admin_dsn_for(name))
+    await asyncio.to_thread(upgrade, as_supabase_postgres(pg_server.admin_dsn_for(name)))
     yield name
     await drop_database(pg_server, name)
 
 
 @pytest.fixture
 async def supabase_database(pg_server: TestServer, supabase_template: str) -> AsyncIterator[str]:
-    """A fresh Supabase-like database at head, for this test only."""
-    name = await create_database(pg_server, template=supabase_template)
+    """A fresh Supabase-like database at head, for this test only. Reach it as Supabase's
+    ``postgres`` with ``as_supabase_postgres(pg_server.dsn_for(name))``."""
+    name = await create_database(pg_server, template=supabase_template, owner=OWNER)
     yield name
     await drop_database(pg_server, name)
 
 
 @pytest.fixture
 async def supabase_like_empty(pg_server: TestServer) -> AsyncIterator[str]:
-    """A fresh Supabase-like database with no schema of ours; its direct DSN."""
+    """A fresh Supabase-like database with no schema of ours; its direct DSN as the role
+    that plays Supabase's ``postgres``."""
     name = await _supabase_like(pg_server)
-    yield pg_server.admin_dsn_for(name)
+    yield as_supabase_postgres(pg_server.admin_dsn_for(name))
     await drop_database(pg_server, name)
 
 

@@ -6,9 +6,13 @@ from __future__ import annotations
 # Roles are cluster-wide; creating them is idempotent, and existing ones are brought to
 # Supabase's attributes: the API roles inherit (INHERIT, the default), service_role
 # bypasses row-level security, and authenticator — the login PostgREST uses — does not
-# inherit, so it holds no privilege until it switches role. (Supabase's own `postgres`
-# is NOSUPERUSER BYPASSRLS; the stores under test connect as the server's admin role.)
+# inherit, so it holds no privilege until it switches role. Supabase's `postgres` is not
+# a superuser: it bypasses row-level security and owns the databases and tables. It
+# cannot be named postgres here (that is the test server's superuser), so OWNER plays
+# it: Supabase-like databases belong to it, and migrations and stores run as it.
 AUTHENTICATOR_PASSWORD = "authenticator-test"
+OWNER = "supabase_postgres"
+OWNER_PASSWORD = "supabase-postgres-test"
 ROLES = f"""
 DO $$
 BEGIN
@@ -24,8 +28,14 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticator') THEN
         CREATE ROLE authenticator LOGIN;
     END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{OWNER}') THEN
+        CREATE ROLE {OWNER} LOGIN;
+    END IF;
 END
 $$;
+ALTER ROLE {OWNER} LOGIN NOSUPERUSER BYPASSRLS CREATEDB CREATEROLE INHERIT
+    PASSWORD '{OWNER_PASSWORD}';
+GRANT anon, authenticated, service_role TO {OWNER};
 ALTER ROLE anon NOLOGIN INHERIT;
 ALTER ROLE authenticated NOLOGIN INHERIT;
 ALTER ROLE service_role NOLOGIN INHERIT BYPASSRLS;
@@ -39,7 +49,7 @@ GRANT anon, authenticated, service_role TO CURRENT_USER;
 # privileges, which grant every new table, sequence and function in public to the API
 # roles: a table without row-level security is then open to the anon key, so a missing
 # lock shows up as a leak in the tests.
-AUTH_AND_GRANTS = """
+AUTH_AND_GRANTS = f"""
 CREATE SCHEMA IF NOT EXISTS auth;
 CREATE OR REPLACE FUNCTION auth.jwt() RETURNS jsonb LANGUAGE sql STABLE AS $$
     SELECT coalesce(
@@ -67,11 +77,11 @@ CREATE OR REPLACE FUNCTION auth.role() RETURNS text LANGUAGE sql STABLE AS $$
 $$;
 GRANT USAGE ON SCHEMA public, auth TO anon, authenticated, service_role;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA auth TO anon, authenticated, service_role;
-ALTER DEFAULT PRIVILEGES IN SCHEMA public
+ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER} IN SCHEMA public
     GRANT ALL ON TABLES TO anon, authenticated, service_role;
-ALTER DEFAULT PRIVILEGES IN SCHEMA public
+ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER} IN SCHEMA public
     GRANT ALL ON SEQUENCES TO anon, authenticated, service_role;
-ALTER DEFAULT PRIVILEGES IN SCHEMA public
+ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER} IN SCHEMA public
     GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;
 """
 

@@ -11,6 +11,7 @@ from typer.testing import CliRunner, Result
 from sessionstore.cli import app, explain
 from sessionstore.migrations import pending_revisions, upgrade
 
+from .conftest import as_supabase_postgres
 from .servers import TestServer
 
 runner = CliRunner()
@@ -55,7 +56,7 @@ async def test_migrate_sql_prints_without_running() -> None:
 async def test_status_flags_a_missing_policy_and_an_anon_readable_table(
     pg_server: TestServer, supabase_database: str
 ) -> None:
-    dsn = pg_server.admin_dsn_for(supabase_database)
+    dsn = as_supabase_postgres(pg_server.admin_dsn_for(supabase_database))
     assert (await cli("status", "--dsn", dsn)).exit_code == 0
     conn = await asyncpg.connect(dsn)
     try:

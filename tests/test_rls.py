@@ -21,7 +21,7 @@ from sessionstore import (
     UserView,
 )
 
-from .conftest import store_overrides
+from .conftest import as_supabase_postgres, store_overrides
 from .helpers import row_counts
 from .servers import TestServer
 
@@ -44,7 +44,7 @@ class World:
 async def world(pg_server: TestServer, supabase_database: str) -> AsyncIterator[World]:
     conn = await asyncpg.connect(pg_server.admin_dsn_for(supabase_database))
     async with sessionstore.connect(
-        pg_server.dsn_for(supabase_database), **store_overrides()
+        as_supabase_postgres(pg_server.dsn_for(supabase_database)), **store_overrides()
     ) as store:
         a = await store.sessions.create(ALICE)
         b = await store.sessions.create(BOB)
@@ -198,7 +198,8 @@ async def test_released_connection_carries_nothing(
     pg_server: TestServer, supabase_database: str
 ) -> None:
     overrides = {**store_overrides(), "min_size": 1, "max_size": 1}
-    async with sessionstore.connect(pg_server.dsn_for(supabase_database), **overrides) as store:
+    dsn = as_supabase_postgres(pg_server.dsn_for(supabase_database))
+    async with sessionstore.connect(dsn, **overrides) as store:
         await store.sessions.create(BOB)
         alice = store.as_user(ALICE)
         await alice.sessions.create(ALICE)

@@ -13,6 +13,7 @@ import pytest
 
 from sessionstore.migrations import downgrade, upgrade
 
+from .conftest import as_supabase_postgres
 from .servers import TestServer
 from .supabase_sql import AUTHENTICATOR_PASSWORD
 from .test_cli import cli, text
@@ -26,8 +27,9 @@ def _as_authenticator(dsn: str) -> str:
 
 @pytest.fixture
 def admin(pg_server: TestServer, supabase_database: str) -> str:
-    """A direct DSN, as the owner, of a fresh Supabase-like database at head."""
-    return pg_server.admin_dsn_for(supabase_database)
+    """A direct DSN, as Supabase's postgres (the owner), of a fresh Supabase-like
+    database at head."""
+    return as_supabase_postgres(pg_server.admin_dsn_for(supabase_database))
 
 
 async def _api(dsn: str, role: str) -> asyncpg.Connection:
