@@ -26,7 +26,10 @@ def test_example_is_at_most_20_lines_of_code() -> None:
 async def test_readme_example_runs_unchanged_and_again(dsn: str) -> None:
     """Also a second time on the same database: its output once grew to four messages,
     because a second session's turns landed in the first one's conversation."""
-    env = {**os.environ, "SESSIONSTORE_DATABASE_URL": dsn}
+    # Behind the CI's PgBouncer (port 6432, not Supabase's 6543) a user sets the pooler
+    # mode, as docs/configuration.md says; the example reads it from the environment.
+    pooler = os.environ.get("SESSIONSTORE_TEST_POOLER", "auto")
+    env = {**os.environ, "SESSIONSTORE_DATABASE_URL": dsn, "SESSIONSTORE_POOLER": pooler}
     for _ in range(2):
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
