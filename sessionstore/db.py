@@ -9,7 +9,6 @@ by :func:`sessionstore.errors.translate_errors`.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -18,6 +17,7 @@ from typing import Any, TypeVar
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from . import jsonb
 from .config import StoreConfig, redact_dsn
 from .errors import (
     InvalidInputError,
@@ -100,16 +100,6 @@ async def connect_direct(
         return await asyncpg.connect(**arguments)
 
 
-def _encode_json(value: Any) -> str:
-    # Repositories pass metadata already serialised (validation needs the text anyway).
-    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-
-
-def _decode_json(text: str) -> Any:
-    # Most metadata is the column default; skip the parser for it (one per message row).
-    return {} if text == "{}" else json.loads(text)
-
-
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Pool reset hook: deliberately nothing.
 
@@ -135,7 +125,7 @@ class Pool:
     async def _init_connection(self, conn: asyncpg.Connection) -> None:
         for type_name in ("jsonb", "json"):
             await conn.set_type_codec(
-                type_name, encoder=_encode_json, decoder=_decode_json, schema="pg_catalog"
+                type_name, encoder=jsonb.encode, decoder=jsonb.decode, schema="pg_catalog"
             )
         if self._configure is not None:
             await self._configure(conn)

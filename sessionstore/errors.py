@@ -155,6 +155,11 @@ def _from_postgres(exc: asyncpg.PostgresError) -> SessionStoreError:
         field = (
             getattr(exc, "column_name", None) or getattr(exc, "constraint_name", None) or "value"
         )
+        if state.startswith("22"):
+            # Data errors quote the value after a colon ('invalid input syntax for type
+            # uuid: "…"', and the driver's own 'invalid input for query argument $4:
+            # <value> (…)'): the value may be a message or a secret, so it is cut.
+            message = message.split(": ", 1)[0]
         return InvalidInputError(field, f"rejected by the database: {message}", sqlstate=state)
     return SessionStoreError(f"database error {state}: {message}", sqlstate=state or None)
 

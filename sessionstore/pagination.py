@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypeVar
 from uuid import UUID
 
@@ -29,11 +29,13 @@ def decode_cursor(cursor: str | None) -> tuple[datetime | None, UUID | None]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         stamp, _, row_id = base64.urlsafe_b64decode(padded.encode()).decode().partition("|")
+        # Python's and PostgreSQL's ranges differ: only an aware time that stays in
+        # Python's range in UTC is a time this listing could have produced.
         created_at = datetime.fromisoformat(stamp)
         if created_at.tzinfo is None:
             raise ValueError("naive timestamp")
-        return created_at, UUID(row_id)
-    except (ValueError, UnicodeDecodeError, TypeError):
+        return created_at.astimezone(UTC), UUID(row_id)
+    except (ValueError, UnicodeDecodeError, TypeError, OverflowError):
         raise InvalidInputError("cursor", "is not a cursor returned by this listing") from None
 
 

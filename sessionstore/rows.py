@@ -9,9 +9,10 @@ shift the fields.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from enum import StrEnum
 from operator import itemgetter
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, get_args
 
 import asyncpg
 from pydantic import BaseModel
@@ -26,6 +27,25 @@ M = TypeVar("M", bound=BaseModel)
 E = TypeVar("E", bound=StrEnum)
 
 
+# Python's datetime ends at year 9999 and starts at year 1; PostgreSQL's timestamptz goes
+# far beyond both and has ±infinity. A row another client wrote outside Python's range
+# must still read (asyncpg would raise OverflowError, and decodes infinity as a naive
+# datetime): such times are read as the nearest end of Python's range. NULL stays NULL.
+_EARLIEST = "'0001-01-01 00:00:00+00'::timestamptz"
+_LATEST = "'9999-12-31 23:59:59.999999+00'::timestamptz"
+
+
+def _readable_time(expr: str) -> str:
+    return (
+        f"CASE WHEN {expr} > {_LATEST} THEN {_LATEST} "
+        f"WHEN {expr} < {_EARLIEST} THEN {_EARLIEST} ELSE {expr} END"
+    )
+
+
+def _is_time(annotation: Any) -> bool:
+    return annotation is datetime or datetime in get_args(annotation)
+
+
 def members(kind: type[E]) -> Callable[[str], E]:
     """A ``convert`` function from a string enum's value to its member (a dict lookup:
     cheaper than calling the enum, once per row and field)."""
@@ -38,7 +58,8 @@ class Columns(Generic[M]):
 
     ``computed`` maps a name to a function of the table alias that returns the SQL
     expression producing it; ``convert`` maps a name to a function applied to its value
-    (e.g. :func:`members` of an enum).
+    (e.g. :func:`members` of an enum). Times outside Python's ``datetime`` range (years
+    1 to 9999 in UTC, and ±infinity) are read as the nearest end of that range.
     """
 
     def __init__(
@@ -51,6 +72,10 @@ class Columns(Generic[M]):
         self.model = model
         self.names = names or tuple(model.model_fields)
         self._computed = dict(computed or {})
+        fields = model.model_fields
+        self._times = frozenset(
+            name for name in self.names if name in fields and _is_time(fields[name].annotation)
+        )
         self._convert_items = tuple((convert or {}).items())
         self._getters: dict[str, Callable[[Any], tuple[Any, ...]]] = {}
 
@@ -62,6 +87,8 @@ class Columns(Generic[M]):
                 expr = self._computed[name](alias)
             else:
                 expr = f"{alias}.{name}" if alias else name
+            if name in self._times:
+                expr = _readable_time(expr)
             parts.append(f"{expr} AS {prefix}{name}")
         return ", ".join(parts)
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import enum
 import json
+import math
+import sys
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final, NamedTuple, TypeVar
 from uuid import UUID
 
@@ -18,6 +20,9 @@ from .models import MessageRole, SessionStatus
 
 __all__ = [
     "MAX_LIMIT",
+    "MAX_METADATA_BYTES",
+    "MAX_METADATA_DEPTH",
+    "MAX_TTL",
     "UNSET",
     "CheckedMessage",
     "Unset",
@@ -39,6 +44,18 @@ __all__ = [
 
 MAX_LIMIT = 1000
 MAX_IDENTIFIER = 255
+#: Nesting of a metadata object (the object itself is level 1). Far beyond real use, far
+#: below what recursive JSON code in Python (about 1,000) and PostgreSQL (a few thousand
+#: with the default ``max_stack_depth``) can take.
+MAX_METADATA_DEPTH = 100
+#: A metadata object's size as UTF-8 JSON text.
+MAX_METADATA_BYTES = 8 * 1024 * 1024
+#: The longest ``ttl``: any expiry it gives stays far inside Python's ``datetime`` range
+#: (year 9999), so every stored ``expires_at`` can be read back. No expiry: ``ttl=None``.
+MAX_TTL = timedelta(days=1000 * 365)
+#: jsonb keeps numbers as ``numeric``, which prints a float of 1e16 or more without a
+#: decimal point or exponent (1e16 -> 10000000000000000): it would read back as an int.
+_FLOAT_AS_INT = 1e16
 _INT4_MAX = 2**31 - 1
 
 
@@ -51,17 +68,38 @@ def uuid(value: object, field: str) -> UUID:
             return UUID(value)
         except ValueError:
             pass
-    raise InvalidInputError(field, f"must be a UUID or its string form, got {value!r:.60}")
+    raise InvalidInputError(field, f"must be a UUID or its string form, got {_shape(value)}")
+
+
+def _shape(value: object) -> str:
+    """What a refused value is, without its content (which may be private)."""
+    if isinstance(value, str | bytes):
+        return f"a {type(value).__name__} of length {len(value)}"
+    return type(value).__name__
+
+
+def _check_text(value: str, field: str, where: str = "") -> None:
+    # Postgres text holds neither NUL nor anything that is not UTF-8 (a lone surrogate
+    # such as "\ud800" cannot be encoded); refusing here keeps the driver from quoting
+    # the value in its own error.
+    if "\x00" in value:
+        raise InvalidInputError(field, f"must not contain NUL (\\x00) characters{where}")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise InvalidInputError(
+                field, f"must be valid UTF-8 text{where}: a lone surrogate at index {exc.start}"
+            ) from None
 
 
 def text(value: object, field: str, *, optional: bool = False) -> str | None:
-    """A string without NUL bytes (Postgres text cannot hold them)."""
+    """A string PostgreSQL ``text`` can hold: no NUL, no lone surrogate (valid UTF-8)."""
     if value is None and optional:
         return None
     if not isinstance(value, str):
         raise InvalidInputError(field, f"must be a string, got {type(value).__name__}")
-    if "\x00" in value:
-        raise InvalidInputError(field, "must not contain NUL (\\x00) characters")
+    _check_text(value, field)
     return value
 
 
@@ -87,7 +125,7 @@ def _member(members: Mapping[str, E], value: object, field: str) -> E:
     member = members.get(value) if isinstance(value, str) else None
     if member is None:
         allowed = ", ".join(members)
-        raise InvalidInputError(field, f"must be one of {allowed}, got {value!r:.60}")
+        raise InvalidInputError(field, f"must be one of {allowed}, got {_shape(value)}")
     return member
 
 
@@ -104,8 +142,13 @@ def status(value: object, field: str = "status") -> SessionStatus:
 def metadata_json(value: object, field: str = "metadata") -> str | None:
     """Serialise a JSON object for a jsonb column; ``None`` stays ``None``.
 
-    Rejects non-mappings, non-string keys, NaN/Infinity and ``\\u0000``, all of which
-    jsonb refuses or would change silently.
+    Only what reads back exactly is accepted: mappings with string keys, lists,
+    strings (no NUL, valid UTF-8; the six characters ``\\u0000`` are fine), ints,
+    finite floats below 1e16 in magnitude (jsonb would print larger ones as integers),
+    booleans and ``None``, nested at most :data:`MAX_METADATA_DEPTH` deep and at most
+    :data:`MAX_METADATA_BYTES` as UTF-8 JSON. Tuples are refused (they would read back
+    as lists). ``-0.0`` reads back as ``0.0`` (equal). The error names the path of the
+    offending value (``metadata.a[2]``), never the value.
     """
     if value is None:
         return None
@@ -113,15 +156,93 @@ def metadata_json(value: object, field: str = "metadata") -> str | None:
         raise InvalidInputError(
             field, f"must be a JSON object (a mapping), got {type(value).__name__}"
         )
-    if not all(isinstance(key, str) for key in value):
-        raise InvalidInputError(field, "keys must be strings")
+    plain = _plain_json(value, field)
     try:
-        encoded = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(field, f"must be JSON-serialisable: {exc}") from None
-    if "\\u0000" in encoded:
-        raise InvalidInputError(field, "must not contain NUL (\\u0000) characters")
+        encoded = json.dumps(plain, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    except ValueError:  # an int longer than Python will print or parse
+        limit_ = sys.get_int_max_str_digits()
+        raise InvalidInputError(
+            field, f"integers of more than {limit_} digits do not read back: pass a string"
+        ) from None
+    if len(encoded) > MAX_METADATA_BYTES or len(encoded.encode()) > MAX_METADATA_BYTES:
+        raise InvalidInputError(field, f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
     return encoded
+
+
+#: A container still to copy: (source, its plain copy, its path, its depth).
+_Pending = tuple[object, dict[str, object] | list[object], str, int]
+
+
+def _plain_json(value: Mapping[object, object], field: str) -> dict[str, object]:
+    """``value`` checked all the way down, as plain dicts and lists (``json.dumps`` takes
+    no other mapping). Iterative, so a hostile depth raises the depth error, not
+    ``RecursionError``. Refusals name ``field`` and, in the rule, the path to the value."""
+    root: dict[str, object] = {}
+    stack: list[_Pending] = [(value, root, "", 1)]
+    while stack:
+        source, target, path, depth = stack.pop()
+        if depth > MAX_METADATA_DEPTH:
+            raise InvalidInputError(field, f"nests deeper than {MAX_METADATA_DEPTH} levels")
+        if isinstance(target, dict):
+            assert isinstance(source, Mapping)
+            for key, item in source.items():
+                if not isinstance(key, str):
+                    raise InvalidInputError(
+                        field,
+                        f"keys must be strings, got a key of type {type(key).__name__}"
+                        f"{_at(path)} (it would be stored as a string, or merged)",
+                    )
+                where = f"{path}[{_key_text(key)}]"
+                _check_text(key, field, f" in a key{_at(path)}")
+                target[key] = _copy(item, field, where, depth, stack)
+        else:
+            assert isinstance(source, list)
+            for index, item in enumerate(source):
+                target.append(_copy(item, field, f"{path}[{index}]", depth, stack))
+    return root
+
+
+def _key_text(key: str) -> str:
+    # Keys name things; still, a path in an error shows at most a short ASCII form.
+    shown = json.dumps(key[:20])
+    return shown if len(key) <= 20 else shown[:-1] + '..."'
+
+
+def _at(path: str) -> str:
+    return f" at {path}" if path else ""
+
+
+def _copy(item: object, field: str, path: str, depth: int, stack: list[_Pending]) -> object:
+    if item is None or isinstance(item, bool | int):
+        return item
+    if isinstance(item, str):
+        _check_text(item, field, _at(path))
+        return item
+    if isinstance(item, float):
+        if not math.isfinite(item):
+            raise InvalidInputError(
+                field, f"numbers must be finite (not NaN or infinity){_at(path)}"
+            )
+        if abs(item) >= _FLOAT_AS_INT:
+            raise InvalidInputError(
+                field,
+                f"floats of 1e16 or more read back as integers{_at(path)}: pass an int or a string",
+            )
+        return item
+    container: dict[str, object] | list[object]
+    if isinstance(item, Mapping):
+        container = {}
+    elif isinstance(item, list):
+        container = []
+    else:
+        kind = type(item).__name__
+        why = "tuples read back as lists: pass a list" if isinstance(item, tuple) else kind
+        raise InvalidInputError(
+            field,
+            f"must hold only mappings, lists, str, int, float, bool or None{_at(path)}: {why}",
+        )
+    stack.append((item, container, path, depth + 1))
+    return container
 
 
 def tokens(value: object, field: str = "tokens", *, optional: bool = True) -> int | None:
@@ -183,15 +304,24 @@ def aware_datetime(value: object, field: str, *, optional: bool = True) -> datet
         raise InvalidInputError(field, f"must be a datetime, got {type(value).__name__}")
     if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
         raise InvalidInputError(field, "must be timezone-aware (naive datetimes are ambiguous)")
-    return value
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInputError(
+            field, "must lie between the years 1 and 9999 in UTC (Python's datetime range)"
+        ) from None
 
 
 def ttl(value: object, field: str = "ttl") -> timedelta:
-    """A positive ``timedelta``."""
+    """A positive ``timedelta`` of at most :data:`MAX_TTL` (1,000 years)."""
     if not isinstance(value, timedelta):
         raise InvalidInputError(field, f"must be a timedelta, got {type(value).__name__}")
     if value <= timedelta(0):
         raise InvalidInputError(field, "must be positive")
+    if value > MAX_TTL:
+        raise InvalidInputError(
+            field, "must be at most 1000 years (pass ttl=None for a session that never expires)"
+        )
     return value
 
 

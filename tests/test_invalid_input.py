@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
@@ -17,6 +18,24 @@ from .helpers import row_counts
 Call = Callable[[Any, dict[str, Any]], Awaitable[object]]
 
 NOT_UUID = "not-a-uuid"
+#: Refused values carry this; no error text may repeat it.
+CANARY = "CANARY-PRIVATE-TEXT"
+LONE = CANARY + "\ud800"
+FAR_WEST = timezone(timedelta(hours=-14))
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    root: dict[str, Any] = {}
+    node = root
+    for _ in range(depth - 1):
+        node["a"] = {}
+        node = node["a"]
+    return root
+
+
+def _forged_cursor(stamp: str) -> str:
+    raw = f"{stamp}|00000000-0000-0000-0000-000000000000".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 class Unserialisable:
@@ -133,6 +152,87 @@ CASES: list[tuple[str, str, Call]] = [
         "messages[0]",
         lambda st, ids: st.messages.add_many(ids["c"], ["x"]),
     ),
+    # issue 13, item 1: out-of-range times are refused before anything is committed
+    (
+        "ttl past year 9999",
+        "ttl",
+        lambda st, ids: st.sessions.create("u", ttl=timedelta(days=3_000_000)),
+    ),
+    ("ttl max", "ttl", lambda st, ids: st.sessions.create("u", ttl=timedelta.max)),
+    (
+        "extend past year 9999",
+        "ttl",
+        lambda st, ids: st.sessions.extend(ids["s"], timedelta(days=3_000_000)),
+    ),
+    (
+        "expires_at past year 9999 in UTC",
+        "expires_at",
+        lambda st, ids: st.sessions.create("u", expires_at=datetime.max.replace(tzinfo=FAR_WEST)),
+    ),
+    (
+        "cursor past year 9999 in UTC",
+        "cursor",
+        lambda st, ids: st.sessions.list(
+            user_id="u", cursor=_forged_cursor("9999-12-31T23:59:59-14:00")
+        ),
+    ),
+    # item 2: lone surrogates, in every kind of text
+    ("surrogate in content", "content", lambda st, ids: st.messages.add(ids["c"], "user", LONE)),
+    ("surrogate in turn content", "content", lambda st, ids: st.add_turn("c", "user", LONE)),
+    (
+        "surrogate in enqueued content",
+        "content",
+        lambda st, ids: st.messages.enqueue(ids["c"], "user", LONE),
+    ),
+    (
+        "surrogate in enqueued turn",
+        "content",
+        lambda st, ids: st.enqueue_turn("c", "user", LONE),
+    ),
+    ("surrogate in title", "title", lambda st, ids: st.sessions.create("u", title=LONE)),
+    ("surrogate in user_id", "user_id", lambda st, ids: st.sessions.create(LONE)),
+    (
+        "surrogate in continuation_id",
+        "continuation_id",
+        lambda st, ids: st.conversations.get_or_create(LONE),
+    ),
+    (
+        "surrogate in metadata",
+        "metadata",
+        lambda st, ids: st.sessions.create("u", metadata={"k": LONE}),
+    ),
+    (
+        "surrogate in a metadata key",
+        "metadata",
+        lambda st, ids: st.sessions.create("u", metadata={LONE: 1}),
+    ),
+    (
+        "surrogate in as_user",
+        "user_id",
+        lambda st, ids: st.as_user(LONE).sessions.list(user_id=None),
+    ),
+    # item 3: depth
+    (
+        "metadata 1,000 deep",
+        "metadata",
+        lambda st, ids: st.sessions.create("u", metadata=_nested(1000)),
+    ),
+    # item 5: nothing silently changed
+    (
+        "nested non-string key",
+        "metadata",
+        lambda st, ids: st.sessions.create("u", metadata={"a": {1: "x", "1": "y"}}),
+    ),
+    (
+        "float read back as int",
+        "metadata",
+        lambda st, ids: st.sessions.create("u", metadata={"x": 1e300}),
+    ),
+    (
+        "tuple read back as list",
+        "metadata",
+        lambda st, ids: st.sessions.create("u", metadata={"x": (1, 2)}),
+    ),
     (
         "cleanup batch_size zero",
         "batch_size",
@@ -155,6 +255,31 @@ async def test_invalid_input_names_the_field_and_writes_nothing(
         await call(store, {"s": s.id, "c": c.id})
     assert info.value.field == field
     assert str(info.value).startswith(f"{field}: ")
+    assert CANARY not in str(info.value)
     assert isinstance(info.value, ValueError)
     assert await row_counts(conn) == before
     assert await conn.fetch("SELECT * FROM sessions ORDER BY id") == snapshot
+
+
+async def test_metadata_that_looks_like_an_escape_round_trips(store: SessionStore) -> None:
+    """Item 4: the six characters backslash-u-0000 are text, not a NUL."""
+    literal = {"path": "C:\\u0000", "k\\u0000": ["\\u0000"]}
+    session = await store.sessions.create("u", title="\\u0000", metadata=literal)
+    assert (await store.sessions.get(session.id)).metadata == literal
+    assert store.as_user("user\\u0000").user_id == "user\\u0000"
+
+
+async def test_metadata_round_trips_at_the_edges(store: SessionStore) -> None:
+    edges = {
+        "deep": _nested(99),  # with `edges` itself: 100 levels, the most allowed
+        "small": 5e-324,
+        "below_1e16": 9999999999999998.0,
+        "big_int": 10**300,
+        "unicode": "é😀\u2028",
+        "nested": {"1": [1, 2.5, None, True, {"": ""}]},
+    }
+    session = await store.sessions.create("u", metadata=edges)
+    store_read = (await store.sessions.get(session.id)).metadata
+    assert store_read == edges
+    assert type(store_read["below_1e16"]) is float
+    assert type(store_read["big_int"]) is int

@@ -46,8 +46,9 @@ SELECT c.* FROM sessions s
 LEFT JOIN LATERAL (
     SELECT {_COLUMNS} FROM conversations
     WHERE session_id = s.id
-      AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
-    ORDER BY created_at DESC, id DESC
+      AND ($2::timestamptz IS NULL OR (conversations.created_at, id) < ($2, $3::uuid))
+    -- qualified: a bare name would sort by the select list's (clamped) created_at
+    ORDER BY conversations.created_at DESC, conversations.id DESC
     LIMIT $4
 ) c ON true
 WHERE s.id = $1

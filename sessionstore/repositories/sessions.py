@@ -68,8 +68,9 @@ _LIST = f"""
 SELECT {_COLUMNS} FROM sessions
 WHERE {{owner}}
   AND ($2::text IS NULL OR {read_status()} = $2)
-  AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
-ORDER BY created_at DESC, id DESC
+  AND ($3::timestamptz IS NULL OR (sessions.created_at, id) < ($3, $4::uuid))
+-- qualified: a bare name would sort by the select list's (clamped) created_at, no index
+ORDER BY sessions.created_at DESC, sessions.id DESC
 LIMIT $5
 """
 LIST_SESSIONS = _LIST.format(owner="user_id = $1")
