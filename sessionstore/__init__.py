@@ -18,7 +18,9 @@ from .errors import (
 )
 from .models import (
     AddTurnOptions,
+    ContinuationId,
     Conversation,
+    ConversationRef,
     Message,
     MessageOptions,
     MessageRole,
@@ -36,7 +38,9 @@ __all__ = [
     "AddTurnOptions",
     "AuthenticationError",
     "ConflictError",
+    "ContinuationId",
     "Conversation",
+    "ConversationRef",
     "FailedWrite",
     "InvalidInputError",
     "InvalidStateError",

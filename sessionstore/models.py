@@ -12,7 +12,9 @@ from pydantic import BaseModel, ConfigDict
 
 __all__ = [
     "AddTurnOptions",
+    "ContinuationId",
     "Conversation",
+    "ConversationRef",
     "Message",
     "MessageOptions",
     "MessageRole",
@@ -35,6 +37,23 @@ class MessageRole(enum.StrEnum):
 
 #: A message's role, as the enum or its string value.
 Role = MessageRole | str
+
+
+class ContinuationId(str):
+    """A conversation named by its continuation id, where a method takes a conversation.
+
+    ``store.messages.history(ContinuationId("cont-123"))`` reads the conversation whose
+    ``continuation_id`` is ``"cont-123"`` in one round trip, without its UUID. A plain
+    ``str`` there is the conversation's UUID in text form, as before: continuation ids
+    are chosen by clients and may look like UUIDs, so a string is never guessed to be
+    one or the other (a client must not reach another conversation by naming its id).
+    """
+
+    __slots__ = ()
+
+
+#: A conversation, by its ``id`` (a ``UUID`` or its text) or its :class:`ContinuationId`.
+ConversationRef = UUID | str
 
 
 class MessageOptions(TypedDict, total=False):
@@ -67,6 +86,9 @@ class AddTurnOptions(TurnOptions, total=False):
     """
 
     message_id: UUID | str | None
+    #: Return the conversation's latest ``context`` messages (1 to 1,000), this one
+    #: included, oldest first, as ``Turn.context`` — in the same round trip.
+    context: int | None
 
 
 class SessionStatus(enum.StrEnum):

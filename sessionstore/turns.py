@@ -25,6 +25,7 @@ from .models import AddTurnOptions, Conversation, Message, Role, Session, TurnOp
 from .repositories.conversations import CONVERSATION
 from .repositories.messages import MESSAGE
 from .repositories.sessions import SESSION
+from .rows import Row
 from .rules import (
     accepts_turns,
     batch_ordinal,
@@ -91,6 +92,34 @@ SELECT {", ".join("stored.m_" + name for name in MESSAGE.names)},
 FROM stored
 JOIN conversations c ON c.id = stored.m_conversation_id
 LEFT JOIN sessions s ON s.id = $2
+"""
+# ADD_TURN that also returns, as further rows, the messages before the turn's (up to $9 of
+# them): the turn's context, in the same round trip. Those rows carry only m_ columns.
+# They are read under the statement's snapshot, so an append another client committed
+# between that snapshot and this turn's lock is missing: add_turn sees the gap in seq
+# and reads the context again (a second round trip, only then).
+_TURN_AT = """(SELECT m_conversation_id, m_seq FROM msg
+  UNION ALL SELECT m_conversation_id, m_seq FROM stored) AS t"""
+_NO_TURN_COLUMNS = ", ".join(
+    ["NULL"] * (len(CONVERSATION.names) + len(SESSION.names) + 1)  # + stored_in
+)
+ADD_TURN_CONTEXT = f"""{ADD_TURN}
+UNION ALL
+SELECT e.*, {_NO_TURN_COLUMNS}
+FROM {_TURN_AT}
+CROSS JOIN LATERAL (
+    SELECT {MESSAGE.select(prefix="m_", alias="e")} FROM messages e
+    WHERE e.conversation_id = t.m_conversation_id AND e.seq < t.m_seq
+    ORDER BY e.seq DESC
+    LIMIT $9
+) e
+"""
+# The context read again after a gap: the latest $2 messages up to seq $3.
+CONTEXT = f"""
+SELECT {MESSAGE.select()} FROM messages
+WHERE conversation_id = $1 AND seq <= $3
+ORDER BY seq DESC
+LIMIT $2
 """
 # Why a turn matched nothing: the session refused it, or else the conversation did.
 TAKES_TURNS = f"SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND {accepts_turns()})"
@@ -197,13 +226,18 @@ SELECT (SELECT count(*) FROM ins) AS inserted,
 
 
 class Turn(BaseModel):
-    """What ``add_turn`` wrote: the message, and the conversation and session after it."""
+    """What ``add_turn`` wrote: the message, and the conversation and session after it.
+
+    ``context``: with ``add_turn(..., context=N)``, the latest ``N`` messages of the
+    conversation up to and including ``message``, oldest first; ``None`` otherwise.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     message: Message
     conversation: Conversation
     session: Session | None
+    context: list[Message] | None = None
 
 
 _TURN_OPTIONS = TurnOptions.__optional_keys__
@@ -276,33 +310,60 @@ async def add_turn(
     cont, sid, message = _checked(continuation_id, role, content, options, _ADD_TURN_OPTIONS)
     given_id = options.get("message_id")
     mid = None if given_id is None else v.uuid(given_id, "message_id")
-    arguments = (cont, sid, *message, db.config.sliding_interval, mid)
+    wanted = options.get("context")
+    size = None if wanted is None else v.limit(wanted, "context")
+    arguments: tuple[object, ...] = (cont, sid, *message, db.config.sliding_interval, mid)
+    query = ADD_TURN
+    if size is not None:
+        query, arguments = ADD_TURN_CONTEXT, (*arguments, size - 1)
 
     async def work(conn: Connection) -> Turn:
         if db.rls_scoped:
             await conn.execute(PRECREATE_CONVERSATION, cont, sid)
         try:
             with translate_errors():
-                row = await conn.fetchrow(ADD_TURN, *arguments)
+                rows = await conn.fetch(query, *arguments)
         except ConflictError as exc:
             # Two resends of one message id at once: the loser's insert met the winner's
             # row. Outside a transaction it can read the stored turn back.
             if mid is None or exc.sqlstate != "23505" or db.rls_scoped:
                 raise
-            row = await conn.fetchrow(ADD_TURN, *arguments)
+            rows = await conn.fetch(query, *arguments)
+        row = next((r for r in rows if r["c_id"] is not None), None)
         if row is None:
             assert sid is not None  # without a session the statement always writes
             await _explain_refusal(conn, cont, sid, scoped=db.rls_scoped)
+        new = MESSAGE.one(row, "m_")
+        context = None
+        if size is not None:
+            context = await _context(conn, new, rows, size)
         turn = Turn.model_construct(
-            message=MESSAGE.one(row, "m_"),
+            message=new,
             conversation=CONVERSATION.one(row, "c_"),
             session=None if sid is None or row["s_id"] is None else SESSION.one(row, "s_"),
+            context=context,
         )
         if row["stored_in"] is not None:
             _same_turn(turn, row["stored_in"], cont, sid, message)
         return turn
 
     return await db.run(work)
+
+
+async def _context(conn: Connection, new: Message, rows: Sequence[Row], size: int) -> list[Message]:
+    """The turn's context from the statement's extra rows; read again if another
+    client's append committed too late for the statement's snapshot (a gap in seq)."""
+    earlier = sorted((MESSAGE.one(r, "m_") for r in rows if r["c_id"] is None), key=_seq)
+    expected = range(max(new.seq - size + 1, 1), new.seq)
+    if [m.seq for m in earlier] == list(expected):
+        return [*earlier, new]
+    with translate_errors():
+        again = await conn.fetch(CONTEXT, new.conversation_id, size, new.seq)
+    return MESSAGE.many(again)[::-1]
+
+
+def _seq(message: Message) -> int:
+    return message.seq
 
 
 def accept_turn(

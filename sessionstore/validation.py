@@ -16,7 +16,7 @@ from typing import Final, NamedTuple, TypeVar
 from uuid import UUID
 
 from .errors import InvalidInputError
-from .models import MessageRole, SessionStatus
+from .models import ContinuationId, MessageRole, SessionStatus
 
 __all__ = [
     "MAX_LIMIT",
@@ -27,6 +27,7 @@ __all__ = [
     "CheckedMessage",
     "Unset",
     "aware_datetime",
+    "conversation",
     "flag",
     "identifier",
     "limit",
@@ -69,6 +70,13 @@ def uuid(value: object, field: str) -> UUID:
         except ValueError:
             pass
     raise InvalidInputError(field, f"must be a UUID or its string form, got {_shape(value)}")
+
+
+def conversation(value: object, field: str = "conversation_id") -> UUID | ContinuationId:
+    """A conversation's id (a ``UUID`` or its text) or its :class:`ContinuationId`."""
+    if isinstance(value, ContinuationId):
+        return ContinuationId(identifier(value, field))
+    return uuid(value, field)
 
 
 def _shape(value: object) -> str:

@@ -2,22 +2,47 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from .. import validation as v
 from ..db import Connection, Database
 from ..errors import ConflictError, NotFoundError, PermissionDeniedError, translate_errors
-from ..models import Conversation, Page
+from ..models import ContinuationId, Conversation, ConversationRef, Page
 from ..pagination import decode_cursor, make_page
 from ..rows import Columns, Row
 
 __all__ = [
     "CONVERSATION",
+    "KEY",
     "ConversationsRepository",
+    "Keyed",
     "conversation_missing",
     "fetch_conversation",
 ]
+
+#: Stands for the column that finds a conversation (``id`` or ``continuation_id``) in a
+#: statement written once for both; see :class:`Keyed`.
+KEY = "@conversation_key@"
+
+
+class Keyed(NamedTuple):
+    """A statement finding its conversation (``$1``) by ``id``, and the same by
+    ``continuation_id``: two texts rather than one with an ``OR``, so each keeps its
+    index and its plan."""
+
+    by_id: str
+    by_continuation: str
+
+    @classmethod
+    def of(cls, template: str) -> Keyed:
+        """Both forms of ``template``, whose :data:`KEY` names the finding column."""
+        return cls(template.replace(KEY, "id"), template.replace(KEY, "continuation_id"))
+
+    def for_(self, conversation: UUID | ContinuationId) -> str:
+        """The statement for a checked conversation reference."""
+        return self.by_continuation if isinstance(conversation, ContinuationId) else self.by_id
+
 
 CONVERSATION = Columns(Conversation)
 _COLUMNS = CONVERSATION.select()
@@ -36,8 +61,8 @@ UNION ALL
 SELECT {_COLUMNS} FROM conversations
 WHERE continuation_id = $1 AND NOT EXISTS (SELECT 1 FROM ins)
 """
-GET_BY_ID = f"SELECT {_COLUMNS} FROM conversations WHERE id = $1"
-DELETE_CONVERSATION = "DELETE FROM conversations WHERE id = $1 RETURNING id"
+GET = Keyed.of(f"SELECT {_COLUMNS} FROM conversations WHERE {KEY} = $1")
+DELETE_CONVERSATION = Keyed.of(f"DELETE FROM conversations WHERE {KEY} = $1 RETURNING id")
 GET_BY_CONTINUATION = f"SELECT {_COLUMNS} FROM conversations WHERE continuation_id = $1"
 # One row per conversation, or one all-null row when the session has none: zero rows
 # means the session itself does not exist.
@@ -60,21 +85,23 @@ ORDER BY c.created_at DESC, c.id DESC
 _GET_OR_CREATE_ATTEMPTS = 3
 
 
-def conversation_missing(conversation_id: UUID) -> NotFoundError:
+def conversation_missing(conversation: UUID | ContinuationId) -> NotFoundError:
     """The error for a conversation that does not exist (or is not visible under RLS)."""
-    return NotFoundError(f"conversation {conversation_id} not found")
+    if isinstance(conversation, ContinuationId):
+        return NotFoundError(f"conversation with continuation_id {str(conversation)!r} not found")
+    return NotFoundError(f"conversation {conversation} not found")
 
 
 async def fetch_conversation(
-    db: Database, query: str, conversation_id: object, *, retry: bool = True
+    db: Database, query: Keyed, conversation: object, *, retry: bool = True
 ) -> Row:
-    """The row ``query`` (``$1``: the conversation's id) returns for the conversation;
-    ``InvalidInputError`` for a malformed id, ``NotFoundError`` when there is no row.
-    ``retry`` as for ``Database.run`` (off for writes)."""
-    cid = v.uuid(conversation_id, "conversation_id")
-    row = await db.fetchrow(query, cid, retry=retry)
+    """The row ``query`` (``$1``: the conversation) returns for the conversation;
+    ``InvalidInputError`` for a malformed reference, ``NotFoundError`` when there is no
+    row. ``retry`` as for ``Database.run`` (off for writes)."""
+    ref = v.conversation(conversation)
+    row = await db.fetchrow(query.for_(ref), ref, retry=retry)
     if row is None:
-        raise conversation_missing(cid)
+        raise conversation_missing(ref)
     return row
 
 
@@ -125,12 +152,14 @@ class ConversationsRepository:
 
         return await self._db.run(work, retry=True)
 
-    async def get(self, conversation_id: UUID | str) -> Conversation:
-        """The conversation; ``NotFoundError`` if absent."""
-        return CONVERSATION.one(await fetch_conversation(self._db, GET_BY_ID, conversation_id))
+    async def get(self, conversation_id: ConversationRef) -> Conversation:
+        """The conversation (by id or :class:`~sessionstore.ContinuationId`);
+        ``NotFoundError`` if absent."""
+        return CONVERSATION.one(await fetch_conversation(self._db, GET, conversation_id))
 
-    async def delete(self, conversation_id: UUID | str) -> None:
-        """Delete the conversation and its messages; ``NotFoundError`` if absent."""
+    async def delete(self, conversation_id: ConversationRef) -> None:
+        """Delete the conversation (by id or :class:`~sessionstore.ContinuationId`) and
+        its messages; ``NotFoundError`` if absent."""
         await fetch_conversation(self._db, DELETE_CONVERSATION, conversation_id, retry=False)
 
     async def get_by_continuation_id(self, continuation_id: str) -> Conversation:

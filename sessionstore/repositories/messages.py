@@ -14,12 +14,12 @@ from uuid import UUID
 from .. import validation as v
 from ..db import Database
 from ..errors import InvalidInputError
-from ..models import Message, MessageOptions, MessageRole, Role
+from ..models import ContinuationId, ConversationRef, Message, MessageOptions, MessageRole, Role
 from ..rows import Columns, members
 from ..rules import batch_ordinal, bump_conversation, seq_of
 from ..writer import Writer
 from ..writes import PendingWrite, batch_arguments, fresh_rows
-from .conversations import conversation_missing, fetch_conversation
+from .conversations import KEY, Keyed, conversation_missing, fetch_conversation
 
 __all__ = [
     "MESSAGE",
@@ -33,18 +33,18 @@ MESSAGE = Columns(Message, convert={"role": members(MessageRole)})
 _COLUMNS = MESSAGE.select()
 
 
-def _append(added: str, tokens: str, rows: str) -> str:
+def _append(added: str, tokens: str, rows: str) -> Keyed:
     """A message append: ``rows`` (with columns role, content, metadata, tokens, ord)
     added to conversation ``$1`` after bumping its counters, in one statement."""
     bump = bump_conversation("", messages=added, tokens=tokens, at="now()")
     seq = seq_of("conv.message_count", added=added, ordinal="u.ord")
-    return f"""
-WITH conv AS (UPDATE conversations SET {bump} WHERE id = $1 RETURNING id, message_count)
+    return Keyed.of(f"""
+WITH conv AS (UPDATE conversations SET {bump} WHERE {KEY} = $1 RETURNING id, message_count)
 INSERT INTO messages (conversation_id, seq, role, content, metadata, tokens)
 SELECT conv.id, {seq}, u.role, u.content, coalesce(u.metadata, '{{}}'::jsonb), u.tokens
 FROM conv, {rows}
 RETURNING {_COLUMNS}
-"""
+""")
 
 
 ADD_MANY = _append(
@@ -61,7 +61,7 @@ ADD_MESSAGE = _append(
     " $5::integer AS tokens, 1 AS ord) AS u",
 )
 # Zero rows: no such conversation. One all-null row: a conversation without messages.
-HISTORY = f"""
+HISTORY = Keyed.of(f"""
 SELECT m.* FROM conversations c
 LEFT JOIN LATERAL (
     SELECT {_COLUMNS} FROM messages
@@ -69,22 +69,38 @@ LEFT JOIN LATERAL (
     ORDER BY seq DESC
     LIMIT $2
 ) m ON true
-WHERE c.id = $1
+WHERE c.{KEY} = $1
 ORDER BY m.seq
-"""
-COUNT = "SELECT message_count FROM conversations WHERE id = $1"
-# Write-behind: appends to many conversations in one statement. Ids whose conversation
-# does not exist come back as rejected.
-_BATCH_FIELDS = ("id", "conversation_id", "role", "content", "metadata", "tokens", "enqueued_at")
+""")
+COUNT = Keyed.of(f"SELECT message_count FROM conversations WHERE {KEY} = $1")
+# Write-behind: appends to many conversations (named by id or by continuation id) in one
+# statement. Ids whose conversation does not exist come back as rejected.
+_BATCH_FIELDS = (
+    "id",
+    "conversation_id",
+    "continuation_id",
+    "role",
+    "content",
+    "metadata",
+    "tokens",
+    "enqueued_at",
+)
 _BATCH_BUMP = bump_conversation("c", messages="p.n", tokens="p.tok", at="p.last_at")
 _BATCH_SEQ = seq_of(
     "b.message_count", added="b.n", ordinal=batch_ordinal("f.conversation_id", "f.ord")
 )
 MESSAGE_BATCH = f"""{fresh_rows(_BATCH_FIELDS)},
+resolved AS (
+    SELECT f.id, coalesce(f.conversation_id, c.id) AS conversation_id, f.role, f.content,
+           f.metadata, f.tokens, f.enqueued_at, f.ord
+    FROM fresh f
+    LEFT JOIN conversations c
+           ON f.conversation_id IS NULL AND c.continuation_id = f.continuation_id
+),
 per_conv AS (
     SELECT conversation_id, count(*)::integer AS n, coalesce(sum(tokens), 0) AS tok,
            max(enqueued_at) AS last_at
-    FROM fresh GROUP BY conversation_id
+    FROM resolved WHERE conversation_id IS NOT NULL GROUP BY conversation_id
 ),
 bumped AS (
     UPDATE conversations c SET {_BATCH_BUMP}
@@ -96,11 +112,11 @@ ins AS (
     INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens, created_at)
     SELECT f.id, f.conversation_id, {_BATCH_SEQ}, f.role, f.content,
            coalesce(f.metadata, '{{}}'::jsonb), f.tokens, f.enqueued_at
-    FROM fresh f JOIN bumped b ON b.id = f.conversation_id
+    FROM resolved f JOIN bumped b ON b.id = f.conversation_id
     RETURNING id
 )
 SELECT (SELECT count(*) FROM ins) AS inserted,
-       ARRAY(SELECT f.id FROM fresh f
+       ARRAY(SELECT f.id FROM resolved f
              WHERE NOT EXISTS (SELECT 1 FROM bumped b WHERE b.id = f.conversation_id)) AS rejected
 """
 
@@ -132,28 +148,29 @@ class MessagesRepository:
 
     async def add(
         self,
-        conversation_id: UUID | str,
+        conversation_id: ConversationRef,
         role: Role,
         content: str,
         **options: Unpack[MessageOptions],
     ) -> Message:
-        """Append one message; it is committed when this returns. ``options``:
+        """Append one message; it is committed when this returns. The conversation is
+        named by its id or its :class:`~sessionstore.ContinuationId`. ``options``:
         ``metadata``, ``tokens`` (see :class:`~sessionstore.MessageOptions`).
 
         ``NotFoundError`` if the conversation does not exist (nothing is written).
         """
-        cid = v.uuid(conversation_id, "conversation_id")
+        cid = v.conversation(conversation_id)
         fields = v.message(role, content, options, _MESSAGE_OPTIONS)
-        row = await self._db.fetchrow(ADD_MESSAGE, cid, *fields)
+        row = await self._db.fetchrow(ADD_MESSAGE.for_(cid), cid, *fields)
         if row is None:
             raise conversation_missing(cid)
         return MESSAGE.one(row)
 
     async def add_many(
-        self, conversation_id: UUID | str, messages: Iterable[NewMessage]
+        self, conversation_id: ConversationRef, messages: Iterable[NewMessage]
     ) -> list[Message]:
         """Append several messages in one round trip, all or nothing, in the order given."""
-        cid = v.uuid(conversation_id, "conversation_id")
+        cid = v.conversation(conversation_id)
         roles: list[str] = []
         contents: list[str | None] = []
         metas: list[str | None] = []
@@ -175,28 +192,33 @@ class MessagesRepository:
         if total > _NO_UPPER_BOUND:
             raise InvalidInputError("messages", "total tokens exceed the integer range")
         rows = await self._db.fetch(
-            ADD_MANY, cid, len(roles), total, roles, contents, metas, counts
+            ADD_MANY.for_(cid), cid, len(roles), total, roles, contents, metas, counts
         )
         if not rows:
             raise conversation_missing(cid)
         return sorted(MESSAGE.many(rows), key=lambda m: m.seq)
 
     async def history(
-        self, conversation_id: UUID | str, *, limit: int = 50, before: int | None = None
+        self, conversation_id: ConversationRef, *, limit: int = 50, before: int | None = None
     ) -> list[Message]:
-        """The latest ``limit`` messages (with ``seq < before`` if given), oldest first."""
-        cid = v.uuid(conversation_id, "conversation_id")
+        """The latest ``limit`` messages (with ``seq < before`` if given), oldest first.
+
+        The conversation is named by its id or its :class:`~sessionstore.ContinuationId`
+        (one round trip either way); ``NotFoundError`` if it does not exist.
+        """
+        cid = v.conversation(conversation_id)
         size = v.limit(limit)
         upper = _NO_UPPER_BOUND if before is None else v.positive_int(before, "before")
-        rows = await self._db.fetch(HISTORY, cid, size, upper, retry=True)
+        rows = await self._db.fetch(HISTORY.for_(cid), cid, size, upper, retry=True)
         if not rows:
             raise conversation_missing(cid)
         if rows[0]["id"] is None:  # the one all-null row of a conversation without messages
             return []
         return MESSAGE.many(rows)
 
-    async def count(self, conversation_id: UUID | str) -> int:
-        """How many messages the conversation holds (kept on the row: no scan)."""
+    async def count(self, conversation_id: ConversationRef) -> int:
+        """How many messages the conversation (by id or
+        :class:`~sessionstore.ContinuationId`) holds (kept on the row: no scan)."""
         row = await fetch_conversation(self._db, COUNT, conversation_id)
         return int(row["message_count"])
 
@@ -210,15 +232,17 @@ class QueuedMessagesRepository(MessagesRepository):
         self._writer = writer
 
     def _pending(
-        self, conversation_id: UUID | str, role: Role, content: str, options: MessageOptions
+        self, conversation_id: ConversationRef, role: Role, content: str, options: MessageOptions
     ) -> PendingWrite:
-        cid = v.uuid(conversation_id, "conversation_id")
+        cid = v.conversation(conversation_id)
         fields = v.message(role, content, options, _MESSAGE_OPTIONS)
+        if isinstance(cid, ContinuationId):  # resolved by the batch that writes it
+            return PendingWrite.accept("message", fields, continuation_id=str(cid))
         return PendingWrite.accept("message", fields, conversation_id=cid)
 
     async def enqueue(
         self,
-        conversation_id: UUID | str,
+        conversation_id: ConversationRef,
         role: Role,
         content: str,
         **options: Unpack[MessageOptions],
@@ -237,7 +261,7 @@ class QueuedMessagesRepository(MessagesRepository):
 
     def enqueue_nowait(
         self,
-        conversation_id: UUID | str,
+        conversation_id: ConversationRef,
         role: Role,
         content: str,
         **options: Unpack[MessageOptions],

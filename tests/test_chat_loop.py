@@ -1,0 +1,142 @@
+"""The chat loop: a conversation named by its continuation id everywhere, and a turn
+that returns its context in the same round trip (issue 14, items 1 and 2)."""
+
+from __future__ import annotations
+
+import asyncio
+from uuid import UUID
+
+import asyncpg
+import pytest
+
+import sessionstore
+from sessionstore import (
+    ContinuationId,
+    InvalidInputError,
+    NotFoundError,
+    SessionStore,
+)
+
+from .conftest import store_overrides
+from .helpers import row_counts
+
+
+async def test_every_conversation_method_takes_a_continuation_id(store: SessionStore) -> None:
+    turn = await store.add_turn("cont-a", "user", "one")
+    ref = ContinuationId("cont-a")
+    await store.messages.add(ref, "assistant", "two", tokens=3)
+    await store.messages.add_many(ref, [("user", "three"), ("assistant", "four")])
+    assert [m.content for m in await store.messages.history(ref)] == ["one", "two", "three", "four"]
+    assert [m.seq for m in await store.messages.history(ref, limit=2, before=4)] == [2, 3]
+    assert await store.messages.count(ref) == 4
+    assert (await store.conversations.get(ref)).id == turn.conversation.id
+    await store.messages.enqueue(ref, "user", "five")
+    store.messages.enqueue_nowait(ref, "assistant", "six")
+    await store.flush()
+    assert await store.messages.count(turn.conversation.id) == 6
+    await store.conversations.delete(ref)
+    with pytest.raises(NotFoundError, match="continuation_id 'cont-a'"):
+        await store.messages.history(ref)
+
+
+async def test_a_plain_string_is_never_taken_for_a_continuation_id(
+    store: SessionStore, conn: asyncpg.Connection
+) -> None:
+    """A client that names another conversation's UUID as its continuation id must not
+    reach that conversation, and a UUID string stays a UUID."""
+    victim = (await store.add_turn("victim", "user", "private")).conversation
+    attacker = await store.add_turn(str(victim.id), "user", "mine")
+    by_continuation = await store.messages.history(ContinuationId(str(victim.id)))
+    assert [m.content for m in by_continuation] == ["mine"]
+    assert by_continuation[0].conversation_id == attacker.conversation.id
+    by_id = await store.messages.history(str(victim.id))
+    assert [m.content for m in by_id] == ["private"]
+    with pytest.raises(InvalidInputError) as info:
+        await store.messages.history("victim")  # a continuation id, but not marked as one
+    assert info.value.field == "conversation_id"
+    assert (await row_counts(conn))["messages"] == 2
+
+
+async def test_enqueue_by_continuation_id_to_a_missing_conversation_is_set_aside(
+    store: SessionStore,
+) -> None:
+    mid = await store.messages.enqueue(ContinuationId("nowhere"), "user", "lost?")
+    await store.flush()
+    (failed,) = store.failed_writes()
+    assert (failed.id, failed.continuation_id) == (mid, "nowhere")
+    with pytest.raises(NotFoundError):
+        await store.messages.count(ContinuationId("nowhere"))
+
+
+async def test_add_turn_returns_its_context_oldest_first(store: SessionStore) -> None:
+    s = await store.sessions.create("u")
+    first = await store.add_turn("ctx", "user", "m1", session_id=s.id, context=3)
+    assert first.context is not None
+    assert [m.content for m in first.context] == ["m1"]
+    for n in range(2, 6):
+        turn = await store.add_turn("ctx", "user", f"m{n}", session_id=s.id, context=3)
+    assert turn.context is not None
+    assert [m.content for m in turn.context] == ["m3", "m4", "m5"]
+    assert turn.context[-1] == turn.message
+    assert turn.context == await store.messages.history(ContinuationId("ctx"), limit=3)
+    plain = await store.add_turn("ctx", "user", "m6", session_id=s.id)
+    assert plain.context is None
+
+
+async def test_a_resent_turn_returns_the_context_it_had(store: SessionStore) -> None:
+    mid = UUID("0190a5c4-0000-7000-8000-000000000001")
+    await store.add_turn("resend", "user", "a")
+    sent = await store.add_turn("resend", "user", "b", message_id=mid, context=5)
+    await store.add_turn("resend", "user", "c")
+    again = await store.add_turn("resend", "user", "b", message_id=mid, context=5)
+    assert again.context == sent.context
+    assert again.context is not None
+    assert [m.content for m in again.context] == ["a", "b"]
+
+
+@pytest.mark.parametrize("context", [0, 1001, True, "20"])
+async def test_context_out_of_range_is_refused(
+    store: SessionStore, conn: asyncpg.Connection, context: object
+) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        await store.add_turn("x", "user", "y", context=context)  # type: ignore[arg-type]
+    assert info.value.field == "context"
+    assert (await row_counts(conn))["messages"] == 0
+
+
+async def test_add_turn_with_context_is_one_round_trip(dsn: str) -> None:
+    queries: list[str] = []
+
+    async def configure(connection: asyncpg.Connection) -> None:
+        connection.add_query_logger(lambda record: queries.append(record.query))
+
+    async with sessionstore.connect(dsn, configure=configure, **store_overrides()) as store:
+        s = await store.sessions.create("u1")
+        await store.add_turn("rt", "user", "warm-up", session_id=s.id, context=20)
+        queries.clear()
+        turn = await store.add_turn("rt", "user", "x", session_id=s.id, tokens=1, context=20)
+        assert len(queries) == 1
+        assert "INSERT INTO messages" in queries[0]
+        assert turn.context is not None
+        assert [m.content for m in turn.context] == ["warm-up", "x"]
+        queries.clear()
+        await store.messages.history(ContinuationId("rt"), limit=20)
+        await store.messages.count(ContinuationId("rt"))
+        assert len(queries) == 2
+
+
+async def test_concurrent_turns_each_see_a_gapless_context(store: SessionStore) -> None:
+    """Appends committed between a turn's snapshot and its lock are in its context."""
+
+    async def chat(client: int) -> list[list[int]]:
+        seen = []
+        for n in range(25):
+            turn = await store.add_turn("busy", "user", f"{client}-{n}", context=5)
+            assert turn.context is not None
+            seen.append([m.seq for m in turn.context])
+        return seen
+
+    for contexts in await asyncio.gather(*(chat(c) for c in range(4))):
+        for seqs in contexts:
+            assert seqs == list(range(max(seqs[-1] - 4, 1), seqs[-1] + 1))
+    assert await store.messages.count(ContinuationId("busy")) == 100
