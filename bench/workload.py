@@ -70,6 +70,32 @@ async def sessionstore_impl(dsn: str, pool: int, ids: list[tuple[UUID, str]]) ->
     return turn, store.close
 
 
+async def context_impl(dsn: str, pool: int, ids: list[tuple[UUID, str]]) -> tuple[Turn, Any]:
+    """The chat loop as a server runs it: the user's message appended and the context for
+    the model read in one round trip (``add_turn(context=20)``), then the reply."""
+    store = await sessionstore.connect(dsn, max_size=pool, min_size=pool)
+
+    async def turn(c: int, t: int) -> None:
+        sid, cont = ids[c]
+        await store.add_turn(cont, "user", f"question {t}", session_id=sid, tokens=12, context=20)
+        await store.add_turn(cont, "assistant", f"answer {t}", tokens=30)
+
+    return turn, store.close
+
+
+async def history_impl(dsn: str, pool: int, ids: list[tuple[UUID, str]]) -> tuple[Turn, Any]:
+    """The same chat loop without ``context``: ``add_turn``, ``history``, ``add_turn``."""
+    store = await sessionstore.connect(dsn, max_size=pool, min_size=pool)
+
+    async def turn(c: int, t: int) -> None:
+        sid, cont = ids[c]
+        await store.add_turn(cont, "user", f"question {t}", session_id=sid, tokens=12)
+        await store.messages.history(sessionstore.ContinuationId(cont), limit=20)
+        await store.add_turn(cont, "assistant", f"answer {t}", tokens=30)
+
+    return turn, store.close
+
+
 async def writebehind_impl(dsn: str, pool: int, ids: list[tuple[UUID, str]]) -> tuple[Turn, Any]:
     store = await sessionstore.connect(dsn, max_size=pool, min_size=pool)
     convs = [(await store.conversations.get_by_continuation_id(cont)).id for _, cont in ids]
@@ -206,6 +232,8 @@ async def threadpool_impl(dsn: str, pool: int, ids: list[tuple[UUID, str]]) -> t
 IMPLS = {
     "sessionstore": sessionstore_impl,
     "sessionstore-writebehind": writebehind_impl,
+    "sessionstore-context": context_impl,
+    "sessionstore-history": history_impl,
     "asyncpg": asyncpg_impl,
     "sqlalchemy": sqlalchemy_impl,
     "threadpool": threadpool_impl,
