@@ -3,6 +3,8 @@ through Starlette's own test client (issue 14, item 5)."""
 
 from __future__ import annotations
 
+import os
+
 import asyncpg
 import pytest
 
@@ -18,6 +20,7 @@ async def test_the_lifespan_opens_and_closes_the_store(
     dsn: str, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SESSIONSTORE_DATABASE_URL", dsn)
+    monkeypatch.setenv("SESSIONSTORE_POOLER", os.environ.get("SESSIONSTORE_TEST_POOLER", "auto"))
     with TestClient(web_app.app) as client:
         first = client.post("/conversations/c1/messages", json={"role": "user", "content": "hi"})
         second = client.post(
