@@ -42,6 +42,6 @@ async def test_readme_example_runs_unchanged_and_again(dsn: str) -> None:
         out, err = await proc.communicate()
         assert proc.returncode == 0, err.decode()
         assert out.decode().splitlines() == [
-            "[(1, 'user', 'hi'), (2, 'assistant', 'hello!')]",
+            "1 [(1, 'user', 'hi'), (2, 'assistant', 'hello!')]",
             "active 2 52",
         ]
