@@ -20,8 +20,9 @@ from sqlalchemy.pool import NullPool
 
 from alembic import context
 from sessionstore.adoption import original_revision, record_original
-from sessionstore.config import StoreConfig
+from sessionstore.config import MISSING_DSN, StoreConfig
 from sessionstore.db import connect_direct
+from sessionstore.errors import InvalidInputError
 from sessionstore.schema import metadata
 
 config = context.config
@@ -31,13 +32,18 @@ if config.config_file_name is not None and not config.attributes.get("skip_loggi
 
 
 def _store_config() -> StoreConfig:
-    """The library's settings, with the DSN this run was given."""
-    settings = StoreConfig()
+    """The library's settings, with the DSN this run was given (then the environment's
+    URLs are not read, so a foreign ``DATABASE_URL`` cannot get in the way)."""
     dsn = config.attributes.get("dsn") or context.get_x_argument(as_dictionary=True).get("dsn")
-    dsn = dsn or settings.dsn
-    if not dsn:
-        raise SystemExit("no database URL: set SESSIONSTORE_DATABASE_URL or pass -x dsn=...")
-    return settings.model_copy(update={"dsn": str(dsn)})
+    try:
+        settings = StoreConfig.load(dsn=str(dsn) if dsn else None)
+    except InvalidInputError as exc:
+        if config.attributes.get("dsn"):
+            raise  # called from sessionstore.migrations: the caller explains it
+        raise SystemExit(f"error: {exc}") from None  # the alembic command: one sentence
+    if not settings.dsn:
+        raise SystemExit(f"error: {MISSING_DSN}, or pass -x dsn=...")
+    return settings
 
 
 def _configure(**kwargs: Any) -> None:

@@ -1,4 +1,9 @@
-"""The ``sessionstore`` command: migrate, downgrade, status, cleanup, replay, demo."""
+"""The ``sessionstore`` command: migrate, downgrade, status, cleanup, replay, demo.
+
+Every failure is one sentence on the console (the traceback only with ``--debug``), and
+nothing printed holds the database password: URLs go through ``redact_dsn`` and every
+error text through ``hide_secrets`` before it is shown.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +16,19 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from . import migrations
-from .config import StoreConfig, redact_dsn
+from .config import MISSING_DSN, StoreConfig, redact_dsn
 from .demo import DemoReport, run_demo
+from .dsn import hide_secrets
 from .embedded import embedded_server
 from .errors import (
     AdoptionError,
     AuthenticationError,
+    InvalidInputError,
     SessionStoreError,
     StoreTimeoutError,
     StoreUnavailableError,
@@ -30,14 +38,19 @@ from .status import Status, check
 from .store import connect
 
 app = typer.Typer(
-    help="Session state for chat and agent servers, in PostgreSQL.", no_args_is_help=True
+    help="Session state for chat and agent servers, in PostgreSQL.",
+    no_args_is_help=True,
+    # An unexpected error's traceback would otherwise list local variables: DSNs among them.
+    pretty_exceptions_show_locals=False,
 )
 console = Console()
 
 DsnOption = Annotated[
     str | None,
     typer.Option(
-        "--dsn", help="postgresql:// URL (default: SESSIONSTORE_DATABASE_URL or DATABASE_URL)."
+        "--dsn",
+        help="postgresql:// URL (default: SESSIONSTORE_DATABASE_URL, else DATABASE_URL "
+        "if that is a postgresql:// URL).",
     ),
 ]
 
@@ -72,9 +85,18 @@ def _as_store_error(exc: BaseException) -> SessionStoreError | None:
 
 
 def explain(exc: BaseException, dsn: str | None) -> str:
-    """One sentence for a person: what went wrong and what to do about it."""
+    """One sentence for a person: what went wrong and what to do about it.
+
+    It never holds ``dsn``'s password, even where another library's message quotes it.
+    """
+    return hide_secrets(_explain(exc, dsn), dsn)
+
+
+def _explain(exc: BaseException, dsn: str | None) -> str:
     where = redact_dsn(dsn) or "the database"
     error = _as_store_error(exc)
+    if isinstance(error, InvalidInputError) and error.field == "dsn":
+        return str(error)  # says which URL and what to change; no need to show it
     if isinstance(error, AuthenticationError):
         return (
             f"Authentication failed for {where}: check the user name and password in "
@@ -95,7 +117,8 @@ def explain(exc: BaseException, dsn: str | None) -> str:
 
 
 def _fail(message: str) -> NoReturn:
-    console.print(f"[red]error:[/red] {message}")
+    # Messages quote hosts and server text: brackets in them are not Rich markup.
+    console.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(1)
 
 
@@ -112,12 +135,18 @@ def _readable_errors(dsn: str | None) -> Iterator[None]:
         _fail(explain(exc, dsn))
 
 
+def _settings(dsn: str | None) -> StoreConfig:
+    """The settings, with ``--dsn`` over the environment (whose URLs are then not read)."""
+    try:
+        return StoreConfig.load(dsn=dsn or None)
+    except InvalidInputError as exc:
+        _fail(hide_secrets(str(exc), dsn))
+
+
 def _config(dsn: str | None) -> StoreConfig:
-    config = StoreConfig()
-    if dsn:
-        config = config.model_copy(update={"dsn": dsn})
+    config = _settings(dsn)
     if not config.dsn:
-        _fail("No database URL: pass --dsn or set SESSIONSTORE_DATABASE_URL.")
+        _fail(MISSING_DSN)
     return config
 
 
@@ -135,7 +164,9 @@ def migrate(
     connection, not a transaction pooler.
     """
     if sql:
-        migrations.upgrade(dsn or StoreConfig().dsn or "", revision, sql=True)
+        # Offline: the SQL does not depend on the database, so no URL is needed or read.
+        with _readable_errors(dsn):
+            migrations.upgrade(dsn or "", revision, sql=True)
         return
     config = _config(dsn)
     if config.effective_pooler == "transaction":
@@ -146,7 +177,7 @@ def migrate(
     assert config.dsn is not None
     with _readable_errors(config.dsn):
         migrations.upgrade(config.dsn, revision)
-    console.print(f"migrated {redact_dsn(config.dsn)} to {revision}")
+    console.print(f"migrated {escape(redact_dsn(config.dsn) or '')} to {escape(revision)}")
 
 
 @app.command()
@@ -160,11 +191,12 @@ def downgrade(
     config = _config(dsn)
     with _readable_errors(config.dsn):
         migrations.downgrade(config.dsn or "", revision)
-    console.print(f"downgraded {redact_dsn(config.dsn)} to {revision}")
+    console.print(f"downgraded {escape(redact_dsn(config.dsn) or '')} to {escape(revision)}")
 
 
 def _print_status(config: StoreConfig, s: Status) -> None:
-    table = Table(title=f"sessionstore status: {redact_dsn(config.dsn)}", show_header=False)
+    title = f"sessionstore status: {escape(redact_dsn(config.dsn) or '')}"
+    table = Table(title=title, show_header=False)
     table.add_row("reachable", f"yes, PostgreSQL {s.server_version}")
     table.add_row("pooler mode", s.pooler)
     table.add_row("revision", f"{s.current_revision or 'none'} (head {s.head_revision})")
@@ -287,7 +319,7 @@ def demo(
     ] = False,
 ) -> None:
     """Simulate an MCP server; with no DSN, on an embedded PostgreSQL that is removed after."""
-    url = dsn or StoreConfig().dsn
+    url = _settings(dsn).dsn
     with ExitStack() as stack:
         if url is None:
             console.print("no DSN set: starting an embedded PostgreSQL")

@@ -10,8 +10,6 @@ from types import TracebackType
 from typing import Any, Self, Unpack
 from uuid import UUID
 
-from pydantic import ValidationError
-
 from . import validation as v
 from .cache import Invalidation, SessionCache
 from .config import StoreConfig
@@ -284,15 +282,7 @@ def connect(
     ``on_write_error`` is called with each write-behind message that can never be written.
     ``InvalidInputError`` names a bad or unknown setting.
     """
-    base = config if config is not None else StoreConfig()
     if dsn is not None:
         overrides["dsn"] = dsn
-    try:
-        merged = (
-            StoreConfig.model_validate({**base.model_dump(), **overrides}) if overrides else base
-        )
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "config"
-        raise InvalidInputError(field, first["msg"]) from None
+    merged = StoreConfig.load(config, **overrides)
     return SessionStore(merged, configure=configure, on_write_error=on_write_error)

@@ -136,3 +136,20 @@ async def test_a_missing_database_is_named_not_called_unreachable(pg_server: Tes
     assert 'database "sstest_no_such_database" does not exist' in text(result)
     assert "create the database or fix the URL" in text(result)
     assert "Could not reach" not in text(result)
+
+
+async def test_migrate_sql_reads_no_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SESSIONSTORE_DATABASE_URL", "postgresql+asyncpg://u:secret@h/db")
+    result = await cli("migrate", "--sql")
+    assert result.exit_code == 0, result.output
+    assert "CREATE TABLE sessions" in text(result)
+
+
+async def test_a_refused_url_is_one_sentence_naming_its_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SESSIONSTORE_DATABASE_URL", "postgresql://u:pa#secret@h/db")
+    result = await cli("status")
+    assert result.exit_code == 1
+    assert text(result).startswith("error: dsn: SESSIONSTORE_DATABASE_URL has an unencoded")
+    assert "secret" not in text(result)

@@ -205,3 +205,16 @@ def test_migrations_are_not_bounded_by_the_per_statement_timeouts() -> None:
     assert migrating["command_timeout"] is None
     assert "statement_timeout" not in migrating["server_settings"]
     assert migrating["timeout"] == config.connect_timeout  # connecting stays bounded
+
+
+def test_load_raises_invalid_input_and_keeps_the_base(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SESSIONSTORE_DATABASE_URL", "postgresql://env@h/db")
+    base = StoreConfig.load(dsn="postgresql://given@h/db", max_size=4)
+    assert (base.dsn, base.max_size) == ("postgresql://given@h/db", 4)
+    assert StoreConfig.load(base) is base
+    assert StoreConfig.load(base, min_size=2).dsn == "postgresql://given@h/db"  # env not reread
+    assert StoreConfig.load(dsn=None).dsn == "postgresql://env@h/db"  # None: not given
+    with pytest.raises(InvalidInputError) as info:
+        StoreConfig.load(base, pooler="pgbouncer")
+    assert info.value.field == "pooler"
+    assert "pgbouncer" not in str(info.value)  # the value is never quoted
