@@ -6,8 +6,11 @@ reconnected when dropped) where a session-level connection exists; behind a tran
 pooler, entries simply expire after ``cache_ttl``. While the listener is down the cache
 is bypassed, and it is emptied when the listener comes back (notifications may have
 been missed). Between the listener's connection dying and the client noticing (when the
-socket closes, normally milliseconds) a stale entry can still be served; ``cache_ttl``
-bounds that too.
+socket closes, normally milliseconds; never, on a network that silently stops delivering)
+a stale entry can still be served; ``cache_ttl`` bounds that too.
+
+The listener's outages are logged as one condition: a WARNING when it goes down (with
+the reason), an INFO when it is back, and its reconnection attempts at DEBUG between.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from .config import StoreConfig
 from .db import connect_direct
 from .errors import SessionStoreError, StoreUnavailableError, translate_errors
 from .models import Session
-from .retry import LISTENER, retrying
+from .retry import LISTENER, describe, retrying
 from .rules import effective_status
 
 __all__ = ["CHANNEL", "Invalidation", "SessionCache"]
@@ -49,6 +52,8 @@ class SessionCache:
         self._entries: OrderedDict[UUID, tuple[Session, float]] = OrderedDict()
         self._listening = False
         self._task: asyncio.Task[None] | None = None
+        # When the listener went down (None while it is up, or before its first attempt).
+        self._down_since: float | None = None
         self.hits = 0
         self.misses = 0
 
@@ -123,12 +128,29 @@ class SessionCache:
                 LISTENER,
                 retry_on=lambda error: isinstance(error, SessionStoreError),
                 what="session cache listener connection",
+                on_retry=lambda state: self._went_down(
+                    state.outcome.exception() if state.outcome is not None else None
+                ),
             ):
                 with attempt:
                     up_for = await self._listen_once(config)
                     if up_for < _STABLE:
-                        raise StoreUnavailableError(f"listener connection lost after {up_for:.1f}s")
-            logger.warning("session cache listener connection lost; reconnecting")
+                        raise StoreUnavailableError(
+                            f"its connection was lost {up_for:.1f}s after it was made"
+                        )
+            self._went_down(None)
+
+    def _went_down(self, error: BaseException | None) -> None:
+        """Log the listener's outage once, when it starts."""
+        if self._down_since is not None:
+            return
+        self._down_since = time.monotonic()
+        reason = "its connection was lost" if error is None else describe(error)
+        logger.warning(
+            "session cache listener down (%s): the cache is bypassed until it is back "
+            "(reconnecting with backoff; attempts logged at DEBUG)",
+            reason,
+        )
 
     async def _listen_once(self, config: StoreConfig) -> float:
         """Connect and listen until the connection is lost; return how long it was up."""
@@ -141,7 +163,14 @@ class SessionCache:
                 await conn.add_listener(CHANNEL, self._on_notify)
             self.clear()  # anything cached before may have missed notifications
             self._listening = True
-            logger.info("session cache listening on %s", CHANNEL)
+            if self._down_since is None:
+                logger.info("session cache listening on %s", CHANNEL)
+            else:
+                logger.info(
+                    "session cache listener back after %.1fs: the cache is used again",
+                    time.monotonic() - self._down_since,
+                )
+                self._down_since = None
             await lost.wait()
         finally:
             self._listening = False

@@ -4,14 +4,30 @@
 :func:`connect_arguments` is the one place connection settings are built: the pool, the
 cache's listener, ``sessionstore status`` and Alembic all use it. Errors are translated
 by :func:`sessionstore.errors.translate_errors`.
+
+Time bounds (docs/scaling.md states them for users):
+
+- opening a connection — TCP, TLS, login and the per-connection setup together — takes
+  at most ``connect_timeout``; one that hangs fails naming ``connect_timeout``;
+- waiting for a free pooled connection takes at most ``acquire_timeout`` (the error names
+  it and ``max_size``; if the wait was for a new connection that hung, it says that);
+- each statement takes at most ``command_timeout`` on the client;
+- a connection left broken by a timeout or a cancellation is cleaned up in the
+  background, never while the caller waits: asyncpg's release first waits for its cancel
+  request, which has a ``command_timeout`` budget of its own and would double the
+  caller's wait on a server that stopped answering. :meth:`Pool.close` stops waiting
+  for those.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import asyncpg
@@ -26,9 +42,10 @@ from .errors import (
     StoreTimeoutError,
     StoreUnavailableError,
     is_transient,
+    translate,
     translate_errors,
 )
-from .retry import READS, retrying
+from .retry import READS, describe, retrying
 
 __all__ = [
     "ConfigureCallback",
@@ -96,8 +113,53 @@ async def connect_direct(
     arguments = connect_arguments(
         config, application_name=application_name, statement_cache=False, migrations=migrations
     )
-    with translate_errors():
-        return await asyncpg.connect(**arguments)
+    try:
+        return await _connect(**arguments)
+    except Exception as exc:
+        raise _connect_error(config, exc) from exc
+
+
+async def _connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    """``asyncpg.connect``, never cancelled half-way: a caller that stops waiting (a
+    timeout, ``Pool.close`` stopping asyncpg's floor restore) leaves the attempt to finish
+    on its own — it is bounded by its ``timeout`` argument, ``connect_timeout`` — and the
+    connection is then dropped.
+
+    Why: cancelling asyncpg while the TCP connection is being set up for the TLS request
+    leaves a future failed and never retrieved, which asyncio reports at ERROR ("Future
+    exception was never retrieved") — noise in the application's logs.
+    """
+    attempt = asyncio.ensure_future(asyncpg.connect(*args, **kwargs))
+    try:
+        return await asyncio.shield(attempt)
+    except asyncio.CancelledError:
+        attempt.add_done_callback(_drop_unwanted)
+        raise
+
+
+def _drop_unwanted(attempt: asyncio.Future[asyncpg.Connection]) -> None:
+    if attempt.cancelled():
+        return
+    if attempt.exception() is None:  # retrieving it keeps asyncio from reporting it
+        attempt.result().terminate()
+
+
+def _connect_error(config: StoreConfig, exc: Exception) -> SessionStoreError:
+    """What a failed connection attempt raises: a hang names ``connect_timeout`` (it is not
+    a statement whose outcome is unknown), a socket error says the server was not reached,
+    and a refusal by the server keeps its own class (e.g. ``AuthenticationError``)."""
+    where = redact_dsn(config.dsn)
+    if isinstance(exc, TimeoutError):
+        return StoreUnavailableError(
+            f"could not connect to {where}: no answer within "
+            f"connect_timeout={config.connect_timeout}s (the connection attempt hung)"
+        )
+    if isinstance(exc, OSError):
+        return StoreUnavailableError(f"could not connect to {where}: {describe(exc)}")
+    error = translate(exc)
+    if error is None:
+        raise exc  # not a database or network failure: e.g. a bug in a configure callback
+    return error
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -111,16 +173,67 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
+class _Checkout:
+    """One caller's wait for a pooled connection: whether it had to open a new one."""
+
+    __slots__ = ("connecting",)
+
+    def __init__(self) -> None:
+        self.connecting = False
+
+
+# Set by Pool.acquire around asyncpg's acquire, read by the connect function asyncpg calls
+# from inside it (in a task of its own whose context is a copy: hence a mutable object).
+_CHECKOUT: ContextVar[_Checkout | None] = ContextVar("sessionstore_checkout", default=None)
+
+
+class _FloorRestoreFilter(logging.Filter):
+    """Drops asyncpg's "Failed to restore the pool connection floor" records about
+    sessionstore's own pools.
+
+    With ``min_size`` > 0 asyncpg reopens lost connections in the background and logs
+    each failed attempt at WARNING with a full traceback — which Python prints to stderr
+    when the application configured no logging. Passing ``min_size=0`` to asyncpg would
+    avoid that, but would also drop the floor itself (idle connections would close after
+    ``max_inactive_connection_lifetime``, and nothing would reconnect after an outage).
+    So the floor stays and this filter, on the ``asyncpg.pool`` logger, drops exactly the
+    records whose exception is a :class:`SessionStoreError`: only sessionstore's connect
+    function raises those into asyncpg, and it has already reported the condition once,
+    in one line (:meth:`Pool._connect_failed`). Records about other asyncpg pools in the
+    process pass untouched.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, SessionStoreError)
+
+
+_FLOOR_RESTORE_FILTER = _FloorRestoreFilter()
+
+
 class Pool:
     """One asyncpg pool configured from a :class:`StoreConfig`: its lifecycle and its
     connections. Acquiring waits at most ``acquire_timeout``, connecting at most
-    ``connect_timeout``."""
+    ``connect_timeout`` (see the module's time bounds).
+
+    An outage is logged as conditions, once each: "cannot open connections" and "calls
+    cannot reach the database" at WARNING when they start, at INFO when they end, and at
+    DEBUG between.
+    """
 
     def __init__(self, config: StoreConfig, *, configure: ConfigureCallback | None = None) -> None:
         self.config = config
         self._arguments = connect_arguments(config)  # checks the DSN and SSL settings now
         self._configure = configure
         self._pool: asyncpg.Pool | None = None
+        # Background releases of connections a timeout or a cancellation left broken.
+        self._releasing: set[asyncio.Task[None]] = set()
+        # The two outage conditions: monotonic time they started, None while all is well.
+        self._unanswered_since: float | None = None
+        self._connect_failing_since: float | None = None
+        # Cleaning up a broken connection: asyncpg's cancel request gives up (and drops
+        # the connection) after command_timeout; this bounds it when that is None.
+        self._cleanup_timeout = config.command_timeout or config.connect_timeout
 
     async def _init_connection(self, conn: asyncpg.Connection) -> None:
         for type_name in ("jsonb", "json"):
@@ -130,11 +243,62 @@ class Pool:
         if self._configure is not None:
             await self._configure(conn)
 
+    async def _open_connection(self, *args: Any, **kwargs: Any) -> asyncpg.Connection:
+        """asyncpg's ``connect`` for this pool: connect and set the connection up
+        (:meth:`_init_connection`), all within ``connect_timeout``.
+
+        Failures are :class:`SessionStoreError` s (see :func:`_connect_error`) and are
+        logged as one condition. Called by asyncpg for callers' acquisitions and for its
+        background floor restore alike.
+        """
+        checkout = _CHECKOUT.get()
+        if checkout is not None:
+            checkout.connecting = True
+        deadline = asyncio.get_running_loop().time() + self.config.connect_timeout
+        try:
+            conn = await _connect(*args, **kwargs)  # bounded by connect_timeout itself
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._init_connection(conn)
+            except BaseException:
+                conn.terminate()  # half set up: never handed out
+                raise
+        except Exception as exc:
+            error = _connect_error(self.config, exc)
+            self._connect_failed(error)
+            raise error from exc
+        if self._connect_failing_since is not None:
+            logger.info(
+                "connections to %s open again (after %.1fs)",
+                redact_dsn(self.config.dsn),
+                time.monotonic() - self._connect_failing_since,
+            )
+            self._connect_failing_since = None
+        return conn
+
+    def _connect_failed(self, error: SessionStoreError) -> None:
+        if self._connect_failing_since is None:
+            self._connect_failing_since = time.monotonic()
+            logger.warning(
+                "cannot open connections: %s; calls that need a new connection fail until "
+                "it works again (logged at DEBUG until then)",
+                error,
+            )
+        else:
+            logger.debug("cannot open a connection: %s", error)
+
     async def open(self) -> None:
-        """Create the pool (opening ``min_size`` connections). Idempotent."""
+        """Create the pool (opening ``min_size`` connections). Idempotent.
+
+        Raises what opening a connection raised (``StoreUnavailableError`` naming
+        ``connect_timeout`` for a hang, ``AuthenticationError`` …) within about
+        2 × ``connect_timeout``: asyncpg opens the first connection, then the others
+        together.
+        """
         if self._pool is not None:
             return
         cfg = self.config
+        logging.getLogger("asyncpg.pool").addFilter(_FLOOR_RESTORE_FILTER)  # idempotent
         try:
             with translate_errors():
                 self._pool = await asyncio.wait_for(
@@ -142,17 +306,16 @@ class Pool:
                         min_size=cfg.min_size,
                         max_size=cfg.max_size,
                         max_inactive_connection_lifetime=cfg.max_inactive_connection_lifetime,
-                        init=self._init_connection,
+                        connect=self._open_connection,
                         reset=_keep_session,
                         **self._arguments,
                     ),
-                    timeout=cfg.connect_timeout * max(cfg.min_size, 1) + cfg.connect_timeout,
+                    timeout=2 * cfg.connect_timeout + _MARGIN,
                 )
-        except (StoreUnavailableError, StoreTimeoutError) as exc:
+        except StoreTimeoutError as exc:  # only the bound above: connects raise their own
             raise StoreUnavailableError(
-                f"could not connect to {redact_dsn(cfg.dsn)} "
-                f"within connect_timeout={cfg.connect_timeout}s: {exc}",
-                sqlstate=exc.sqlstate,
+                f"could not open the pool on {redact_dsn(cfg.dsn)} "
+                f"within 2 × connect_timeout={cfg.connect_timeout}s"
             ) from exc
         logger.info(
             "pool open: %s (pooler=%s, size %d..%d)",
@@ -162,40 +325,178 @@ class Pool:
             cfg.max_size,
         )
 
-    async def close(self) -> None:
-        """Close the pool, waiting for connections in use to be released.
+    @property
+    def answering(self) -> bool:
+        """False while the database is known not to answer: the last call on the pool got
+        no answer in time or lost its connection, or opening connections fails."""
+        return self._unanswered_since is None and self._connect_failing_since is None
 
-        If a graceful close fails (the server is gone), the connections are terminated.
+    async def close(self) -> None:
+        """Close the pool. Idempotent.
+
+        If the database is not answering (see :attr:`answering`), every connection is
+        dropped at once. Otherwise the pool closes gracefully — waiting for calls still
+        running and for the cleanup of connections a timeout interrupted — for at most
+        ``command_timeout`` (``connect_timeout`` when that is None), after which the
+        remaining connections are dropped.
         """
         pool, self._pool = self._pool, None
         if pool is None:
             return
         try:
-            with translate_errors():
-                await asyncio.wait_for(pool.close(), timeout=self.config.connect_timeout)
-        except SessionStoreError as exc:
-            logger.warning("pool did not close cleanly (%s); terminating its connections", exc)
+            if not self.answering:
+                # A goodbye to a server that does not answer waits for nothing but time.
+                logger.info("pool closed without waiting: the database was not answering")
+                pool.terminate()
+                return
+            async with asyncio.timeout(self._cleanup_timeout):
+                await pool.close()
+        except TimeoutError:
+            logger.warning(
+                "pool did not close within %.1fs (calls still running, or the database "
+                "stopped answering); its connections were dropped",
+                self._cleanup_timeout,
+            )
             pool.terminate()
+        except BaseException:
+            pool.terminate()  # close() itself cancelled: leave no connection behind
+            raise
+        finally:
+            # Only now, with the pool closed: a connection dropped while it was open would
+            # make asyncpg start reconnecting to keep min_size.
+            await self._stop_releases()
+
+    async def _stop_releases(self) -> None:
+        releasing = list(self._releasing)
+        for task in releasing:
+            task.cancel()  # each drops its connection, if the pool has not already
+        if releasing:
+            await asyncio.wait(releasing)
+
+    async def _checkout(self, pool: asyncpg.Pool) -> PoolConnectionProxy[Any]:
+        cfg = self.config
+        checkout = _Checkout()
+        token = _CHECKOUT.set(checkout)
+        try:
+            try:
+                conn: PoolConnectionProxy[Any] = await pool.acquire(timeout=cfg.acquire_timeout)
+            finally:
+                _CHECKOUT.reset(token)
+        except SessionStoreError:
+            raise  # from _open_connection: already says what happened
+        except TimeoutError as exc:
+            if checkout.connecting:
+                raise StoreUnavailableError(
+                    f"could not connect to {redact_dsn(cfg.dsn)} within "
+                    f"acquire_timeout={cfg.acquire_timeout}s: opening a new connection "
+                    f"did not finish (connect_timeout={cfg.connect_timeout}s)"
+                ) from exc
+            raise StoreTimeoutError(
+                f"no connection free within acquire_timeout={cfg.acquire_timeout}s: all "
+                f"max_size={cfg.max_size} connections were in use (raise max_size or "
+                "acquire_timeout, or look for calls that hold connections for long)"
+            ) from exc
+        except Exception as exc:
+            error = translate(exc)
+            if error is None:
+                raise
+            raise error from exc
+        return conn
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[Connection]:
         """A pooled connection, released (or discarded if broken) on exit. Errors raised
-        inside the block are translated too."""
+        inside the block are translated too.
+
+        After an error or a cancellation inside the block, the connection is cleaned up
+        in the background so that the caller gets its error at once; the next caller
+        cannot get that connection before the cleanup is done.
+        """
         pool = self._pool
         if pool is None:
             raise SessionStoreError("the store is not open (use `async with` or `await connect()`)")
-        with translate_errors():
-            try:
-                conn = await pool.acquire(timeout=self.config.acquire_timeout)
-            except TimeoutError:
-                raise StoreTimeoutError(
-                    f"no connection free within acquire_timeout={self.config.acquire_timeout}s "
-                    f"(max_size={self.config.max_size})"
-                ) from None
-            try:
+        conn = await self._checkout(pool)
+        try:
+            with translate_errors():
                 yield conn
-            finally:
+        except BaseException as exc:
+            self._release_later(pool, conn)
+            self._observe(exc)
+            raise
+        if _in_transaction(conn):  # the block left a transaction open: not normal
+            self._release_later(pool, conn)
+        else:
+            # No network I/O: nothing to roll back, no cancel pending, a reset hook that
+            # does nothing (_keep_session).
+            await _release(pool, conn)
+        self._observe(None)
+
+    def _observe(self, outcome: BaseException | None) -> None:
+        """Track the "calls cannot reach the database" condition from a call's outcome:
+        a lost connection or a client-side timeout starts it, a result or an error the
+        server sent ends it."""
+        if isinstance(outcome, asyncio.CancelledError):
+            return  # says nothing about the database
+        lost = isinstance(outcome, StoreUnavailableError) or (
+            isinstance(outcome, StoreTimeoutError) and outcome.sqlstate is None
+        )
+        if not lost:  # a result, or an error the server sent: it answers
+            if self._unanswered_since is not None:
+                logger.info(
+                    "calls reach the database again (after %.1fs)",
+                    time.monotonic() - self._unanswered_since,
+                )
+                self._unanswered_since = None
+            return
+        assert outcome is not None
+        if self._unanswered_since is None:
+            self._unanswered_since = time.monotonic()
+            logger.warning(
+                "a call could not reach the database or got no answer in time (%s); calls "
+                "fail until one succeeds (logged at DEBUG until then)",
+                describe(outcome),
+            )
+        else:
+            logger.debug("a call could not reach the database (%s)", describe(outcome))
+
+    def _release_later(self, pool: asyncpg.Pool, conn: PoolConnectionProxy[Any]) -> None:
+        """Clean ``conn`` up without making the caller wait for the server."""
+        if _in_transaction(conn):
+            # Dropping the connection is the rollback (COMMIT was never answered, so the
+            # server commits nothing), and it waits for nothing; a ROLLBACK would wait
+            # for the server — first for the cancel of the statement before it.
+            conn.terminate()  # asyncpg hands the pool slot back at once
+            return
+        task = asyncio.create_task(self._release_bounded(pool, conn), name="sessionstore-release")
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _release_bounded(self, pool: asyncpg.Pool, conn: PoolConnectionProxy[Any]) -> None:
+        # asyncpg's release waits for the cancel request of an interrupted statement (so
+        # that a statement that timed out cannot commit later) and drops the connection
+        # if the server does not confirm within command_timeout; the timeout here only
+        # covers command_timeout=None. Cancelled by Pool.close: drop it now.
+        try:
+            async with asyncio.timeout(self._cleanup_timeout):
                 await _release(pool, conn)
+        except TimeoutError:
+            logger.debug("dropped a connection whose cleanup did not finish in time")
+            _terminate(conn)
+        except asyncio.CancelledError:
+            _terminate(conn)
+            raise
+
+
+def _in_transaction(conn: PoolConnectionProxy[Any]) -> bool:
+    try:
+        return conn.is_in_transaction()
+    except asyncpg.InterfaceError:
+        return False  # already handed back: asyncpg dropped the connection when it broke
+
+
+def _terminate(conn: PoolConnectionProxy[Any]) -> None:
+    with contextlib.suppress(asyncpg.InterfaceError):  # already released: nothing to drop
+        conn.terminate()
 
 
 async def _release(pool: asyncpg.Pool, conn: PoolConnectionProxy[Any]) -> None:
@@ -205,7 +506,12 @@ async def _release(pool: asyncpg.Pool, conn: PoolConnectionProxy[Any]) -> None:
     except SessionStoreError as exc:
         # asyncpg has terminated the broken connection and the pool will open a new
         # one; the caller's own outcome (result or error) is what matters.
-        logger.debug("discarded a connection that failed to reset: %s", exc)
+        logger.debug("discarded a connection that failed to reset: %s", describe(exc))
+
+
+#: The margin stated on every time bound (docs/scaling.md): scheduling, one local round
+#: trip, and the event loop's timer granularity.
+_MARGIN = 0.5
 
 
 # Transaction-local (is_local = true): the settings end with the transaction, so nothing
@@ -218,8 +524,24 @@ _SCOPE_REFUSED = ("22023", "42501")
 
 
 def _retry_read(error: BaseException) -> bool:
-    # A client-side timeout has used up the caller's time budget: it is not re-sent.
-    return is_transient(error) and not isinstance(error, StoreTimeoutError)
+    # A client-side timeout, or a connection attempt that hung until connect_timeout,
+    # has used up the caller's time budget: it is not tried again. What is retried fails
+    # fast: a pooled connection the server dropped, a server restarting, a conflict.
+    return (
+        is_transient(error)
+        and not isinstance(error, StoreTimeoutError)
+        and not isinstance(error.__cause__, TimeoutError)
+    )
+
+
+def _server_answered(exc: BaseException) -> bool:
+    """Whether the connection is known to be in step with the server after ``exc``: a
+    result or an error the server sent, or an error raised by our own code in between —
+    not a timeout, a cancellation or a lost connection."""
+    if not isinstance(exc, Exception):
+        return False
+    error = translate(exc) or exc
+    return not isinstance(error, StoreUnavailableError | StoreTimeoutError)
 
 
 class Database:
@@ -250,9 +572,35 @@ class Database:
         async with self.pool.acquire() as conn:
             if self._claims is None:
                 return await work(conn)
-            async with conn.transaction():
-                await self._enter_user_scope(conn, self._claims)
-                return await work(conn)
+            return await self._as_user(conn, self._claims, work)
+
+    async def _as_user(
+        self, conn: Connection, claims: str, work: Callable[[Connection], Awaitable[T]]
+    ) -> T:
+        # Not `async with conn.transaction()`: its exit sends ROLLBACK even after a
+        # statement that got no answer, and that ROLLBACK waits for the server again (first
+        # for the cancel of the statement): two command_timeouts on a hung server. Here
+        # such a connection is dropped instead, which is the rollback: the server commits
+        # nothing it has not been asked to (an unanswered COMMIT leaves the outcome
+        # unknown, as StoreTimeoutError says).
+        tx = conn.transaction()
+        try:
+            await tx.start()
+            await self._enter_user_scope(conn, claims)
+            result = await work(conn)
+        except BaseException as exc:
+            if not _server_answered(exc):
+                conn.terminate()
+            elif conn.is_in_transaction():  # BEGIN itself may have been refused
+                await tx.rollback()
+            raise
+        try:
+            await tx.commit()
+        except BaseException as exc:
+            if not _server_answered(exc):
+                conn.terminate()
+            raise
+        return result
 
     @staticmethod
     async def _enter_user_scope(conn: Connection, claims: str) -> None:
@@ -273,7 +621,8 @@ class Database:
 
         With ``retry=True`` (reads and idempotent writes only) a lost connection, a
         restarting server or a serialisation failure is retried twice more with the
-        :data:`sessionstore.retry.READS` backoff.
+        :data:`sessionstore.retry.READS` backoff. A timeout is not retried (the caller's
+        time is used up; see ``_retry_read``).
         """
         try:
             return await self._once(work)

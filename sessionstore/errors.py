@@ -180,13 +180,17 @@ def translate(exc: BaseException) -> SessionStoreError | None:
             "to send again)"
         )
     if isinstance(exc, OSError):  # ConnectionError included
-        return StoreUnavailableError(f"connection to the database lost: {exc}")
+        return StoreUnavailableError(
+            f"connection to the database lost: {exc or type(exc).__name__}"
+        )
     if isinstance(exc, asyncpg.exceptions.InternalClientError):
         # Seen when the server ends a connection mid-operation (pg_terminate_backend):
         # the protocol is left in a state no further operation can use.
-        return StoreUnavailableError(f"connection to the database broken: {exc}")
+        return StoreUnavailableError(
+            f"connection to the database broken: {exc or type(exc).__name__}"
+        )
     if isinstance(exc, asyncpg.InterfaceError):
-        return SessionStoreError(f"driver error: {exc}")
+        return SessionStoreError(f"driver error: {exc or type(exc).__name__}")
     return None
 
 

@@ -57,6 +57,7 @@ async def purge_user(
     ``batch_size`` rows per statement; ``on_progress`` gets the running counts."""
     uid = v.identifier(user_id, "user_id")
     size = v.limit(batch_size, "batch_size", maximum=100_000)
+    on_progress = v.callback(on_progress, "on_progress")
     counts = PurgeCounts()
 
     def progress(field: str) -> Callable[[int], None]:

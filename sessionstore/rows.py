@@ -30,9 +30,12 @@ E = TypeVar("E", bound=StrEnum)
 # Python's datetime ends at year 9999 and starts at year 1; PostgreSQL's timestamptz goes
 # far beyond both and has ±infinity. A row another client wrote outside Python's range
 # must still read (asyncpg would raise OverflowError, and decodes infinity as a naive
-# datetime): such times are read as the nearest end of Python's range. NULL stays NULL.
-_EARLIEST = "'0001-01-01 00:00:00+00'::timestamptz"
-_LATEST = "'9999-12-31 23:59:59.999999+00'::timestamptz"
+# datetime): such times are read as the nearest end of Python's range, less the one
+# microsecond at each end that asyncpg reserves for ±infinity when it encodes (a cursor
+# holding datetime.max would be sent as infinity and page the same row forever). NULL
+# stays NULL.
+_EARLIEST = "'0001-01-01 00:00:00.000001+00'::timestamptz"
+_LATEST = "'9999-12-31 23:59:59.999998+00'::timestamptz"
 
 
 def _readable_time(expr: str) -> str:

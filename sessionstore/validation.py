@@ -10,7 +10,7 @@ import enum
 import json
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Final, NamedTuple, TypeVar
 from uuid import UUID
@@ -27,6 +27,8 @@ __all__ = [
     "CheckedMessage",
     "Unset",
     "aware_datetime",
+    "callback",
+    "claims",
     "conversation",
     "flag",
     "identifier",
@@ -331,6 +333,25 @@ def ttl(value: object, field: str = "ttl") -> timedelta:
             field, "must be at most 1000 years (pass ttl=None for a session that never expires)"
         )
     return value
+
+
+C = TypeVar("C", bound=Callable[..., object])
+
+
+def callback(value: C | None, field: str) -> C | None:
+    """A callable or ``None`` (checked before any work, not when first called)."""
+    if value is not None and not callable(value):
+        raise InvalidInputError(field, f"must be callable or None, got {type(value).__name__}")
+    return value
+
+
+def claims(value: object, field: str = "claims") -> dict[str, object]:
+    """Extra JWT claims: a mapping (``None`` for none)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidInputError(field, f"must be a mapping or None, got {type(value).__name__}")
+    return dict(value)
 
 
 def flag(value: object, field: str) -> bool:

@@ -1,5 +1,5 @@
-"""What the write-behind queue holds and reports: accepted messages, messages set aside,
-and the queue's counters."""
+"""What the write-behind queue holds and reports: accepted messages, messages set aside
+(and why, in words that never quote their content), and the queue's counters."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ __all__ = [
     "PendingWrite",
     "WriterStats",
     "batch_arguments",
+    "failure_reason",
     "fresh_rows",
     "uuid7",
 ]
@@ -83,7 +84,12 @@ class PendingWrite:
 
 @dataclass(frozen=True, slots=True)
 class FailedWrite:
-    """A message that can never be written, and why."""
+    """A message that can never be written, and why.
+
+    ``reason`` never holds the message's content or metadata: it names the error's class,
+    the schema objects the server named and the sizes of the message's fields (see
+    :func:`failure_reason`), or the rule that refused the row ("conversation not found").
+    """
 
     id: UUID
     kind: Kind
@@ -92,6 +98,49 @@ class FailedWrite:
     session_id: UUID | None
     reason: str
     sqlstate: str | None
+
+
+# What the server names in an error, besides its message: identifiers, never values.
+_SCHEMA_NAMES = (
+    ("table", "table_name"),
+    ("column", "column_name"),
+    ("constraint", "constraint_name"),
+)
+
+
+def failure_reason(error: BaseException, item: PendingWrite) -> str:
+    """Why ``item`` could not be written, in words that quote none of its data.
+
+    Built from the error's class, its SQLSTATE, the table, column and constraint the
+    server named (on the driver error it was translated from, ``__cause__``) or the
+    field an :class:`~sessionstore.errors.InvalidInputError` names, and the sizes of the
+    message's fields — never from an error's text, which can quote the values sent (e.g.
+    the driver's ``invalid input for query argument $4: ['…']``). Edge cases: an error
+    with no SQLSTATE (detected on the client) names its driver cause's class instead;
+    with no names at all, the class and sizes are the whole reason.
+    """
+    cause = error.__cause__
+    sqlstate = getattr(error, "sqlstate", None) or getattr(cause, "sqlstate", None)
+    facts = [f"SQLSTATE {sqlstate}"] if sqlstate else []
+    if not sqlstate and cause is not None:
+        facts.append(f"from {type(cause).__name__}")
+    names = [
+        f"{label} {value}"
+        for label, attribute in _SCHEMA_NAMES
+        if isinstance(value := getattr(cause, attribute, None), str) and value
+    ]
+    field = getattr(error, "field", None)
+    if not names and isinstance(field, str) and field:
+        names.append(f"field {field}")
+    if names:
+        facts.append(", ".join(names))
+    head = type(error).__name__ + (f" ({'; '.join(facts)})" if facts else "")
+    sizes = f"content {len(item.content)} characters"
+    if item.metadata is not None:
+        sizes += f", metadata {len(item.metadata)} characters"
+    if item.tokens is not None:
+        sizes += f", tokens {item.tokens}"
+    return f"{head}; the message had {sizes}"
 
 
 #: Called with each write-behind message that can never be written.

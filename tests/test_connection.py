@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
+import sys
 
 import asyncpg
 import pytest
@@ -104,3 +106,34 @@ async def test_cancelled_caller_leaves_no_partial_write_and_a_healthy_pool(
         # the only pooled connection works for the next caller
         turn = await store.add_turn("c", "user", "y", session_id=s.id, tokens=3)
         assert turn.message.seq == 1
+
+
+def _floor_restore_record(error: BaseException) -> logging.LogRecord:
+    try:
+        raise error
+    except BaseException:
+        info = sys.exc_info()
+    return logging.LogRecord(
+        "asyncpg.pool",
+        logging.WARNING,
+        __file__,
+        1,
+        "Failed to restore the pool connection floor; retrying",
+        None,
+        info,
+    )
+
+
+async def test_asyncpg_floor_restore_tracebacks_are_dropped_for_our_pools_only(dsn: str) -> None:
+    """sessionstore reports its own pools' connect failures in one line; asyncpg's
+    traceback about them is dropped, and other pools' records are left alone."""
+    asyncpg_pool_logger = logging.getLogger("asyncpg.pool")
+    async with sessionstore.connect(dsn, **store_overrides()):
+        installed = [
+            f for f in asyncpg_pool_logger.filters if type(f).__name__ == "_FloorRestoreFilter"
+        ]
+    assert len(installed) == 1  # once per process, however many stores
+    ours = _floor_restore_record(StoreUnavailableError("could not connect to …: refused"))
+    theirs = _floor_restore_record(ConnectionRefusedError(111, "Connection refused"))
+    assert not asyncpg_pool_logger.filter(ours)
+    assert asyncpg_pool_logger.filter(theirs)

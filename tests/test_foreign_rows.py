@@ -16,8 +16,9 @@ import asyncpg
 from sessionstore import SessionStore
 
 DEPTH = 5000  # PostgreSQL 15 with the default max_stack_depth takes this; Python does not
-LATEST = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
-EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
+# The ends of Python's range, less asyncpg's ±infinity sentinels (datetime.max / min)
+LATEST = datetime(9999, 12, 31, 23, 59, 59, 999998, tzinfo=UTC)
+EARLIEST = datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC)
 
 
 def _deep_json(depth: int, leaf: str) -> str:
@@ -92,3 +93,24 @@ async def test_times_outside_pythons_range_read_as_its_ends(
     (message,) = await store.messages.history(conversation.id)
     assert message.created_at == LATEST
     assert (await store.conversations.get(conversation.id)).last_message_at == LATEST
+
+
+async def test_paging_past_out_of_range_times_ends(
+    store: SessionStore, conn: asyncpg.Connection
+) -> None:
+    """A cursor at the end of Python's range once paged the same row forever: asyncpg
+    sends datetime.max as infinity."""
+    ids = {(await store.sessions.create("u")).id for _ in range(3)}
+    await conn.execute(
+        "UPDATE sessions SET created_at = '20000-01-01+00' WHERE id = ANY($1::uuid[])",
+        list(ids)[:2],
+    )
+    seen, cursor = [], None
+    for _ in range(5):
+        page = await store.sessions.list(user_id="u", limit=1, cursor=cursor)
+        seen += [s.id for s in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert cursor is None
+    assert len(seen) == len(set(seen))

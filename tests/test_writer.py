@@ -29,7 +29,7 @@ from sessionstore.spill import append_spill
 from sessionstore.writes import PendingWrite
 
 from .conftest import store_overrides
-from .helpers import expire, wait_for_lock_waiters
+from .helpers import eventually, expire, wait_for_lock_waiters
 from .servers import ControlledServer, with_database
 
 
@@ -139,6 +139,24 @@ async def test_full_queue_waits_and_nowait_raises(dsn: str, conn: asyncpg.Connec
         accepted.append(await waiting)
         await store.flush()
         assert await _ids_by_seq(conn, c.id) == accepted
+
+
+async def test_stats_count_the_messages_being_collected(dsn: str) -> None:
+    """Messages the writer has taken into the next batch, still waiting for more to
+    arrive, are in flight: stats() never loses sight of an accepted message."""
+    async with sessionstore.connect(dsn, batch_size=3, max_delay=30, **store_overrides()) as store:
+        c = await store.conversations.get_or_create("c")
+        await store.messages.enqueue(c.id, "user", "a")
+        await store.messages.enqueue(c.id, "user", "b")
+        await eventually(lambda: store.stats().in_flight == 2, what="the writer took both")
+        stats = store.stats()
+        assert (stats.queued, stats.in_flight, stats.written) == (0, 2, 0)
+        assert stats.oldest_age is not None
+        await store.messages.enqueue(c.id, "user", "c")  # batch_size: sent at once
+        async with asyncio.timeout(10):
+            await store.flush()
+        stats = store.stats()
+        assert (stats.queued, stats.in_flight, stats.written) == (0, 0, 3)
 
 
 async def test_enqueue_checks_input_before_accepting(store: SessionStore) -> None:
@@ -309,3 +327,14 @@ async def test_replay_command(dsn: str, conn: asyncpg.Connection, tmp_path: Path
         assert result.exit_code == 0, result.output
         assert "replayed 3 messages" in result.output
     assert await _ids_by_seq(conn, c.id) == [i.id for i in items]
+
+
+async def test_enqueue_on_a_store_never_opened_is_refused(dsn: str) -> None:
+    """It used to be accepted, then set aside at close: a message lost without an error."""
+    store = sessionstore.connect(dsn)
+    with pytest.raises(SessionStoreError, match="not open"):
+        await store.messages.enqueue("00000000-0000-0000-0000-000000000001", "user", "x")
+    with pytest.raises(SessionStoreError, match="not open"):
+        await store.enqueue_turn("c", "user", "x")
+    await store.close()
+    assert store.failed_writes() == []

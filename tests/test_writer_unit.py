@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -151,12 +152,10 @@ class MakeWriter(Protocol):
 
 @pytest.fixture(autouse=True)
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Retry delays of a few milliseconds, and a waiting flush() that looks at the
-    deadline often, so that failing tests stay fast."""
+    """Retry delays of a few milliseconds, so that failing tests stay fast."""
     monkeypatch.setattr(
         sessionstore.writer, "WRITER", Backoff(first=0.001, cap=0.005, attempts=None)
     )
-    monkeypatch.setattr(sessionstore.writer, "_DEADLINE_CHECK", 0.02)
 
 
 @pytest.fixture
@@ -186,6 +185,7 @@ async def make_writer() -> AsyncIterator[MakeWriter]:
             on_write_error=on_write_error,
             on_written=on_written,
         )
+        writer.open()
         made.append((writer, fake))
         return writer
 
@@ -328,7 +328,8 @@ async def test_a_poisoned_row_is_isolated_and_the_rest_lands(make_writer: MakeWr
         CONVERSATION,
         None,
         None,
-        "content: bad",
+        "InvalidInputError (SQLSTATE 22021; field content); the message had content "
+        f"{len(bad.content)} characters",
         "22021",
     )
     assert writer.set_aside() == [expected]
@@ -386,7 +387,12 @@ async def test_another_conflict_on_one_row_is_set_aside(make_writer: MakeWriter)
     writer.put_nowait(clash)
     await flush(writer)
     assert [(f.id, f.reason, f.sqlstate) for f in writer.set_aside()] == [
-        (clash.id, "stale version", "23P01")
+        (
+            clash.id,
+            "ConflictError (SQLSTATE 23P01); the message had content "
+            f"{len(clash.content)} characters",
+            "23P01",
+        )
     ]
     assert (writer.stats().written, writer.stats().set_aside) == (0, 1)
 
@@ -738,3 +744,129 @@ async def test_a_put_waiting_for_room_raises_when_close_fails(
     with pytest.raises(SessionStoreError, match="closed"):
         async with asyncio.timeout(BOUND):
             await waiting
+
+
+# -- what failures say: bounded deadline, one warning per outage, no content ------------
+
+CANARY = "CANARY-CONTENT-7f3a"
+
+
+class DriverError(Exception):
+    """Stands in for an asyncpg error: its text quotes the values it was sent, and it
+    names the schema objects involved."""
+
+    sqlstate = "23514"
+    table_name = "messages"
+    column_name = None
+    constraint_name = "no_canaries"
+
+
+def quoting_error() -> InvalidInputError:
+    """A translated error whose own text and whose driver cause both quote content."""
+    cause = DriverError(f"invalid input for query argument $4: ['{CANARY}']")
+    error = InvalidInputError(
+        "no_canaries", f"rejected by the database: {CANARY}", sqlstate="23514"
+    )
+    error.__cause__ = cause
+    return error
+
+
+async def test_reasons_and_logs_never_quote_message_content(
+    make_writer: MakeWriter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="sessionstore")
+    fake = FakeWrite()
+    reported: list[FailedWrite] = []
+    writer = make_writer(fake, batch_size=4, max_delay=0.0, on_write_error=reported.append)
+    bad = item(content=f"{CANARY} in the content", metadata={"secret": CANARY}, tokens=3)
+    fake.poison[bad.id] = quoting_error()
+    fake.fail(RuntimeError(f"driver bug while encoding {CANARY}"), 1)  # an unexpected error
+    others = items(3)
+    for i in [bad, *others]:
+        writer.put_nowait(i)
+
+    await flush(writer)
+
+    assert [f.id for f in writer.set_aside()] == [bad.id]
+    reason = writer.set_aside()[0].reason
+    assert CANARY not in reason
+    # what the reason does say: class, SQLSTATE, the schema objects, the sizes
+    assert reason.startswith("InvalidInputError (SQLSTATE 23514; table messages, constraint")
+    assert f"content {len(bad.content)} characters" in reason
+    assert "tokens 3" in reason
+    assert reported == writer.set_aside()
+    loud = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert any("unexpected RuntimeError" in r.getMessage() for r in loud)
+    assert any(str(bad.id) in r.getMessage() for r in loud)  # the set-aside row, by id
+    for record in loud:
+        assert CANARY not in record.getMessage()
+        assert record.exc_info is None  # a traceback would print the exception's text
+
+
+async def test_an_outage_logs_one_warning_and_one_recovery(
+    make_writer: MakeWriter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="sessionstore")
+    fake = FakeWrite()
+    writer = make_writer(fake, batch_size=10, max_delay=0.0)
+    fake.fail(StoreUnavailableError("database unavailable: connection refused"), 20)
+    for i in items(3):
+        writer.put_nowait(i)
+    await flush(writer)
+    assert writer.stats().retried == 20
+    loud = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(loud) == 2, loud
+    (down_level, down), (back_level, back) = loud
+    assert down_level == "WARNING"
+    assert "could not be written (StoreUnavailableError: database unavailable" in down
+    assert back_level == "INFO"
+    assert "writing again" in back
+    # each retry is still there for whoever wants it
+    assert sum(r.levelno == logging.DEBUG for r in caplog.records) >= 20
+
+
+async def test_write_deadline_counts_from_the_first_attempt(make_writer: MakeWriter) -> None:
+    """A first attempt that hangs (a server that stopped answering, before any
+    command_timeout) counts: the deadline does not wait for a first failure."""
+    fake = FakeWrite()
+    fake.gate = asyncio.Event()  # every attempt hangs
+    writer = make_writer(fake, batch_size=10, max_delay=0.0, write_deadline=0.2)
+    accepted = items(3)
+    for i in accepted:
+        writer.put_nowait(i)
+    await fake.wait_for_calls(1)
+    started = time.monotonic()
+    with pytest.raises(WriteBehindError, match="first attempt has not finished") as info:
+        await flush(writer)
+    assert time.monotonic() - started < 0.2 + 0.5  # the bound on how late it may be
+    assert ids(info.value.unwritten) == ids(accepted)
+    assert len(fake.calls) == 1  # no failure happened: only the deadline spoke
+    with pytest.raises(WriteBehindError, match="were not written"):
+        async with asyncio.timeout(BOUND):
+            await writer.close()
+
+
+async def test_pending_holds_exactly_the_unresolved_messages(make_writer: MakeWriter) -> None:
+    """What read-your-writes adds to reads: accepted, not yet written or set aside."""
+    fake = FakeWrite()
+    fake.gate = asyncio.Event()
+    writer = make_writer(fake, batch_size=2, max_delay=0.0, write_deadline=0.1)
+    bad, good, later = items(3)
+    fake.poison[bad.id] = InvalidInputError("content", "bad")
+    for i in (bad, good, later):
+        writer.put_nowait(i)
+    assert ids(writer.pending.matching(CONVERSATION)) == ids([bad, good, later])
+    await fake.wait_for_calls(1)  # [bad, good] in flight: still pending
+    assert ids(writer.pending.matching(CONVERSATION)) == ids([bad, good, later])
+    fake.gate.set()
+    await flush(writer)
+    assert not writer.pending  # written or set aside: nothing left to add to reads
+
+    fake.always = StoreUnavailableError("database unavailable")
+    stuck = item()
+    writer.put_nowait(stuck)
+    assert ids(writer.pending.matching(CONVERSATION)) == [stuck.id]
+    with pytest.raises(WriteBehindError):
+        async with asyncio.timeout(BOUND):
+            await writer.close()
+    assert not writer.pending  # handed over with the error (spilled, when configured)

@@ -288,6 +288,7 @@ class SessionsRepository:
         """
         size = v.limit(batch_size, "batch_size", maximum=100_000)
         cascade = v.flag(delete_conversations, "delete_conversations")
+        on_progress = v.callback(on_progress, "on_progress")
         total = await delete_in_batches(
             self._db, CLEANUP_BATCH, cascade, size=size, on_progress=on_progress
         )
