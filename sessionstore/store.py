@@ -16,6 +16,7 @@ from .config import StoreConfig
 from .db import ConfigureCallback, Database, Pool
 from .errors import InvalidInputError
 from .models import AddTurnOptions, Role, TurnOptions
+from .pending import STORED, as_messages, merged
 from .purge import PurgeCounts, purge_user
 from .repositories import (
     ConversationsRepository,
@@ -167,6 +168,7 @@ class SessionStore(_Scope):
     async def open(self) -> Self:
         """Open the pool (and the cache's listener connection, where one is used). Idempotent."""
         await self._pool.open()
+        self._writer.open()
         self._session_cache.start_listening(self.config)
         return self
 
@@ -209,6 +211,27 @@ class SessionStore(_Scope):
         """The most recent write-behind messages that could never be written, with reasons."""
         return self._writer.set_aside()
 
+    async def add_turn(
+        self, continuation_id: str, role: Role, content: str, **options: Unpack[AddTurnOptions]
+    ) -> Turn:
+        """:meth:`_Scope.add_turn`, with read-your-writes in ``turn.context``: messages
+        of this conversation accepted for write-behind and not yet durable follow the new
+        one (they will be written after it), as :meth:`MessagesRepository.history` shows
+        them. That takes one more round trip, only while such messages wait."""
+        turn = await super().add_turn(continuation_id, role, content, **options)
+        index = self._writer.pending
+        if turn.context is None or not index:
+            return turn
+        waiting = index.matching(turn.conversation.continuation_id, turn.conversation.id)
+        if not waiting:
+            return turn
+        stored = set(await self._db.fetchval(STORED, [item.id for item in waiting], retry=True))
+        later = [item for item in waiting if item.id not in stored]
+        size = options.get("context") or len(turn.context)  # checked by add_turn
+        waiting_messages = as_messages(later, turn.conversation.id, turn.conversation.message_count)
+        context = merged(turn.context, waiting_messages, limit=size, before=2**31 - 1)
+        return turn.model_copy(update={"context": context})
+
     async def enqueue_turn(
         self, continuation_id: str, role: Role, content: str, **options: Unpack[TurnOptions]
     ) -> UUID:
@@ -227,7 +250,7 @@ class SessionStore(_Scope):
 
         Idempotent: ids are kept, so messages already stored are skipped.
         """
-        items = read_spill(Path(path))
+        items = read_spill(path)
         for item in items:
             await self._writer.put(item)
         await self._writer.flush()
@@ -255,7 +278,7 @@ class SessionStore(_Scope):
         beyond each operation's transaction.
         """
         uid = v.identifier(user_id, "user_id")
-        extra = dict(claims or {})
+        extra = v.claims(claims)
         for key, fixed in (("sub", uid), ("role", "authenticated")):
             if extra.setdefault(key, fixed) != fixed:
                 raise InvalidInputError(

@@ -15,9 +15,17 @@ Guarantees:
   refuses) is set aside with its reason, reported to ``on_write_error`` and counted, and
   the rest of its batch still lands;
 - ``flush()`` returns when everything accepted before it is durable or set aside, and
-  ``close()`` drains; if the database stays unreachable for ``write_deadline`` they raise
+  ``close()`` drains; if the writer has been trying to write a batch for
+  ``write_deadline`` (counted from its first attempt, not from its first failure: an
+  attempt that hangs until ``command_timeout`` counts) they raise
   :class:`~sessionstore.errors.WriteBehindError` saying exactly what was not written
-  (``close()`` first spills it to ``spill_path``, see :mod:`sessionstore.spill`).
+  (``close()`` first spills it to ``spill_path``, see :mod:`sessionstore.spill`);
+- no message content reaches the logs or the reasons of set-aside rows: those name the
+  error's class, its SQLSTATE, the schema objects involved and sizes
+  (:func:`~sessionstore.writes.failure_reason`); a driver's message can quote the values
+  it was sent, so its text is never used;
+- an outage is logged once when the writer starts failing (WARNING) and once when it
+  writes again (INFO); the retries in between are at DEBUG.
 
 The engine knows no SQL: the store hands it the function that writes one batch.
 """
@@ -28,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -36,9 +45,10 @@ from uuid import UUID
 from tenacity import RetryCallState
 
 from .errors import QueueFullError, SessionStoreError, WriteBehindError, is_transient
-from .retry import WRITER, retrying
+from .pending import PendingIndex
+from .retry import WRITER, describe, retrying
 from .spill import append_spill
-from .writes import FailedWrite, OnWriteError, PendingWrite, WriterStats
+from .writes import FailedWrite, OnWriteError, PendingWrite, WriterStats, failure_reason
 
 __all__ = ["WriteBatch", "Writer"]
 
@@ -48,8 +58,6 @@ logger = logging.getLogger("sessionstore")
 WriteBatch = Callable[[Sequence[PendingWrite]], Awaitable[Mapping[UUID, str]]]
 
 _KEEP_SET_ASIDE = 1000
-# How often a waiting flush() looks at the deadline while the writer is stuck.
-_DEADLINE_CHECK = 0.5
 
 
 def _retryable(error: BaseException) -> bool:
@@ -58,6 +66,12 @@ def _retryable(error: BaseException) -> bool:
     if not isinstance(error, Exception):
         return False  # cancellation
     return is_transient(error) or not isinstance(error, SessionStoreError)
+
+
+def _quotable(error: BaseException) -> bool:
+    # Connection-level errors (lost, refused, timed out) say nothing about the data; any
+    # other error's text may quote the batch's values.
+    return isinstance(error, SessionStoreError) and is_transient(error)
 
 
 class Writer:
@@ -94,15 +108,37 @@ class Writer:
         self._retried = 0
         self._set_aside_count = 0
         self._set_aside: deque[FailedWrite] = deque(maxlen=_KEEP_SET_ASIDE)
+        # When the writer began trying the batch in flight (None between batches): the
+        # start of write_deadline.
+        self._trying_since: float | None = None
+        # When the current run of failed attempts began (None while writes succeed).
         self._failing_since: float | None = None
+        self._last_error: BaseException | None = None
+        self._reported_bug = False
+        self._opened = False  # by open(): before it, nothing is accepted
         self._closed = False
+        #: Accepted messages not yet resolved (written, set aside or spilled), by
+        #: conversation: what reads in this process add to what is stored
+        #: (read-your-writes, see :mod:`sessionstore.pending`).
+        self.pending = PendingIndex()
+        self._flushing = 0  # flush() calls waiting: collect no longer than that
 
     # -- intake ---------------------------------------------------------------------
 
     def _full(self) -> bool:
         return len(self._waiting) >= self._max_pending
 
+    def open(self) -> None:
+        """Start accepting (the store calls this once its pool is open)."""
+        self._opened, self._closed = True, False
+
     def _check_open(self) -> None:
+        if not self._opened:
+            # Accepted now, the message could only be set aside: no pool to write with.
+            raise SessionStoreError(
+                "the store is not open (use `async with` or `await connect()`): "
+                "no writes are accepted"
+            )
         if self._closed:
             raise SessionStoreError("the store is closed: no new writes are accepted")
 
@@ -113,6 +149,7 @@ class Writer:
         item.ticket = self._issued
         item.accepted = time.monotonic()
         self._waiting.append(item)
+        self.pending.add(item)
         self._arrived.set()
 
     async def put(self, item: PendingWrite) -> None:
@@ -164,43 +201,80 @@ class Writer:
                 if self._waiting[0].kind != first.kind:
                     break  # a batch holds one kind; the next starts with this one
                 batch.append(self._waiting.popleft())
-            elif not await self._arrival(max(0.0, until - time.monotonic())):
-                break
+            elif self._flushing or not await self._arrival(max(0.0, until - time.monotonic())):
+                break  # max_delay is up, or a flush() waits: write what there is now
         return batch
 
     async def _run(self) -> None:
         while True:
             batch = await self._next_batch()
+            self._trying_since = time.monotonic()
+            async with self._progress:
+                self._progress.notify_all()  # a waiting flush() starts its deadline clock
             await self._write(batch)
+            self._trying_since = None
             self._batch = []
             self._resolved = batch[-1].ticket
             async with self._progress:
                 self._progress.notify_all()
+
+    def _failed_attempt(self, state: RetryCallState, started: float, size: int) -> None:
+        self._retried += 1
+        error = state.outcome.exception() if state.outcome is not None else None
+        if error is None:
+            return
+        self._last_error = error
+        if self._failing_since is None:
+            self._failing_since = started
+            logger.warning(
+                "write-behind: a batch of %d could not be written (%s); retrying with "
+                "backoff, accepted messages stay queued (%d waiting, write_deadline=%ss; "
+                "retries logged at DEBUG)",
+                size,
+                describe(error, message=_quotable(error)),
+                len(self._waiting),
+                self._deadline,
+            )
+        if not isinstance(error, SessionStoreError) and not self._reported_bug:
+            self._reported_bug = True  # once per writer: it repeats on every retry
+            # The frames, not the message: the message may quote the batch's values.
+            logger.error(
+                "write-behind batch raised an unexpected %s (a bug: please report it); "
+                "the batch is retried. Traceback (message omitted):\n%s",
+                type(error).__name__,
+                "".join(traceback.format_tb(error.__traceback__)).rstrip(),
+            )
+
+    def _answered(self) -> None:
+        """The database took (or refused) a batch: any failing run is over."""
+        since, self._failing_since = self._failing_since, None
+        if since is not None:
+            logger.info(
+                "write-behind: writing again after %.1fs (%d retries so far)",
+                time.monotonic() - since,
+                self._retried,
+            )
+        self._last_error = None
 
     async def _write(self, batch: Sequence[PendingWrite]) -> None:
         """Make ``batch`` durable or set its bad rows aside; retries transient errors."""
         started = time.monotonic()
 
         def on_retry(state: RetryCallState) -> None:
-            self._retried += 1
-            if self._failing_since is None:
-                self._failing_since = started
-            error = state.outcome.exception() if state.outcome is not None else None
-            if error is not None and not isinstance(error, SessionStoreError):
-                logger.error("write-behind batch raised an unexpected error", exc_info=error)
+            self._failed_attempt(state, started, len(batch))
 
         what = f"write-behind batch of {len(batch)}"
         try:
             async for attempt in retrying(
-                WRITER, retry_on=_retryable, what=what, on_retry=on_retry
+                WRITER, retry_on=_retryable, what=what, on_retry=on_retry, quote=_quotable
             ):
                 with attempt:
                     rejected = await self._write_batch(batch)
         except SessionStoreError as error:  # permanent: find the rows that cause it
-            self._failing_since = None  # the database answered
+            self._answered()
             await self._split(batch, error)
             return
-        self._failing_since = None
+        self._answered()
         if self._on_written is not None:
             self._on_written(batch)
         for item in batch:
@@ -212,6 +286,7 @@ class Writer:
     def _resolve(self, done: Sequence[PendingWrite]) -> None:
         """``done`` is written or set aside: no longer in flight (a split batch resolves
         part by part)."""
+        self.pending.discard(done)
         if len(done) == len(self._batch):
             self._batch = []
         else:
@@ -224,7 +299,7 @@ class Writer:
             if error.sqlstate == "23505":
                 self._written += 1  # another writer (a replay) stored this very id
             else:
-                self._set_aside_one(batch[0], str(error), error.sqlstate)
+                self._set_aside_one(batch[0], failure_reason(error, batch[0]), error.sqlstate)
             self._resolve(batch)
             return
         middle = len(batch) // 2
@@ -232,6 +307,7 @@ class Writer:
         await self._write(batch[middle:])
 
     def _set_aside_one(self, item: PendingWrite, reason: str, sqlstate: str | None) -> None:
+        """Report ``item`` as never writable. ``reason`` holds no message content."""
         failed = FailedWrite(
             item.id,
             item.kind,
@@ -252,29 +328,44 @@ class Writer:
 
     # -- flush, close, stats --------------------------------------------------------
 
-    def _failing_past_deadline(self) -> bool:
-        since = self._failing_since
-        return since is not None and time.monotonic() - since >= self._deadline
+    def _why_stuck(self) -> str:
+        error = self._last_error
+        if error is None:
+            return "its first attempt has not finished"
+        return f"last error: {describe(error, message=_quotable(error))}"
 
     async def flush(self) -> None:
         """Return when every message accepted before this call is durable or set aside.
 
-        :class:`WriteBehindError` if the database has been unreachable for
-        ``write_deadline``; the messages stay queued and the writer keeps trying.
+        :class:`WriteBehindError` once the writer has been trying to write one batch for
+        ``write_deadline`` (counted from its first attempt: a hung attempt counts); that
+        may be sooner than ``write_deadline`` after this call if the writer was already
+        stuck. The messages stay queued and the writer keeps trying.
         """
         target = self._issued
+        self._flushing += 1
+        self._arrived.set()  # a batch being collected is written now, not after max_delay
+        try:
+            await self._wait_resolved(target)
+        finally:
+            self._flushing -= 1
+
+    async def _wait_resolved(self, target: int) -> None:
         async with self._progress:
             while self._resolved < target:
-                if self._failing_past_deadline():
+                since = self._trying_since
+                remaining = None if since is None else since + self._deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
                     pending = self._unwritten()
                     raise WriteBehindError(
-                        f"{len(pending)} messages not yet written: the database has been "
-                        f"unreachable for over write_deadline={self._deadline}s",
+                        f"{len(pending)} messages not yet written: the writer has been "
+                        f"trying for write_deadline={self._deadline}s ({self._why_stuck()})",
                         pending,
                         None,
                     )
+                # Woken when a batch starts or ends; else when the deadline is due.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._progress.wait(), timeout=_DEADLINE_CHECK)
+                    await asyncio.wait_for(self._progress.wait(), timeout=remaining)
 
     async def close(self) -> None:
         """Stop accepting, drain, stop the task. Spill and raise if draining failed."""
@@ -287,6 +378,7 @@ class Writer:
             async with self._progress:
                 self._progress.notify_all()  # put() callers waiting for room: it is closed
             unwritten = self._unwritten()
+            self.pending.discard(unwritten)  # handed over: to the spill file, or the caller
             path = self._spill_path
             if path is not None:
                 append_spill(path, unwritten)
@@ -294,7 +386,7 @@ class Writer:
             where = f"spilled to {path}" if path else "no spill_path configured"
             raise WriteBehindError(
                 f"{len(unwritten)} accepted messages were not written ({where}): "
-                f"the database stayed unreachable for write_deadline={self._deadline}s",
+                f"no batch could be written within write_deadline={self._deadline}s",
                 unwritten,
                 path,
             ) from error

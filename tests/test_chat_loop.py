@@ -4,6 +4,7 @@ that returns its context in the same round trip (issue 14, items 1 and 2)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from uuid import UUID
 
 import asyncpg
@@ -140,3 +141,64 @@ async def test_concurrent_turns_each_see_a_gapless_context(store: SessionStore) 
         for seqs in contexts:
             assert seqs == list(range(max(seqs[-1] - 4, 1), seqs[-1] + 1))
     assert await store.messages.count(ContinuationId("busy")) == 100
+
+
+@pytest.fixture
+async def slow_writer(dsn: str) -> AsyncIterator[SessionStore]:
+    """A store whose writer holds messages until flush() (or 10 s): read-your-writes
+    is then observable."""
+    async with sessionstore.connect(
+        dsn, max_delay=10.0, batch_size=10_000, **store_overrides()
+    ) as opened:
+        yield opened
+
+
+async def test_history_reads_this_process_s_queued_messages_in_final_order(
+    slow_writer: SessionStore, conn: asyncpg.Connection
+) -> None:
+    store = slow_writer
+    await store.add_turn("ryw", "user", "stored-1")
+    conversation = await store.conversations.get(ContinuationId("ryw"))
+
+    async def producer(name: str) -> None:
+        for n in range(5):
+            if n % 2:
+                await store.messages.enqueue(conversation.id, "assistant", f"{name}{n}")
+            else:
+                await store.enqueue_turn("ryw", "user", f"{name}{n}")
+
+    await asyncio.gather(producer("a"), producer("b"))
+    assert await conn.fetchval("SELECT count(*) FROM messages") == 1  # nothing durable yet
+    before = await store.messages.history(ContinuationId("ryw"), limit=50)
+    assert [m.seq for m in before] == list(range(1, 12))
+    assert await store.messages.history(conversation.id, limit=3) == before[-3:]
+    assert await store.messages.history(conversation.id, limit=2, before=3) == before[:2]
+    await store.flush()
+    after = await store.messages.history(ContinuationId("ryw"), limit=50)
+    assert [(m.id, m.seq, m.content) for m in after] == [(m.id, m.seq, m.content) for m in before]
+
+
+async def test_enqueue_turn_then_history_needs_no_get_or_create(
+    slow_writer: SessionStore,
+) -> None:
+    store = slow_writer
+    mid = await slow_writer.enqueue_turn("brand-new", "user", "first")
+    history = await store.messages.history(ContinuationId("brand-new"))
+    assert [(m.id, m.seq, m.content) for m in history] == [(mid, 1, "first")]
+
+
+async def test_add_turn_context_includes_queued_messages(slow_writer: SessionStore) -> None:
+    store = slow_writer
+    await store.add_turn("mixed", "user", "one")
+    queued = await store.enqueue_turn("mixed", "assistant", "two (queued)")
+    turn = await store.add_turn("mixed", "user", "three", context=5)
+    assert turn.context is not None
+    # the queued message will be written after the direct one: that is its place
+    assert [(m.seq, m.content) for m in turn.context] == [
+        (1, "one"),
+        (2, "three"),
+        (3, "two (queued)"),
+    ]
+    await store.flush()
+    stored = await store.messages.history(ContinuationId("mixed"))
+    assert [(m.id, m.seq) for m in stored][-1] == (queued, 3)

@@ -15,6 +15,7 @@ from .. import validation as v
 from ..db import Database
 from ..errors import InvalidInputError
 from ..models import ContinuationId, ConversationRef, Message, MessageOptions, MessageRole, Role
+from ..pending import STORED, as_messages, merged
 from ..rows import Columns, members
 from ..rules import batch_ordinal, bump_conversation, seq_of
 from ..writer import Writer
@@ -63,6 +64,22 @@ ADD_MESSAGE = _append(
 # Zero rows: no such conversation. One all-null row: a conversation without messages.
 HISTORY = Keyed.of(f"""
 SELECT m.* FROM conversations c
+LEFT JOIN LATERAL (
+    SELECT {_COLUMNS} FROM messages
+    WHERE conversation_id = c.id AND seq < $3
+    ORDER BY seq DESC
+    LIMIT $2
+) m ON true
+WHERE c.{KEY} = $1
+ORDER BY m.seq
+""")
+# HISTORY for a process with waiting write-behind messages: also the conversation's keys
+# and count, and which of the waiting ids ($4) are stored by now.
+HISTORY_WITH_WAITING = Keyed.of(f"""
+SELECT m.*, c.id AS conv_id, c.continuation_id AS conv_continuation,
+       c.message_count AS conv_count,
+       ARRAY(SELECT s.id FROM messages s WHERE s.id = ANY($4::uuid[])) AS stored
+FROM conversations c
 LEFT JOIN LATERAL (
     SELECT {_COLUMNS} FROM messages
     WHERE conversation_id = c.id AND seq < $3
@@ -171,6 +188,10 @@ class MessagesRepository:
     ) -> list[Message]:
         """Append several messages in one round trip, all or nothing, in the order given."""
         cid = v.conversation(conversation_id)
+        if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Iterable):
+            raise InvalidInputError(
+                "messages", "must be a sequence of (role, content[, metadata[, tokens]]) tuples"
+            )
         roles: list[str] = []
         contents: list[str | None] = []
         metas: list[str | None] = []
@@ -230,6 +251,46 @@ class QueuedMessagesRepository(MessagesRepository):
     def __init__(self, db: Database, writer: Writer) -> None:
         super().__init__(db)
         self._writer = writer
+
+    async def history(
+        self, conversation_id: ConversationRef, *, limit: int = 50, before: int | None = None
+    ) -> list[Message]:
+        """:meth:`MessagesRepository.history`, with read-your-writes: messages this process
+        accepted for write-behind and has not yet made durable are included, after the
+        stored ones, in the order they will be written (see :mod:`sessionstore.pending`).
+
+        A conversation that exists only in the queue (``enqueue_turn`` to a new
+        continuation id) is read after the writer's next batch has created it.
+        """
+        index = self._writer.pending
+        if not index:
+            return await super().history(conversation_id, limit=limit, before=before)
+        ref = v.conversation(conversation_id)
+        size = v.limit(limit)
+        upper = _NO_UPPER_BOUND if before is None else v.positive_int(before, "before")
+        early = index.matching(ref)
+        checked = [item.id for item in early]
+        query = HISTORY_WITH_WAITING.for_(ref)
+        rows = await self._db.fetch(query, ref, size, upper, checked, retry=True)
+        if not rows:
+            if not early:
+                raise conversation_missing(ref)
+            await self._writer.flush()  # its batch creates the conversation
+            return await super().history(ref, limit=limit, before=before)
+        head = rows[0]
+        waiting = index.matching(head["conv_id"], head["conv_continuation"])
+        stored = set(head["stored"])
+        seen = set(checked)
+        unchecked = [item.id for item in waiting if item.id not in seen]
+        if unchecked:  # accepted meanwhile, or named by the conversation's other key
+            stored.update(await self._db.fetchval(STORED, unchecked, retry=True))
+        later = as_messages(
+            [item for item in waiting if item.id not in stored],
+            head["conv_id"],
+            head["conv_count"],
+        )
+        durable = [] if head["id"] is None else [MESSAGE.one(row) for row in rows]
+        return merged(durable, later, limit=size, before=upper)
 
     def _pending(
         self, conversation_id: ConversationRef, role: Role, content: str, options: MessageOptions
