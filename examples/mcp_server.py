@@ -38,6 +38,7 @@ logging.basicConfig(
 log = logging.getLogger("mcp_server")
 
 _closed: anyio.Event | None = None  # set once the lifespan has closed the store (see serve)
+_exit_code = 0
 
 
 @asynccontextmanager
@@ -46,10 +47,16 @@ async def lifespan(server: MCPServer) -> AsyncIterator[SessionStore]:
     try:
         yield store
     finally:
-        with anyio.CancelScope(shield=True):  # a signal cancels the server: still close
-            await store.close()
-        if _closed is not None:
-            _closed.set()
+        try:
+            with anyio.CancelScope(shield=True):  # a signal cancels the server: still close
+                await store.close()  # drains write-behind; spills and raises if it cannot
+        except SessionStoreError:
+            log.exception("the store did not close cleanly")
+            global _exit_code
+            _exit_code = 1
+        finally:
+            if _closed is not None:
+                _closed.set()
 
 
 mcp = MCPServer("sessionstore", lifespan=lifespan)
@@ -185,10 +192,13 @@ async def serve() -> None:
                 async for signum in signals:
                     log.info("signal %d: closing the store", signum)
                     group.cancel_scope.cancel()
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                    # close() may take write_deadline draining, then command_timeout
+                    config = sessionstore.StoreConfig.load()
+                    bound = config.write_deadline + (config.command_timeout or 30) + 5
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(bound):
                         await closed.wait()
                     logging.shutdown()
-                    os._exit(0)
+                    os._exit(_exit_code if closed.is_set() else 1)
 
         group.start_soon(on_signal)
         await mcp.run_stdio_async()
@@ -197,3 +207,4 @@ async def serve() -> None:
 
 if __name__ == "__main__":
     anyio.run(serve)
+    sys.exit(_exit_code)

@@ -3,9 +3,11 @@
     pip install "sessionstore[mcp]" uvicorn   # the mcp extra brings Starlette
     SESSIONSTORE_DATABASE_URL=postgresql://... uvicorn examples.web_app:app
 
-POST /conversations/{continuation_id}/messages with {"role", "content"} appends the
-message and answers with the latest 20 messages (one round trip); GET on the same path
-returns the history. The store is closed, write-behind flushed, when the server stops.
+POST /conversations/{continuation_id}/messages with {"role", "content"} (and an
+``Idempotency-Key`` header holding a UUID, so that a retry after a 503 writes nothing
+twice) appends the message and answers with the latest 20 messages (one round trip); GET
+on the same path returns the history. The store is closed, write-behind flushed, when
+the server stops.
 """
 
 from __future__ import annotations
@@ -62,13 +64,22 @@ def _error(exc: SessionStoreError) -> JSONResponse:
 
 async def append(request: Request) -> JSONResponse:
     store: SessionStore = request.state.store
-    body = await request.json()
+    try:
+        body = await request.json()
+    except ValueError:
+        return JSONResponse({"error": "the body must be JSON"}, status_code=422)
+    if not isinstance(body, dict):
+        return JSONResponse({"error": "the body must be a JSON object"}, status_code=422)
+    role: Any = body.get("role")  # checked by add_turn, which names what is wrong
+    content: Any = body.get("content")
     try:
         turn = await store.add_turn(
             request.path_params["continuation_id"],
-            body.get("role"),
-            body.get("content"),
+            role,
+            content,
             session_id=body.get("session_id"),
+            # A client that got a 503 resends with the same id: the turn is written once.
+            message_id=request.headers.get("Idempotency-Key"),
             context=20,
         )
     except SessionStoreError as exc:

@@ -17,7 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from .errors import NotFoundError
-from .models import MessageRole, SessionStatus, TurnOptions
+from .models import ContinuationId, MessageRole, SessionStatus, TurnOptions
 from .store import SessionStore, connect
 
 __all__ = ["SessionManager"]
@@ -90,10 +90,13 @@ class SessionManager:
     ) -> list[dict[str, Any]]:
         """The latest ``limit`` messages, oldest first; ``[]`` for an unknown conversation."""
         try:
-            conversation = await self.store.conversations.get_by_continuation_id(continuation_id)
+            # by continuation id: one round trip, and it sees this process's queued
+            # (fire-and-forget) messages, new conversations included
+            history = await self.store.messages.history(
+                ContinuationId(continuation_id), limit=limit
+            )
         except NotFoundError:
             return []
-        history = await self.store.messages.history(conversation.id, limit=limit)
         return [m.model_dump(mode="json") for m in history]
 
     # -- the in-memory session manager --------------------------------------------------

@@ -14,8 +14,8 @@ Time bounds (docs/scaling.md states them for users):
 - each statement takes at most ``command_timeout`` on the client;
 - a connection left broken by a timeout or a cancellation is cleaned up in the
   background, never while the caller waits: asyncpg's release first waits for its cancel
-  request, which has a ``command_timeout`` budget of its own and would double the
-  caller's wait on a server that stopped answering. :meth:`Pool.close` stops waiting
+  request (within the release's budget, the acquire's timeout), which on a server that
+  stopped answering would at least double the caller's wait. :meth:`Pool.close` stops waiting
   for those.
 """
 

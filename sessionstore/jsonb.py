@@ -5,12 +5,13 @@ and serialised. Reads must never fail on what another client stored: PostgreSQL 
 jsonb nested a few thousand levels deep (Python's ``json`` stops near 1,000 with
 ``RecursionError``) and integers of any length (Python refuses to parse more than
 ``sys.get_int_max_str_digits()`` digits). Such values are decoded by a slower iterative
-parser instead, exactly.
+parser instead, exactly (a number too long for a float becomes a ``Decimal``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from decimal import Decimal
 from typing import Any
@@ -27,10 +28,19 @@ def decode(text: str) -> Any:
     """The Python value of jsonb ``text``, however deep or long its numbers."""
     if text == "{}":  # most metadata is the column default: skip the parser
         return {}
+    if len(text) > _FLOAT_DIGITS and _LONG_DIGITS.search(text):
+        # json would read a decimal of more than ~309 digits as float('inf'), silently
+        return _decode_iteratively(text)
     try:
         return json.loads(text)
     except (RecursionError, ValueError):
         return _decode_iteratively(text)
+
+
+# A float holds no number of more than 309 integer digits; such a number (never written by
+# sessionstore, which refuses floats of 1e16 or more) is read as an exact Decimal.
+_FLOAT_DIGITS = 300
+_LONG_DIGITS = re.compile(rf"\d{{{_FLOAT_DIGITS}}}")
 
 
 # jsonb's text output: punctuation, strings, and bare scalars (numbers, true, false, null).
@@ -42,8 +52,13 @@ def _long_int(digits: str) -> int:
     return int(Decimal(digits))
 
 
+def _exact_float(digits: str) -> float | Decimal:
+    value = float(digits)
+    return value if math.isfinite(value) else Decimal(digits)
+
+
 def _scalar(token: str) -> Any:
-    return json.loads(token, parse_int=_long_int)
+    return json.loads(token, parse_int=_long_int, parse_float=_exact_float)
 
 
 def _decode_iteratively(text: str) -> Any:

@@ -19,10 +19,7 @@ from uuid import UUID
 from .models import ContinuationId, Message, MessageRole, from_trusted
 from .writes import PendingWrite
 
-__all__ = ["STORED", "PendingIndex", "as_messages", "merged"]
-
-#: Which of ``$1`` (message ids) are stored.
-STORED = "SELECT ARRAY(SELECT id FROM messages WHERE id = ANY($1::uuid[]))"
+__all__ = ["PendingIndex", "as_messages", "merged"]
 
 #: A conversation as a waiting message names it: its id, or its continuation id (a str).
 Key = UUID | str

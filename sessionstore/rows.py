@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from .models import from_trusted
 
-__all__ = ["Columns", "Row", "members"]
+__all__ = ["Columns", "Row", "keyset_before", "members"]
 
 #: A result row as asyncpg returns it.
 Row = asyncpg.Record
@@ -42,6 +42,20 @@ def _readable_time(expr: str) -> str:
     return (
         f"CASE WHEN {expr} > {_LATEST} THEN {_LATEST} "
         f"WHEN {expr} < {_EARLIEST} THEN {_EARLIEST} ELSE {expr} END"
+    )
+
+
+def keyset_before(created_at: str, row_id: str, at: str, after_id: str) -> str:
+    """The keyset condition of a listing newest first: rows after the cursor
+    ``(at, after_id)``. Keeps ``(created_at, id) < (at, after_id)`` as the index condition.
+
+    A cursor at the earliest readable time stands for a row written earlier than Python
+    can read (clamped, see above); every such row satisfies the plain condition, so the
+    same page would come back forever. There the ids decide, so paging always moves on.
+    """
+    return (
+        f"({created_at}, {row_id}) < ({at}, {after_id}) AND NOT ({at} = {_EARLIEST} "
+        f"AND {created_at} < {_EARLIEST} AND {row_id} >= {after_id})"
     )
 
 

@@ -16,7 +16,6 @@ from .config import StoreConfig
 from .db import ConfigureCallback, Database, Pool
 from .errors import InvalidInputError
 from .models import AddTurnOptions, Role, TurnOptions
-from .pending import STORED, as_messages, merged
 from .purge import PurgeCounts, purge_user
 from .repositories import (
     ConversationsRepository,
@@ -210,27 +209,6 @@ class SessionStore(_Scope):
     def failed_writes(self) -> list[FailedWrite]:
         """The most recent write-behind messages that could never be written, with reasons."""
         return self._writer.set_aside()
-
-    async def add_turn(
-        self, continuation_id: str, role: Role, content: str, **options: Unpack[AddTurnOptions]
-    ) -> Turn:
-        """:meth:`_Scope.add_turn`, with read-your-writes in ``turn.context``: messages
-        of this conversation accepted for write-behind and not yet durable follow the new
-        one (they will be written after it), as :meth:`MessagesRepository.history` shows
-        them. That takes one more round trip, only while such messages wait."""
-        turn = await super().add_turn(continuation_id, role, content, **options)
-        index = self._writer.pending
-        if turn.context is None or not index:
-            return turn
-        waiting = index.matching(turn.conversation.continuation_id, turn.conversation.id)
-        if not waiting:
-            return turn
-        stored = set(await self._db.fetchval(STORED, [item.id for item in waiting], retry=True))
-        later = [item for item in waiting if item.id not in stored]
-        size = options.get("context") or len(turn.context)  # checked by add_turn
-        waiting_messages = as_messages(later, turn.conversation.id, turn.conversation.message_count)
-        context = merged(turn.context, waiting_messages, limit=size, before=2**31 - 1)
-        return turn.model_copy(update={"context": context})
 
     async def enqueue_turn(
         self, continuation_id: str, role: Role, content: str, **options: Unpack[TurnOptions]

@@ -187,18 +187,45 @@ async def test_enqueue_turn_then_history_needs_no_get_or_create(
     assert [(m.id, m.seq, m.content) for m in history] == [(mid, 1, "first")]
 
 
-async def test_add_turn_context_includes_queued_messages(slow_writer: SessionStore) -> None:
+async def test_add_turn_context_ends_with_the_turn_and_queued_messages_follow_it(
+    slow_writer: SessionStore,
+) -> None:
+    """A queued message will be written after a direct turn: it is not part of that
+    turn's context (the messages up to it), and history shows it after the turn."""
     store = slow_writer
     await store.add_turn("mixed", "user", "one")
     queued = await store.enqueue_turn("mixed", "assistant", "two (queued)")
     turn = await store.add_turn("mixed", "user", "three", context=5)
     assert turn.context is not None
-    # the queued message will be written after the direct one: that is its place
-    assert [(m.seq, m.content) for m in turn.context] == [
-        (1, "one"),
-        (2, "three"),
-        (3, "two (queued)"),
-    ]
+    assert [(m.seq, m.content) for m in turn.context] == [(1, "one"), (2, "three")]
+    shown = await store.messages.history(ContinuationId("mixed"))
+    assert [(m.seq, m.content) for m in shown] == [(1, "one"), (2, "three"), (3, "two (queued)")]
     await store.flush()
     stored = await store.messages.history(ContinuationId("mixed"))
     assert [(m.id, m.seq) for m in stored][-1] == (queued, 3)
+
+
+async def test_reads_during_writes_never_lose_an_accepted_message(store: SessionStore) -> None:
+    """Reads by the other key than the one messages were queued under, while the writer
+    writes them: each read holds every message accepted before it, once, numbered
+    1, 2, … (a message judged by a second snapshot could once show in neither list)."""
+    await store.add_turn("race", "user", "first")
+    conversation = await store.conversations.get(ContinuationId("race"))
+    accepted: list[UUID] = []
+
+    async def produce() -> None:
+        for n in range(150):
+            accepted.append(await store.enqueue_turn("race", "user", f"m{n}"))
+            if n % 10 == 0:
+                await asyncio.sleep(0)  # let the writer and the reader interleave
+
+    async def read() -> None:
+        while len(accepted) < 150:
+            before = set(accepted)
+            history = await store.messages.history(conversation.id, limit=1000)
+            assert [m.seq for m in history] == list(range(1, len(history) + 1))
+            assert before <= {m.id for m in history}
+
+    await asyncio.gather(produce(), read())
+    await store.flush()
+    assert await store.messages.count(conversation.id) == 151

@@ -76,3 +76,14 @@ async def test_fire_and_forget_is_durable_at_shutdown(dsn: str, conn: asyncpg.Co
         await manager.save_message_async("ff", "user", str(i), fire_and_forget=True)
     await manager.shutdown()
     assert await conn.fetchval("SELECT count(*) FROM messages") == 50
+
+
+async def test_history_sees_fire_and_forget_messages_of_a_new_conversation(dsn: str) -> None:
+    manager = await SessionManager.connect(dsn, max_delay=10.0, **store_overrides())
+    try:
+        await manager.save_message_async("new", "user", "queued", fire_and_forget=True)
+        history = await manager.get_conversation_history_async("new")
+        assert [m["content"] for m in history] == ["queued"]
+        assert await manager.get_conversation_history_async("unknown") == []
+    finally:
+        await manager.shutdown()

@@ -114,3 +114,36 @@ async def test_paging_past_out_of_range_times_ends(
             break
     assert cursor is None
     assert len(seen) == len(set(seen))
+
+
+async def test_decimals_too_long_for_a_float_read_exactly(
+    store: SessionStore, conn: asyncpg.Connection
+) -> None:
+    """json reads 400 digits and a fraction as float('inf'), without an error."""
+    session = await store.sessions.create("u")
+    digits = "9" * 400 + ".5"
+    await conn.execute(
+        "UPDATE sessions SET metadata = jsonb_build_object('d', $1::text::numeric) WHERE id = $2",
+        digits,
+        session.id,
+    )
+    (read,) = (await store.sessions.list(user_id="u")).items
+    assert read.metadata["d"] == Decimal(digits)
+
+
+async def test_paging_through_rows_older_than_year_1_ends(
+    store: SessionStore, conn: asyncpg.Connection
+) -> None:
+    """More rows before year 1 than fit on a page once paged the same page forever."""
+    for _ in range(4):
+        await store.sessions.create("old")
+    await conn.execute("UPDATE sessions SET created_at = '4000-01-01 BC+00' WHERE user_id = 'old'")
+    seen, cursor = [], None
+    for _ in range(6):
+        page = await store.sessions.list(user_id="old", limit=2, cursor=cursor)
+        seen += [s.id for s in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert cursor is None
+    assert len(seen) == len(set(seen))

@@ -27,6 +27,15 @@ async def test_the_lifespan_opens_and_closes_the_store(
             "/conversations/c1/messages", json={"role": "assistant", "content": "yo"}
         )
         bad = client.post("/conversations/c1/messages", json={"role": "robot", "content": "x"})
+        not_json = client.post("/conversations/c1/messages", content=b"{oops")
+        not_object = client.post("/conversations/c1/messages", json=["user", "x"])
+        key = {"Idempotency-Key": "0190a5c4-0000-7000-8000-0000000000aa"}
+        once = client.post(
+            "/conversations/c1/messages", json={"role": "user", "content": "r"}, headers=key
+        )
+        again = client.post(
+            "/conversations/c1/messages", json={"role": "user", "content": "r"}, headers=key
+        )
         history = client.get("/conversations/c1/messages")
         missing = client.get("/conversations/none/messages")
         store: SessionStore = client.app_state["store"]
@@ -40,8 +49,10 @@ async def test_the_lifespan_opens_and_closes_the_store(
     }
     assert bad.status_code == 422
     assert bad.json()["error"].startswith("role: ")
-    assert [m["content"] for m in history.json()["messages"]] == ["hi", "yo"]
+    assert (not_json.status_code, not_object.status_code) == (422, 422)
+    assert once.json()["seq"] == again.json()["seq"] == 3  # the resend wrote nothing
+    assert [m["content"] for m in history.json()["messages"]] == ["hi", "yo", "r"]
     assert missing.status_code == 404
     with pytest.raises(SessionStoreError, match="not open"):  # the lifespan closed it
         await store.messages.count(ContinuationId("c1"))
-    assert await conn.fetchval("SELECT count(*) FROM messages") == 2
+    assert await conn.fetchval("SELECT count(*) FROM messages") == 3

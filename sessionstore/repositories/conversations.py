@@ -10,7 +10,7 @@ from ..db import Connection, Database
 from ..errors import ConflictError, NotFoundError, PermissionDeniedError, translate_errors
 from ..models import ContinuationId, Conversation, ConversationRef, Page
 from ..pagination import decode_cursor, make_page
-from ..rows import Columns, Row
+from ..rows import Columns, Row, keyset_before
 
 __all__ = [
     "CONVERSATION",
@@ -66,12 +66,13 @@ DELETE_CONVERSATION = Keyed.of(f"DELETE FROM conversations WHERE {KEY} = $1 RETU
 GET_BY_CONTINUATION = f"SELECT {_COLUMNS} FROM conversations WHERE continuation_id = $1"
 # One row per conversation, or one all-null row when the session has none: zero rows
 # means the session itself does not exist.
+_AFTER_CURSOR = keyset_before("conversations.created_at", "conversations.id", "$2", "$3::uuid")
 LIST_FOR_SESSION = f"""
 SELECT c.* FROM sessions s
 LEFT JOIN LATERAL (
     SELECT {_COLUMNS} FROM conversations
     WHERE session_id = s.id
-      AND ($2::timestamptz IS NULL OR (conversations.created_at, id) < ($2, $3::uuid))
+      AND ($2::timestamptz IS NULL OR {_AFTER_CURSOR})
     -- qualified: a bare name would sort by the select list's (clamped) created_at
     ORDER BY conversations.created_at DESC, conversations.id DESC
     LIMIT $4

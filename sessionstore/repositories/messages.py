@@ -7,15 +7,16 @@ distinct sequence numbers and the counters never drift from the rows.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Unpack
 from uuid import UUID
 
 from .. import validation as v
 from ..db import Database
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, NotFoundError, WriteBehindError
 from ..models import ContinuationId, ConversationRef, Message, MessageOptions, MessageRole, Role
-from ..pending import STORED, as_messages, merged
+from ..pending import as_messages, merged
 from ..rows import Columns, members
 from ..rules import batch_ordinal, bump_conversation, seq_of
 from ..writer import Writer
@@ -244,6 +245,10 @@ class MessagesRepository:
         return int(row["message_count"])
 
 
+def _ticket(item: PendingWrite) -> int:
+    return item.ticket
+
+
 class QueuedMessagesRepository(MessagesRepository):
     """:class:`MessagesRepository` plus write-behind appends (the service path only:
     ``as_user`` views have no write-behind queue)."""
@@ -268,29 +273,45 @@ class QueuedMessagesRepository(MessagesRepository):
         ref = v.conversation(conversation_id)
         size = v.limit(limit)
         upper = _NO_UPPER_BOUND if before is None else v.positive_int(before, "before")
-        early = index.matching(ref)
-        checked = [item.id for item in early]
         query = HISTORY_WITH_WAITING.for_(ref)
-        rows = await self._db.fetch(query, ref, size, upper, checked, retry=True)
+        waiting = index.matching(ref)
+        rows = await self._db.fetch(query, ref, size, upper, [w.id for w in waiting], retry=True)
         if not rows:
-            if not early:
+            if not waiting:
                 raise conversation_missing(ref)
-            await self._writer.flush()  # its batch creates the conversation
+            await self._created_by_queue(ref)
             return await super().history(ref, limit=limit, before=before)
         head = rows[0]
-        waiting = index.matching(head["conv_id"], head["conv_continuation"])
+        # Named by the conversation's other key, or accepted during the read: judged by
+        # a second read, so that every waiting message is judged by the same snapshot
+        # as the stored page it is merged into. (A message judged by another snapshot
+        # could be written in between and then show in neither.)
+        known = {w.id for w in waiting}
+        more = index.matching(head["conv_id"], head["conv_continuation"])
+        if any(w.id not in known for w in more):
+            waiting = sorted({w.id: w for w in [*waiting, *more]}.values(), key=_ticket)
+            ids = [w.id for w in waiting]
+            rows = await self._db.fetch(query, ref, size, upper, ids, retry=True)
+            head = rows[0]
         stored = set(head["stored"])
-        seen = set(checked)
-        unchecked = [item.id for item in waiting if item.id not in seen]
-        if unchecked:  # accepted meanwhile, or named by the conversation's other key
-            stored.update(await self._db.fetchval(STORED, unchecked, retry=True))
         later = as_messages(
-            [item for item in waiting if item.id not in stored],
-            head["conv_id"],
-            head["conv_count"],
+            [w for w in waiting if w.id not in stored], head["conv_id"], head["conv_count"]
         )
         durable = [] if head["id"] is None else [MESSAGE.one(row) for row in rows]
         return merged(durable, later, limit=size, before=upper)
+
+    async def _created_by_queue(self, ref: UUID | ContinuationId) -> None:
+        """Wait, at most ``command_timeout``, for the writer to create the conversation
+        that so far exists only in the queue (``enqueue_turn`` to a new continuation id)."""
+        bound = self._db.config.command_timeout or self._db.config.connect_timeout
+        try:
+            async with asyncio.timeout(bound):
+                await self._writer.flush()
+        except (TimeoutError, WriteBehindError):
+            raise NotFoundError(
+                f"{conversation_missing(ref)}: it exists only in the write-behind queue, "
+                f"whose next batch was not written within {bound}s"
+            ) from None
 
     def _pending(
         self, conversation_id: ConversationRef, role: Role, content: str, options: MessageOptions

@@ -19,7 +19,7 @@ from ..errors import (
 from ..lifecycle import TRANSITIONS, Attempt, raise_session_miss
 from ..models import Page, Session, SessionStatus
 from ..pagination import decode_cursor, make_page
-from ..rows import Columns, members
+from ..rows import Columns, keyset_before, members
 from ..rules import accepts_turns, bump_session, cleanup_due, not_past_expiry, read_status
 
 __all__ = ["SESSION", "SessionsRepository"]
@@ -64,11 +64,12 @@ UPDATE sessions SET status = $2, version = version + 1
 WHERE id = $1 AND status = ANY($3::text[]) AND {not_past_expiry()}
 RETURNING {_COLUMNS}
 """
+_AFTER_CURSOR = keyset_before("sessions.created_at", "sessions.id", "$3", "$4::uuid")
 _LIST = f"""
 SELECT {_COLUMNS} FROM sessions
 WHERE {{owner}}
   AND ($2::text IS NULL OR {read_status()} = $2)
-  AND ($3::timestamptz IS NULL OR (sessions.created_at, id) < ($3, $4::uuid))
+  AND ($3::timestamptz IS NULL OR {_AFTER_CURSOR})
 -- qualified: a bare name would sort by the select list's (clamped) created_at, no index
 ORDER BY sessions.created_at DESC, sessions.id DESC
 LIMIT $5
