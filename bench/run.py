@@ -45,7 +45,15 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 CHART = ROOT / "docs" / "benchmarks.png"
 BEGIN, END = "<!-- bench/run.py: begin -->", "<!-- bench/run.py: end -->"
-IMPLS = ["sessionstore", "sessionstore-writebehind", "asyncpg", "sqlalchemy", "threadpool"]
+IMPLS = [
+    "sessionstore",
+    "sessionstore-writebehind",
+    "sessionstore-context",
+    "sessionstore-history",
+    "asyncpg",
+    "sqlalchemy",
+    "threadpool",
+]
 
 
 def turn_workload(dsn: str, clients: int, turns: int) -> list[dict[str, Any]]:
@@ -122,7 +130,9 @@ async def history_scaling(dsn: str, reads: int) -> list[dict[str, Any]]:
             convs = [r[0] for r in await conn.fetch("SELECT id FROM conversations")]
             await _latencies(lambda c: store.messages.history(c, limit=50), convs, 200)  # warm
             ours = await _latencies(lambda c: store.messages.history(c, limit=50), convs, reads)
-            raw = await _latencies(lambda c: pool.fetch(HISTORY, c, 50, 2**31 - 1), convs, reads)
+            raw = await _latencies(
+                lambda c: pool.fetch(HISTORY.by_id, c, 50, 2**31 - 1), convs, reads
+            )
             (o50, o99), (r50, r99) = _pct(ours), _pct(raw)
             rows.append(
                 {
@@ -152,7 +162,7 @@ async def add_overhead(dsn: str, tasks: int, per_task: int) -> dict[str, Any]:
 
         async def raw(i: int) -> None:
             for n in range(per_task):
-                await pool.fetchrow(ADD_MESSAGE, convs[i], "user", f"m{n}", None, 3)
+                await pool.fetchrow(ADD_MESSAGE.by_id, convs[i], "user", f"m{n}", None, 3)
 
         results = {}
         for name, fn in (
@@ -266,7 +276,10 @@ def pgbench_ceiling(dsn: str, clients: int, seconds: int) -> dict[str, Any] | No
 
     history = (
         " ".join(
-            HISTORY.replace("$1", ":conv").replace("$2", "20").replace("$3", "2147483647").split()
+            HISTORY.by_id.replace("$1", ":conv")
+            .replace("$2", "20")
+            .replace("$3", "2147483647")
+            .split()
         )
         + ";"
     )
@@ -393,6 +406,10 @@ messages. `sessionstore` = two `add_turn` + `history`; `sessionstore-writebehind
 counter-UPDATE + INSERT); `sqlalchemy` = those statements through SQLAlchemy asyncio
 (asyncpg dialect); `threadpool` = the design sessionstore replaces: a synchronous driver
 (psycopg 3) behind `ThreadPoolExecutor(max_workers=5)`, one executor call per step.
+The chat loop as an MCP server runs it — append the user's message and read the model's
+context, then append the reply: `sessionstore-context` = `add_turn(context=20)` +
+`add_turn` (2 round trips); `sessionstore-history` = `add_turn` + `history` + `add_turn`
+(3 round trips, what it took before `context`).
 
 {chr(10).join(t)}
 
@@ -403,7 +420,9 @@ counter-UPDATE + INSERT); `sqlalchemy` = those statements through SQLAlchemy asy
 Ratios: `add_turn` is **{ratio(turns, "sessionstore", "asyncpg")}×** raw asyncpg step by step
 (target 2×) and **{ratio(turns, "sessionstore", "threadpool")}×** the thread-pool design
 (target 2.5×); the write-behind form is **{ratio(turns, "sessionstore-writebehind", "asyncpg")}×**
-and **{ratio(turns, "sessionstore-writebehind", "threadpool")}×**.
+and **{ratio(turns, "sessionstore-writebehind", "threadpool")}×**. The chat loop with
+`context=20` does **{ratio(turns, "sessionstore-context", "sessionstore-history")}×** the
+turns/s of `add_turn` + `history` + `add_turn`.
 
 ### History reads as the table grows
 
