@@ -314,9 +314,11 @@ LIVE_PASSWORD = CANARY + "/#?@&="
 
 
 @pytest.fixture
-async def secret_database(pg_server: TestServer) -> AsyncIterator[tuple[str, str, str]]:
+async def secret_database(pg_server: TestServer) -> AsyncIterator[tuple[str, str, str, str]]:
     """An empty database owned by a login role whose password is the canary; yields
-    (role, host:port, database). Trust auth lets any password in, password auth this one."""
+    (role, host:port, database, query) — host:port is empty and the query names the socket
+    directory on the embedded server. Trust auth lets any password in, password auth this
+    one."""
     role = f"sstest_secret_{os.getpid()}"
     admin = await asyncpg.connect(pg_server.admin_dsn)
     try:
@@ -326,7 +328,7 @@ async def secret_database(pg_server: TestServer) -> AsyncIterator[tuple[str, str
         await admin.close()
     name = await create_database(pg_server, owner=role)
     parts = urlsplit(pg_server.admin_dsn)
-    yield role, f"{parts.hostname}:{parts.port or 5432}", name
+    yield role, parts.netloc.rpartition("@")[2], name, parts.query
     await drop_database(pg_server, name)
     admin = await asyncpg.connect(pg_server.admin_dsn)
     try:
@@ -335,17 +337,21 @@ async def secret_database(pg_server: TestServer) -> AsyncIterator[tuple[str, str
         await admin.close()
 
 
-def live_forms(role: str, host: str, database: str) -> dict[str, str]:
+def live_forms(role: str, host: str, database: str, query: str) -> dict[str, str]:
     encoded = quote(LIVE_PASSWORD, safe="")
-    return {
-        "user-info": f"postgresql://{role}:{encoded}@{host}/{database}",
-        "query": f"postgresql://{role}@{host}/{database}?password={encoded}",
-        "multi-host": f"postgresql://{role}:{encoded}@{CLOSED},{host}/{database}",
+    tail = f"?{query}" if query else ""
+    forms = {
+        "user-info": f"postgresql://{role}:{encoded}@{host}/{database}{tail}",
+        "query": f"postgresql://{role}@{host}/{database}?{query + '&' if query else ''}"
+        f"password={encoded}",
     }
+    if host:  # a server reached over a socket directory has no host list to extend
+        forms["multi-host"] = f"postgresql://{role}:{encoded}@{CLOSED},{host}/{database}{tail}"
+    return forms
 
 
 async def test_live_store_and_cli_hide_the_password(
-    secret_database: tuple[str, str, str], everything_logged: pytest.LogCaptureFixture
+    secret_database: tuple[str, str, str, str], everything_logged: pytest.LogCaptureFixture
 ) -> None:
     texts: list[str] = []
     for dsn in live_forms(*secret_database).values():

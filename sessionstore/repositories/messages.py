@@ -62,9 +62,14 @@ ADD_MESSAGE = _append(
     "(SELECT $2::message_role AS role, $3::text AS content, $4::jsonb AS metadata,"
     " $5::integer AS tokens, 1 AS ord) AS u",
 )
-# Zero rows: no such conversation. One all-null row: a conversation without messages.
-HISTORY = Keyed.of(f"""
-SELECT m.* FROM conversations c
+
+
+def _history(extra: str = "") -> Keyed:
+    """The latest ``$2`` messages with ``seq < $3`` of conversation ``$1``, oldest first,
+    and ``extra`` columns of the conversation ``c`` on every row. Zero rows: no such
+    conversation. One all-null message: a conversation without messages."""
+    return Keyed.of(f"""
+SELECT m.*{extra} FROM conversations c
 LEFT JOIN LATERAL (
     SELECT {_COLUMNS} FROM messages
     WHERE conversation_id = c.id AND seq < $3
@@ -74,22 +79,15 @@ LEFT JOIN LATERAL (
 WHERE c.{KEY} = $1
 ORDER BY m.seq
 """)
-# HISTORY for a process with waiting write-behind messages: also the conversation's keys
-# and count, and which of the waiting ids ($4) are stored by now.
-HISTORY_WITH_WAITING = Keyed.of(f"""
-SELECT m.*, c.id AS conv_id, c.continuation_id AS conv_continuation,
-       c.message_count AS conv_count,
-       ARRAY(SELECT s.id FROM messages s WHERE s.id = ANY($4::uuid[])) AS stored
-FROM conversations c
-LEFT JOIN LATERAL (
-    SELECT {_COLUMNS} FROM messages
-    WHERE conversation_id = c.id AND seq < $3
-    ORDER BY seq DESC
-    LIMIT $2
-) m ON true
-WHERE c.{KEY} = $1
-ORDER BY m.seq
-""")
+
+
+HISTORY = _history()
+# For a process with waiting write-behind messages: also the conversation's keys and
+# count, and which of the waiting ids ($4) are stored by now.
+HISTORY_WITH_WAITING = _history(
+    ", c.id AS conv_id, c.continuation_id AS conv_continuation, c.message_count AS conv_count,"
+    " ARRAY(SELECT s.id FROM messages s WHERE s.id = ANY($4::uuid[])) AS stored"
+)
 COUNT = Keyed.of(f"SELECT message_count FROM conversations WHERE {KEY} = $1")
 # Write-behind: appends to many conversations (named by id or by continuation id) in one
 # statement. Ids whose conversation does not exist come back as rejected.
