@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 
@@ -95,6 +96,22 @@ async def test_times_outside_pythons_range_read_as_its_ends(
     assert (await store.conversations.get(conversation.id)).last_message_at == LATEST
 
 
+async def _pages_end_without_repeats(
+    store: SessionStore, user_id: str, *, limit: int, pages: int
+) -> None:
+    """Paging ``user_id``'s sessions ends within ``pages`` pages and shows no row twice."""
+    seen: list[UUID] = []
+    cursor = None
+    for _ in range(pages):
+        page = await store.sessions.list(user_id=user_id, limit=limit, cursor=cursor)
+        seen += [s.id for s in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert cursor is None
+    assert len(seen) == len(set(seen))
+
+
 async def test_paging_past_out_of_range_times_ends(
     store: SessionStore, conn: asyncpg.Connection
 ) -> None:
@@ -105,15 +122,7 @@ async def test_paging_past_out_of_range_times_ends(
         "UPDATE sessions SET created_at = '20000-01-01+00' WHERE id = ANY($1::uuid[])",
         list(ids)[:2],
     )
-    seen, cursor = [], None
-    for _ in range(5):
-        page = await store.sessions.list(user_id="u", limit=1, cursor=cursor)
-        seen += [s.id for s in page.items]
-        cursor = page.next_cursor
-        if cursor is None:
-            break
-    assert cursor is None
-    assert len(seen) == len(set(seen))
+    await _pages_end_without_repeats(store, "u", limit=1, pages=5)
 
 
 async def test_decimals_too_long_for_a_float_read_exactly(
@@ -138,12 +147,4 @@ async def test_paging_through_rows_older_than_year_1_ends(
     for _ in range(4):
         await store.sessions.create("old")
     await conn.execute("UPDATE sessions SET created_at = '4000-01-01 BC+00' WHERE user_id = 'old'")
-    seen, cursor = [], None
-    for _ in range(6):
-        page = await store.sessions.list(user_id="old", limit=2, cursor=cursor)
-        seen += [s.id for s in page.items]
-        cursor = page.next_cursor
-        if cursor is None:
-            break
-    assert cursor is None
-    assert len(seen) == len(set(seen))
+    await _pages_end_without_repeats(store, "old", limit=2, pages=6)
