@@ -637,14 +637,18 @@ def expect_target(expect: Expect, target: UUID | None) -> None:
 TITLES = st.one_of(st.none(), HOSTILE_TEXT, WRONG_TYPES)
 
 
-@fuzz(300)
-@given(
+# What both the generated and the pinned test of this property draw.
+_SESSIONS_CREATE_DRAWN: dict[str, st.SearchStrategy[Any]] = dict(
     user_id=IDENTIFIERS,
     title=TITLES,
     metadata=METADATA,
     ttl=st.one_of(st.just(OMITTED), st.none(), TTLS),
     expires_at=st.one_of(st.just(OMITTED), st.just(OMITTED), EXPIRES_AT),
 )
+
+
+@fuzz(300)
+@given(**_SESSIONS_CREATE_DRAWN)
 async def test_sessions_create(
     store: SessionStore,
     conn: asyncpg.Connection,
@@ -674,13 +678,7 @@ async def test_sessions_create(
     {"expires_at": datetime(2999, 1, 1)},
     {"expires_at": datetime(2999, 1, 1, tzinfo=UTC), "ttl": None},
 )
-@given(
-    user_id=IDENTIFIERS,
-    title=TITLES,
-    metadata=METADATA,
-    ttl=st.one_of(st.just(OMITTED), st.none(), TTLS),
-    expires_at=st.one_of(st.just(OMITTED), st.just(OMITTED), EXPIRES_AT),
-)
+@given(**_SESSIONS_CREATE_DRAWN)
 async def test_sessions_create_named(
     store: SessionStore,
     conn: asyncpg.Connection,
@@ -1001,14 +999,18 @@ def cursor_value(cursor: object) -> object:
     return cursor.cursor if isinstance(cursor, Forged) else cursor
 
 
-@fuzz(160)
-@given(
+# What both the generated and the pinned test of this property draw.
+_SESSIONS_LIST_DRAWN: dict[str, st.SearchStrategy[Any]] = dict(
     created=CREATED,
     user=st.one_of(st.just("owner"), st.just("owner"), st.none(), IDENTIFIERS),
     status=STATUSES_ARG,
     limit=LIMITS,
     cursor=st.one_of(st.none(), st.just("real"), st.just("real"), CURSORS),
 )
+
+
+@fuzz(160)
+@given(**_SESSIONS_LIST_DRAWN)
 async def test_sessions_list(
     store: SessionStore,
     conn: asyncpg.Connection,
@@ -1031,13 +1033,7 @@ async def test_sessions_list(
     {"cursor": "real", "limit": 1001},
     {"limit": 0},
 )
-@given(
-    created=CREATED,
-    user=st.one_of(st.just("owner"), st.just("owner"), st.none(), IDENTIFIERS),
-    status=STATUSES_ARG,
-    limit=LIMITS,
-    cursor=st.one_of(st.none(), st.just("real"), st.just("real"), CURSORS),
-)
+@given(**_SESSIONS_LIST_DRAWN)
 async def test_sessions_list_named(
     store: SessionStore,
     conn: asyncpg.Connection,
@@ -1516,8 +1512,8 @@ async def new_messages_verdict(world: World, items: object) -> tuple[Verdict, in
     return worst(*verdicts), len(items)
 
 
-@fuzz(300)
-@given(
+# What both the generated and the pinned test of this property draw.
+_MESSAGES_DRAWN: dict[str, st.SearchStrategy[Any]] = dict(
     op=st.sampled_from(["add", "add", "add_many", "history", "count"]),
     seeded=st.integers(0, 4),
     conversation=conversation_ids("conversation"),
@@ -1528,6 +1524,10 @@ async def new_messages_verdict(world: World, items: object) -> tuple[Verdict, in
     limit=st.one_of(st.just(OMITTED), LIMITS),
     before=st.one_of(st.just(OMITTED), st.none(), st.integers(1, 6), INTS),
 )
+
+
+@fuzz(300)
+@given(**_MESSAGES_DRAWN)
 async def test_messages(
     store: SessionStore,
     conn: asyncpg.Connection,
@@ -1567,17 +1567,7 @@ async def test_messages(
     {"op": "history", "before": 0},
     {"op": "history", "before": 2**31},
 )
-@given(
-    op=st.sampled_from(["add", "add", "add_many", "history", "count"]),
-    seeded=st.integers(0, 4),
-    conversation=conversation_ids("conversation"),
-    role=ROLES,
-    content=HOSTILE_TEXT,
-    options=options_strategy("metadata", "tokens"),
-    new=NEW_MESSAGES,
-    limit=st.one_of(st.just(OMITTED), LIMITS),
-    before=st.one_of(st.just(OMITTED), st.none(), st.integers(1, 6), INTS),
-)
+@given(**_MESSAGES_DRAWN)
 async def test_messages_named(
     store: SessionStore,
     conn: asyncpg.Connection,
@@ -1707,8 +1697,8 @@ MESSAGE_IDS = st.one_of(
 )
 
 
-@fuzz(260)
-@given(
+# What both the generated and the pinned test of this property draw.
+_ADD_TURN_DRAWN: dict[str, st.SearchStrategy[Any]] = dict(
     continuation=st.one_of(st.sampled_from(["mine", "loose", "theirs", "new", "new"]), IDENTIFIERS),
     state=STATES,
     session=st.one_of(st.just(OMITTED), st.none(), ids("session", "other")),
@@ -1718,6 +1708,10 @@ MESSAGE_IDS = st.one_of(
     message_id=MESSAGE_IDS,
     context=st.one_of(st.just(OMITTED), st.none(), st.integers(1, 4), INTS),
 )
+
+
+@fuzz(260)
+@given(**_ADD_TURN_DRAWN)
 async def test_add_turn(
     store: SessionStore,
     conn: asyncpg.Connection,
@@ -1755,16 +1749,7 @@ async def test_add_turn(
     {"message_id": "taken"},
     {"continuation": "\ud800"},
 )
-@given(
-    continuation=st.one_of(st.sampled_from(["mine", "loose", "theirs", "new", "new"]), IDENTIFIERS),
-    state=STATES,
-    session=st.one_of(st.just(OMITTED), st.none(), ids("session", "other")),
-    role=ROLES,
-    content=HOSTILE_TEXT,
-    options=options_strategy("metadata", "tokens"),
-    message_id=MESSAGE_IDS,
-    context=st.one_of(st.just(OMITTED), st.none(), st.integers(1, 4), INTS),
-)
+@given(**_ADD_TURN_DRAWN)
 async def test_add_turn_named(
     store: SessionStore,
     conn: asyncpg.Connection,
@@ -2046,12 +2031,16 @@ CLAIMS = st.one_of(
 )
 
 
-@fuzz(120)
-@given(
+# What both the generated and the pinned test of this property draw.
+_AS_USER_DRAWN: dict[str, st.SearchStrategy[Any]] = dict(
     user=st.one_of(st.just("uuid"), st.just("name"), IDENTIFIERS, st.uuids()),
     claims=CLAIMS,
     op=st.sampled_from(["create", "list", "get_other", "add_turn", "history", "purge_user"]),
 )
+
+
+@fuzz(120)
+@given(**_AS_USER_DRAWN)
 async def test_as_user(
     rls: tuple[SessionStore, asyncpg.Connection], user: object, claims: object, op: str
 ) -> None:
@@ -2072,11 +2061,7 @@ async def test_as_user(
     {"claims": 0},
     {"claims": {"k": 1e300}},
 )
-@given(
-    user=st.one_of(st.just("uuid"), st.just("name"), IDENTIFIERS, st.uuids()),
-    claims=CLAIMS,
-    op=st.sampled_from(["create", "list", "get_other", "add_turn", "history", "purge_user"]),
-)
+@given(**_AS_USER_DRAWN)
 async def test_as_user_named(
     rls: tuple[SessionStore, asyncpg.Connection], user: object, claims: object, op: str
 ) -> None:
