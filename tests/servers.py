@@ -16,6 +16,9 @@ import contextlib
 import importlib.util
 import logging
 import os
+import socket
+import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +68,32 @@ def _docker_answers() -> str | None:
     return None
 
 
+_SSL_REQUEST = struct.pack("!ll", 8, 80877103)
+
+
+def _wait_until_reachable(host: str, port: int, *, within: float = 60.0) -> None:
+    """Return once a PostgreSQL server answers an SSLRequest at ``host:port``.
+
+    testcontainers' own check runs psql against 127.0.0.1 *inside* the container, which
+    an image whose init-time server listens there (CI's Debian-built image does) passes
+    before the real server starts; connections from the host then meet the init server
+    stopping. Only the real server is reachable through the mapped port.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=2) as sock:
+                sock.settimeout(2)
+                sock.sendall(_SSL_REQUEST)
+                if sock.recv(1) in (b"S", b"N"):
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the container's PostgreSQL did not answer on port {port}")
+        time.sleep(0.2)  # polling a socket: there is nothing to await
+
+
 @contextlib.contextmanager
 def _container() -> Iterator[TestServer]:
     try:
@@ -80,6 +109,7 @@ def _container() -> Iterator[TestServer]:
         dsn = container.get_connection_url()
         port = container.get_exposed_port(5432)
         short_id = container.get_wrapped_container().short_id
+        _wait_until_reachable(container.get_container_host_ip(), int(port))
         logger.warning("testcontainers: started %s (%s), mapped to port %s", image, short_id, port)
         yield TestServer(dsn, dsn, f"testcontainers container {short_id} of {image} on port {port}")
 
