@@ -568,14 +568,14 @@ class Database:
         """The same pool, with every operation run as the user the JWT ``claims`` name."""
         return Database(self.pool, claims)
 
-    async def _once(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+    async def _once(self, work: Callable[[Connection], Awaitable[T]], transaction: bool) -> T:
         async with self.pool.acquire() as conn:
-            if self._claims is None:
+            if self._claims is None and not transaction:
                 return await work(conn)
-            return await self._as_user(conn, self._claims, work)
+            return await self._transaction(conn, self._claims, work)
 
-    async def _as_user(
-        self, conn: Connection, claims: str, work: Callable[[Connection], Awaitable[T]]
+    async def _transaction(
+        self, conn: Connection, claims: str | None, work: Callable[[Connection], Awaitable[T]]
     ) -> T:
         # Not `async with conn.transaction()`: its exit sends ROLLBACK even after a
         # statement that got no answer, and that ROLLBACK waits for the server again (first
@@ -586,7 +586,8 @@ class Database:
         tx = conn.transaction()
         try:
             await tx.start()
-            await self._enter_user_scope(conn, claims)
+            if claims is not None:
+                await self._enter_user_scope(conn, claims)
             result = await work(conn)
         except BaseException as exc:
             if not _server_answered(exc):
@@ -616,8 +617,15 @@ class Database:
                 sqlstate=exc.sqlstate,
             ) from exc
 
-    async def run(self, work: Callable[[Connection], Awaitable[T]], *, retry: bool = False) -> T:
-        """Run ``work`` on a connection, translating errors.
+    async def run(
+        self,
+        work: Callable[[Connection], Awaitable[T]],
+        *,
+        retry: bool = False,
+        transaction: bool = False,
+    ) -> T:
+        """Run ``work`` on a connection, translating errors; with ``transaction=True`` in
+        one transaction (work under ``as_user`` always runs in one).
 
         With ``retry=True`` (reads and idempotent writes only) a lost connection, a
         restarting server or a serialisation failure is retried twice more with the
@@ -625,7 +633,7 @@ class Database:
         time is used up; see ``_retry_read``).
         """
         try:
-            return await self._once(work)
+            return await self._once(work, transaction)
         except SessionStoreError as error:
             if not (retry and _retry_read(error)):
                 raise
@@ -635,7 +643,7 @@ class Database:
             with attempt:
                 if attempt.retry_state.attempt_number == 1:
                     raise first
-                return await self._once(work)
+                return await self._once(work, transaction)
         raise AssertionError("unreachable: the retry loop returns or raises")
 
     async def fetchrow(self, query: str, *args: Any, retry: bool = False) -> asyncpg.Record | None:

@@ -20,6 +20,7 @@ __all__ = [
     "bump_conversation",
     "bump_session",
     "cleanup_due",
+    "drop_latest",
     "effective_status",
     "may_write",
     "not_past_expiry",
@@ -89,6 +90,18 @@ def bump_conversation(alias: str, *, messages: str, tokens: str, at: str) -> str
         f"message_count = {_col(alias, 'message_count')} + {messages},"
         f" total_tokens = {_col(alias, 'total_tokens')} + {tokens},"
         f" last_message_at = greatest({_col(alias, 'last_message_at')}, {at})"
+    )
+
+
+def drop_latest(*, seq: str, tokens: str, previous_at: str) -> str:
+    """Removing a conversation's latest message (``seq``, ``tokens``) as ``SET``
+    assignments: the next append takes ``seq`` again, so numbers stay gapless;
+    ``last_message_at`` becomes ``previous_at`` (the latest time among the remaining
+    messages, or null). The conversation row must be locked before the message is read."""
+    return (
+        f"message_count = {seq} - 1,"
+        f" total_tokens = total_tokens - coalesce({tokens}, 0),"
+        f" last_message_at = {previous_at}"
     )
 
 

@@ -146,7 +146,7 @@ class SessionStore(_Scope):
             on_write_error=on_write_error,
             on_written=self._forget_sessions,
         )
-        self.messages = QueuedMessagesRepository(self._db, self._writer)
+        self.messages = QueuedMessagesRepository(self._db, self._writer, cache)
         self.config = config
 
     @property

@@ -1513,8 +1513,16 @@ async def new_messages_verdict(world: World, items: object) -> tuple[Verdict, in
 
 
 # What both the generated and the pinned test of this property draw.
+#: ``add_many``'s ``session_id``: a session set up in a state (``S``), one that owns the
+#: conversation already (``"S:owner"``), or a hostile value; drawn with whether the
+#: conversation is bound to a session beforehand.
+_TURN_SESSIONS = st.one_of(
+    st.just(OMITTED),
+    st.sampled_from(["S:active", "S:expired", "S:paused", "S:completed", "S:owner"]),
+    HOSTILE_IDS,
+)
 _MESSAGES_DRAWN: dict[str, st.SearchStrategy[Any]] = dict(
-    op=st.sampled_from(["add", "add", "add_many", "history", "count"]),
+    op=st.sampled_from(["add", "add", "add_many", "history", "count", "pop", "clear"]),
     seeded=st.integers(0, 4),
     conversation=conversation_ids("conversation"),
     role=ROLES,
@@ -1523,6 +1531,7 @@ _MESSAGES_DRAWN: dict[str, st.SearchStrategy[Any]] = dict(
     new=NEW_MESSAGES,
     limit=st.one_of(st.just(OMITTED), LIMITS),
     before=st.one_of(st.just(OMITTED), st.none(), st.integers(1, 6), INTS),
+    turn=st.tuples(_TURN_SESSIONS, st.booleans()),
 )
 
 
@@ -1540,10 +1549,12 @@ async def test_messages(
     new: object,
     limit: object,
     before: object,
+    turn: tuple[object, bool],
 ) -> None:
-    """``add``, ``add_many``, ``history``, ``count``."""
+    """``add``, ``add_many`` (with and without ``session_id``), ``history``, ``count``,
+    ``pop``, ``clear``."""
     await check_messages(
-        store, conn, op, seeded, conversation, role, content, options, new, limit, before
+        store, conn, op, seeded, conversation, role, content, options, new, limit, before, turn
     )
 
 
@@ -1559,6 +1570,7 @@ async def test_messages(
         "new": [("user", "a")],
         "limit": OMITTED,
         "before": OMITTED,
+        "turn": (OMITTED, False),
     },
     *({"options": m} for m in NAMED_METADATA),
     *({"content": t} for t in NAMED_TEXT),
@@ -1566,6 +1578,11 @@ async def test_messages(
     {"op": "add_many", "new": [("user", "a"), ("assistant", "b", {"x": 1e300})]},
     {"op": "history", "before": 0},
     {"op": "history", "before": 2**31},
+    {"op": "add_many", "turn": ("S:expired", False)},
+    {"op": "add_many", "turn": ("S:active", True)},
+    {"op": "add_many", "turn": ("S:owner", True)},
+    {"op": "pop", "seeded": 0},
+    {"op": "clear", "seeded": 3},
 )
 @given(**_MESSAGES_DRAWN)
 async def test_messages_named(
@@ -1580,10 +1597,11 @@ async def test_messages_named(
     new: object,
     limit: object,
     before: object,
+    turn: tuple[object, bool],
 ) -> None:
     """The cases the issue names, pinned (reported apart from the generated ones)."""
     await check_messages(
-        store, conn, op, seeded, conversation, role, content, options, new, limit, before
+        store, conn, op, seeded, conversation, role, content, options, new, limit, before, turn
     )
 
 
@@ -1599,12 +1617,15 @@ async def check_messages(
     new: object,
     limit: object,
     before: object,
+    turn: tuple[object, bool],
 ) -> None:
     CASES["messages"] += 1
     options, new = real(options), real(new)
+    session, bound = turn
     world = World(store, conn)
     cont = world.fresh("talk")
-    cid = await world.conversation(cont, messages=seeded)
+    owner = await world.session() if bound else None
+    cid = await world.conversation(cont, owner, messages=seeded)
     value = resolve(conversation, {"conversation": cid}, {"conversation": cont})
     verdict, target = await conversation_arg(world, value)
     expect = Expect().arg("conversation_id", verdict)
@@ -1640,12 +1661,43 @@ async def check_messages(
     elif op == "add_many":
         new_verdict, n = await new_messages_verdict(world, new)
         expect.arg("messages", new_verdict)
-        out = await world.attempt(lambda: world.api.messages.add_many(value, new), expect)
+        kwargs: dict[str, object] = {}
+        named: UUID | None = None
+        if session is not OMITTED:
+            sid: object = session
+            if session == "S:owner":
+                sid = owner or await world.session()
+            elif isinstance(session, str) and session.startswith("S:"):
+                sid = await world.session(state=session[2:])
+            kwargs["session_id"] = sid
+            session_verdict, named = await session_arg(world, sid)
+            expect.arg("session_id", session_verdict)
+            situation = await world.session_state(named)
+            bound_to = None if before_row is None else before_row["session_id"]
+            if named is None:
+                expect.require(NotFoundError)
+            elif situation == "expired":
+                expect.require(SessionExpiredError, InvalidStateError)
+            elif situation in ("paused", "completed"):
+                expect.require(InvalidStateError)
+            elif bound_to not in (None, named):
+                expect.require(ConflictError)
+        session_row = None if named is None else await world.row("sessions", named)
+        out = await world.attempt(lambda: world.api.messages.add_many(value, new, **kwargs), expect)
         if not out.ok:
             return
         assert isinstance(new, list)
         written: list[Message] = out.result
         assert [m.seq for m in written] == list(range(count + 1, count + n + 1))
+        if session_row is not None:
+            after_session = await world.row("sessions", named)
+            assert after_session is not None
+            tokens = sum((item[3] or 0) if len(item) > 3 else 0 for item in new)
+            assert after_session["turn_count"] == session_row["turn_count"] + 1
+            assert after_session["total_tokens"] == session_row["total_tokens"] + tokens
+            after_conv = await world.row("conversations", target)
+            assert after_conv is not None
+            assert after_conv["session_id"] == named
         for m, item in zip(written, new, strict=True):
             row = await world.row("messages", m.id)
             assert row is not None
@@ -1680,6 +1732,32 @@ async def check_messages(
         assert [m.id for m in history] == [r["id"] for r in reversed(rows)], "wrong history"
         for m, r in zip(history, reversed(rows), strict=True):
             check_message(m, r)
+    elif op == "pop":
+        latest = await conn.fetchrow(
+            "SELECT * FROM messages WHERE conversation_id = $1 ORDER BY seq DESC LIMIT 1", target
+        )
+        out = await world.attempt(lambda: world.api.messages.pop(value), expect)
+        if not out.ok:
+            return
+        assert target is not None
+        if latest is None:
+            assert out.result is None
+        else:
+            check_message(out.result, latest)
+            assert await world.row("messages", latest["id"]) is None, "the message is still there"
+        after = await world.row("conversations", target)
+        assert after is not None
+        assert after["message_count"] == max(count - 1, 0) == await world.messages_of(target)
+    elif op == "clear":
+        out = await world.attempt(lambda: world.api.messages.clear(value), expect)
+        if not out.ok:
+            return
+        assert target is not None
+        assert out.result == count
+        after = await world.row("conversations", target)
+        assert after is not None
+        assert (after["message_count"], after["total_tokens"]) == (0, 0)
+        assert await world.messages_of(target) == 0
     else:
         out = await world.attempt(lambda: world.api.messages.count(value), expect)
         if out.ok:
@@ -2606,12 +2684,14 @@ COVERED: dict[str, set[str]] = {
         "delete",
         "list_for_session",
     },
-    "MessagesRepository": {"add", "add_many", "history", "count"},
+    "MessagesRepository": {"add", "add_many", "history", "count", "pop", "clear"},
     "QueuedMessagesRepository": {
         "add",
         "add_many",
         "history",
         "count",
+        "pop",
+        "clear",
         "enqueue",
         "enqueue_nowait",
     },

@@ -8,17 +8,28 @@ distinct sequence numbers and the counters never drift from the rows.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Unpack
 from uuid import UUID
 
 from .. import validation as v
-from ..db import Database
-from ..errors import InvalidInputError, NotFoundError, WriteBehindError
+from ..cache import SessionCache
+from ..db import Connection, Database
+from ..errors import ConflictError, InvalidInputError, NotFoundError, WriteBehindError
+from ..lifecycle import Attempt, raise_session_miss
 from ..models import ContinuationId, ConversationRef, Message, MessageOptions, MessageRole, Role
 from ..pending import as_messages, merged
-from ..rows import Columns, members
-from ..rules import batch_ordinal, bump_conversation, seq_of
+from ..rows import Columns, Row, members
+from ..rules import (
+    accepts_turns,
+    batch_ordinal,
+    bind,
+    bump_conversation,
+    bump_session,
+    drop_latest,
+    may_write,
+    seq_of,
+)
 from ..writer import Writer
 from ..writes import PendingWrite, batch_arguments, fresh_rows
 from .conversations import KEY, Keyed, conversation_missing, fetch_conversation
@@ -35,26 +46,50 @@ MESSAGE = Columns(Message, convert={"role": members(MessageRole)})
 _COLUMNS = MESSAGE.select()
 
 
-def _append(added: str, tokens: str, rows: str) -> Keyed:
+def _append(added: str, tokens: str, rows: str, *, session: str | None = None) -> Keyed:
     """A message append: ``rows`` (with columns role, content, metadata, tokens, ord)
-    added to conversation ``$1`` after bumping its counters, in one statement."""
+    added to conversation ``$1`` after bumping its counters, in one statement.
+
+    With ``session`` (a parameter and the next one: the sliding interval) the append is
+    a turn of that session: it must take turns (locked first, like every writer), the
+    conversation must be its own or unbound (then bound to it), and the session counts
+    one turn and ``tokens``. Otherwise nothing matches and nothing is written.
+    """
     bump = bump_conversation("", messages=added, tokens=tokens, at="now()")
     seq = seq_of("conv.message_count", added=added, ordinal="u.ord")
-    return Keyed.of(f"""
-WITH conv AS (UPDATE conversations SET {bump} WHERE {KEY} = $1 RETURNING id, message_count)
-INSERT INTO messages (conversation_id, seq, role, content, metadata, tokens)
+    insert = f"""INSERT INTO messages (conversation_id, seq, role, content, metadata, tokens)
 SELECT conv.id, {seq}, u.role, u.content, coalesce(u.metadata, '{{}}'::jsonb), u.tokens
 FROM conv, {rows}
-RETURNING {_COLUMNS}
+RETURNING {_COLUMNS}"""
+    if session is None:
+        return Keyed.of(f"""
+WITH conv AS (UPDATE conversations SET {bump} WHERE {KEY} = $1 RETURNING id, message_count)
+{insert}
+""")
+    sid = f"{session}::uuid"
+    slide = f"${int(session[1:]) + 1}"
+    return Keyed.of(f"""
+WITH live AS (SELECT id FROM sessions WHERE id = {sid} AND {accepts_turns()} FOR UPDATE),
+conv AS (
+    UPDATE conversations SET session_id = {bind("session_id", sid)}, {bump}
+    WHERE {KEY} = $1 AND EXISTS (SELECT 1 FROM live) AND {may_write("session_id", sid)}
+    RETURNING id, message_count
+),
+sess AS (
+    UPDATE sessions SET {bump_session("", turns="1", tokens=tokens, slide=slide)}
+    WHERE id = (SELECT id FROM live) AND EXISTS (SELECT 1 FROM conv)
+)
+{insert}
 """)
 
 
-ADD_MANY = _append(
-    "$2",
-    "$3",
+_MANY_ROWS = (
     "unnest($4::message_role[], $5::text[], $6::jsonb[], $7::integer[])"
-    " WITH ORDINALITY AS u(role, content, metadata, tokens, ord)",
+    " WITH ORDINALITY AS u(role, content, metadata, tokens, ord)"
 )
+ADD_MANY = _append("$2", "$3", _MANY_ROWS)
+# $8 the session, $9 its sliding interval.
+ADD_MANY_IN_SESSION = _append("$2", "$3", _MANY_ROWS, session="$8")
 # One message without arrays (the common call stays cheap).
 ADD_MESSAGE = _append(
     "1",
@@ -89,6 +124,37 @@ HISTORY_WITH_WAITING = _history(
     " ARRAY(SELECT s.id FROM messages s WHERE s.id = ANY($4::uuid[])) AS stored"
 )
 COUNT = Keyed.of(f"SELECT message_count FROM conversations WHERE {KEY} = $1")
+TAKES_TURNS = f"SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND {accepts_turns()})"
+# Removals lock the conversation first, in their own statement: the removing statement's
+# snapshot then holds every append that committed before the lock (one snapshot taken
+# before it could miss the latest message and still lower the count).
+LOCK_CONVERSATION = Keyed.of(f"SELECT id FROM conversations WHERE {KEY} = $1 FOR UPDATE")
+_DROP = drop_latest(
+    seq="gone.seq",
+    tokens="gone.tokens",
+    # max, not the time of seq - 1: concurrent appends take their times before the lock
+    # that orders them, so times need not rise with seq.
+    previous_at="(SELECT max(p.created_at) FROM messages p WHERE p.conversation_id = $1"
+    " AND p.seq < gone.seq)",
+)
+POP = f"""
+WITH gone AS (
+    DELETE FROM messages WHERE id = (
+        SELECT id FROM messages WHERE conversation_id = $1 ORDER BY seq DESC LIMIT 1
+    )
+    RETURNING {_COLUMNS}
+),
+counted AS (UPDATE conversations SET {_DROP} FROM gone WHERE conversations.id = $1)
+SELECT * FROM gone
+"""
+CLEAR = """
+WITH gone AS (DELETE FROM messages WHERE conversation_id = $1 RETURNING 1),
+counted AS (
+    UPDATE conversations SET message_count = 0, total_tokens = 0, last_message_at = NULL
+    WHERE id = $1
+)
+SELECT count(*) FROM gone
+"""
 # Write-behind: appends to many conversations (named by id or by continuation id) in one
 # statement. Ids whose conversation does not exist come back as rejected.
 _BATCH_FIELDS = (
@@ -159,8 +225,9 @@ async def write_messages(db: Database, batch: Sequence[PendingWrite]) -> dict[UU
 class MessagesRepository:
     """Messages: durable appends, history by sequence number, counts."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cache: SessionCache | None = None) -> None:
         self._db = db
+        self._cache = cache
 
     async def add(
         self,
@@ -183,10 +250,24 @@ class MessagesRepository:
         return MESSAGE.one(row)
 
     async def add_many(
-        self, conversation_id: ConversationRef, messages: Iterable[NewMessage]
+        self,
+        conversation_id: ConversationRef,
+        messages: Iterable[NewMessage],
+        *,
+        session_id: UUID | str | None = None,
     ) -> list[Message]:
-        """Append several messages in one round trip, all or nothing, in the order given."""
+        """Append several messages in one round trip, all or nothing, in the order given.
+
+        With ``session_id`` the messages are one turn of that session, under the rules of
+        ``add_turn``: the session must exist, be active and not expired (``NotFoundError``,
+        ``InvalidStateError``, ``SessionExpiredError``), a conversation bound to another
+        session raises ``ConflictError`` (an unbound one is bound to this session), and the
+        session counts one turn and the messages' tokens (sliding expiry moves it on).
+        The conversation must exist (``conversations.get_or_create`` makes it). In every
+        refusal nothing is written.
+        """
         cid = v.conversation(conversation_id)
+        sid = None if session_id is None else v.uuid(session_id, "session_id")
         if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Iterable):
             raise InvalidInputError(
                 "messages", "must be a sequence of (role, content[, metadata[, tokens]]) tuples"
@@ -211,12 +292,39 @@ class MessagesRepository:
         total = sum(c for c in counts if c is not None)
         if total > _NO_UPPER_BOUND:
             raise InvalidInputError("messages", "total tokens exceed the integer range")
-        rows = await self._db.fetch(
-            ADD_MANY.for_(cid), cid, len(roles), total, roles, contents, metas, counts
-        )
-        if not rows:
-            raise conversation_missing(cid)
+        arguments = (cid, len(roles), total, roles, contents, metas, counts)
+        if sid is None:
+            rows = await self._db.fetch(ADD_MANY.for_(cid), *arguments)
+            if not rows:
+                raise conversation_missing(cid)
+        else:
+            rows = await self._db.run(self._turn_of(sid, arguments))
+            if self._cache is not None:
+                self._cache.discard(sid)
         return sorted(MESSAGE.many(rows), key=lambda m: m.seq)
+
+    def _turn_of(
+        self, sid: UUID, arguments: tuple[Any, ...]
+    ) -> Callable[[Connection], Awaitable[list[Row]]]:
+        cid = arguments[0]
+        query = ADD_MANY_IN_SESSION.for_(cid)
+        slide = self._db.config.sliding_interval
+
+        async def work(conn: Connection) -> list[Row]:
+            rows = await conn.fetch(query, *arguments, sid, slide)
+            if rows:
+                return rows
+            # Why nothing matched: the conversation, the session, else ownership.
+            if await conn.fetchval(COUNT.for_(cid), cid) is None:
+                raise conversation_missing(cid)
+            if not await conn.fetchval(TAKES_TURNS, sid):
+                await raise_session_miss(conn, Attempt(sid, "add a turn to"))
+            raise ConflictError(
+                f"conversation {cid} belongs to another session; a turn of session {sid} "
+                "cannot be added to it (nothing was written)"
+            )
+
+        return work
 
     async def history(
         self, conversation_id: ConversationRef, *, limit: int = 50, before: int | None = None
@@ -242,6 +350,41 @@ class MessagesRepository:
         row = await fetch_conversation(self._db, COUNT, conversation_id)
         return int(row["message_count"])
 
+    async def pop(self, conversation_id: ConversationRef) -> Message | None:
+        """Delete the conversation's latest message and return it; ``None`` if it has none.
+
+        The conversation's counters drop with it and the next append takes its ``seq``.
+        The session's ``turn_count`` and ``total_tokens`` are not lowered: they count
+        turns recorded, not messages kept. ``NotFoundError`` if the conversation (by id or
+        :class:`~sessionstore.ContinuationId`) does not exist.
+        """
+        cid = v.conversation(conversation_id)
+
+        async def work(conn: Connection) -> Message | None:
+            locked = await conn.fetchval(LOCK_CONVERSATION.for_(cid), cid)
+            if locked is None:
+                raise conversation_missing(cid)
+            row = await conn.fetchrow(POP, locked)
+            return None if row is None else MESSAGE.one(row)
+
+        return await self._db.run(work, transaction=True)
+
+    async def clear(self, conversation_id: ConversationRef) -> int:
+        """Delete every message of the conversation, keeping the conversation; return how
+        many were deleted. Its counters restart: the next append has ``seq`` 1. The
+        session's counters are not lowered (see :meth:`pop`). ``NotFoundError`` if the
+        conversation (by id or :class:`~sessionstore.ContinuationId`) does not exist.
+        """
+        cid = v.conversation(conversation_id)
+
+        async def work(conn: Connection) -> int:
+            locked = await conn.fetchval(LOCK_CONVERSATION.for_(cid), cid)
+            if locked is None:
+                raise conversation_missing(cid)
+            return int(await conn.fetchval(CLEAR, locked))
+
+        return await self._db.run(work, transaction=True)
+
 
 def _ticket(item: PendingWrite) -> int:
     return item.ticket
@@ -251,8 +394,8 @@ class QueuedMessagesRepository(MessagesRepository):
     """:class:`MessagesRepository` plus write-behind appends (the service path only:
     ``as_user`` views have no write-behind queue)."""
 
-    def __init__(self, db: Database, writer: Writer) -> None:
-        super().__init__(db)
+    def __init__(self, db: Database, writer: Writer, cache: SessionCache | None = None) -> None:
+        super().__init__(db, cache)
         self._writer = writer
 
     async def history(
@@ -310,6 +453,23 @@ class QueuedMessagesRepository(MessagesRepository):
                 f"{conversation_missing(ref)}: it exists only in the write-behind queue, "
                 f"whose next batch was not written within {bound}s"
             ) from None
+
+    async def pop(self, conversation_id: ConversationRef) -> Message | None:
+        """:meth:`MessagesRepository.pop`, after this process's write-behind messages are
+        durable (the latest accepted message is the one removed)."""
+        await self._settle(conversation_id)
+        return await super().pop(conversation_id)
+
+    async def clear(self, conversation_id: ConversationRef) -> int:
+        """:meth:`MessagesRepository.clear`, after this process's write-behind messages
+        are durable (none of them is left to land after the clear)."""
+        await self._settle(conversation_id)
+        return await super().clear(conversation_id)
+
+    async def _settle(self, conversation_id: ConversationRef) -> None:
+        v.conversation(conversation_id)  # bad input is refused before waiting
+        if self._writer.pending:
+            await self._writer.flush()
 
     def _pending(
         self, conversation_id: ConversationRef, role: Role, content: str, options: MessageOptions
