@@ -166,3 +166,28 @@ async def test_add_many_in_a_session_refuses_without_writing(
     }
     for s in (mine, other, done):
         assert (await store.sessions.get(s.id)).turn_count == 0
+
+
+async def test_add_many_meeting_a_conversation_created_meanwhile_is_no_conflict(
+    store: SessionStore, conn: asyncpg.Connection
+) -> None:
+    """An append that waited for the session's lock while another turn created the
+    conversation does not see it in its snapshot; it is sent again, not refused as
+    someone else's (the race was a false ConflictError in 88 of 400 tries)."""
+    s = await store.sessions.create("u1")
+    outcomes: list[str] = []
+    for i in range(30):
+        cont = f"meanwhile-{i}"
+
+        async def append(cont: str = cont) -> None:
+            try:
+                await store.messages.add_many(
+                    ContinuationId(cont), [("assistant", "b")], session_id=s.id
+                )
+                outcomes.append("added")
+            except NotFoundError:  # sent before the conversation existed
+                outcomes.append("not yet")
+
+        await asyncio.gather(*(store.add_turn(cont, "user", "a", session_id=s.id), append()))
+        assert await conn.fetchval(CONSISTENT, cont)
+    assert "added" in outcomes

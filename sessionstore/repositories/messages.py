@@ -124,6 +124,7 @@ HISTORY_WITH_WAITING = _history(
     " ARRAY(SELECT s.id FROM messages s WHERE s.id = ANY($4::uuid[])) AS stored"
 )
 COUNT = Keyed.of(f"SELECT message_count FROM conversations WHERE {KEY} = $1")
+OWNER_OF = Keyed.of(f"SELECT session_id FROM conversations WHERE {KEY} = $1")
 TAKES_TURNS = f"SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND {accepts_turns()})"
 # Removals lock the conversation first, in their own statement: the removing statement's
 # snapshot then holds every append that committed before the lock (one snapshot taken
@@ -204,6 +205,9 @@ SELECT (SELECT count(*) FROM ins) AS inserted,
 
 _MESSAGE_OPTIONS = MessageOptions.__optional_keys__
 _NO_UPPER_BOUND = 2**31 - 1
+# A turn meeting a conversation created after its snapshot is sent again; once more
+# always suffices (the conversation then exists), the third is slack.
+_TURN_ATTEMPTS = 3
 MAX_BATCH = 10_000
 
 #: ``(role, content)``, optionally followed by ``metadata`` and ``tokens``.
@@ -311,18 +315,24 @@ class MessagesRepository:
         slide = self._db.config.sliding_interval
 
         async def work(conn: Connection) -> list[Row]:
-            rows = await conn.fetch(query, *arguments, sid, slide)
-            if rows:
-                return rows
-            # Why nothing matched: the conversation, the session, else ownership.
-            if await conn.fetchval(COUNT.for_(cid), cid) is None:
-                raise conversation_missing(cid)
-            if not await conn.fetchval(TAKES_TURNS, sid):
-                await raise_session_miss(conn, Attempt(sid, "add a turn to"))
-            raise ConflictError(
-                f"conversation {cid} belongs to another session; a turn of session {sid} "
-                "cannot be added to it (nothing was written)"
-            )
+            for _ in range(_TURN_ATTEMPTS):
+                rows = await conn.fetch(query, *arguments, sid, slide)
+                if rows:
+                    return rows
+                # Why nothing matched: the conversation, the session, else ownership.
+                found = await conn.fetchrow(OWNER_OF.for_(cid), cid)
+                if found is None:
+                    raise conversation_missing(cid)
+                if not await conn.fetchval(TAKES_TURNS, sid):
+                    await raise_session_miss(conn, Attempt(sid, "add a turn to"))
+                if found["session_id"] not in (None, sid):
+                    raise ConflictError(
+                        f"{_named(cid)} belongs to another session; a turn of session {sid}"
+                        " cannot be added to it (nothing was written)"
+                    )
+                # Neither: the conversation was created after the statement's snapshot
+                # (while it waited for the session's lock). The next attempt sees it.
+            raise ConflictError(f"{_named(cid)} kept changing; nothing was written")
 
         return work
 
@@ -384,6 +394,12 @@ class MessagesRepository:
             return int(await conn.fetchval(CLEAR, locked))
 
         return await self._db.run(work, transaction=True)
+
+
+def _named(conversation: UUID | ContinuationId) -> str:
+    if isinstance(conversation, ContinuationId):
+        return f"conversation {str(conversation)!r}"
+    return f"conversation {conversation}"
 
 
 def _ticket(item: PendingWrite) -> int:
