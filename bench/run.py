@@ -7,7 +7,10 @@
    process and its own fresh database;
 2. history reads with 10^4, 10^5 and 10^6 messages stored, against raw asyncpg;
 3. messages.add against raw asyncpg running the identical INSERT, same pool size;
-4. a cProfile of sessionstore's client side in the turn workload.
+4. a cProfile of sessionstore's client side in the turn workload;
+5. the chat loop through each agent framework's session interface: its own PostgreSQL
+   store against sessionstore's adapter (bench/frameworks.py; skipped with a note per
+   framework whose packages are not installed).
 
 Prints the tables and rewrites the generated part of docs/benchmarks.md and
 docs/benchmarks.png. The write-behind and cleanup benchmarks are separate scripts
@@ -57,9 +60,11 @@ IMPLS = [
 ]
 
 
-def turn_workload(dsn: str, clients: int, turns: int) -> list[dict[str, Any]]:
+def turn_workload(
+    dsn: str, clients: int, turns: int, impls: list[str] = IMPLS
+) -> list[dict[str, Any]]:
     rows = []
-    for impl in IMPLS:
+    for impl in impls:
         target = asyncio.run(fresh_database(dsn, impl.replace("-", "_")))
         out = subprocess.run(
             [
@@ -333,6 +338,48 @@ def pgbench_ceiling(dsn: str, clients: int, seconds: int) -> dict[str, Any] | No
     return row
 
 
+def framework_workload(dsn: str, clients: int, turns: int) -> tuple[list[dict[str, Any]], str]:
+    """Each installed framework's own store and sessionstore's adapter, one after the other
+    (each in its own process and fresh database), and the doc section for them."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import frameworks
+
+    names, skipped = frameworks.available()
+    rows = turn_workload(dsn, clients, turns, names)
+    by = {r["impl"]: r for r in rows}
+    table = [
+        "| framework | store | turns/s | p50 ms | p99 ms | client CPU ms per turn"
+        " | sessionstore's turns/s ratio |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for framework, (builtin, ours) in frameworks.FRAMEWORKS.items():
+        if builtin[0] not in by:
+            continue
+        theirs, mine = by[builtin[0]], by[ours[0]]
+        for label, r in ((f"built-in ({builtin[0]})", theirs), (f"sessionstore ({ours[0]})", mine)):
+            cpu_ms = round(r["client_cpu_s"] / r["turns"] * 1000, 2)
+            share = round(mine["turns_per_s"] / theirs["turns_per_s"], 2) if r is mine else ""
+            table.append(
+                f"| {framework} | {label} | {r['turns_per_s']} | {r['p50_ms']} | {r['p99_ms']}"
+                f" | {cpu_ms} | {share} |"
+            )
+    notes = "".join(f"\n- {note}" for note in skipped)
+    section = f"""### Through the agent frameworks' session interfaces
+
+{clients} concurrent clients × {turns} turns, each framework's store on the same
+PostgreSQL with a pool of 10 (langchain-postgres takes one connection per history
+object: one per client). A turn, through the framework's own interface: append the
+user's message, read what goes to the model (OpenAI Agents `get_items(limit=20)`; ADK
+`get_session` with `num_recent_events=20`; LangChain `aget_messages()`, the whole
+history, in both stores), append the reply. The built-in stores: OpenAI Agents
+`SQLAlchemySession` (postgresql+asyncpg), Google ADK `DatabaseSessionService`
+(postgresql+asyncpg), langchain-postgres `PostgresChatMessageHistory` (psycopg 3).
+
+{chr(10).join(table)}{notes}
+"""
+    return rows, section
+
+
 def chart(rows: list[dict[str, Any]]) -> None:
     import matplotlib
 
@@ -365,6 +412,7 @@ def write_doc(
     add: dict[str, Any],
     prof: str,
     ceiling: dict[str, Any] | None,
+    frameworks: str,
 ) -> str:
     t = [
         "| implementation | turns/s | p50 ms | p95 ms | p99 ms | client CPU s | peak RSS MiB"
@@ -445,6 +493,7 @@ p50 growth from 10⁴ to 10⁶ messages: **{growth}×** (target ≤ 1.5×).
 asyncpg sending the identical statement with the same arguments (10 tasks, pool of 10):
 **{add["ratio"]}×** (target ≥ 0.9×).
 
+{frameworks}
 ### Where sessionstore's client CPU goes (cProfile, turn workload, by own time)
 
 ```
@@ -473,6 +522,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--turns", type=int, default=40)
     parser.add_argument("--history-reads", type=int, default=2000)
+    parser.add_argument("--framework-turns", type=int, default=20)
+    parser.add_argument(
+        "--only-frameworks",
+        action="store_true",
+        help="run only the framework comparison and print its table (docs untouched)",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     with ExitStack() as stack:
@@ -484,13 +539,17 @@ def main() -> None:
             f"{' (embedded)' if not args.dsn else ''}"
         )
         print(env, flush=True)
+        if args.only_frameworks:
+            print(framework_workload(dsn, args.clients, args.framework_turns)[1])
+            return
         turns = turn_workload(dsn, args.clients, args.turns)
         ceiling = pgbench_ceiling(dsn, args.clients, 10)
         hist = asyncio.run(history_scaling(dsn, args.history_reads))
         add = asyncio.run(add_overhead(dsn, 10, 2000))
         prof = profile(dsn)
+        _, frameworks = framework_workload(dsn, args.clients, args.framework_turns)
     chart(turns)
-    body = write_doc(env, turns, hist, add, prof, ceiling)
+    body = write_doc(env, turns, hist, add, prof, ceiling, frameworks)
     print(body)
     print(f"\nbench/run.py finished in {time.perf_counter() - started:.0f} s")
 

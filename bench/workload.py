@@ -1,4 +1,5 @@
-"""The chat-turn workload, implemented five ways. Run one in this process:
+"""The chat-turn workload, implemented several ways (and through each agent framework's
+session interface: see frameworks.py). Run one in this process:
 
     python bench/workload.py --impl sessionstore --dsn URL [--clients 50 --turns 40]
 
@@ -22,6 +23,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+from frameworks import IMPLS as FRAMEWORK_IMPLS  # bench/ is this script's directory
 
 import sessionstore
 
@@ -229,7 +231,7 @@ async def threadpool_impl(dsn: str, pool: int, ids: list[tuple[UUID, str]]) -> t
     return turn, close
 
 
-IMPLS = {
+IMPLS: dict[str, Any] = {
     "sessionstore": sessionstore_impl,
     "sessionstore-writebehind": writebehind_impl,
     "sessionstore-context": context_impl,
@@ -237,6 +239,7 @@ IMPLS = {
     "asyncpg": asyncpg_impl,
     "sqlalchemy": sqlalchemy_impl,
     "threadpool": threadpool_impl,
+    **FRAMEWORK_IMPLS,  # imported only when one of them runs
 }
 
 

@@ -12,10 +12,10 @@ from uuid import UUID
 
 from .db import Connection
 from .errors import ConflictError, InvalidStateError, NotFoundError, SessionExpiredError
-from .models import SessionStatus
+from .models import Session, SessionStatus
 from .rules import read_status
 
-__all__ = ["TRANSITIONS", "Action", "Attempt", "raise_session_miss"]
+__all__ = ["TRANSITIONS", "Action", "Attempt", "raise_session_miss", "require_live"]
 
 #: Each transition: the target status and the statuses it may start from.
 TRANSITIONS: dict[str, tuple[SessionStatus, tuple[SessionStatus, ...]]] = {
@@ -75,3 +75,15 @@ async def raise_session_miss(conn: Connection, attempt: Attempt) -> NoReturn:
             " is not an allowed transition"
         )
     raise InvalidStateError(f"cannot {action} session {session_id}: it is {status.value}")
+
+
+def require_live(session: Session, action: str) -> None:
+    """Raise what a turn of ``session`` (as read) would meet: ``SessionExpiredError`` past
+    its expiry, ``InvalidStateError`` when it is not active. For callers that must not
+    write anything else (an empty conversation) for a session that takes no turns."""
+    if session.status is SessionStatus.EXPIRED:
+        raise SessionExpiredError(f"cannot {action} session {session.id}: it has expired")
+    if session.status is not SessionStatus.ACTIVE:
+        raise InvalidStateError(
+            f"cannot {action} session {session.id}: it is {session.status.value}"
+        )

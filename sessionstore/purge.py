@@ -1,4 +1,5 @@
-"""Deleting everything of one user — sessions, their conversations and messages — in
+"""Deleting everything of one user — sessions, their conversations and messages, and the
+user-scoped state agent frameworks keep (``adk_user_states``) — in
 bounded batches, so that a user with a long history never holds locks for long and
 everyone else's writes keep going."""
 
@@ -35,6 +36,13 @@ DELETE FROM conversations WHERE id IN (
 PURGE_SESSIONS = """
 DELETE FROM sessions WHERE id IN (SELECT id FROM sessions WHERE user_id = $1 LIMIT $2)
 """
+# Session-scoped state goes with its session (ON DELETE CASCADE); user-scoped state is
+# keyed by the user alone.
+PURGE_USER_STATES = """
+DELETE FROM adk_user_states WHERE (app_name, user_id) IN (
+    SELECT app_name, user_id FROM adk_user_states WHERE user_id = $1 LIMIT $2
+)
+"""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -44,6 +52,8 @@ class PurgeCounts:
     sessions: int = 0
     conversations: int = 0
     messages: int = 0
+    #: Rows of user-scoped framework state (Google ADK's ``user:`` state, every app).
+    user_states: int = 0
 
 
 async def purge_user(
@@ -53,7 +63,8 @@ async def purge_user(
     batch_size: int = 1000,
     on_progress: Callable[[PurgeCounts], None] | None = None,
 ) -> PurgeCounts:
-    """Delete every session of ``user_id`` with its conversations and messages, at most
+    """Delete every session of ``user_id`` with its conversations and messages (and the
+    user's framework state), at most
     ``batch_size`` rows per statement; ``on_progress`` gets the running counts."""
     uid = v.identifier(user_id, "user_id")
     size = v.limit(batch_size, "batch_size", maximum=100_000)
@@ -71,6 +82,7 @@ async def purge_user(
         ("messages", PURGE_MESSAGES),
         ("conversations", PURGE_CONVERSATIONS),
         ("sessions", PURGE_SESSIONS),
+        ("user_states", PURGE_USER_STATES),
     ):
         deleted = await delete_in_batches(db, query, uid, size=size, on_progress=progress(field))
         counts = dataclasses.replace(counts, **{field: deleted})

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     Table,
     Text,
     UniqueConstraint,
@@ -25,7 +26,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ENUM, JSONB, UUID
 
-__all__ = ["conversations", "message_role", "messages", "metadata", "sessions"]
+__all__ = [
+    "adk_app_states",
+    "adk_session_states",
+    "adk_user_states",
+    "conversations",
+    "message_role",
+    "messages",
+    "metadata",
+    "sessions",
+]
 
 metadata = MetaData()
 
@@ -132,3 +142,33 @@ messages = Table(
     UniqueConstraint("conversation_id", "seq", name="uq_messages_conversation_seq"),
 )
 Index("idx_messages_created_at", messages.c.created_at)
+
+# Google ADK's state in its three scopes (sessionstore.integrations.adk; revision 0008).
+adk_session_states = Table(
+    "adk_session_states",
+    metadata,
+    Column(
+        "session_id",
+        UUID(as_uuid=True),
+        ForeignKey("sessions.id", ondelete="CASCADE", name="adk_session_states_session_id_fkey"),
+        primary_key=True,
+    ),
+    Column("state", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    _now("updated_at"),
+)
+adk_app_states = Table(
+    "adk_app_states",
+    metadata,
+    Column("app_name", Text, primary_key=True),
+    Column("state", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    _now("updated_at"),
+)
+adk_user_states = Table(
+    "adk_user_states",
+    metadata,
+    Column("app_name", Text, nullable=False),
+    Column("user_id", Text, nullable=False),
+    Column("state", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    _now("updated_at"),
+    PrimaryKeyConstraint("app_name", "user_id", name="adk_user_states_pkey"),
+)

@@ -13,7 +13,15 @@ from .migrations import head_revision, pending_revisions
 __all__ = ["API_ROLES", "EXPECTED_POLICIES", "TABLES", "Status", "check"]
 
 #: Every table sessionstore creates, Alembic's version table included.
-TABLES = ("sessions", "conversations", "messages", "alembic_version")
+TABLES = (
+    "sessions",
+    "conversations",
+    "messages",
+    "adk_session_states",
+    "adk_app_states",
+    "adk_user_states",
+    "alembic_version",
+)
 #: The roles Supabase's API switches to for the anon and user keys.
 API_ROLES = ("anon", "authenticated")
 EXPECTED_POLICIES = {
@@ -26,6 +34,9 @@ EXPECTED_POLICIES = {
     },
     "conversations": {"conversations_own", "conversations_service_role_all"},
     "messages": {"messages_own", "messages_service_role_all"},
+    "adk_session_states": {"adk_session_states_own", "adk_session_states_service_role_all"},
+    "adk_app_states": {"adk_app_states_read", "adk_app_states_service_role_all"},
+    "adk_user_states": {"adk_user_states_own", "adk_user_states_service_role_all"},
     "alembic_version": set(),  # row-level security with no policy: no API role sees a row
 }
 

@@ -45,6 +45,9 @@ async def test_upgrade_downgrade_upgrade(empty_dsn: str) -> None:
         "table:sessions",
         "table:conversations",
         "table:messages",
+        "table:adk_session_states",
+        "table:adk_app_states",
+        "table:adk_user_states",
         "type:message_role",
         "function:update_updated_at_column",
         "function:update_sessions_updated_at",
@@ -106,6 +109,12 @@ async def test_rls_policies_triggers_and_cleanup_function(conn: asyncpg.Connecti
         ("conversations", "conversations_service_role_all"),
         ("messages", "messages_own"),
         ("messages", "messages_service_role_all"),
+        ("adk_session_states", "adk_session_states_own"),
+        ("adk_session_states", "adk_session_states_service_role_all"),
+        ("adk_app_states", "adk_app_states_read"),
+        ("adk_app_states", "adk_app_states_service_role_all"),
+        ("adk_user_states", "adk_user_states_own"),
+        ("adk_user_states", "adk_user_states_service_role_all"),
     }
     triggers = {
         r[0] for r in await conn.fetch("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")

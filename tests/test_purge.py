@@ -81,3 +81,19 @@ async def test_purge_runs_while_other_users_keep_writing(
     assert written > 0
     assert await conn.fetchval("SELECT count(*) FROM messages") == written
     assert await conn.fetchval("SELECT sum(turn_count) FROM sessions") == written
+
+
+async def test_purge_takes_the_users_framework_state_along(
+    store: SessionStore, conn: asyncpg.Connection
+) -> None:
+    """ADK's ``user:`` state is keyed by the user alone (session state goes with its
+    session); purging the user deletes it in every app, and nobody else's."""
+    await _seed(conn, "doomed", sessions=1, per_conversation=1)
+    await conn.execute(
+        "INSERT INTO adk_user_states (app_name, user_id, state) VALUES"
+        """ ('a', 'doomed', '{"k": 1}'), ('b', 'doomed', '{}'), ('a', 'kept', '{"k": 2}')"""
+    )
+    counts = await store.purge_user("doomed")
+    assert counts == PurgeCounts(sessions=1, conversations=1, messages=1, user_states=2)
+    rows = await conn.fetch("SELECT app_name, user_id FROM adk_user_states")
+    assert [(r["app_name"], r["user_id"]) for r in rows] == [("a", "kept")]
