@@ -378,7 +378,12 @@ class World:
         verdict, ask = metadata_shape(value, optional=optional)
         if ask:
             try:
-                stored = await self.conn.fetchval("SELECT $1::jsonb::text", json.dumps(value))
+                # As the library sends it (ensure_ascii=False): a \u escape above ASCII is
+                # refused by a database whose encoding is not UTF8 (CI's container image
+                # is SQL_ASCII), where the raw character is stored.
+                stored = await self.conn.fetchval(
+                    "SELECT $1::jsonb::text", json.dumps(value, ensure_ascii=False)
+                )
             except asyncpg.PostgresError:
                 return BAD
             if not same_json(value, json.loads(stored)):
