@@ -5,10 +5,13 @@ machines this project runs on, so the delay is made here, in user space.
     python bench/latency.py --upstream 127.0.0.1:5432 --rtt-ms 5    # prints the port
 
 It runs as a process of its own (``LatencyProxy`` starts one), so its CPU never counts as
-the benchmarked client's. Each connection gets one thread per direction that reads and
-stamps chunks and one that sends each chunk when it is due: blocking sockets and
-``time.sleep`` keep the delay to tens of microseconds, where an event loop's timers
-round up to whole milliseconds.
+the benchmarked client's. It also counts what clients send: statements (``Query`` and
+``Execute`` messages) and round trips (``Query`` and ``Sync``), between SIGUSR1 (start)
+and SIGUSR2 (stop); on SIGTERM it prints the counts as one JSON line and exits.
+
+Each connection gets one thread per direction that reads and stamps chunks and one that
+sends each chunk when it is due: blocking sockets and ``time.sleep`` keep the delay to
+tens of microseconds, where an event loop's timers round up to whole milliseconds.
 """
 
 from __future__ import annotations
@@ -16,19 +19,80 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import json
+import os
+import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
+from typing import Any
 
 _CHUNK = 65536
+# Untyped messages a client may send before its startup packet.
+_SSL, _GSSENC, _CANCEL = 80877103, 80877104, 80877102
 
 
-def _pipe(src: socket.socket, dst: socket.socket, one_way: float) -> None:
-    """Forward ``src`` to ``dst``, each chunk ``one_way`` seconds after it arrived."""
+class Counts:
+    """Statements and round trips clients sent, counted only while ``on``."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.on = False
+        self.statements = 0
+        self.round_trips = 0
+
+    def add(self, kind: bytes) -> None:
+        if not self.on:
+            return
+        with self.lock:
+            if kind in (b"Q", b"E"):
+                self.statements += 1
+            if kind in (b"Q", b"S"):
+                self.round_trips += 1
+
+
+COUNTS = Counts()
+
+
+class _Frontend:
+    """Splits one client's byte stream into PostgreSQL protocol messages (by their
+    length fields) and counts them; nothing is changed or held back."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.started = False
+
+    def feed(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            if not self.started:
+                if len(self.buffer) < 8:
+                    return
+                length, code = struct.unpack("!ii", self.buffer[:8])
+                if len(self.buffer) < length:
+                    return
+                self.buffer = self.buffer[length:]
+                self.started = code not in (_SSL, _GSSENC, _CANCEL)
+                continue
+            if len(self.buffer) < 5:
+                return
+            kind, (length,) = self.buffer[:1], struct.unpack("!i", self.buffer[1:5])
+            if len(self.buffer) < 1 + length:
+                return
+            self.buffer = self.buffer[1 + length :]
+            COUNTS.add(kind)
+
+
+def _pipe(
+    src: socket.socket, dst: socket.socket, one_way: float, frontend: _Frontend | None = None
+) -> None:
+    """Forward ``src`` to ``dst``, each chunk ``one_way`` seconds after it arrived
+    (counting the messages of ``frontend``'s side, if given)."""
     due: collections.deque[tuple[float, bytes]] = collections.deque()
     ready = threading.Condition()
     done = False
@@ -55,6 +119,8 @@ def _pipe(src: socket.socket, dst: socket.socket, one_way: float) -> None:
     sender.start()
     try:
         while data := src.recv(_CHUNK):
+            if frontend is not None:
+                frontend.feed(data)
             with ready:
                 due.append((time.monotonic() + one_way, data))
                 ready.notify()
@@ -67,15 +133,28 @@ def _pipe(src: socket.socket, dst: socket.socket, one_way: float) -> None:
         sender.join()
 
 
-def _serve(connection: socket.socket, upstream: tuple[str, int], one_way: float) -> None:
+def _connect(upstream: str) -> socket.socket:
+    """``host:port``, or ``unix:PATH`` (the embedded server listens on a socket file)."""
+    if upstream.startswith("unix:"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(upstream[len("unix:") :])
+        return sock
+    host, _, port = upstream.rpartition(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _serve(connection: socket.socket, upstream: str, one_way: float) -> None:
     try:
-        server = socket.create_connection(upstream)
+        server = _connect(upstream)
     except OSError:
         connection.close()
         return
-    for sock in (connection, server):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    up = threading.Thread(target=_pipe, args=(connection, server, one_way), daemon=True)
+    connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    up = threading.Thread(
+        target=_pipe, args=(connection, server, one_way, _Frontend()), daemon=True
+    )
     up.start()
     _pipe(server, connection, one_way)
     up.join()
@@ -83,8 +162,24 @@ def _serve(connection: socket.socket, upstream: tuple[str, int], one_way: float)
     server.close()
 
 
-def serve(upstream: tuple[str, int], one_way: float, port: int = 0) -> None:
+def serve(upstream: str, one_way: float, port: int = 0) -> None:
     """Accept on 127.0.0.1 (``port``, or any free one), print the port, forward forever."""
+
+    def counting(on: bool) -> Any:
+        def handle(signum: int, frame: FrameType | None) -> None:
+            COUNTS.on = on
+
+        return handle
+
+    def report(signum: int, frame: FrameType | None) -> None:
+        with COUNTS.lock:
+            line = {"statements": COUNTS.statements, "round_trips": COUNTS.round_trips}
+        print(json.dumps(line), flush=True)
+        os._exit(0)  # the forwarding threads are daemons; nothing to clean up
+
+    signal.signal(signal.SIGUSR1, counting(True))
+    signal.signal(signal.SIGUSR2, counting(False))
+    signal.signal(signal.SIGTERM, report)
     listener = socket.create_server(("127.0.0.1", port), backlog=512)
     print(listener.getsockname()[1], flush=True)
     while True:
@@ -93,19 +188,28 @@ def serve(upstream: tuple[str, int], one_way: float, port: int = 0) -> None:
 
 
 class LatencyProxy:
-    """``with LatencyProxy(host, port, rtt_ms=5) as port:`` — a proxy process forwarding
-    to ``host:port`` with ``rtt_ms / 2`` added each way, stopped on exit."""
+    """``with LatencyProxy("127.0.0.1:5432", rtt_ms=5) as port:`` — a proxy process
+    forwarding to ``upstream`` (``host:port`` or ``unix:PATH``) with ``rtt_ms / 2`` added
+    each way, stopped on exit."""
 
-    def __init__(self, host: str, port: int, *, rtt_ms: float) -> None:
+    def __init__(self, upstream: str, *, rtt_ms: float) -> None:
         self._args = [
             sys.executable,
             str(Path(__file__).resolve()),
             "--upstream",
-            f"{host}:{port}",
+            upstream,
             "--rtt-ms",
             str(rtt_ms),
         ]
         self._process: subprocess.Popen[str] | None = None
+        #: After exit: the statements and round trips counted while counting was on.
+        self.counts: dict[str, int] = {}
+
+    @property
+    def pid(self) -> int:
+        """The proxy's process id (SIGUSR1 starts counting, SIGUSR2 stops it)."""
+        assert self._process is not None
+        return self._process.pid
 
     def __enter__(self) -> int:
         self._process = subprocess.Popen(self._args, stdout=subprocess.PIPE, text=True)
@@ -119,18 +223,20 @@ class LatencyProxy:
         trace: TracebackType | None,
     ) -> None:
         assert self._process is not None
+        assert self._process.stdout is not None
         self._process.terminate()
+        line = self._process.stdout.readline()
         self._process.wait(timeout=10)
+        self.counts = json.loads(line) if line else {}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--upstream", required=True, help="host:port of PostgreSQL")
+    parser.add_argument("--upstream", required=True, help="PostgreSQL: host:port or unix:PATH")
     parser.add_argument("--rtt-ms", type=float, required=True, help="round trip to add, ms")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
-    host, _, port = args.upstream.rpartition(":")
-    serve((host, int(port)), args.rtt_ms / 2000, args.port)
+    serve(args.upstream, args.rtt_ms / 2000, args.port)
 
 
 if __name__ == "__main__":

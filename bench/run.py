@@ -10,7 +10,9 @@
 4. a cProfile of sessionstore's client side in the turn workload;
 5. the chat loop through each agent framework's session interface: its own PostgreSQL
    store against sessionstore's adapter (bench/frameworks.py; skipped with a note per
-   framework whose packages are not installed).
+   framework whose packages are not installed);
+6. the chat loop across a network (bench/rtt.py): every system through a latency proxy
+   at RTT 0, 1 and 5 ms.
 
 Prints the tables and rewrites the generated part of docs/benchmarks.md and
 docs/benchmarks.png. The write-behind and cleanup benchmarks are separate scripts
@@ -413,6 +415,7 @@ def write_doc(
     prof: str,
     ceiling: dict[str, Any] | None,
     frameworks: str,
+    network: str,
 ) -> str:
     t = [
         "| implementation | turns/s | p50 ms | p95 ms | p99 ms | client CPU s | peak RSS MiB"
@@ -494,6 +497,7 @@ asyncpg sending the identical statement with the same arguments (10 tasks, pool 
 **{add["ratio"]}×** (target ≥ 0.9×).
 
 {frameworks}
+{network}
 ### Where sessionstore's client CPU goes (cProfile, turn workload, by own time)
 
 ```
@@ -523,6 +527,8 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=40)
     parser.add_argument("--history-reads", type=int, default=2000)
     parser.add_argument("--framework-turns", type=int, default=20)
+    parser.add_argument("--rtts", default="0,1,5", help="round-trip times for bench/rtt.py, ms")
+    parser.add_argument("--rtt-turns", type=int, default=10)
     parser.add_argument(
         "--only-frameworks",
         action="store_true",
@@ -548,8 +554,14 @@ def main() -> None:
         add = asyncio.run(add_overhead(dsn, 10, 2000))
         prof = profile(dsn)
         _, frameworks = framework_workload(dsn, args.clients, args.framework_turns)
+        import rtt  # bench/ is on sys.path (framework_workload put it there)
+
+        rtts = [float(x) for x in args.rtts.split(",")]
+        rtt_rows, rtt_overhead, rtt_skipped = rtt.run(dsn, rtts, args.clients, args.rtt_turns)
     chart(turns)
-    body = write_doc(env, turns, hist, add, prof, ceiling, frameworks)
+    rtt.chart(rtt_rows, ROOT / "docs" / "benchmarks-rtt.png")
+    network = rtt.section(rtt_rows, rtt_overhead, rtt_skipped, args.clients, args.rtt_turns)
+    body = write_doc(env, turns, hist, add, prof, ceiling, frameworks, network)
     print(body)
     print(f"\nbench/run.py finished in {time.perf_counter() - started:.0f} s")
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
+import signal
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -107,6 +109,26 @@ async def writebehind_impl(dsn: str, pool: int, ids: list[tuple[UUID, str]]) -> 
         await store.enqueue_turn(cont, "user", f"question {t}", session_id=sid, tokens=12)
         await store.enqueue_turn(cont, "assistant", f"answer {t}", tokens=30)
         await store.messages.history(convs[c], limit=20)
+
+    async def close() -> None:
+        await store.flush()
+        await store.close()
+
+    return turn, close
+
+
+async def writebehind_chat_impl(
+    dsn: str, pool: int, ids: list[tuple[UUID, str]]
+) -> tuple[Turn, Any]:
+    """The chat loop on write-behind: the user's message queued, the context read (the
+    queued message included: read-your-writes), the reply queued."""
+    store = await sessionstore.connect(dsn, max_size=pool, min_size=pool)
+
+    async def turn(c: int, t: int) -> None:
+        sid, cont = ids[c]
+        await store.enqueue_turn(cont, "user", f"question {t}", session_id=sid, tokens=12)
+        await store.messages.history(sessionstore.ContinuationId(cont), limit=20)
+        await store.enqueue_turn(cont, "assistant", f"answer {t}", tokens=30)
 
     async def close() -> None:
         await store.flush()
@@ -234,6 +256,7 @@ async def threadpool_impl(dsn: str, pool: int, ids: list[tuple[UUID, str]]) -> t
 IMPLS: dict[str, Any] = {
     "sessionstore": sessionstore_impl,
     "sessionstore-writebehind": writebehind_impl,
+    "sessionstore-writebehind-chat": writebehind_chat_impl,
     "sessionstore-context": context_impl,
     "sessionstore-history": history_impl,
     "asyncpg": asyncpg_impl,
@@ -243,8 +266,20 @@ IMPLS: dict[str, Any] = {
 }
 
 
-async def run(impl: str, dsn: str, clients: int, turns: int, pool: int) -> dict[str, Any]:
-    ids = await setup(dsn, clients)
+async def run(
+    impl: str,
+    dsn: str,
+    clients: int,
+    turns: int,
+    pool: int,
+    *,
+    setup_dsn: str | None = None,
+    proxy_pid: int | None = None,
+) -> dict[str, Any]:
+    """One implementation's run. ``setup_dsn`` (default ``dsn``) creates the clients'
+    sessions; ``proxy_pid`` is a bench/latency.py proxy told (SIGUSR1/SIGUSR2) to count
+    what is sent during the measured turns only."""
+    ids = await setup(setup_dsn or dsn, clients)
     turn, close = await IMPLS[impl](dsn, pool, ids)
     latencies: list[float] = []
 
@@ -254,12 +289,17 @@ async def run(impl: str, dsn: str, clients: int, turns: int, pool: int) -> dict[
             await turn(c, t)
             latencies.append((time.perf_counter() - started) * 1000)
 
-    await client(0)  # warm-up: connections, prepared statements, type introspection
-    latencies.clear()
+    # Warm-up: one turn per client at once, so that every pooled connection has opened,
+    # prepared its statements and introspected its types before the clock starts.
+    await asyncio.gather(*(turn(c, turns) for c in range(clients)))
+    if proxy_pid is not None:
+        os.kill(proxy_pid, signal.SIGUSR1)
     cpu0, t0 = time.process_time(), time.perf_counter()
     await asyncio.gather(*(client(c) for c in range(clients)))
     await close()
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    if proxy_pid is not None:
+        os.kill(proxy_pid, signal.SIGUSR2)
     q = statistics.quantiles(latencies, n=100, method="inclusive")
     return {
         "impl": impl,
@@ -280,8 +320,21 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--turns", type=int, default=40)
     parser.add_argument("--pool", type=int, default=10)
+    parser.add_argument("--setup-dsn", help="where the clients' sessions are created")
+    parser.add_argument("--proxy-pid", type=int, help="a bench/latency.py proxy to count")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.impl, args.dsn, args.clients, args.turns, args.pool))))
+    result = asyncio.run(
+        run(
+            args.impl,
+            args.dsn,
+            args.clients,
+            args.turns,
+            args.pool,
+            setup_dsn=args.setup_dsn,
+            proxy_pid=args.proxy_pid,
+        )
+    )
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from .repositories import (
 )
 from .repositories.messages import write_messages
 from .spill import read_spill
-from .turns import Turn, accept_turn, add_turn, write_turns
+from .turns import AfterTurn, Turn, accept_turn, add_turn, write_turns
 from .writer import Writer
 from .writes import FailedWrite, OnWriteError, PendingWrite, WriterStats
 
@@ -72,7 +72,19 @@ class _Scope:
         conversation bound to another session refuses the turn (``ConflictError``);
         otherwise nothing is written. See :func:`sessionstore.turns.add_turn`.
         """
-        turn = await add_turn(self._db, continuation_id, role, content, **options)
+        return await self._turn(continuation_id, role, content, None, options)
+
+    async def _turn(
+        self,
+        continuation_id: str,
+        role: Role,
+        content: str,
+        after: AfterTurn | None,
+        options: AddTurnOptions,
+    ) -> Turn:
+        """``add_turn``, with ``after`` run in the turn's transaction (the framework
+        adapters write what belongs to the turn there: it commits with it or not at all)."""
+        turn = await add_turn(self._db, continuation_id, role, content, after=after, **options)
         if self._cache is not None and turn.session is not None:
             self._cache.put(turn.session)
         return turn

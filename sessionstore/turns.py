@@ -11,7 +11,7 @@ build the session's and the conversation's changes from :mod:`sessionstore.rules
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import NoReturn, Unpack
 from uuid import UUID
 
@@ -37,7 +37,7 @@ from .rules import (
 )
 from .writes import PendingWrite, batch_arguments, fresh_rows
 
-__all__ = ["Turn", "accept_turn", "add_turn", "write_turns"]
+__all__ = ["AfterTurn", "Turn", "accept_turn", "add_turn", "write_turns"]
 
 _TOKENS = "coalesce($6::integer, 0)"
 # $1 continuation id, $2 session id, $3-$6 the message, $7 the sliding interval, $8 the
@@ -289,11 +289,18 @@ async def _explain_refusal(conn: Connection, cont: str, sid: UUID, *, scoped: bo
     )
 
 
+#: Work done in a turn's transaction after the turn: given the connection, the turn and
+#: whether this call wrote it (``False`` for a resend that found it stored).
+AfterTurn = Callable[[Connection, "Turn", bool], Awaitable[None]]
+
+
 async def add_turn(
     db: Database,
     continuation_id: str,
     role: Role,
     content: str,
+    *,
+    after: AfterTurn | None = None,
     **options: Unpack[AddTurnOptions],
 ) -> Turn:
     """Append a message to the conversation ``continuation_id`` (created if needed) and,
@@ -306,6 +313,9 @@ async def add_turn(
     (see :class:`~sessionstore.AddTurnOptions`). Under row-level security (``as_user``)
     it takes two statements in one transaction. With sliding expiry configured, the
     session's ``expires_at`` moves forward.
+
+    ``after`` (for the framework adapters) runs in the same transaction once the turn
+    is written or found: what it writes commits with the turn or not at all.
     """
     cont, sid, message = _checked(continuation_id, role, content, options, _ADD_TURN_OPTIONS)
     given_id = options.get("message_id")
@@ -326,7 +336,7 @@ async def add_turn(
         except ConflictError as exc:
             # Two resends of one message id at once: the loser's insert met the winner's
             # row. Outside a transaction it can read the stored turn back.
-            if mid is None or exc.sqlstate != "23505" or db.rls_scoped:
+            if mid is None or exc.sqlstate != "23505" or db.rls_scoped or after is not None:
                 raise
             rows = await conn.fetch(query, *arguments)
         row = next((r for r in rows if r["c_id"] is not None), None)
@@ -345,9 +355,11 @@ async def add_turn(
         )
         if row["stored_in"] is not None:
             _same_turn(turn, row["stored_in"], cont, sid, message)
+        if after is not None:
+            await after(conn, turn, row["stored_in"] is None)
         return turn
 
-    return await db.run(work)
+    return await db.run(work, transaction=after is not None)
 
 
 async def _context(conn: Connection, new: Message, rows: Sequence[Row], size: int) -> list[Message]:

@@ -778,3 +778,59 @@ async def test_the_migration_goes_down_and_up(
         assert await conn.fetchval("SELECT version_num FROM alembic_version") == "0008_adk_state"
     finally:
         await conn.close()
+
+
+async def test_an_event_and_its_state_commit_together(
+    service: SessionStoreSessionService, store: SessionStore, conn: asyncpg.Connection
+) -> None:
+    """The event and its state delta are one transaction: when the state cannot be
+    written, the event is not stored either (it was, before: a reader then saw the event
+    without its state, and a resend re-applied an old delta over a newer one)."""
+    session = await service.create_session(app_name=APP, user_id=ALICE, state={"x": "start"})
+    await conn.execute("""
+        CREATE FUNCTION refuse_boom() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.state ->> 'x' = 'boom' THEN RAISE EXCEPTION 'refused by the test'; END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER refuse_boom BEFORE INSERT OR UPDATE ON adk_session_states
+            FOR EACH ROW EXECUTE FUNCTION refuse_boom();
+    """)
+    cont = ContinuationId(continuation_id(APP, ALICE, session.id))
+    with pytest.raises(sessionstore.SessionStoreError):
+        await service.append_event(session, _event("model", state={"x": "boom"}))
+    assert await store.messages.count(cont) == 0
+    stored = await service.get_session(app_name=APP, user_id=ALICE, session_id=session.id)
+    assert stored is not None
+    assert (stored.events, stored.state) == ([], {"x": "start"})
+    await service.append_event(session, _event("model", state={"x": "fine"}))
+    stored = await service.get_session(app_name=APP, user_id=ALICE, session_id=session.id)
+    assert stored is not None
+    assert (len(stored.events), stored.state) == (1, {"x": "fine"})
+
+
+async def test_a_session_deleted_and_made_again_elsewhere_reads_as_the_new_one(
+    dsn: str,
+) -> None:
+    """Another worker deletes the session and creates one with the same ADK id; behind a
+    transaction pooler (no notifications) the session cache still holds the old one for
+    a moment. The read checks the conversation's binding uncached and finds the new one
+    (it returned the new events with the old, empty state, and a session object whose
+    next append failed as not found)."""
+    options = {**store_overrides(), "notifications": False, "cache_size": 100, "cache_ttl": 60.0}
+    async with (
+        sessionstore.connect(dsn, **options) as first,
+        sessionstore.connect(dsn, **options) as second,
+    ):
+        a, b = SessionStoreSessionService(first), SessionStoreSessionService(second)
+        old = await a.create_session(app_name=APP, user_id=ALICE, session_id="x", state={"v": 1})
+        await a.append_event(old, _event(text="old"))
+        assert await a.get_session(app_name=APP, user_id=ALICE, session_id="x") is not None
+        await b.delete_session(app_name=APP, user_id=ALICE, session_id="x")
+        new = await b.create_session(app_name=APP, user_id=ALICE, session_id="x", state={"v": 2})
+        await b.append_event(new, _event(text="new"))
+        seen = await a.get_session(app_name=APP, user_id=ALICE, session_id="x")
+        assert seen is not None
+        assert [_text(e.content) for e in seen.events if e.content] == ["new"]
+        assert seen.state == {"v": 2}
+        await a.append_event(seen, _event(text="from a"))

@@ -567,7 +567,9 @@ async def test_round_trips_per_call(dsn: str) -> None:
             return made
 
         await trips("warm-up")  # the driver's one-time type introspection
-        assert await trips("trips") == [1, 3, 1, 1]
+        # A bound history's read is three queries sent at once (the session — from the
+        # session cache where it is on, off here —, the binding, the messages).
+        assert await trips("trips") == [3, 3, 3, 1]
 
 
 # -- input checks ----------------------------------------------------------------------
@@ -653,7 +655,8 @@ async def test_a_dead_session_refuses_writes_and_nothing_is_written(
     ]
     for session_id, cid, error in refusals:
         history = SessionStoreChatMessageHistory(store, cid, session_id=session_id)
-        await history.aget_messages()  # a read first, as RunnableWithMessageHistory does
+        with pytest.raises(error):  # the read, before the model, already refuses
+            await history.aget_messages()
         with pytest.raises(error):
             await history.aadd_messages([HumanMessage("after"), AIMessage("no")])
         fresh = SessionStoreChatMessageHistory(store, cid, session_id=session_id)
@@ -701,7 +704,8 @@ async def test_under_rls_a_user_cannot_read_or_write_another_users_history(
         before = await row_counts(conn)
         # Alice naming Bob's conversation, through Bob's session or her own.
         through_bobs = SessionStoreChatMessageHistory(alice, "bob-chat", session_id=bob_session.id)
-        assert await through_bobs.aget_messages() == []
+        with pytest.raises(NotFoundError):  # Bob's session is absent to her
+            await through_bobs.aget_messages()
         with pytest.raises(NotFoundError):
             await through_bobs.aadd_messages([HumanMessage("let me in")])
         through_hers = SessionStoreChatMessageHistory(
@@ -761,3 +765,44 @@ async def test_write_behind_reports_a_dead_session_at_write_time(
     await store.flush()
     assert len(store.failed_writes()) == 1
     assert await conn.fetchval("SELECT count(*) FROM messages") == 0
+
+
+async def test_a_history_bound_to_one_session_never_reads_or_clears_anothers(
+    store: SessionStore,
+) -> None:
+    """Reads and clears check the binding as appends do: a history bound to Alice's
+    session named Bob's conversation (a continuation id taken from the caller's config)
+    read Bob's messages and cleared them, on the service path."""
+    alice = await store.sessions.create(user_id="alice")
+    bob = await store.sessions.create(user_id="bob")
+    bobs = SessionStoreChatMessageHistory(store, "bob-chat", session_id=bob.id)
+    await bobs.aadd_messages([HumanMessage("bob's secret")])
+    intruder = SessionStoreChatMessageHistory(store, "bob-chat", session_id=alice.id)
+    with pytest.raises(ConflictError):
+        await intruder.aget_messages()
+    with pytest.raises(ConflictError):
+        await SessionStoreChatMessageHistory(store, "bob-chat", session_id=alice.id).aclear()
+    assert await bobs.aget_messages() == [HumanMessage("bob's secret")]
+
+
+async def test_a_new_history_on_an_existing_conversation_appends_in_one_round_trip(
+    dsn: str,
+) -> None:
+    """A fresh object (RunnableWithMessageHistory makes one per call) that appends
+    without reading first sends one statement; it took get, get_or_create and the append."""
+    queries: list[str] = []
+
+    async def count_queries(connection: asyncpg.Connection) -> None:
+        connection.add_query_logger(lambda record: queries.append(record.query))
+
+    overrides = {**store_overrides(), "min_size": 1, "max_size": 1}
+    async with sessionstore.connect(dsn, configure=count_queries, **overrides) as counted:
+        session = await counted.sessions.create(user_id="u1")
+        await SessionStoreChatMessageHistory(counted, "c", session_id=session.id).aadd_messages(
+            [HumanMessage("a")]
+        )
+        queries.clear()
+        await SessionStoreChatMessageHistory(counted, "c", session_id=session.id).aadd_messages(
+            [HumanMessage("b")]
+        )
+        assert len(queries) == 1

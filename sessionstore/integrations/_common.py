@@ -7,16 +7,29 @@ from collections.abc import Callable, Sequence
 from uuid import UUID
 
 from .. import validation as v
-from ..errors import NotFoundError
+from ..errors import ConflictError, NotFoundError
 from ..lifecycle import require_live
 from ..models import ContinuationId, Message
 from ..repositories.messages import NewMessage
 from ..store import SessionStore, UserView
 
-__all__ = ["Scope", "append_turn", "create_conversation", "latest"]
+__all__ = ["Scope", "append_turn", "check_binding", "create_conversation", "latest"]
 
 #: Where an adapter works: the service path, or one user under row-level security.
 Scope = SessionStore | UserView
+
+
+async def check_binding(scope: Scope, ref: ContinuationId, owner: UUID | None) -> bool:
+    """Whether the conversation exists (``False`` when it does not, or RLS hides it); with
+    ``owner``, it must be unbound or bound to that session — ``ConflictError`` otherwise,
+    so that an adapter bound to one session never reads or clears another's."""
+    try:
+        conversation = await scope.conversations.get(ref)
+    except NotFoundError:
+        return False
+    if owner is not None and conversation.session_id not in (None, owner):
+        raise ConflictError(f"conversation {str(ref)!r} belongs to another session, not {owner}")
+    return True
 
 
 async def create_conversation(scope: Scope, ref: ContinuationId, owner: UUID | None) -> None:

@@ -50,6 +50,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 from typing_extensions import override
 
 from .. import validation as v
+from ..db import Connection
 from ..errors import (
     ConflictError,
     InvalidInputError,
@@ -59,6 +60,7 @@ from ..errors import (
 )
 from ..models import ContinuationId, Message, MessageRole, Session, SessionStatus
 from ..store import SessionStore, UserView
+from ..turns import Turn
 from ._common import Scope, latest
 
 __all__ = ["SessionStoreSessionService", "continuation_id"]
@@ -455,14 +457,16 @@ class SessionStoreSessionService(BaseSessionService):
     ) -> dict[str, Any]:
         """Merge the deltas (jsonb text) in one statement; the session's merged state
         (app and user state under their prefixes) after it."""
-        row = await scope._db.fetchrow(
-            WRITE_STATES,
-            key.app_name,
-            key.user_id,
-            session_id,
-            app_delta,
-            user_delta,
-            session_delta,
+        row = await scope._db.run(
+            lambda conn: conn.fetchrow(
+                WRITE_STATES,
+                key.app_name,
+                key.user_id,
+                session_id,
+                app_delta,
+                user_delta,
+                session_delta,
+            )
         )
         assert row is not None  # the statement always returns one row
         return _merged(row["session_state"] or {}, row["app_state"] or {}, row["user_state"] or {})
@@ -619,7 +623,8 @@ class SessionStoreSessionService(BaseSessionService):
         self, scope: Scope, key: _Key, session_id: uuid.UUID, config: GetSessionConfig | None
     ) -> AdkSession | None:
         try:
-            stored, (messages, newest), states = await _all(
+            conversation, stored, (messages, newest), states = await _all(
+                scope.conversations.get(key.ref),
                 scope.sessions.get(session_id),
                 self._history(scope, key, config),
                 self._read_states(scope, key.app_name, key.user_id, [session_id]),
@@ -627,7 +632,10 @@ class SessionStoreSessionService(BaseSessionService):
         except NotFoundError:
             return None
         if (
-            stored.user_id != key.user_id
+            # Uncached: another worker may have deleted the session and made a new one
+            # with the same ADK id, which the session cache can hide for a moment.
+            conversation.session_id != session_id
+            or stored.user_id != key.user_id
             or _adk_names(stored) != (key.app_name, key.session_id)
             or stored.status == SessionStatus.EXPIRED
         ):
@@ -755,11 +763,10 @@ class SessionStoreSessionService(BaseSessionService):
 
         One round trip (``add_turn``: the message, the session's turn, the expiry and
         ownership checks, and the staleness check, in one statement) for an event
-        without state changes; one more statement for a state delta (all three scopes
-        at once). The state is written after the event, so that a stale writer changes
-        nothing: if that second step fails, the event is stored and the error raised;
-        appending the same event object again is then safe (the stored event is found,
-        not written twice) and applies the state.
+        without state changes; with a state delta, its statement (all three scopes at
+        once) follows in the same transaction: the event and its state commit together
+        or not at all. Appending the same event object again (after a timeout) finds the
+        stored event and applies nothing twice.
         """
         if event.partial:
             return event
@@ -773,15 +780,31 @@ class SessionStoreSessionService(BaseSessionService):
         scope = self._scope(key.user_id)
         async with self._lock(key.continuation):
             session_id, seen = await self._revision(scope, key, session)
+
+            async def apply_state(conn: Connection, turn: Turn, written: bool) -> None:
+                if written and write.changes_state:
+                    await conn.execute(
+                        WRITE_STATES,
+                        key.app_name,
+                        key.user_id,
+                        session_id,
+                        write.app_delta,
+                        write.user_delta,
+                        write.session_delta,
+                    )
+
             try:
-                turn = await scope.add_turn(
+                turn = await scope._turn(
                     key.continuation,
                     write.role,
                     write.content,
-                    session_id=session_id,
-                    metadata=write.metadata,
-                    tokens=write.tokens,
-                    message_id=_slot(session_id, seen + 1),
+                    apply_state if write.changes_state else None,
+                    {
+                        "session_id": session_id,
+                        "metadata": write.metadata,
+                        "tokens": write.tokens,
+                        "message_id": _slot(session_id, seen + 1),
+                    },
                 )
             except ConflictError as exc:
                 # Another writer stored the event after the revision this object saw.
@@ -790,7 +813,6 @@ class SessionStoreSessionService(BaseSessionService):
                 self._forget(key.continuation)
                 raise SessionNotFoundError(f"Session {key.session_id} not found.") from exc
             self._remember(key.continuation, session_id)
-            await self._apply_deltas(scope, key, session_id, write)
             if turn.message.seq != seen + 1:
                 logger.warning(
                     "ADK session %s: its conversation holds messages not written by the "
@@ -830,23 +852,6 @@ class SessionStoreSessionService(BaseSessionService):
             if not current:
                 raise StaleSessionError(_STALE)
         return conv.session_id, 0 if newest is None else newest.seq
-
-    async def _apply_deltas(
-        self, scope: Scope, key: _Key, session_id: uuid.UUID, write: _EventWrite
-    ) -> None:
-        if not write.changes_state:
-            return
-        try:
-            await self._write_states(
-                scope, key, session_id, write.app_delta, write.user_delta, write.session_delta
-            )
-        except Exception:
-            logger.warning(
-                "ADK session %s: the event is stored but its state delta was not applied; "
-                "append the same event object again to apply it",
-                session_id,
-            )
-            raise
 
     # -- building ADK sessions ---------------------------------------------------------
 

@@ -36,9 +36,10 @@ from langchain_core.messages import (
 
 from .. import validation as v
 from ..errors import InvalidInputError, NotFoundError
+from ..lifecycle import require_live
 from ..models import ContinuationId, Message, MessageRole
 from ..store import SessionStore, UserView
-from ._common import append_turn, latest
+from ._common import append_turn, check_binding, latest
 
 __all__ = ["FORMAT", "SessionStoreChatMessageHistory"]
 
@@ -238,10 +239,12 @@ class SessionStoreChatMessageHistory(BaseChatMessageHistory):
     raise ``RuntimeError`` naming the async method to await instead — blocking there
     would stall (or, on the store's own loop, deadlock) the loop.
 
-    Reads do not check the session (the conversation's continuation id is the key, as in
-    ``store.messages.history``); ``aclear`` neither: it deletes the messages and keeps
-    the conversation (``store.messages.clear``). A history of more than one page is read
-    page by page, not as one snapshot.
+    Bound to a session, reads and ``aclear`` check, once per object, that the
+    conversation is unbound or that session's (``ConflictError`` otherwise), and reads
+    refuse a session that takes no more turns (see :meth:`aget_messages`). ``aclear``
+    deletes the messages and keeps the conversation (``store.messages.clear``). A history
+    of more than one page is read page by page, not as one snapshot. A timed-out append
+    may have committed, and ``add_many`` has no message ids: resending can duplicate.
 
     ``InvalidInputError`` (naming the argument) for a bad argument or message, before
     anything is sent: a message that is not a ``BaseMessage``, whose type
@@ -294,6 +297,8 @@ class SessionStoreChatMessageHistory(BaseChatMessageHistory):
         self._ref = ContinuationId(self.continuation_id)
         # Whether the conversation exists: None until a read or a write has told.
         self._exists: bool | None = None
+        # With session_id: the conversation was found unbound or this session's.
+        self._verified = False
         super().__init__()
 
     def __repr__(self) -> str:
@@ -306,9 +311,24 @@ class SessionStoreChatMessageHistory(BaseChatMessageHistory):
 
     async def aget_messages(self) -> list[BaseMessage]:
         """Every message of the conversation (or the latest ``window``), oldest first;
-        ``[]`` if the conversation does not exist or RLS hides it."""
+        ``[]`` if the conversation does not exist or RLS hides it.
+
+        Bound to a session (``session_id``), the history is that session's live
+        conversation: a session that takes no more turns raises here
+        (``SessionExpiredError``, ``InvalidStateError``, ``NotFoundError``) and a
+        conversation bound to another session raises ``ConflictError`` — before the
+        model is called. ``RunnableWithMessageHistory`` writes the exchange in a
+        listener that only logs errors, so a refusal found at the write would be lost.
+        """
         self._bind_loop()
-        return [_from_stored(m) for m in await self._stored()]
+        if self.session_id is None:
+            stored = await self._stored()
+        else:  # one step: the three reads go at once
+            session, _, stored = await asyncio.gather(
+                self._store.sessions.get(self.session_id), self._bound(), self._stored()
+            )
+            require_live(session, "read the history of")
+        return [_from_stored(m) for m in stored]
 
     async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
         """Append ``messages`` in order, all or nothing, in one round trip once the
@@ -320,6 +340,8 @@ class SessionStoreChatMessageHistory(BaseChatMessageHistory):
         """Delete every message of the conversation, keeping the conversation (its next
         message is ``seq`` 1). No-op if the conversation does not exist."""
         self._bind_loop()
+        if self.session_id is not None and not await self._bound():
+            return
         try:
             await self._store.messages.clear(self._ref)
         except NotFoundError:
@@ -389,10 +411,16 @@ class SessionStoreChatMessageHistory(BaseChatMessageHistory):
         if self.write_behind:
             await self._enqueue(rows)
             return
-        await append_turn(
-            self._store, self._ref, rows, self.session_id, exists=None if self._exists else False
-        )
+        await append_turn(self._store, self._ref, rows, self.session_id, exists=self._exists)
         self._exists = True
+
+    async def _bound(self) -> bool:
+        """Whether the conversation exists, checked once per object to be unbound or
+        this session's (``ConflictError`` otherwise)."""
+        if not self._verified:
+            self._exists = await check_binding(self._store, self._ref, self.session_id)
+            self._verified = self._exists
+        return bool(self._exists)
 
     async def _stored(self) -> list[Message]:
         """The stored messages (the latest ``window``, or all)."""

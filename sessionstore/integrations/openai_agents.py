@@ -107,11 +107,11 @@ except ImportError as exc:  # pragma: no cover - only without the extra
     ) from exc
 
 from .. import validation as v
-from ..errors import ConflictError, InvalidInputError, NotFoundError
+from ..errors import InvalidInputError, NotFoundError
 from ..lifecycle import require_live
 from ..models import ContinuationId, Message, MessageRole
 from ..store import SessionStore, UserView
-from ._common import append_turn, latest
+from ._common import append_turn, check_binding, latest
 
 __all__ = ["DEFAULT_PREFIX", "SessionStoreSession"]
 
@@ -307,16 +307,8 @@ class SessionStoreSession:
         when it does not exist (or is invisible under RLS)."""
         if self._owner is None or self._verified:
             return True
-        try:
-            conversation = await self._store.conversations.get(self._cid)
-        except NotFoundError:
-            return False
-        if conversation.session_id not in (None, self._owner):
-            raise ConflictError(
-                f"conversation {str(self._cid)!r} belongs to another session, not {self._owner}"
-            )
-        self._verified = True
-        return True
+        self._verified = await check_binding(self._store, self._cid, self._owner)
+        return self._verified
 
     async def _enqueue(self, rows: list[tuple[MessageRole, str, dict[str, str]]]) -> None:
         store = self._store
