@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -28,3 +33,27 @@ async def fresh_database(dsn: str, tag: str) -> str:
     target = with_database(dsn, name)
     await asyncio.to_thread(upgrade, target)
     return target
+
+
+def run_workload(impl: str, dsn: str, clients: int, turns: int, *extra: str) -> dict[str, Any]:
+    """bench/workload.py for ``impl`` in a process of its own; its JSON result."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parent / "workload.py"),
+            "--impl",
+            impl,
+            "--dsn",
+            dsn,
+            "--clients",
+            str(clients),
+            "--turns",
+            str(turns),
+            *extra,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result

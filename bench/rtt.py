@@ -15,15 +15,13 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
-from common import fresh_database
+from common import fresh_database, run_workload
 from frameworks import available
 from latency import LatencyProxy
 
@@ -80,28 +78,16 @@ def one(system: str, dsn: str, rtt: float, clients: int, turns: int) -> dict[str
     target = asyncio.run(fresh_database(dsn, f"rtt_{system.replace('-', '_')}"))
     proxy = LatencyProxy(upstream_of(target), rtt_ms=rtt)
     with proxy as port:
-        out = subprocess.run(
-            [
-                sys.executable,
-                str(HERE / "workload.py"),
-                "--impl",
-                system,
-                "--dsn",
-                through(target, port),
-                "--setup-dsn",
-                target,
-                "--proxy-pid",
-                str(proxy.pid),
-                "--clients",
-                str(clients),
-                "--turns",
-                str(turns),
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
+        row = run_workload(
+            system,
+            through(target, port),
+            clients,
+            turns,
+            "--setup-dsn",
+            target,
+            "--proxy-pid",
+            str(proxy.pid),
         )
-    row: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     row["rtt_ms"] = rtt
     row["statements_per_turn"] = round(proxy.counts["statements"] / row["turns"], 1)
     row["round_trips_per_turn"] = round(proxy.counts["round_trips"] / row["turns"], 1)

@@ -41,7 +41,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
-from common import fresh_database
+from common import fresh_database, run_workload
 
 import sessionstore
 from sessionstore.embedded import embedded_server
@@ -68,24 +68,7 @@ def turn_workload(
     rows = []
     for impl in impls:
         target = asyncio.run(fresh_database(dsn, impl.replace("-", "_")))
-        out = subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "bench" / "workload.py"),
-                "--impl",
-                impl,
-                "--dsn",
-                target,
-                "--clients",
-                str(clients),
-                "--turns",
-                str(turns),
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rows.append(run_workload(impl, target, clients, turns))
         print(json.dumps(rows[-1]), flush=True)
     return rows
 

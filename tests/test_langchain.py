@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -539,37 +539,49 @@ async def test_long_histories_are_read_whole_and_window_reads_the_latest(
         assert await windowed.aget_messages() == everything[-window:]
 
 
-async def test_round_trips_per_call(dsn: str) -> None:
+class _Counted(NamedTuple):
+    store: SessionStore
+    queries: list[str]
+
+
+@pytest.fixture
+async def counted(dsn: str) -> AsyncIterator[_Counted]:
+    """A store on one connection whose every query is recorded."""
     queries: list[str] = []
 
     async def count_queries(connection: asyncpg.Connection) -> None:
         connection.add_query_logger(lambda record: queries.append(record.query))
 
     overrides = {**store_overrides(), "min_size": 1, "max_size": 1}
-    async with sessionstore.connect(dsn, configure=count_queries, **overrides) as counted:
-        session = await counted.sessions.create(user_id="u1")
+    async with sessionstore.connect(dsn, configure=count_queries, **overrides) as opened:
+        yield _Counted(opened, queries)
 
-        async def trips(cid: str) -> list[int]:
-            made: list[int] = []
 
-            async def step(call: Callable[[], Awaitable[object]]) -> None:
-                queries.clear()
-                await call()
-                made.append(len(queries))
+async def test_round_trips_per_call(counted: _Counted) -> None:
+    store, queries = counted
+    session = await store.sessions.create(user_id="u1")
 
-            first = SessionStoreChatMessageHistory(counted, cid, session_id=session.id)
-            await step(first.aget_messages)  # no conversation yet
-            # A new conversation: the session's status, get-or-create, the append.
-            await step(lambda: first.aadd_messages([HumanMessage("a"), AIMessage("b")]))
-            later = SessionStoreChatMessageHistory(counted, cid, session_id=session.id)
-            await step(later.aget_messages)
-            await step(lambda: later.aadd_messages([HumanMessage("c"), AIMessage("d")]))
-            return made
+    async def trips(cid: str) -> list[int]:
+        made: list[int] = []
 
-        await trips("warm-up")  # the driver's one-time type introspection
-        # A bound history's read is three queries sent at once (the session — from the
-        # session cache where it is on, off here —, the binding, the messages).
-        assert await trips("trips") == [3, 3, 3, 1]
+        async def step(call: Callable[[], Awaitable[object]]) -> None:
+            queries.clear()
+            await call()
+            made.append(len(queries))
+
+        first = SessionStoreChatMessageHistory(store, cid, session_id=session.id)
+        await step(first.aget_messages)  # no conversation yet
+        # A new conversation: the session's status, get-or-create, the append.
+        await step(lambda: first.aadd_messages([HumanMessage("a"), AIMessage("b")]))
+        later = SessionStoreChatMessageHistory(store, cid, session_id=session.id)
+        await step(later.aget_messages)
+        await step(lambda: later.aadd_messages([HumanMessage("c"), AIMessage("d")]))
+        return made
+
+    await trips("warm-up")  # the driver's one-time type introspection
+    # A bound history's read is three queries sent at once (the session — from the
+    # session cache where it is on, off here —, the binding, the messages).
+    assert await trips("trips") == [3, 3, 3, 1]
 
 
 # -- input checks ----------------------------------------------------------------------
@@ -786,23 +798,17 @@ async def test_a_history_bound_to_one_session_never_reads_or_clears_anothers(
 
 
 async def test_a_new_history_on_an_existing_conversation_appends_in_one_round_trip(
-    dsn: str,
+    counted: _Counted,
 ) -> None:
     """A fresh object (RunnableWithMessageHistory makes one per call) that appends
     without reading first sends one statement; it took get, get_or_create and the append."""
-    queries: list[str] = []
-
-    async def count_queries(connection: asyncpg.Connection) -> None:
-        connection.add_query_logger(lambda record: queries.append(record.query))
-
-    overrides = {**store_overrides(), "min_size": 1, "max_size": 1}
-    async with sessionstore.connect(dsn, configure=count_queries, **overrides) as counted:
-        session = await counted.sessions.create(user_id="u1")
-        await SessionStoreChatMessageHistory(counted, "c", session_id=session.id).aadd_messages(
-            [HumanMessage("a")]
-        )
-        queries.clear()
-        await SessionStoreChatMessageHistory(counted, "c", session_id=session.id).aadd_messages(
-            [HumanMessage("b")]
-        )
-        assert len(queries) == 1
+    store, queries = counted
+    session = await store.sessions.create(user_id="u1")
+    await SessionStoreChatMessageHistory(store, "c", session_id=session.id).aadd_messages(
+        [HumanMessage("a")]
+    )
+    queries.clear()
+    await SessionStoreChatMessageHistory(store, "c", session_id=session.id).aadd_messages(
+        [HumanMessage("b")]
+    )
+    assert len(queries) == 1
