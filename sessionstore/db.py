@@ -379,7 +379,10 @@ class Pool:
         token = _CHECKOUT.set(checkout)
         try:
             try:
-                conn: PoolConnectionProxy[Any] = await pool.acquire(timeout=cfg.acquire_timeout)
+                # asyncio.timeout, not acquire(timeout=): on Python 3.11 asyncpg's
+                # wait_for runs every acquire in a task of its own.
+                async with asyncio.timeout(cfg.acquire_timeout):
+                    conn: PoolConnectionProxy[Any] = await pool.acquire()
             finally:
                 _CHECKOUT.reset(token)
         except SessionStoreError:
