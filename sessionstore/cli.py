@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import migrations
+from . import __version__, migrations
 from .config import MISSING_DSN, StoreConfig, redact_dsn
 from .demo import DemoReport, run_demo
 from .dsn import hide_secrets
@@ -44,6 +44,9 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 console = Console()
+# Errors and warnings go to stderr, so that a script reading a command's output sees
+# only its result.
+err_console = Console(stderr=True)
 
 DsnOption = Annotated[
     str | None,
@@ -59,9 +62,21 @@ class _State:
     debug = False
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        console.print(f"sessionstore {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _options(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_show_version, is_eager=True
+        ),
+    ] = False,
 ) -> None:
     _State.debug = debug
 
@@ -118,7 +133,7 @@ def _explain(exc: BaseException, dsn: str | None) -> str:
 
 def _fail(message: str) -> NoReturn:
     # Messages quote hosts and server text: brackets in them are not Rich markup.
-    console.print(f"[red]error:[/red] {escape(message)}")
+    err_console.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(1)
 
 
@@ -210,7 +225,7 @@ def _print_status(config: StoreConfig, s: Status) -> None:
     table.add_row("pool", s.pool)
     console.print(table)
     for problem in s.problems:
-        console.print(f"[yellow]attention:[/yellow] {problem}")
+        err_console.print(f"[yellow]attention:[/yellow] {escape(problem)}")
 
 
 @app.command()
@@ -288,7 +303,9 @@ def replay(
 
     with _readable_errors(config.dsn):
         count, set_aside = asyncio.run(go())
-    console.print(f"replayed {count} messages from {file} ({set_aside} could not be written)")
+    console.print(
+        f"replayed {count} messages from {escape(str(file))} ({set_aside} could not be written)"
+    )
     if set_aside:
         raise typer.Exit(1)
 

@@ -184,6 +184,22 @@ class StoreConfig(BaseSettings):
             return value.url
         return value
 
+    @field_validator("default_ttl", mode="before")
+    @classmethod
+    def _read_ttl(cls, value: Any) -> Any:
+        # What the docs promise the environment takes besides ISO 8601 (PT24H): "null" or
+        # "none" for no expiry, and plain seconds ("3600"), which pydantic's duration
+        # parser reads as neither.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.lower() in ("null", "none", ""):
+                return None
+            try:
+                return timedelta(seconds=float(text))
+            except (ValueError, OverflowError):
+                return value
+        return value
+
     @field_validator("default_ttl")
     @classmethod
     def _check_ttl(cls, value: timedelta | None) -> timedelta | None:

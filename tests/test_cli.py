@@ -8,6 +8,7 @@ import asyncpg
 import pytest
 from typer.testing import CliRunner, Result
 
+import sessionstore
 from sessionstore.cli import app, explain
 from sessionstore.migrations import pending_revisions, upgrade
 
@@ -153,3 +154,19 @@ async def test_a_refused_url_is_one_sentence_naming_its_variable(
     assert result.exit_code == 1
     assert text(result).startswith("error: dsn: SESSIONSTORE_DATABASE_URL has an unencoded")
     assert "secret" not in text(result)
+
+
+async def test_version() -> None:
+    result = await cli("--version")
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"sessionstore {sessionstore.__version__}"
+
+
+async def test_errors_go_to_stderr() -> None:
+    """A script reading a command's output sees only its result; the error, with its
+    bracketed parts (not read as Rich markup), goes to stderr."""
+    result = await cli("status", "--dsn", "postgresql://u@127.0.0.1:1/db")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "error: Could not reach" in result.stderr
+    assert "[Errno 111]" in result.stderr

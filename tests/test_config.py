@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -218,3 +219,82 @@ def test_load_raises_invalid_input_and_keeps_the_base(monkeypatch: pytest.Monkey
         StoreConfig.load(base, pooler="pgbouncer")
     assert info.value.field == "pooler"
     assert "pgbouncer" not in str(info.value)  # the value is never quoted
+
+
+def _documented_settings() -> list[tuple[str, str, str, list[str]]]:
+    """docs/configuration.md's table: (field, variable, default, example values), the
+    values as they are written in the environment."""
+    doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    rows = []
+    for line in doc.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 5 or not cells[0].startswith("`") or cells[0] == "`field`":
+            continue
+        ticked = [re.findall(r"`([^`]+)`", c) for c in cells[:4]]
+        if not ticked[0] or not ticked[1]:
+            continue
+        default = ticked[2][0] if ticked[2] else ""
+        rows.append((ticked[0][0], ticked[1][0], default, ticked[3]))
+    return rows
+
+
+DOCUMENTED = _documented_settings()
+
+
+def test_the_configuration_table_lists_every_field() -> None:
+    assert {field for field, *_ in DOCUMENTED} == set(StoreConfig.model_fields)
+
+
+@pytest.mark.parametrize(
+    ("field", "variable", "value"),
+    [(f, var, x) for f, var, _, examples in DOCUMENTED for x in examples],
+)
+def test_every_documented_example_value_is_accepted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, field: str, variable: str, value: str
+) -> None:
+    """docs/configuration.md says what the environment takes: each of its example
+    values loads (SESSIONSTORE_DEFAULT_TTL=null and =3600 were refused)."""
+    monkeypatch.setenv("SESSIONSTORE_DATABASE_URL", "postgresql://app@db.example.com/app")
+    if field == "ssl_root_cert":
+        value = str(tmp_path / "ca.pem")
+    monkeypatch.setenv(variable, value)
+    config = StoreConfig.load()
+    if field == "default_ttl" and value == "null":
+        assert config.default_ttl is None
+    else:
+        assert getattr(config, field) is not None
+
+
+@pytest.mark.parametrize(
+    ("field", "variable", "default"), [(f, var, d) for f, var, d, _ in DOCUMENTED if d]
+)
+def test_every_documented_default_is_the_default(
+    monkeypatch: pytest.MonkeyPatch, field: str, variable: str, default: str
+) -> None:
+    monkeypatch.setenv("SESSIONSTORE_DATABASE_URL", "postgresql://app@db.example.com/app")
+    built_in = getattr(StoreConfig.load(), field)
+    monkeypatch.setenv(variable, default)
+    assert getattr(StoreConfig.load(), field) == built_in
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("null", None),
+        ("None", None),
+        ("3600", timedelta(hours=1)),
+        ("1.5", timedelta(seconds=1.5)),
+        ("PT24H", timedelta(days=1)),
+        ("P7D", timedelta(days=7)),
+    ],
+)
+def test_default_ttl_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: timedelta | None
+) -> None:
+    monkeypatch.setenv("SESSIONSTORE_DATABASE_URL", "postgresql://app@db.example.com/app")
+    monkeypatch.setenv("SESSIONSTORE_DEFAULT_TTL", value)
+    assert StoreConfig.load().default_ttl == expected
+    monkeypatch.setenv("SESSIONSTORE_DEFAULT_TTL", "-5")
+    with pytest.raises(InvalidInputError) as caught:
+        StoreConfig.load()
+    assert caught.value.field == "default_ttl"
