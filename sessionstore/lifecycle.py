@@ -13,9 +13,9 @@ from uuid import UUID
 from .db import Connection
 from .errors import ConflictError, InvalidStateError, NotFoundError, SessionExpiredError
 from .models import Session, SessionStatus
-from .rules import read_status
+from .rules import accepts_turns, read_status
 
-__all__ = ["TRANSITIONS", "Action", "Attempt", "raise_session_miss", "require_live"]
+__all__ = ["TAKES_TURNS", "TRANSITIONS", "Action", "Attempt", "raise_session_miss", "require_live"]
 
 #: Each transition: the target status and the statuses it may start from.
 TRANSITIONS: dict[str, tuple[SessionStatus, tuple[SessionStatus, ...]]] = {
@@ -25,6 +25,8 @@ TRANSITIONS: dict[str, tuple[SessionStatus, tuple[SessionStatus, ...]]] = {
 }
 
 # Explains why a conditional write matched nothing; persists 'expired' once it is due.
+#: Whether session ``$1`` takes turns now: the first question when a write matched nothing.
+TAKES_TURNS = f"SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND {accepts_turns()})"
 EXPLAIN_MISS = f"""
 WITH cur AS (SELECT id, status, expires_at, version FROM sessions WHERE id = $1),
 mark AS (

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from . import validation as v
 from .db import Connection, Database
 from .errors import ConflictError, PermissionDeniedError, translate_errors
-from .lifecycle import Attempt, raise_session_miss
+from .lifecycle import TAKES_TURNS, Attempt, raise_session_miss
 from .models import AddTurnOptions, Conversation, Message, Role, Session, TurnOptions
 from .repositories.conversations import CONVERSATION
 from .repositories.messages import MESSAGE
@@ -122,7 +122,6 @@ ORDER BY seq DESC
 LIMIT $2
 """
 # Why a turn matched nothing: the session refused it, or else the conversation did.
-TAKES_TURNS = f"SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND {accepts_turns()})"
 OWNER = "SELECT session_id FROM conversations WHERE continuation_id = $1"
 
 # Under RLS the policies' subqueries see the statement's snapshot, which does not hold

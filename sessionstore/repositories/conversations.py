@@ -18,6 +18,7 @@ __all__ = [
     "ConversationsRepository",
     "Keyed",
     "conversation_missing",
+    "conversation_named",
     "fetch_conversation",
 ]
 
@@ -86,11 +87,16 @@ ORDER BY c.created_at DESC, c.id DESC
 _GET_OR_CREATE_ATTEMPTS = 3
 
 
+def conversation_named(conversation: UUID | ContinuationId) -> str:
+    """How errors name a conversation reference (by id, or by continuation id)."""
+    if isinstance(conversation, ContinuationId):
+        return f"conversation with continuation_id {str(conversation)!r}"
+    return f"conversation {conversation}"
+
+
 def conversation_missing(conversation: UUID | ContinuationId) -> NotFoundError:
     """The error for a conversation that does not exist (or is not visible under RLS)."""
-    if isinstance(conversation, ContinuationId):
-        return NotFoundError(f"conversation with continuation_id {str(conversation)!r} not found")
-    return NotFoundError(f"conversation {conversation} not found")
+    return NotFoundError(f"{conversation_named(conversation)} not found")
 
 
 async def fetch_conversation(

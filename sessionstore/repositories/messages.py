@@ -16,7 +16,7 @@ from .. import validation as v
 from ..cache import SessionCache
 from ..db import Connection, Database
 from ..errors import ConflictError, InvalidInputError, NotFoundError, WriteBehindError
-from ..lifecycle import Attempt, raise_session_miss
+from ..lifecycle import TAKES_TURNS, Attempt, raise_session_miss
 from ..models import ContinuationId, ConversationRef, Message, MessageOptions, MessageRole, Role
 from ..pending import as_messages, merged
 from ..rows import Columns, Row, members
@@ -32,7 +32,13 @@ from ..rules import (
 )
 from ..writer import Writer
 from ..writes import PendingWrite, batch_arguments, fresh_rows
-from .conversations import KEY, Keyed, conversation_missing, fetch_conversation
+from .conversations import (
+    KEY,
+    Keyed,
+    conversation_missing,
+    conversation_named,
+    fetch_conversation,
+)
 
 __all__ = [
     "MESSAGE",
@@ -125,7 +131,6 @@ HISTORY_WITH_WAITING = _history(
 )
 COUNT = Keyed.of(f"SELECT message_count FROM conversations WHERE {KEY} = $1")
 OWNER_OF = Keyed.of(f"SELECT session_id FROM conversations WHERE {KEY} = $1")
-TAKES_TURNS = f"SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND {accepts_turns()})"
 # Removals lock the conversation first, in their own statement: the removing statement's
 # snapshot then holds every append that committed before the lock (one snapshot taken
 # before it could miss the latest message and still lower the count).
@@ -327,12 +332,12 @@ class MessagesRepository:
                     await raise_session_miss(conn, Attempt(sid, "add a turn to"))
                 if found["session_id"] not in (None, sid):
                     raise ConflictError(
-                        f"{_named(cid)} belongs to another session; a turn of session {sid}"
-                        " cannot be added to it (nothing was written)"
+                        f"{conversation_named(cid)} belongs to another session; a turn of"
+                        f" session {sid} cannot be added to it (nothing was written)"
                     )
                 # Neither: the conversation was created after the statement's snapshot
                 # (while it waited for the session's lock). The next attempt sees it.
-            raise ConflictError(f"{_named(cid)} kept changing; nothing was written")
+            raise ConflictError(f"{conversation_named(cid)} kept changing; nothing was written")
 
         return work
 
@@ -394,12 +399,6 @@ class MessagesRepository:
             return int(await conn.fetchval(CLEAR, locked))
 
         return await self._db.run(work, transaction=True)
-
-
-def _named(conversation: UUID | ContinuationId) -> str:
-    if isinstance(conversation, ContinuationId):
-        return f"conversation {str(conversation)!r}"
-    return f"conversation {conversation}"
 
 
 def _ticket(item: PendingWrite) -> int:
