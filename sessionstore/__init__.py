@@ -2,6 +2,7 @@
 kept in PostgreSQL over asyncpg."""
 
 from .config import StoreConfig
+from .db import init_connection
 from .errors import (
     AuthenticationError,
     ConflictError,
@@ -67,6 +68,7 @@ __all__ = [
     "WriteBehindError",
     "WriterStats",
     "connect",
+    "init_connection",
 ]
 
 __version__ = "0.1.0"

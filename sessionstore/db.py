@@ -54,6 +54,7 @@ __all__ = [
     "Pool",
     "connect_arguments",
     "connect_direct",
+    "init_connection",
 ]
 
 logger = logging.getLogger("sessionstore")
@@ -162,6 +163,27 @@ def _connect_error(config: StoreConfig, exc: Exception) -> SessionStoreError:
     return error
 
 
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Set ``conn`` up as sessionstore needs: its json/jsonb codec (:mod:`sessionstore.jsonb`).
+
+    sessionstore's own pool runs this on every new connection. A pool handed to
+    ``connect(pool=...)`` must do the same: create it with
+    ``asyncpg.create_pool(..., init=sessionstore.init_connection)``, or await this from
+    your own ``init``. The codec applies to the connection's every jsonb and json value,
+    also in your own queries: writes take JSON text or any value ``json.dumps`` takes,
+    reads give Python values.
+    """
+    for type_name in ("jsonb", "json"):
+        await conn.set_type_codec(
+            type_name, encoder=jsonb.encode, decoder=jsonb.decode, schema="pg_catalog"
+        )
+
+
+# What a given pool's connections must answer (see Pool._adopt): JSON text sent as jsonb
+# arrives as an object (not a JSON string), and jsonb comes back as a Python value.
+_CODEC_CHECK = """SELECT jsonb_typeof($1::jsonb), '{"k": 1}'::jsonb"""
+
+
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Pool reset hook: deliberately nothing.
 
@@ -221,10 +243,25 @@ class Pool:
     DEBUG between.
     """
 
-    def __init__(self, config: StoreConfig, *, configure: ConfigureCallback | None = None) -> None:
+    def __init__(
+        self,
+        config: StoreConfig,
+        *,
+        configure: ConfigureCallback | None = None,
+        pool: asyncpg.Pool | None = None,
+    ) -> None:
         self.config = config
-        self._arguments = connect_arguments(config)  # checks the DSN and SSL settings now
+        if pool is None:
+            self._arguments = connect_arguments(config)  # checks the DSN and SSL settings now
+        elif not isinstance(pool, asyncpg.Pool):
+            raise InvalidInputError("pool", "must be an asyncpg.Pool (asyncpg.create_pool)")
+        elif configure is not None:
+            raise InvalidInputError(
+                "configure", "cannot be used with pool=: set connections up in the pool's init="
+            )
         self._configure = configure
+        # A pool the application owns: used, checked, never closed by sessionstore.
+        self._given = pool
         self._pool: asyncpg.Pool | None = None
         # Background releases of connections a timeout or a cancellation left broken.
         self._releasing: set[asyncio.Task[None]] = set()
@@ -236,10 +273,7 @@ class Pool:
         self._cleanup_timeout = config.command_timeout or config.connect_timeout
 
     async def _init_connection(self, conn: asyncpg.Connection) -> None:
-        for type_name in ("jsonb", "json"):
-            await conn.set_type_codec(
-                type_name, encoder=jsonb.encode, decoder=jsonb.decode, schema="pg_catalog"
-            )
+        await init_connection(conn)
         if self._configure is not None:
             await self._configure(conn)
 
@@ -297,6 +331,9 @@ class Pool:
         """
         if self._pool is not None:
             return
+        if self._given is not None:
+            await self._adopt(self._given)
+            return
         cfg = self.config
         logging.getLogger("asyncpg.pool").addFilter(_FLOOR_RESTORE_FILTER)  # idempotent
         try:
@@ -325,6 +362,32 @@ class Pool:
             cfg.max_size,
         )
 
+    async def _adopt(self, pool: asyncpg.Pool) -> None:
+        """Use the application's ``pool`` once one of its connections shows the codec
+        sessionstore needs (one round trip); ``InvalidInputError`` names ``pool`` if not."""
+        if pool.is_closing():
+            raise InvalidInputError("pool", "is closed")
+        self._pool = pool
+        try:
+            try:
+                async with self.acquire() as conn:
+                    row = await conn.fetchrow(_CODEC_CHECK, '{"k": 1}')
+            except SessionStoreError as exc:
+                if isinstance(exc.__cause__, asyncpg.InterfaceError):  # e.g. not initialised
+                    raise InvalidInputError("pool", f"cannot be used: {exc.__cause__}") from None
+                raise
+            assert row is not None  # one row, always
+            if row[0] != "object" or row[1] != {"k": 1}:
+                raise InvalidInputError(
+                    "pool",
+                    "its connections lack sessionstore's json/jsonb codec: create the pool "
+                    "with init=sessionstore.init_connection (or await that in your init)",
+                )
+        except BaseException:
+            self._pool = None
+            raise
+        logger.info("using the application's pool (sessionstore will not close it)")
+
     @property
     def answering(self) -> bool:
         """False while the database is known not to answer: the last call on the pool got
@@ -332,7 +395,8 @@ class Pool:
         return self._unanswered_since is None and self._connect_failing_since is None
 
     async def close(self) -> None:
-        """Close the pool. Idempotent.
+        """Close the pool. Idempotent. A pool given to ``connect(pool=...)`` stays open:
+        only sessionstore's background cleanups on it are stopped.
 
         If the database is not answering (see :attr:`answering`), every connection is
         dropped at once. Otherwise the pool closes gracefully — waiting for calls still
@@ -342,6 +406,9 @@ class Pool:
         """
         pool, self._pool = self._pool, None
         if pool is None:
+            return
+        if pool is self._given:
+            await self._stop_releases()  # its owner closes it
             return
         try:
             if not self.answering:
@@ -396,7 +463,7 @@ class Pool:
                 ) from exc
             raise StoreTimeoutError(
                 f"no connection free within acquire_timeout={cfg.acquire_timeout}s: all "
-                f"max_size={cfg.max_size} connections were in use (raise max_size or "
+                f"max_size={pool.get_max_size()} connections were in use (raise max_size or "
                 "acquire_timeout, or look for calls that hold connections for long)"
             ) from exc
         except Exception as exc:

@@ -10,6 +10,7 @@ sent again".
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -178,6 +179,12 @@ def translate(exc: BaseException) -> SessionStoreError | None:
             "operation timed out on the client and was cancelled, but it may have been "
             "committed: its outcome is unknown (add_turn with the same message_id is safe "
             "to send again)"
+        )
+    if isinstance(exc, ConnectionRefusedError | socket.gaierror):
+        # Only connecting raises these (a pool opening a connection for a caller): the
+        # server was never reached, nothing was lost.
+        return StoreUnavailableError(
+            f"could not connect to the database: {exc or type(exc).__name__}"
         )
     if isinstance(exc, OSError):  # ConnectionError included
         return StoreUnavailableError(

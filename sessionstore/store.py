@@ -10,6 +10,8 @@ from types import TracebackType
 from typing import Any, Self, Unpack
 from uuid import UUID
 
+import asyncpg
+
 from . import validation as v
 from .cache import Invalidation, SessionCache
 from .config import StoreConfig
@@ -138,10 +140,15 @@ class SessionStore(_Scope):
         *,
         configure: ConfigureCallback | None = None,
         on_write_error: OnWriteError | None = None,
+        pool: asyncpg.Pool | None = None,
     ) -> None:
-        self._pool = Pool(config, configure=configure)
+        self._pool = Pool(config, configure=configure, pool=pool)
+        # The listener opens a connection of its own: it needs a DSN (a given pool may
+        # come without one) and a server session that keeps its LISTEN.
         invalidation: Invalidation = (
-            "notify" if config.notifications and config.effective_pooler != "transaction" else "ttl"
+            "notify"
+            if config.notifications and config.effective_pooler != "transaction" and config.dsn
+            else "ttl"
         )
         cache = SessionCache(
             size=config.cache_size, ttl=config.cache_ttl, invalidation=invalidation
@@ -285,6 +292,7 @@ def connect(
     config: StoreConfig | None = None,
     configure: ConfigureCallback | None = None,
     on_write_error: OnWriteError | None = None,
+    pool: asyncpg.Pool | None = None,
     **overrides: Any,
 ) -> SessionStore:
     """A :class:`SessionStore` for ``dsn``; ``await`` it or use it with ``async with``.
@@ -294,8 +302,18 @@ def connect(
     ``configure`` is awaited with every new connection after sessionstore's own setup;
     ``on_write_error`` is called with each write-behind message that can never be written.
     ``InvalidInputError`` names a bad or unknown setting.
+
+    ``pool``: an open asyncpg pool the application already owns, used instead of one of
+    sessionstore's; closing the store leaves it open. Its connections need sessionstore's
+    json/jsonb codec — create it with ``init=sessionstore.init_connection`` (opening the
+    store checks this and raises ``InvalidInputError`` naming ``pool``). The pool's own
+    settings then apply: its size, its ``command_timeout`` and, behind a transaction
+    pooler, ``statement_cache_size=0`` (say ``pooler="transaction"`` here too); sessionstore's
+    ``acquire_timeout`` still bounds each wait for one of its connections. A DSN is then
+    optional: with one, the session cache's listener connects with it; without, cache
+    entries live ``cache_ttl``. ``configure`` cannot be combined with ``pool``.
     """
     if dsn is not None:
         overrides["dsn"] = dsn
     merged = StoreConfig.load(config, **overrides)
-    return SessionStore(merged, configure=configure, on_write_error=on_write_error)
+    return SessionStore(merged, configure=configure, on_write_error=on_write_error, pool=pool)
