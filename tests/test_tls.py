@@ -1,5 +1,5 @@
 """TLS against a real server: a throwaway cluster that only accepts SSL connections,
-with a certificate from a test CA (made here with the openssl command)."""
+with a certificate from a test CA (made here with trustme)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import trustme
 from typer.testing import CliRunner
 
 import sessionstore
@@ -48,67 +49,21 @@ def _run_as() -> list[str]:
     pytest.skip("running as root with no unprivileged postgres account to run a server")
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
 def _make_certs(d: Path, *, name: str) -> None:
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        f"/CN={name}-ca",
-        "-keyout",
-        f"{name}-ca.key",
-        "-out",
-        f"{name}-ca.crt",
-        cwd=d,
-    )
-    _openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        f"{name}.key",
-        "-out",
-        f"{name}.csr",
-        cwd=d,
-    )
-    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        f"{name}.csr",
-        "-CA",
-        f"{name}-ca.crt",
-        "-CAkey",
-        f"{name}-ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        "san.ext",
-        "-out",
-        f"{name}.crt",
-        cwd=d,
-    )
+    """``{name}-ca.crt``, and ``{name}.crt``/``{name}.key`` for localhost signed by it."""
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(d / f"{name}-ca.crt"))
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert.private_key_pem.write_to_path(str(d / f"{name}.key"))
+    cert.cert_chain_pems[0].write_to_path(str(d / f"{name}.crt"))
 
 
 @pytest.fixture(scope="module")
 def tls_server() -> Iterator[tuple[int, Path, Path]]:
     """(port, CA that signed the server certificate, an unrelated CA)."""
     bin_dir = _pg_bin()
-    if bin_dir is None or shutil.which("openssl") is None:
-        pytest.skip("needs PostgreSQL server binaries and the openssl command")
+    if bin_dir is None:
+        pytest.skip("needs PostgreSQL server binaries")
     prefix = _run_as()
     d = Path(tempfile.mkdtemp(prefix="sessionstore-tls-"))
     try:
