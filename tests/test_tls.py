@@ -22,7 +22,7 @@ import trustme
 from typer.testing import CliRunner
 
 import sessionstore
-from sessionstore import StoreUnavailableError
+from sessionstore import AuthenticationError, StoreUnavailableError
 from sessionstore.cli import app
 
 
@@ -171,6 +171,12 @@ async def test_wrong_password_is_one_sentence(tls_server: tuple[int, Path, Path]
     )
     assert "wrong-one" not in result.output
     assert "Traceback" not in result.output
+    # The library says the same: its own error type, not "no answer within connect_timeout".
+    with pytest.raises(AuthenticationError) as info:
+        await sessionstore.connect(dsn, connect_timeout=5)
+    assert info.value.sqlstate == "28P01"
+    assert "connect_timeout" not in str(info.value)
+    assert "wrong-one" not in str(info.value)
 
 
 async def test_plain_connections_are_refused_by_this_server(
