@@ -394,6 +394,15 @@ class Pool:
         no answer in time or lost its connection, or opening connections fails."""
         return self._unanswered_since is None and self._connect_failing_since is None
 
+    def usage(self) -> tuple[int, int, int]:
+        """Connections right now: open, of those in use, and the most allowed (for
+        ``store.stats()`` and the pool metrics); ``(0, 0, max_size)`` while closed."""
+        pool = self._pool
+        if pool is None:
+            return 0, 0, self.config.max_size
+        size = pool.get_size()
+        return size, size - pool.get_idle_size(), pool.get_max_size()
+
     async def close(self) -> None:
         """Close the pool. Idempotent. A pool given to ``connect(pool=...)`` stays open:
         only sessionstore's background cleanups on it are stopped.

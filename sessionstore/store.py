@@ -12,6 +12,7 @@ from uuid import UUID
 
 import asyncpg
 
+from . import telemetry
 from . import validation as v
 from .cache import Invalidation, SessionCache
 from .config import StoreConfig
@@ -38,11 +39,13 @@ logger = logging.getLogger("sessionstore")
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StoreStats(WriterStats):
-    """:class:`WriterStats` plus the session cache.
+    """:class:`WriterStats` plus the session cache and the connection pool.
 
     ``cache_invalidation`` is ``notify`` (LISTEN/NOTIFY from other processes), ``ttl``
     (behind a transaction pooler or with notifications off: entries live ``cache_ttl``)
     or ``off``; ``cache_listening`` says whether the listener is connected right now.
+    ``pool_size``: connections open now; ``pool_in_use``: of those, checked out by a call;
+    ``pool_max_size``: the most the pool opens.
     """
 
     cache_entries: int
@@ -50,6 +53,9 @@ class StoreStats(WriterStats):
     cache_misses: int
     cache_invalidation: Invalidation
     cache_listening: bool
+    pool_size: int
+    pool_in_use: int
+    pool_max_size: int
 
 
 class _Scope:
@@ -76,6 +82,7 @@ class _Scope:
         """
         return await self._turn(continuation_id, role, content, None, options)
 
+    @telemetry.traced(operation="add_turn")  # here, not on add_turn: the adapters call this
     async def _turn(
         self,
         continuation_id: str,
@@ -91,6 +98,7 @@ class _Scope:
             self._cache.put(turn.session)
         return turn
 
+    @telemetry.traced()
     async def purge_user(
         self,
         user_id: str,
@@ -173,7 +181,11 @@ class SessionStore(_Scope):
         """The pooler mode in force: ``none``, ``session`` or ``transaction``."""
         return self.config.effective_pooler
 
+    @telemetry.traced(operation="write_behind")  # one span per attempt at one batch
     async def _write_batch(self, batch: Sequence[PendingWrite]) -> Mapping[UUID, str]:
+        telemetry.set_attributes(
+            {"sessionstore.batch.size": len(batch), "sessionstore.batch.kind": batch[0].kind}
+        )
         if batch[0].kind == "turn":
             return await write_turns(self._db, batch)
         return await write_messages(self._db, batch)
@@ -188,6 +200,7 @@ class SessionStore(_Scope):
         await self._pool.open()
         self._writer.open()
         self._session_cache.start_listening(self.config)
+        telemetry.register(self)
         return self
 
     async def close(self) -> None:
@@ -201,9 +214,11 @@ class SessionStore(_Scope):
         try:
             await self._writer.close()
         finally:
+            telemetry.unregister(self)
             await self._session_cache.stop_listening()
             await self._pool.close()
 
+    @telemetry.traced(kind="internal")
     async def flush(self) -> None:
         """Return when every message enqueued before this call is durable (or set aside).
 
@@ -214,8 +229,10 @@ class SessionStore(_Scope):
 
     def stats(self) -> StoreStats:
         """The write-behind queue (queued, in flight, written, retried, set aside, oldest
-        age) and the session cache (entries, hits, misses, how it is invalidated)."""
+        age), the session cache (entries, hits, misses, how it is invalidated) and the
+        pool (connections open, in use, most allowed). Cheap: no I/O."""
         cache = self._session_cache
+        pool_size, pool_in_use, pool_max_size = self._pool.usage()
         return StoreStats(
             **dataclasses.asdict(self._writer.stats()),
             cache_entries=len(cache),
@@ -223,12 +240,16 @@ class SessionStore(_Scope):
             cache_misses=cache.misses,
             cache_invalidation=cache.invalidation,
             cache_listening=cache.usable and cache.invalidation == "notify",
+            pool_size=pool_size,
+            pool_in_use=pool_in_use,
+            pool_max_size=pool_max_size,
         )
 
     def failed_writes(self) -> list[FailedWrite]:
         """The most recent write-behind messages that could never be written, with reasons."""
         return self._writer.set_aside()
 
+    @telemetry.traced(kind="internal")
     async def enqueue_turn(
         self, continuation_id: str, role: Role, content: str, **options: Unpack[TurnOptions]
     ) -> UUID:
@@ -242,6 +263,7 @@ class SessionStore(_Scope):
         await self._writer.put(item)
         return item.id
 
+    @telemetry.traced(kind="internal")
     async def replay(self, path: Path | str) -> int:
         """Write the messages a failed ``close()`` spilled to ``path``; return how many.
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 import traceback
@@ -174,7 +175,11 @@ class Writer:
         if self._task is None or self._task.done():
             if self._task is not None and not self._task.cancelled() and self._task.exception():
                 logger.error("write-behind writer had stopped; restarting it")
-            self._task = asyncio.create_task(self._run(), name="sessionstore-writer")
+            # In a context of its own: the writer serves every caller, so it inherits
+            # neither the span of the call that happened to start it nor its variables.
+            self._task = asyncio.create_task(
+                self._run(), name="sessionstore-writer", context=contextvars.Context()
+            )
 
     # -- the writer task ------------------------------------------------------------
 

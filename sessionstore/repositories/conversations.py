@@ -11,6 +11,7 @@ from ..errors import ConflictError, NotFoundError, PermissionDeniedError, transl
 from ..models import ContinuationId, Conversation, ConversationRef, Page
 from ..pagination import decode_cursor, make_page
 from ..rows import Columns, Row, keyset_before
+from ..telemetry import traced
 
 __all__ = [
     "CONVERSATION",
@@ -118,6 +119,7 @@ class ConversationsRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    @traced("conversations")
     async def get_or_create(
         self,
         continuation_id: str,
@@ -159,16 +161,19 @@ class ConversationsRepository:
 
         return await self._db.run(work, retry=True)
 
+    @traced("conversations")
     async def get(self, conversation_id: ConversationRef) -> Conversation:
         """The conversation (by id or :class:`~sessionstore.ContinuationId`);
         ``NotFoundError`` if absent."""
         return CONVERSATION.one(await fetch_conversation(self._db, GET, conversation_id))
 
+    @traced("conversations")
     async def delete(self, conversation_id: ConversationRef) -> None:
         """Delete the conversation (by id or :class:`~sessionstore.ContinuationId`) and
         its messages; ``NotFoundError`` if absent."""
         await fetch_conversation(self._db, DELETE_CONVERSATION, conversation_id, retry=False)
 
+    @traced("conversations")
     async def get_by_continuation_id(self, continuation_id: str) -> Conversation:
         """The conversation with this continuation id; ``NotFoundError`` if absent."""
         cid = v.identifier(continuation_id, "continuation_id")
@@ -177,6 +182,7 @@ class ConversationsRepository:
             raise NotFoundError(f"conversation with continuation_id {cid!r} not found")
         return CONVERSATION.one(row)
 
+    @traced("conversations")
     async def list_for_session(
         self, session_id: UUID | str, *, limit: int = 50, cursor: str | None = None
     ) -> Page[Conversation]:

@@ -30,6 +30,7 @@ from ..rules import (
     may_write,
     seq_of,
 )
+from ..telemetry import traced, traced_sync
 from ..writer import Writer
 from ..writes import PendingWrite, batch_arguments, fresh_rows
 from .conversations import (
@@ -238,6 +239,7 @@ class MessagesRepository:
         self._db = db
         self._cache = cache
 
+    @traced("messages")
     async def add(
         self,
         conversation_id: ConversationRef,
@@ -258,6 +260,7 @@ class MessagesRepository:
             raise conversation_missing(cid)
         return MESSAGE.one(row)
 
+    @traced("messages")
     async def add_many(
         self,
         conversation_id: ConversationRef,
@@ -341,6 +344,7 @@ class MessagesRepository:
 
         return work
 
+    @traced("messages")
     async def history(
         self, conversation_id: ConversationRef, *, limit: int = 50, before: int | None = None
     ) -> list[Message]:
@@ -359,12 +363,14 @@ class MessagesRepository:
             return []
         return MESSAGE.many(rows)
 
+    @traced("messages")
     async def count(self, conversation_id: ConversationRef) -> int:
         """How many messages the conversation (by id or
         :class:`~sessionstore.ContinuationId`) holds (kept on the row: no scan)."""
         row = await fetch_conversation(self._db, COUNT, conversation_id)
         return int(row["message_count"])
 
+    @traced("messages")
     async def pop(self, conversation_id: ConversationRef) -> Message | None:
         """Delete the conversation's latest message and return it; ``None`` if it has none.
 
@@ -384,6 +390,7 @@ class MessagesRepository:
 
         return await self._db.run(work, transaction=True)
 
+    @traced("messages")
     async def clear(self, conversation_id: ConversationRef) -> int:
         """Delete every message of the conversation, keeping the conversation; return how
         many were deleted. Its counters restart: the next append has ``seq`` 1. The
@@ -413,6 +420,7 @@ class QueuedMessagesRepository(MessagesRepository):
         super().__init__(db, cache)
         self._writer = writer
 
+    @traced("messages")
     async def history(
         self, conversation_id: ConversationRef, *, limit: int = 50, before: int | None = None
     ) -> list[Message]:
@@ -469,12 +477,14 @@ class QueuedMessagesRepository(MessagesRepository):
                 f"whose next batch was not written within {bound}s"
             ) from None
 
+    @traced("messages")
     async def pop(self, conversation_id: ConversationRef) -> Message | None:
         """:meth:`MessagesRepository.pop`, after this process's write-behind messages are
         durable (the latest accepted message is the one removed)."""
         await self._settle(conversation_id)
         return await super().pop(conversation_id)
 
+    @traced("messages")
     async def clear(self, conversation_id: ConversationRef) -> int:
         """:meth:`MessagesRepository.clear`, after this process's write-behind messages
         are durable (none of them is left to land after the clear)."""
@@ -495,6 +505,7 @@ class QueuedMessagesRepository(MessagesRepository):
             return PendingWrite.accept("message", fields, continuation_id=str(cid))
         return PendingWrite.accept("message", fields, conversation_id=cid)
 
+    @traced("messages", kind="internal")
     async def enqueue(
         self,
         conversation_id: ConversationRef,
@@ -514,6 +525,7 @@ class QueuedMessagesRepository(MessagesRepository):
         await self._writer.put(item)
         return item.id
 
+    @traced_sync("messages")
     def enqueue_nowait(
         self,
         conversation_id: ConversationRef,

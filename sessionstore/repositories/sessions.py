@@ -21,6 +21,7 @@ from ..models import Page, Session, SessionStatus
 from ..pagination import decode_cursor, make_page
 from ..rows import Columns, keyset_before, members
 from ..rules import accepts_turns, bump_session, cleanup_due, not_past_expiry, read_status
+from ..telemetry import traced
 
 __all__ = ["SESSION", "SessionsRepository"]
 
@@ -132,6 +133,7 @@ class SessionsRepository:
 
         return self._remember(await self._db.run(work))
 
+    @traced("sessions")
     async def create(
         self,
         user_id: str,
@@ -161,6 +163,7 @@ class SessionsRepository:
         assert row is not None
         return self._remember(SESSION.one(row))
 
+    @traced("sessions")
     async def get(self, session_id: UUID | str) -> Session:
         """The session; ``NotFoundError`` if absent. Status reads ``EXPIRED`` once due.
 
@@ -174,6 +177,7 @@ class SessionsRepository:
             raise NotFoundError(f"session {sid} not found")
         return self._remember(SESSION.one(row))
 
+    @traced("sessions")
     async def update(
         self,
         session_id: UUID | str,
@@ -200,6 +204,7 @@ class SessionsRepository:
         attempt = Attempt(sid, "update", expected_version=version)
         return await self._conditional(attempt, UPDATE_SESSION, set_title, title_, meta, version)
 
+    @traced("sessions")
     async def record_turn(self, session_id: UUID | str, *, tokens: int = 0) -> Session:
         """Atomically add one turn and ``tokens`` to the session's counters.
 
@@ -211,6 +216,7 @@ class SessionsRepository:
         slide = self._config.sliding_interval
         return await self._conditional(Attempt(sid, "record a turn on"), RECORD_TURN, count, slide)
 
+    @traced("sessions")
     async def extend(self, session_id: UUID | str, ttl: timedelta) -> Session:
         """Set ``expires_at`` to now + ``ttl`` for an active or paused session."""
         sid = v.uuid(session_id, "session_id")
@@ -227,18 +233,22 @@ class SessionsRepository:
             attempt, TRANSITION, target.value, [s.value for s in sources]
         )
 
+    @traced("sessions")
     async def pause(self, session_id: UUID | str) -> Session:
         """active → paused; otherwise ``InvalidStateError`` (or ``SessionExpiredError``)."""
         return await self._transition(session_id, "pause")
 
+    @traced("sessions")
     async def resume(self, session_id: UUID | str) -> Session:
         """paused → active; otherwise ``InvalidStateError`` (or ``SessionExpiredError``)."""
         return await self._transition(session_id, "resume")
 
+    @traced("sessions")
     async def complete(self, session_id: UUID | str) -> Session:
         """active or paused → completed (terminal)."""
         return await self._transition(session_id, "complete")
 
+    @traced("sessions")
     async def list(
         self,
         *,
@@ -259,6 +269,7 @@ class SessionsRepository:
         rows = await self._db.fetch(query, uid, status_, after_at, after_id, size + 1, retry=True)
         return make_page(SESSION.many(rows), size, lambda s: (s.created_at, s.id))
 
+    @traced("sessions")
     async def delete(self, session_id: UUID | str, *, keep_conversations: bool = False) -> None:
         """Delete the session with its conversations and their messages, in one statement.
 
@@ -271,6 +282,7 @@ class SessionsRepository:
         if await self._db.fetchval(DELETE_SESSION, sid, keep) is None:
             raise NotFoundError(f"session {sid} not found")
 
+    @traced("sessions")
     async def cleanup_expired(
         self,
         *,
@@ -299,6 +311,7 @@ class SessionsRepository:
             logger.info("cleanup_expired deleted %d sessions", total)
         return total
 
+    @traced("sessions")
     async def count_expired(self) -> int:
         """How many sessions :meth:`cleanup_expired` would delete right now."""
         return int(await self._db.fetchval(COUNT_DUE, retry=True))
