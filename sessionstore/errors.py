@@ -145,6 +145,11 @@ def _from_postgres(exc: asyncpg.PostgresError) -> SessionStoreError:
         return StoreUnavailableError(
             f"{message}: create the database or fix the URL", sqlstate=state
         )
+    if state == "42704" and message.startswith("unrecognized configuration parameter"):
+        # A URL query parameter asyncpg does not know is sent as a server setting.
+        return InvalidInputError(
+            "dsn", f"{message}: remove it from the URL's query string", sqlstate=state
+        )
     if state in ("42P01", "42704", "3F000"):  # missing table, type or schema
         return SessionStoreError(
             f"the sessionstore schema is missing ({message}): run `sessionstore migrate`",

@@ -7,28 +7,39 @@ connection: DDL and Alembic's version bookkeeping must stay on one server sessio
 
 from __future__ import annotations
 
-from pathlib import Path
+import sys
+from argparse import Namespace
 
+from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from alembic import command
+__all__ = [
+    "SCRIPT_LOCATION",
+    "alembic_config",
+    "downgrade",
+    "head_revision",
+    "pending_revisions",
+    "upgrade",
+]
 
-__all__ = ["alembic_config", "downgrade", "head_revision", "pending_revisions", "upgrade"]
-
-_PACKAGED = Path(__file__).parent / "_alembic"
-_CHECKOUT = Path(__file__).parent.parent / "alembic"
-
-
-def script_location() -> Path:
-    """Where the revisions are: inside an installed wheel, or the source checkout."""
-    return _PACKAGED if _PACKAGED.is_dir() else _CHECKOUT
+#: Where the Alembic environment and revisions are, in Alembic's package-resource form:
+#: the directory ``alembic`` inside the installed ``sessionstore`` package (no
+#: ``__init__.py``, so it never stands in for the ``alembic`` library). The root
+#: ``alembic.ini`` and a user's own ini name the same place.
+SCRIPT_LOCATION = "sessionstore:alembic"
 
 
-def alembic_config(dsn: str) -> Config:
-    """An Alembic ``Config`` for ``dsn`` that needs no ``alembic.ini``."""
-    cfg = Config()
-    cfg.set_main_option("script_location", str(script_location()))
+def alembic_config(dsn: str, cmd_opts: Namespace | None = None) -> Config:
+    """An Alembic ``Config`` for ``dsn`` that needs no ``alembic.ini``.
+
+    ``dsn`` may be empty: then ``alembic -x dsn=...`` (in ``cmd_opts``, Alembic's parsed
+    command line) or the environment's URL is used, as with the ``alembic`` command.
+    """
+    # Alembic's default stdout is the one at its import; what is printed (`current`,
+    # `history`, --sql) goes where sys.stdout points now.
+    cfg = Config(cmd_opts=cmd_opts, stdout=sys.stdout)
+    cfg.set_main_option("script_location", SCRIPT_LOCATION)
     cfg.attributes["dsn"] = dsn
     cfg.attributes["skip_logging_config"] = True
     return cfg

@@ -6,11 +6,12 @@ import asyncio
 
 import asyncpg
 import pytest
+import sqlalchemy.exc
 from typer.testing import CliRunner, Result
 
 import sessionstore
 from sessionstore.cli import app, explain
-from sessionstore.migrations import pending_revisions, upgrade
+from sessionstore.migrations import head_revision, pending_revisions
 
 from .conftest import as_supabase_postgres
 from .servers import TestServer
@@ -117,20 +118,6 @@ async def test_cleanup_dry_run_then_for_real(admin_dsn: str, conn: asyncpg.Conne
     assert await conn.fetchval("SELECT count(*) FROM sessions") == 0
 
 
-async def test_demo_against_a_dsn(empty_dsn: str) -> None:
-    await asyncio.to_thread(upgrade, empty_dsn)
-    result = await cli("demo", "--dsn", empty_dsn, "--yes", "--clients", "3")
-    assert result.exit_code == 0, result.output
-    assert "sessions paused" in text(result)
-    assert "of which write-behind" in text(result)
-    assert "sessionstore migrate" in text(result)
-    conn = await asyncpg.connect(empty_dsn)
-    try:
-        assert await conn.fetchval("SELECT count(*) FROM sessions") == 3 + 3
-    finally:
-        await conn.close()
-
-
 async def test_a_missing_database_is_named_not_called_unreachable(pg_server: TestServer) -> None:
     result = await cli("status", "--dsn", pg_server.admin_dsn_for("sstest_no_such_database"))
     assert result.exit_code == 1
@@ -170,3 +157,76 @@ async def test_errors_go_to_stderr() -> None:
     assert result.stdout == ""
     assert "error: Could not reach" in result.stderr
     assert "[Errno 111]" in result.stderr
+
+
+async def test_alembic_help_is_alembics_and_says_where_the_url_comes_from() -> None:
+    result = await cli("alembic", "--help")
+    assert result.exit_code == 0, result.output
+    assert text(result).startswith("usage: sessionstore alembic")
+    assert "--dsn URL" in text(result)
+    assert "stamp" in text(result)
+
+
+async def test_alembic_runs_on_the_packaged_revisions_without_an_ini(empty_dsn: str) -> None:
+    up = await cli("alembic", "--dsn", empty_dsn, "upgrade", "0002_sessions")
+    assert up.exit_code == 0, up.output
+    current = await cli("alembic", "current", "--dsn", empty_dsn)  # --dsn after it, too
+    assert current.exit_code == 0, current.output
+    assert current.stdout.split() == ["0002_sessions"]
+    # Alembic's own -x dsn=... works as with the `alembic` command
+    head = await cli("alembic", "-x", f"dsn={empty_dsn}", "upgrade", "head")
+    assert head.exit_code == 0, head.output
+    current = await cli("alembic", "--dsn", empty_dsn, "current")
+    assert current.stdout.split() == [head_revision(), "(head)"]
+    # Alembic's errors are one sentence, like every other command's
+    bogus = await cli("alembic", "--dsn", empty_dsn, "stamp", "no_such_revision")
+    assert bogus.exit_code == 1
+    assert text(bogus).startswith("error: Can't locate revision identified by")
+    assert "FAILED" not in text(bogus)
+
+
+@pytest.mark.parametrize("command", ["revision", "merge", "edit", "init"])
+async def test_alembic_will_not_write_into_the_installed_package(command: str) -> None:
+    args = {"revision": ["-m", "x"], "merge": ["heads"], "edit": ["head"], "init": ["d"]}
+    result = await cli("alembic", command, *args[command])
+    assert result.exit_code == 1
+    assert f"`alembic {command}` would write into the installed sessionstore package" in text(
+        result
+    )
+
+
+async def test_alembic_refuses_a_transaction_pooler() -> None:
+    result = await cli(
+        "alembic", "--dsn", "postgresql://u:secret@db.example.com:6543/db", "current"
+    )
+    assert result.exit_code == 1
+    assert "not a transaction pooler" in text(result)
+    assert "secret" not in text(result)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://u:secret@db.example.com/db",
+        "mysql+pymysql://u:secret@db.example.com/db",
+        "postgresql+psycopg2://u:secret@db.example.com/db",
+        "sqlite:///secret.db",
+    ],
+)
+@pytest.mark.parametrize("command", [["migrate"], ["downgrade", "base"], ["alembic", "current"]])
+async def test_a_url_of_another_driver_is_one_sentence(command: list[str], url: str) -> None:
+    result = await cli(*command, "--dsn", url)
+    assert result.exit_code == 1
+    assert text(result).startswith("error: dsn: the database URL is ")
+    for noise in ("Background on this error", "sqlalche.me", "Traceback", "secret"):
+        assert noise not in text(result)
+
+
+def test_sqlalchemy_errors_are_shown_without_their_statement_and_link() -> None:
+    """SQLAlchemy appends "[SQL: ...]" and a "Background on this error at" link to what it
+    wraps; the sentence a person reads has neither (--debug has the traceback)."""
+    wrapped = sqlalchemy.exc.OperationalError("SELECT 1", {}, RuntimeError("the server left"))
+    assert "sqlalche.me" in str(wrapped)
+    assert explain(wrapped, None) == "the server left (run with --debug for the traceback)"
+    plugin = sqlalchemy.exc.NoSuchModuleError("Can't load plugin: sqlalchemy.dialects:mysql")
+    assert explain(plugin, None).startswith("Can't load plugin: sqlalchemy.dialects:mysql (")

@@ -209,3 +209,17 @@ async def test_a_refused_login_is_an_authentication_error(
         assert "connect_timeout" not in str(info.value)
     finally:
         await conn.execute("DROP ROLE sstest_nologin")
+
+
+async def test_an_unknown_url_parameter_is_named_not_called_a_missing_schema(
+    pg_server: TestServer, database: str
+) -> None:
+    # asyncpg sends query parameters it does not know as server settings; the server
+    # refuses the name with the same SQLSTATE (42704) as a missing type.
+    url = pg_server.admin_dsn_for(database)
+    url += ("&" if "?" in url else "?") + "sstest_no_such_setting=1"
+    with pytest.raises(InvalidInputError) as info:
+        await sessionstore.connect(url, connect_timeout=5)
+    assert info.value.field == "dsn"
+    assert 'unrecognized configuration parameter "sstest_no_such_setting"' in str(info.value)
+    assert "sessionstore migrate" not in str(info.value)

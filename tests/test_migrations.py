@@ -4,21 +4,36 @@ SQLAlchemy cannot describe (RLS, policies, triggers, functions); and backfills."
 from __future__ import annotations
 
 import asyncio
+import configparser
+import sys
+import tomllib
+from pathlib import Path
 from typing import Any
 
+import alembic
 import asyncpg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from sessionstore.migrations import downgrade, head_revision, upgrade
+import sessionstore
+from sessionstore.migrations import (
+    SCRIPT_LOCATION,
+    alembic_config,
+    downgrade,
+    head_revision,
+    upgrade,
+)
 from sessionstore.schema import metadata
 
 from .helpers import wait_for_lock_waiters
 
-# alembic/env.py's advisory lock that serialises migrations across processes
+ROOT = Path(__file__).resolve().parent.parent
+
+# sessionstore/alembic/env.py's advisory lock that serialises migrations across processes
 MIGRATION_LOCK = 7_201_864_355_130_912
 
 OBJECTS = """
@@ -252,3 +267,55 @@ async def test_a_migration_waits_for_the_lock_past_command_timeout(
         assert await conn.fetchval("SELECT version_num FROM alembic_version") == head_revision()
     finally:
         await conn.close()
+
+
+def test_the_revisions_live_in_the_package_and_every_config_names_them() -> None:
+    """One place for the revisions, inside the package (so a wheel carries them without
+    a copy step), named the same way by the library, the root alembic.ini and the docs."""
+    package = Path(sessionstore.__file__).resolve().parent
+    found = Path(ScriptDirectory.from_config(alembic_config("")).dir).resolve()
+    assert found == package / "alembic"
+    assert (found / "env.py").is_file()
+    assert (found / "script.py.mako").is_file()
+    assert not (ROOT / "alembic").exists()
+    # No __init__.py: a plain directory can never stand in for the alembic library.
+    assert not (found / "__init__.py").exists()
+    assert package not in Path(alembic.__file__).resolve().parents
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.read(ROOT / "alembic.ini")
+    assert ini["alembic"]["script_location"] == SCRIPT_LOCATION == "sessionstore:alembic"
+    wheel = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]
+    assert "force-include" not in wheel["targets"]["wheel"]
+    documented = f"script_location = {SCRIPT_LOCATION}"
+    for doc in ("README.md", "docs/migrating.md"):
+        assert documented in (ROOT / doc).read_text(), doc
+
+
+async def _alembic(ini: Path, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "alembic",
+        "-c",
+        str(ini),
+        *args,
+        cwd=ini.parent,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_a_two_line_ini_without_logging_sections(empty_dsn: str, tmp_path: Path) -> None:
+    """What docs/migrating.md gives a user of the installed package: `fileConfig` would
+    fail on it (KeyError: 'formatters'); env.py logs to stderr instead."""
+    ini = tmp_path / "sessionstore.ini"
+    ini.write_text(f"[alembic]\nscript_location = {SCRIPT_LOCATION}\n")
+    code, _, err = await _alembic(ini, "-x", f"dsn={empty_dsn}", "upgrade", "head")
+    assert code == 0, err
+    assert f"-> {head_revision()}" in err  # the progress lines, on stderr
+    code, out, err = await _alembic(ini, "-x", f"dsn={empty_dsn}", "current")
+    assert code == 0, err
+    assert out.split() == [head_revision(), "(head)"]

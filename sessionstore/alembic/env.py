@@ -3,6 +3,9 @@
 The DSN comes from (first found): ``config.attributes["dsn"]`` (set by
 ``sessionstore.migrations``), ``alembic -x dsn=...``, then ``StoreConfig`` (the
 ``SESSIONSTORE_DATABASE_URL`` / ``DATABASE_URL`` environment variables).
+
+It ships inside the package, so an ini needs only ``script_location = sessionstore:alembic``
+(Alembic's package-resource form) to find it from an installed wheel.
 """
 
 from __future__ import annotations
@@ -13,12 +16,12 @@ from logging.config import fileConfig
 from typing import Any
 
 import asyncpg
+from alembic import context
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from alembic import context
 from sessionstore.adoption import original_revision, record_original
 from sessionstore.config import MISSING_DSN, StoreConfig
 from sessionstore.db import connect_direct
@@ -27,8 +30,29 @@ from sessionstore.schema import metadata
 
 config = context.config
 logger = logging.getLogger("sessionstore")
-if config.config_file_name is not None and not config.attributes.get("skip_logging_config"):
-    fileConfig(config.config_file_name, disable_existing_loggers=False)
+_LOGGING_SECTIONS = ("loggers", "handlers", "formatters")
+
+
+def _configure_logging() -> None:
+    """Logging as the ini says, if it says anything about it.
+
+    A two-line ini (``[alembic]`` and ``script_location``) has no logging sections, and
+    ``fileConfig`` fails on it with ``KeyError: 'formatters'``; then Alembic's progress
+    lines go to stderr as the root ``alembic.ini`` sends them, unless the process has set
+    up logging already. Callers that own logging (``sessionstore.migrations``, the
+    ``sessionstore alembic`` command) set ``skip_logging_config``.
+    """
+    if config.attributes.get("skip_logging_config"):
+        return
+    ini = config.config_file_name
+    if ini is not None and all(config.file_config.has_section(s) for s in _LOGGING_SECTIONS):
+        fileConfig(ini, disable_existing_loggers=False)
+    elif not logging.getLogger().handlers:
+        logging.basicConfig(format="%(levelname)-5.5s [%(name)s] %(message)s")
+        logging.getLogger("alembic").setLevel(logging.INFO)
+
+
+_configure_logging()
 
 
 def _store_config() -> StoreConfig:
