@@ -8,10 +8,11 @@ error text through ``hide_secrets`` before it is shown.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from argparse import Namespace
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, redirect_stderr
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -115,6 +116,8 @@ def _explain(exc: BaseException, dsn: str | None) -> str:
     error = _as_store_error(exc)
     if isinstance(error, InvalidInputError) and error.field == "dsn":
         return str(error)  # says which URL and what to change; no need to show it
+    if isinstance(error, AuthenticationError) and error.sqlstate == "28000":
+        return f"Login refused for {where}: {error}"
     if isinstance(error, AuthenticationError):
         return (
             f"Authentication failed for {where}: check the user name and password in "
@@ -179,12 +182,6 @@ def _config(dsn: str | None) -> StoreConfig:
     return config
 
 
-_NOT_A_TRANSACTION_POOLER = (
-    "Migrations need a direct or session-mode connection, not a transaction pooler "
-    "(Supabase port 6543): use the direct or session connection string (port 5432)."
-)
-
-
 @app.command()
 def migrate(
     dsn: DsnOption = None,
@@ -204,8 +201,6 @@ def migrate(
             migrations.upgrade(dsn or "", revision, sql=True)
         return
     config = _config(dsn)
-    if config.effective_pooler == "transaction":
-        _fail(_NOT_A_TRANSACTION_POOLER)
     assert config.dsn is not None
     with _readable_errors(config.dsn):
         migrations.upgrade(config.dsn, revision)
@@ -229,6 +224,17 @@ def downgrade(
 # Alembic commands that write files into the script directory: here that is the installed
 # package, which is not where an application's own migrations belong.
 _WRITES_FILES = frozenset({"init", "revision", "merge", "edit"})
+
+
+def _hide_urls(text: str, arguments: list[str]) -> str:
+    """``text`` without the password of any URL among ``arguments`` (also after ``=``)."""
+    for argument in arguments:
+        head, _, rest = argument.partition("://")
+        if rest:
+            # dsn=postgresql://… or --dsn=postgresql://…: the URL starts after the "="
+            url = argument.split("=", 1)[1] if "=" in head else argument
+            text = hide_secrets(text, url)
+    return text
 
 
 def _x_dsn(options: Namespace) -> str | None:
@@ -259,9 +265,19 @@ def alembic_command(ctx: typer.Context, dsn: DsnOption = None) -> None:
         "with no ini: -c and -n are not used. The database URL: --dsn URL (before or after "
         "the command), else -x dsn=URL, else SESSIONSTORE_DATABASE_URL (or DATABASE_URL)."
     )
-    options = line.parser.parse_args(ctx.args)  # exits, as `alembic` does, on --help
-    if not hasattr(options, "cmd"):
-        line.parser.error("too few arguments")
+    said = io.StringIO()
+    try:
+        # argparse's errors quote the arguments (a URL after -x dsn=, a mistyped option's
+        # value): its stderr is caught so that no password is shown.
+        with redirect_stderr(said):
+            options = line.parser.parse_args(ctx.args)  # exits, as `alembic` does, on --help
+            if not hasattr(options, "cmd"):
+                line.parser.error("too few arguments")
+    except SystemExit as exc:
+        if not exc.code:
+            raise
+        err_console.print(escape(_hide_urls(said.getvalue(), ctx.args).rstrip()))
+        raise typer.Exit(2) from None
     name = options.cmd[0].__name__
     if name in _WRITES_FILES:
         _fail(
@@ -269,8 +285,6 @@ def alembic_command(ctx: typer.Context, dsn: DsnOption = None) -> None:
             "your own migrations in an Alembic environment of your own."
         )
     settings = _settings(dsn or _x_dsn(options))
-    if settings.dsn and settings.effective_pooler == "transaction":
-        _fail(_NOT_A_TRANSACTION_POOLER)
     config = migrations.alembic_config(settings.dsn or "", cmd_opts=options)
     # Alembic's errors as one sentence like every other command's, not "FAILED:" and 255.
     options.raiseerr = True

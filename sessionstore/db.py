@@ -24,11 +24,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -157,6 +159,12 @@ def _connect_error(config: StoreConfig, exc: Exception) -> SessionStoreError:
         )
     if isinstance(exc, OSError):
         return StoreUnavailableError(f"could not connect to {where}: {describe(exc)}")
+    if isinstance(exc, asyncpg.UndefinedObjectError) and _url_parameter(exc, config.dsn):
+        # asyncpg sends a URL query parameter it does not know as a server setting; the
+        # server refuses the name with the SQLSTATE of a missing type (42704).
+        return InvalidInputError(
+            "dsn", f"{exc}: remove it from the URL's query string", sqlstate=exc.sqlstate
+        )
     error = translate(exc)
     if error is None:
         raise exc  # not a database or network failure: e.g. a bug in a configure callback
@@ -182,6 +190,12 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 # What a given pool's connections must answer (see Pool._adopt): JSON text sent as jsonb
 # arrives as an object (not a JSON string), and jsonb comes back as a Python value.
 _CODEC_CHECK = """SELECT jsonb_typeof($1::jsonb), '{"k": 1}'::jsonb"""
+
+
+def _url_parameter(exc: asyncpg.UndefinedObjectError, dsn: str | None) -> bool:
+    """Whether ``exc`` refuses a setting that ``dsn``'s query string names."""
+    named = re.match(r'unrecognized configuration parameter "([^"]+)"', str(exc))
+    return bool(named and dsn and named.group(1) in parse_qs(urlsplit(dsn).query))
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -251,14 +265,16 @@ class Pool:
         pool: asyncpg.Pool | None = None,
     ) -> None:
         self.config = config
-        if pool is None:
-            self._arguments = connect_arguments(config)  # checks the DSN and SSL settings now
-        elif not isinstance(pool, asyncpg.Pool):
+        if pool is not None and not isinstance(pool, asyncpg.Pool):
             raise InvalidInputError("pool", "must be an asyncpg.Pool (asyncpg.create_pool)")
-        elif configure is not None:
+        if pool is not None and configure is not None:
             raise InvalidInputError(
                 "configure", "cannot be used with pool=: set connections up in the pool's init="
             )
+        if pool is None or config.dsn:
+            # Checks the DSN and SSL settings now (beside a given pool, the cache's
+            # listener connects with them).
+            self._arguments = connect_arguments(config)
         self._configure = configure
         # A pool the application owns: used, checked, never closed by sessionstore.
         self._given = pool
@@ -464,6 +480,15 @@ class Pool:
         except SessionStoreError:
             raise  # from _open_connection: already says what happened
         except TimeoutError as exc:
+            if pool is self._given and pool.get_size() - pool.get_idle_size() < pool.get_max_size():
+                # Not every connection was in use: the wait was for one the application's
+                # pool was opening (its own connect function, which sessionstore does not
+                # see, hung or hit the pool's own timeout).
+                raise StoreUnavailableError(
+                    "could not connect to the database: a new connection of the application's "
+                    f"pool did not open (within acquire_timeout={cfg.acquire_timeout}s, or "
+                    "the pool's own connect timeout)"
+                ) from exc
             if checkout.connecting:
                 raise StoreUnavailableError(
                     f"could not connect to {redact_dsn(cfg.dsn)} within "

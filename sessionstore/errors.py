@@ -126,6 +126,12 @@ _RETRY_CONFLICTS = frozenset({"40001", "40P01"})
 def _from_postgres(exc: asyncpg.PostgresError) -> SessionStoreError:
     state: str = exc.sqlstate or ""
     message = exc.args[0] if exc.args else str(exc)
+    if state == "08P01" and ("authentication failed" in message or "no such user" in message):
+        # PgBouncer refuses a login with a protocol-violation SQLSTATE, not a 28xxx one.
+        return AuthenticationError(
+            f"authentication failed: {message}; check the user name and password",
+            sqlstate=state,
+        )
     if state.startswith("08") or state in _UNAVAILABLE:
         return StoreUnavailableError(f"database unavailable: {message}", sqlstate=state)
     if state == "57014":
@@ -136,19 +142,18 @@ def _from_postgres(exc: asyncpg.PostgresError) -> SessionStoreError:
         )
     if state == "23505" or state in _RETRY_CONFLICTS:
         return ConflictError(f"concurrent write conflict: {exc.detail or message}", sqlstate=state)
-    if state.startswith("28"):
+    if state == "28P01":
         return AuthenticationError(
             f"authentication failed: {message}; check the user name and password",
             sqlstate=state,
         )
+    if state.startswith("28"):
+        # 28000: no pg_hba.conf entry (often: TLS required or refused), or a role that
+        # may not log in — a password would not help.
+        return AuthenticationError(f"login refused by the server: {message}", sqlstate=state)
     if state == "3D000":
         return StoreUnavailableError(
             f"{message}: create the database or fix the URL", sqlstate=state
-        )
-    if state == "42704" and message.startswith("unrecognized configuration parameter"):
-        # A URL query parameter asyncpg does not know is sent as a server setting.
-        return InvalidInputError(
-            "dsn", f"{message}: remove it from the URL's query string", sqlstate=state
         )
     if state in ("42P01", "42704", "3F000"):  # missing table, type or schema
         return SessionStoreError(

@@ -24,9 +24,9 @@ TRANSITIONS: dict[str, tuple[SessionStatus, tuple[SessionStatus, ...]]] = {
     "complete": (SessionStatus.COMPLETED, (SessionStatus.ACTIVE, SessionStatus.PAUSED)),
 }
 
-# Explains why a conditional write matched nothing; persists 'expired' once it is due.
 #: Whether session ``$1`` takes turns now: the first question when a write matched nothing.
 TAKES_TURNS = f"SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND {accepts_turns()})"
+# Explains why a conditional write matched nothing; persists 'expired' once it is due.
 EXPLAIN_MISS = f"""
 WITH cur AS (SELECT id, status, expires_at, version FROM sessions WHERE id = $1),
 mark AS (

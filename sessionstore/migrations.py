@@ -14,9 +14,13 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
+from .config import StoreConfig
+from .errors import InvalidInputError
+
 __all__ = [
     "SCRIPT_LOCATION",
     "alembic_config",
+    "check_connection",
     "downgrade",
     "head_revision",
     "pending_revisions",
@@ -28,6 +32,22 @@ __all__ = [
 #: ``__init__.py``, so it never stands in for the ``alembic`` library). The root
 #: ``alembic.ini`` and a user's own ini name the same place.
 SCRIPT_LOCATION = "sessionstore:alembic"
+
+
+def check_connection(config: StoreConfig) -> None:
+    """Refuse a transaction pooler (``InvalidInputError`` naming ``dsn``) before a migration
+    connects: DDL and Alembic's bookkeeping must stay on one server session, and the
+    migration lock is a session-level advisory lock — through such a pooler it stays held
+    by a server connection the pooler hands to others, and the next migration waits for
+    it for ever. Every online run of the environment (``migrate``, ``downgrade``,
+    ``sessionstore alembic``, ``alembic``) calls this.
+    """
+    if config.effective_pooler == "transaction":
+        raise InvalidInputError(
+            "dsn",
+            "migrations need a direct or session-mode connection, not a transaction pooler "
+            "(Supabase port 6543): use the direct or session connection string (port 5432)",
+        )
 
 
 def alembic_config(dsn: str, cmd_opts: Namespace | None = None) -> Config:

@@ -198,9 +198,13 @@ class SessionStore(_Scope):
     async def open(self) -> Self:
         """Open the pool (and the cache's listener connection, where one is used). Idempotent."""
         await self._pool.open()
-        self._writer.open()
-        self._session_cache.start_listening(self.config)
-        telemetry.register(self)
+        try:
+            self._writer.open()
+            self._session_cache.start_listening(self.config)
+            telemetry.register(self)
+        except BaseException:
+            await self.close()  # nothing half-open left behind: pool, writer, listener
+            raise
         return self
 
     async def close(self) -> None:
@@ -333,9 +337,14 @@ def connect(
     pooler, ``statement_cache_size=0`` (say ``pooler="transaction"`` here too); sessionstore's
     ``acquire_timeout`` still bounds each wait for one of its connections. A DSN is then
     optional: with one, the session cache's listener connects with it; without, cache
-    entries live ``cache_ttl``. ``configure`` cannot be combined with ``pool``.
+    entries live ``cache_ttl``; the environment's database URLs are not read then.
+    ``configure`` cannot be combined with ``pool``.
     """
     if dsn is not None:
         overrides["dsn"] = dsn
     merged = StoreConfig.load(config, **overrides)
+    if pool is not None and "dsn" not in overrides and (config is None or not config.dsn):
+        # Beside a given pool only a DSN given here counts: one from the environment may
+        # name another database than the pool's.
+        merged = merged.model_copy(update={"dsn": None})
     return SessionStore(merged, configure=configure, on_write_error=on_write_error, pool=pool)

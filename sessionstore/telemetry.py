@@ -46,6 +46,7 @@ they report on.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
@@ -56,6 +57,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from .dsn import check_dsn
 from .errors import InvalidInputError
+from .retry import describe
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvider, Observation
@@ -71,6 +73,8 @@ __all__ = [
     "traced_sync",
     "uninstrument",
 ]
+
+logger = logging.getLogger("sessionstore")
 
 #: The tracer's and the meter's name.
 INSTRUMENTATION_NAME = "sessionstore"
@@ -197,8 +201,22 @@ class _State:
                 self._trace, self._metrics, self._context = trace, metrics, context
                 self.loaded = True
                 if self.enabled:
-                    self.use(None, None)
+                    try:
+                        self.use(None, None)
+                    except Exception as exc:
+                        self.broken(exc)
         return self.loaded
+
+    def broken(self, error: Exception) -> None:
+        """Telemetry off, said once: an ``opentelemetry-api`` older than the ``otel``
+        extra's floor (another package may have pinned one), or a provider named in
+        ``OTEL_*`` settings that cannot be loaded. The store itself works on."""
+        logger.warning(
+            "OpenTelemetry cannot be used, sessionstore's telemetry is off: %s "
+            "(sessionstore[otel] needs opentelemetry-api>=1.44)",
+            describe(error),
+        )
+        self.off()
 
     def use(
         self, tracer_provider: TracerProvider | None, meter_provider: MeterProvider | None
@@ -244,10 +262,13 @@ class _State:
         about a microsecond, so while none is there this is asked once a second, not on
         every call; once set, a global provider stays (the API sets it only once)."""
         self._recheck = time.monotonic() + _RECHECK
-        if not self.tracing_live and not _is_noop(self._trace.get_tracer_provider()):
-            self.tracing_live = True
-        if not self.metering_live and not _is_noop(self._metrics.get_meter_provider()):
-            self.metering_live = True
+        try:
+            if not self.tracing_live and not _is_noop(self._trace.get_tracer_provider()):
+                self.tracing_live = True
+            if not self.metering_live and not _is_noop(self._metrics.get_meter_provider()):
+                self.metering_live = True
+        except Exception as exc:  # e.g. OTEL_PYTHON_TRACER_PROVIDER names nothing installed
+            self.broken(exc)
 
     def start(self, tracer: Tracer, setup: _Setup) -> tuple[Span, object]:
         """Start ``setup``'s span and make it current; return it and the context token."""

@@ -37,6 +37,10 @@ E = asyncpg.exceptions
         (ConnectionResetError("reset"), StoreUnavailableError, None),
         (OSError("refused"), StoreUnavailableError, None),
         (E.ConnectionDoesNotExistError("gone"), StoreUnavailableError, "08003"),
+        # PgBouncer's refusals of a login (SQLSTATE 08P01, not 28xxx)
+        (E.ProtocolViolationError("SASL authentication failed"), AuthenticationError, "08P01"),
+        (E.ProtocolViolationError("no such user"), AuthenticationError, "08P01"),
+        (E.ProtocolViolationError("bad packet"), StoreUnavailableError, "08P01"),
         (E.AdminShutdownError("bye"), StoreUnavailableError, "57P01"),
         (E.CannotConnectNowError("starting"), StoreUnavailableError, "57P03"),
         (E.TooManyConnectionsError("full"), StoreUnavailableError, "53300"),

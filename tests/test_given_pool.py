@@ -8,6 +8,7 @@ import json
 import os
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -207,7 +208,8 @@ async def test_a_refused_login_is_an_authentication_error(
         # 28000 where the server trusts the address, 28P01 where it asks for a password
         # first (the container): a refusal either way, never a hang or a lost connection.
         assert info.value.sqlstate in ("28000", "28P01")
-        assert "authentication failed" in str(info.value)
+        expected = {"28000": "login refused by the server", "28P01": "authentication failed"}
+        assert expected[info.value.sqlstate or ""] in str(info.value)
         assert "connect_timeout" not in str(info.value)
     finally:
         await conn.execute("DROP ROLE sstest_nologin")
@@ -225,3 +227,54 @@ async def test_an_unknown_url_parameter_is_named_not_called_a_missing_schema(
     assert info.value.field == "dsn"
     assert 'unrecognized configuration parameter "sstest_no_such_setting"' in str(info.value)
     assert "sessionstore migrate" not in str(info.value)
+
+
+async def test_a_given_pool_that_cannot_connect_is_not_called_exhausted() -> None:
+    hung: list[asyncio.StreamWriter] = []
+
+    async def accept_and_say_nothing(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        hung.append(w)
+
+    server = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = f"postgresql://u@127.0.0.1:{port}/db"
+    try:
+        # The pool's own connect timeout first, then sessionstore's acquire_timeout.
+        for timeout, acquire_timeout in ((0.3, 5.0), (60.0, 0.5)):
+            pool = await asyncpg.create_pool(
+                url, min_size=0, timeout=timeout, init=sessionstore.init_connection
+            )
+            try:
+                with pytest.raises(StoreUnavailableError) as info:
+                    await sessionstore.connect(pool=pool, acquire_timeout=acquire_timeout)
+                assert "a new connection of the application's pool did not open" in str(info.value)
+                assert "in use" not in str(info.value)
+            finally:
+                pool.terminate()
+    finally:
+        for writer in hung:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_beside_a_pool_the_environments_url_is_not_read(
+    app_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It may name another database than the pool's: the cache's listener would LISTEN
+    # there, and telemetry would name it.
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:secret@elsewhere.invalid:5432/other")
+    async with sessionstore.connect(pool=app_pool, **_overrides()) as store:
+        assert store.config.dsn is None
+        assert store.stats().cache_invalidation == "ttl"
+        assert (await store.sessions.create("u1")).user_id == "u1"
+
+
+def test_settings_beside_a_pool_are_checked_as_without_one(
+    dsn: str, app_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        sessionstore.connect(
+            dsn, pool=app_pool, ssl="require", ssl_root_cert=tmp_path / "no-such-ca.crt"
+        )
+    assert info.value.field == "ssl_root_cert"

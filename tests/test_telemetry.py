@@ -595,3 +595,27 @@ def test_the_docs_example_traces_through_the_global_providers(dsn: str) -> None:
     database = expected_connection(dsn)["db.namespace"]
     assert '"name": "create sessions"' in done.stdout
     assert f'"name": "add_turn {database}"' in done.stdout
+
+
+async def test_an_opentelemetry_that_cannot_be_used_leaves_the_store_working(
+    dsn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An opentelemetry-api older than the extra's floor (1.22 has no bucket advisory
+    and raises TypeError), or a provider setting naming nothing installed: one warning,
+    telemetry off, the store opens and works (it raised and left its pool open)."""
+
+    def old_api(self: object, meter: object) -> None:
+        raise TypeError("create_histogram() got an unexpected keyword argument")
+
+    monkeypatch.setattr(telemetry, "_STATE", telemetry._State())
+    monkeypatch.setattr(telemetry._Instruments, "__init__", old_api)
+    async with sessionstore.connect(dsn, **store_overrides()) as store:
+        session = await store.sessions.create("u")
+        assert (await store.sessions.get(session.id)).id == session.id
+    assert telemetry._STATE.idle
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert [w for w in warnings if "telemetry is off" in w] == [
+        "OpenTelemetry cannot be used, sessionstore's telemetry is off: TypeError: "
+        "create_histogram() got an unexpected keyword argument "
+        "(sessionstore[otel] needs opentelemetry-api>=1.44)"
+    ]

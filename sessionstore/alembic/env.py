@@ -26,6 +26,7 @@ from sessionstore.adoption import original_revision, record_original
 from sessionstore.config import MISSING_DSN, StoreConfig
 from sessionstore.db import connect_direct
 from sessionstore.errors import InvalidInputError
+from sessionstore.migrations import check_connection
 from sessionstore.schema import metadata
 
 config = context.config
@@ -102,6 +103,12 @@ def _run_sync(connection: Connection) -> None:
 
 async def run_online() -> None:
     settings = _store_config()
+    try:
+        check_connection(settings)
+    except InvalidInputError as exc:
+        if config.attributes.get("dsn"):
+            raise  # called from sessionstore.migrations: the caller explains it
+        raise SystemExit(f"error: {exc}") from None  # the alembic command: one sentence
 
     async def creator() -> asyncpg.Connection:
         # The library's own connection settings, without its per-statement timeouts (a
