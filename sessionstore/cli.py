@@ -494,7 +494,7 @@ def demo(
     console.print("  export SESSIONSTORE_DATABASE_URL=postgresql://USER:PASSWORD@HOST:5432/DB")
     console.print("  sessionstore migrate        # the schema, on your database")
     console.print("  sessionstore status         # revisions, RLS, API-role access")
-    console.print("  python3 dev.py test         # the test suite (see README.md)")
+    console.print("  python3 dev.py test         # in a clone of the repository: the test suite")
 
 
 def main() -> None:

@@ -342,9 +342,12 @@ def connect(
     """
     if dsn is not None:
         overrides["dsn"] = dsn
-    merged = StoreConfig.load(config, **overrides)
-    if pool is not None and "dsn" not in overrides and (config is None or not config.dsn):
+    if pool is not None and config is None and "dsn" not in overrides:
         # Beside a given pool only a DSN given here counts: one from the environment may
-        # name another database than the pool's.
+        # name another database than the pool's, and must not even be checked. A DSN in
+        # the settings keeps the environment's URL variables unread; it is then dropped.
+        merged = StoreConfig.load(dsn="postgresql://", **overrides)
         merged = merged.model_copy(update={"dsn": None})
+    else:
+        merged = StoreConfig.load(config, **overrides)
     return SessionStore(merged, configure=configure, on_write_error=on_write_error, pool=pool)

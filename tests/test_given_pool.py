@@ -264,6 +264,8 @@ async def test_beside_a_pool_the_environments_url_is_not_read(
     # It may name another database than the pool's: the cache's listener would LISTEN
     # there, and telemetry would name it.
     monkeypatch.setenv("DATABASE_URL", "postgresql://u:secret@elsewhere.invalid:5432/other")
+    # Not even checked: this one would be refused.
+    monkeypatch.setenv("SESSIONSTORE_DATABASE_URL", "mysql://u:secret@h/db")
     async with sessionstore.connect(pool=app_pool, **_overrides()) as store:
         assert store.config.dsn is None
         assert store.stats().cache_invalidation == "ttl"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import configparser
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -291,7 +292,9 @@ def test_the_revisions_live_in_the_package_and_every_config_names_them() -> None
         assert documented in (ROOT / doc).read_text(), doc
 
 
-async def _alembic(ini: Path, *args: str) -> tuple[int, str, str]:
+async def _alembic(
+    ini: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -300,6 +303,7 @@ async def _alembic(ini: Path, *args: str) -> tuple[int, str, str]:
         str(ini),
         *args,
         cwd=ini.parent,
+        env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -319,3 +323,14 @@ async def test_a_two_line_ini_without_logging_sections(empty_dsn: str, tmp_path:
     code, out, err = await _alembic(ini, "-x", f"dsn={empty_dsn}", "current")
     assert code == 0, err
     assert out.split() == [head_revision(), "(head)"]
+
+
+async def test_the_alembic_command_without_a_url_names_what_it_takes(tmp_path: Path) -> None:
+    ini = tmp_path / "sessionstore.ini"
+    ini.write_text(f"[alembic]\nscript_location = {SCRIPT_LOCATION}\n")
+    unset = ("SESSIONSTORE_DATABASE_URL", "DATABASE_URL", "SESSIONSTORE_DSN")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    code, _, err = await _alembic(ini, "current", env=env)
+    assert code != 0
+    assert "set SESSIONSTORE_DATABASE_URL (or DATABASE_URL), or pass -x dsn=..." in err
+    assert "--dsn" not in err  # sessionstore's own commands have it; alembic does not

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from sessionstore.adoption import original_revision, record_original
-from sessionstore.config import MISSING_DSN, StoreConfig
+from sessionstore.config import StoreConfig
 from sessionstore.db import connect_direct
 from sessionstore.errors import InvalidInputError
 from sessionstore.migrations import check_connection
@@ -67,7 +67,11 @@ def _store_config() -> StoreConfig:
             raise  # called from sessionstore.migrations: the caller explains it
         raise SystemExit(f"error: {exc}") from None  # the alembic command: one sentence
     if not settings.dsn:
-        raise SystemExit(f"error: {MISSING_DSN}, or pass -x dsn=...")
+        # Not config.MISSING_DSN: that names --dsn, which the alembic command lacks.
+        raise SystemExit(
+            "error: no database URL: set SESSIONSTORE_DATABASE_URL (or DATABASE_URL), "
+            "or pass -x dsn=..."
+        )
     return settings
 
 
