@@ -167,26 +167,31 @@ async def test_a_refused_connection_says_so_not_lost() -> None:
         await pool.close()
 
 
-async def test_a_connection_that_hangs_names_connect_timeout() -> None:
+@pytest.fixture
+async def silent_port() -> AsyncIterator[int]:
+    """A port that accepts connections and never says a word (a hung server)."""
     hung: list[asyncio.StreamWriter] = []
 
     async def accept_and_say_nothing(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         hung.append(w)
 
     server = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     try:
-        with pytest.raises(StoreUnavailableError) as info:
-            await sessionstore.connect(
-                f"postgresql://u@127.0.0.1:{port}/db", connect_timeout=0.5, min_size=1
-            )
-        assert "no answer within connect_timeout=0.5s" in str(info.value)
-        assert "lost" not in str(info.value)
+        yield server.sockets[0].getsockname()[1]
     finally:
         for writer in hung:
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_connection_that_hangs_names_connect_timeout(silent_port: int) -> None:
+    with pytest.raises(StoreUnavailableError) as info:
+        await sessionstore.connect(
+            f"postgresql://u@127.0.0.1:{silent_port}/db", connect_timeout=0.5, min_size=1
+        )
+    assert "no answer within connect_timeout=0.5s" in str(info.value)
+    assert "lost" not in str(info.value)
 
 
 def _as_user(dsn: str, user: str) -> str:
@@ -229,33 +234,22 @@ async def test_an_unknown_url_parameter_is_named_not_called_a_missing_schema(
     assert "sessionstore migrate" not in str(info.value)
 
 
-async def test_a_given_pool_that_cannot_connect_is_not_called_exhausted() -> None:
-    hung: list[asyncio.StreamWriter] = []
-
-    async def accept_and_say_nothing(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        hung.append(w)
-
-    server = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    url = f"postgresql://u@127.0.0.1:{port}/db"
-    try:
-        # The pool's own connect timeout first, then sessionstore's acquire_timeout.
-        for timeout, acquire_timeout in ((0.3, 5.0), (60.0, 0.5)):
-            pool = await asyncpg.create_pool(
-                url, min_size=0, timeout=timeout, init=sessionstore.init_connection
-            )
-            try:
-                with pytest.raises(StoreUnavailableError) as info:
-                    await sessionstore.connect(pool=pool, acquire_timeout=acquire_timeout)
-                assert "a new connection of the application's pool did not open" in str(info.value)
-                assert "in use" not in str(info.value)
-            finally:
-                pool.terminate()
-    finally:
-        for writer in hung:
-            writer.close()
-        server.close()
-        await server.wait_closed()
+async def test_a_given_pool_that_cannot_connect_is_not_called_exhausted(
+    silent_port: int,
+) -> None:
+    url = f"postgresql://u@127.0.0.1:{silent_port}/db"
+    # The pool's own connect timeout first, then sessionstore's acquire_timeout.
+    for timeout, acquire_timeout in ((0.3, 5.0), (60.0, 0.5)):
+        pool = await asyncpg.create_pool(
+            url, min_size=0, timeout=timeout, init=sessionstore.init_connection
+        )
+        try:
+            with pytest.raises(StoreUnavailableError) as info:
+                await sessionstore.connect(pool=pool, acquire_timeout=acquire_timeout)
+            assert "a new connection of the application's pool did not open" in str(info.value)
+            assert "in use" not in str(info.value)
+        finally:
+            pool.terminate()
 
 
 async def test_beside_a_pool_the_environments_url_is_not_read(
