@@ -463,13 +463,14 @@ def demo(
         config = StoreConfig.load(settings, dsn=url)
         with _readable_errors(url):
             found = asyncio.run(check(config))
-        if found.pending and config.effective_pooler == "transaction":
-            _fail(
-                f"the schema needs migrating ({len(found.pending)} revisions pending) and "
-                "migrations need a direct or session-mode connection, not a transaction "
-                "pooler: run `sessionstore migrate` with the direct or session connection "
-                "string (port 5432), then the demo."
-            )
+        if found.pending:
+            try:
+                migrations.check_connection(config)  # before asking, not after
+            except InvalidInputError as refused:
+                _fail(
+                    f"the schema needs migrating ({len(found.pending)} revisions pending): "
+                    f"{refused}; run `sessionstore migrate` with it, then the demo."
+                )
         changes = describe_changes(
             plan, current_revision=found.current_revision, pending=found.pending, keep=keep
         )

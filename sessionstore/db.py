@@ -480,7 +480,8 @@ class Pool:
         except SessionStoreError:
             raise  # from _open_connection: already says what happened
         except TimeoutError as exc:
-            if pool is self._given and pool.get_size() - pool.get_idle_size() < pool.get_max_size():
+            _, in_use, most = self.usage()
+            if pool is self._given and in_use < most:
                 # Not every connection was in use: the wait was for one the application's
                 # pool was opening (its own connect function, which sessionstore does not
                 # see, hung or hit the pool's own timeout).

@@ -126,8 +126,11 @@ _RETRY_CONFLICTS = frozenset({"40001", "40P01"})
 def _from_postgres(exc: asyncpg.PostgresError) -> SessionStoreError:
     state: str = exc.sqlstate or ""
     message = exc.args[0] if exc.args else str(exc)
-    if state == "08P01" and ("authentication failed" in message or "no such user" in message):
-        # PgBouncer refuses a login with a protocol-violation SQLSTATE, not a 28xxx one.
+    # PgBouncer refuses a login with a protocol-violation SQLSTATE, not a 28xxx one.
+    refused_by_pgbouncer = state == "08P01" and (
+        "authentication failed" in message or "no such user" in message
+    )
+    if state == "28P01" or refused_by_pgbouncer:
         return AuthenticationError(
             f"authentication failed: {message}; check the user name and password",
             sqlstate=state,
@@ -142,11 +145,6 @@ def _from_postgres(exc: asyncpg.PostgresError) -> SessionStoreError:
         )
     if state == "23505" or state in _RETRY_CONFLICTS:
         return ConflictError(f"concurrent write conflict: {exc.detail or message}", sqlstate=state)
-    if state == "28P01":
-        return AuthenticationError(
-            f"authentication failed: {message}; check the user name and password",
-            sqlstate=state,
-        )
     if state.startswith("28"):
         # 28000: no pg_hba.conf entry (often: TLS required or refused), or a role that
         # may not log in — a password would not help.
