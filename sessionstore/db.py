@@ -577,10 +577,10 @@ class Pool:
         task.add_done_callback(self._releasing.discard)
 
     async def _release_bounded(self, pool: asyncpg.Pool, conn: PoolConnectionProxy[Any]) -> None:
-        # asyncpg's release waits for the cancel request of an interrupted statement (so
-        # that a statement that timed out cannot commit later) and drops the connection
-        # if the server does not confirm within command_timeout; the timeout here only
-        # covers command_timeout=None. Cancelled by Pool.close: drop it now.
+        # asyncpg's release waits for the cancel request of an interrupted statement (which
+        # still commits if it finishes first: its outcome is unknown) and drops the
+        # connection if the server does not confirm within command_timeout; the timeout
+        # here only covers command_timeout=None. Cancelled by Pool.close: drop it now.
         try:
             async with asyncio.timeout(self._cleanup_timeout):
                 await _release(pool, conn)
