@@ -51,7 +51,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"PostgreSQL under test: {' '.join(_used)}")
 
 
-async def _admin(server: TestServer, sql: str) -> None:
+async def admin_execute(server: TestServer, sql: str) -> None:
+    """Run ``sql`` directly on the admin database, on a connection of its own."""
     await _admin_on(server, None, sql)
 
 
@@ -90,7 +91,7 @@ async def create_database(
 
 async def drop_database(server: TestServer, name: str) -> None:
     """Drop ``name``, disconnecting anyone still on it."""
-    await _admin(server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    await admin_execute(server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture(scope="session")
@@ -105,7 +106,7 @@ async def template_db(pg_server: TestServer) -> AsyncIterator[str]:
 async def _supabase_like(server: TestServer) -> str:
     """A new database with Supabase's roles, auth schema and default grants, owned by the
     role that plays Supabase's ``postgres``."""
-    await _admin(server, ROLES)
+    await admin_execute(server, ROLES)
     name = await create_database(server, owner=OWNER)
     await _admin_on(server, name, AUTH_AND_GRANTS)
     return name

@@ -29,7 +29,7 @@ from sessionstore.config import redact_dsn
 from sessionstore.db import connect_arguments
 from sessionstore.dsn import check_dsn, hide_secrets
 
-from .conftest import create_database, drop_database
+from .conftest import admin_execute, create_database, drop_database
 from .servers import TestServer
 
 CANARY = "Hunter2Secret"
@@ -320,21 +320,15 @@ async def secret_database(pg_server: TestServer) -> AsyncIterator[tuple[str, str
     directory on the embedded server. Trust auth lets any password in, password auth this
     one."""
     role = f"sstest_secret_{os.getpid()}"
-    admin = await asyncpg.connect(pg_server.admin_dsn)
-    try:
-        await admin.execute(f"DROP ROLE IF EXISTS {role}")
-        await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{LIVE_PASSWORD}'")
-    finally:
-        await admin.close()
+    await admin_execute(
+        pg_server,
+        f"DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD '{LIVE_PASSWORD}'",
+    )
     name = await create_database(pg_server, owner=role)
     parts = urlsplit(pg_server.admin_dsn)
     yield role, parts.netloc.rpartition("@")[2], name, parts.query
     await drop_database(pg_server, name)
-    admin = await asyncpg.connect(pg_server.admin_dsn)
-    try:
-        await admin.execute(f"DROP ROLE IF EXISTS {role}")
-    finally:
-        await admin.close()
+    await admin_execute(pg_server, f"DROP ROLE IF EXISTS {role}")
 
 
 def live_forms(role: str, host: str, database: str, query: str) -> dict[str, str]:

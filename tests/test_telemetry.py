@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -36,7 +35,7 @@ import sessionstore
 from sessionstore import MessageRole, SessionStore, telemetry
 from sessionstore.telemetry import connection_attributes
 
-from .conftest import drop_database, store_overrides
+from .conftest import admin_execute, drop_database, store_overrides
 from .servers import TestServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -248,21 +247,15 @@ PASSWORD = f"{MARK}-password/#?@&="
 async def password_dsn(pg_server: TestServer, database: str) -> AsyncIterator[str]:
     """The test database, directly, as a login role whose password is a marker."""
     role = f"sstest_otel_{os.getpid()}"
-    admin = await asyncpg.connect(pg_server.admin_dsn)
-    try:
-        await admin.execute(f"DROP ROLE IF EXISTS {role}")
-        await admin.execute(f"CREATE ROLE {role} LOGIN SUPERUSER PASSWORD '{PASSWORD}'")
-    finally:
-        await admin.close()
+    await admin_execute(
+        pg_server,
+        f"DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN SUPERUSER PASSWORD '{PASSWORD}'",
+    )
     parts = urlsplit(pg_server.admin_dsn_for(database))
     host = parts.netloc.rpartition("@")[2]
     yield urlunsplit(parts._replace(netloc=f"{role}:{quote(PASSWORD, safe='')}@{host}"))
     await drop_database(pg_server, database)  # its connections go first
-    admin = await asyncpg.connect(pg_server.admin_dsn)
-    try:
-        await admin.execute(f"DROP ROLE IF EXISTS {role}")
-    finally:
-        await admin.close()
+    await admin_execute(pg_server, f"DROP ROLE IF EXISTS {role}")
 
 
 def everything_recorded(otel: Otel) -> list[str]:
