@@ -10,13 +10,17 @@ sent again".
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
+
+from .retry import describe
 
 if TYPE_CHECKING:
     from .writes import PendingWrite
@@ -35,7 +39,10 @@ __all__ = [
     "StoreTimeoutError",
     "StoreUnavailableError",
     "WriteBehindError",
+    "acquire_timeout_error",
+    "connect_error",
     "is_transient",
+    "pool_open_timeout_error",
     "translate",
     "translate_errors",
 ]
@@ -233,4 +240,89 @@ def is_transient(error: BaseException) -> bool:
     client gave up waiting, or a serialisation failure or deadlock aborted it."""
     return isinstance(error, StoreUnavailableError | StoreTimeoutError) or (
         isinstance(error, SessionStoreError) and error.sqlstate in _RETRY_CONFLICTS
+    )
+
+
+# -- connecting ----------------------------------------------------------------------------
+# What a caller is told when a connection cannot be had: these sentences name the setting
+# that bounded the wait, so that a hang is not mistaken for a statement whose outcome is
+# unknown. ``where`` is the URL already redacted (the caller's ``redact_dsn``).
+
+
+def connect_error(
+    exc: Exception, *, where: str | None, dsn: str | None, connect_timeout: float
+) -> SessionStoreError:
+    """What a failed connection attempt raises: a hang names ``connect_timeout``, a socket
+    error says the server was not reached, an unknown URL query parameter is an
+    :class:`InvalidInputError` for ``dsn``, and a refusal by the server keeps its own
+    class (e.g. :class:`AuthenticationError`).
+
+    ``exc`` itself is re-raised when it is not a database or network failure (e.g. a bug
+    in a ``configure`` callback).
+    """
+    if isinstance(exc, TimeoutError):
+        return StoreUnavailableError(
+            f"could not connect to {where}: no answer within "
+            f"connect_timeout={connect_timeout}s (the connection attempt hung)"
+        )
+    if isinstance(exc, OSError):
+        return StoreUnavailableError(f"could not connect to {where}: {describe(exc)}")
+    if isinstance(exc, asyncpg.UndefinedObjectError) and _url_parameter(exc, dsn):
+        # asyncpg sends a URL query parameter it does not know as a server setting; the
+        # server refuses the name with the SQLSTATE of a missing type (42704).
+        return InvalidInputError(
+            "dsn", f"{exc}: remove it from the URL's query string", sqlstate=exc.sqlstate
+        )
+    error = translate(exc)
+    if error is None:
+        raise exc
+    return error
+
+
+def _url_parameter(exc: asyncpg.UndefinedObjectError, dsn: str | None) -> bool:
+    """Whether ``exc`` refuses a setting that ``dsn``'s query string names."""
+    named = re.match(r'unrecognized configuration parameter "([^"]+)"', str(exc))
+    return bool(named and dsn and named.group(1) in parse_qs(urlsplit(dsn).query))
+
+
+def pool_open_timeout_error(*, where: str | None, connect_timeout: float) -> StoreUnavailableError:
+    """Opening the pool (its first connection, then the others together) took longer than
+    its bound, 2 × ``connect_timeout``."""
+    return StoreUnavailableError(
+        f"could not open the pool on {where} within 2 × connect_timeout={connect_timeout}s"
+    )
+
+
+def acquire_timeout_error(
+    *,
+    where: str | None,
+    acquire_timeout: float,
+    connect_timeout: float,
+    max_size: int,
+    opening: bool,
+    given_pool_opening: bool,
+) -> SessionStoreError:
+    """No pooled connection within ``acquire_timeout``, told by what the wait was for:
+    a connection the application's own pool was opening (``given_pool_opening``: not
+    every connection was in use), one sessionstore's pool was opening (``opening``), or
+    a free one while all ``max_size`` were in use — only the last is a
+    :class:`StoreTimeoutError`."""
+    if given_pool_opening:
+        # Its own connect function, which sessionstore does not see, hung or hit the
+        # pool's own timeout.
+        return StoreUnavailableError(
+            "could not connect to the database: a new connection of the application's "
+            f"pool did not open (within acquire_timeout={acquire_timeout}s, or "
+            "the pool's own connect timeout)"
+        )
+    if opening:
+        return StoreUnavailableError(
+            f"could not connect to {where} within "
+            f"acquire_timeout={acquire_timeout}s: opening a new connection "
+            f"did not finish (connect_timeout={connect_timeout}s)"
+        )
+    return StoreTimeoutError(
+        f"no connection free within acquire_timeout={acquire_timeout}s: all "
+        f"max_size={max_size} connections were in use (raise max_size or "
+        "acquire_timeout, or look for calls that hold connections for long)"
     )
