@@ -4,6 +4,7 @@
     python3 dev.py demo [ARGS]   the main job: `sessionstore demo` (embedded PostgreSQL if no DSN)
     python3 dev.py test [ARGS]   the whole test suite (pytest ARGS)
     python3 dev.py bench [ARGS]  every benchmark in one run (bench/run.py ARGS)
+    python3 dev.py sql           every statement the library sends, to docs/sql/
 
 The first run creates .venv/ and installs the package with its dev extras; later runs
 reinstall only when pyproject.toml changes.
@@ -41,13 +42,15 @@ def ensure_venv(extras: str = "dev") -> None:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("demo", "test", "bench"):
+    if not argv or argv[0] not in ("demo", "test", "bench", "sql"):
         print(__doc__, file=sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]
     ensure_venv("dev,bench" if command == "bench" else "dev")
     if command == "bench":
         return subprocess.run([str(BIN / "python"), "bench/run.py", *rest], cwd=ROOT).returncode
+    if command == "sql":
+        return subprocess.run([str(BIN / "python"), "-m", "tests.sql_catalog"], cwd=ROOT).returncode
     if command == "demo":
         return subprocess.run([str(BIN / "sessionstore"), "demo", *rest], cwd=ROOT).returncode
     code = subprocess.run([str(BIN / "python"), "-m", "pytest", *rest], cwd=ROOT).returncode

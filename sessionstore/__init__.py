@@ -19,25 +19,32 @@ from .errors import (
 )
 from .models import (
     AddTurnOptions,
+    ConfigureCallback,
     ContinuationId,
     Conversation,
     ConversationRef,
+    FailedWrite,
     Message,
     MessageOptions,
     MessageRole,
+    NewMessage,
+    OnWriteError,
     Page,
+    PendingWrite,
+    PurgeCounts,
     Session,
     SessionStatus,
+    StoreStats,
+    Turn,
     TurnOptions,
+    WriterStats,
 )
-from .purge import PurgeCounts
-from .store import SessionStore, StoreStats, UserView, connect
-from .turns import Turn
-from .writes import FailedWrite, WriterStats
+from .store import SessionStore, UserView, connect
 
 __all__ = [
     "AddTurnOptions",
     "AuthenticationError",
+    "ConfigureCallback",
     "ConflictError",
     "ContinuationId",
     "Conversation",
@@ -48,8 +55,11 @@ __all__ = [
     "Message",
     "MessageOptions",
     "MessageRole",
+    "NewMessage",
     "NotFoundError",
+    "OnWriteError",
     "Page",
+    "PendingWrite",
     "PermissionDeniedError",
     "PurgeCounts",
     "QueueFullError",

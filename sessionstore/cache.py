@@ -21,23 +21,22 @@ import logging
 import time
 from collections import OrderedDict
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID
 
 from .config import StoreConfig
 from .db import connect_direct
 from .errors import SessionStoreError, StoreUnavailableError, translate_errors
-from .models import Session
+from .models import Invalidation, Session
 from .retry import LISTENER, describe, retrying
 from .rules import effective_status
 
-__all__ = ["CHANNEL", "Invalidation", "SessionCache"]
+__all__ = ["CHANNEL", "SessionCache"]
 
 logger = logging.getLogger("sessionstore")
 
 CHANNEL = "sessionstore_sessions"
 
-Invalidation = Literal["notify", "ttl", "off"]
 #: Seconds a listener connection must stay up before its loss resets the backoff.
 _STABLE = 10.0
 

@@ -38,7 +38,7 @@ from .errors import (
     StoreUnavailableError,
     translate,
 )
-from .status import Status, check
+from .health import Status, check
 from .store import connect
 
 app = typer.Typer(

@@ -24,8 +24,7 @@ from datetime import timedelta
 from uuid import UUID
 
 from .errors import SessionExpiredError
-from .models import MessageRole, SessionStatus
-from .purge import PurgeCounts
+from .models import MessageRole, PurgeCounts, SessionStatus
 from .store import SessionStore
 
 __all__ = ["EXPIRING_TTL", "DemoPlan", "DemoReport", "describe_changes", "run_demo", "users_label"]

@@ -23,7 +23,7 @@ import asyncpg
 from .retry import describe
 
 if TYPE_CHECKING:
-    from .writes import PendingWrite
+    from .models import PendingWrite
 
 __all__ = [
     "AdoptionError",

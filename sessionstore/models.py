@@ -1,28 +1,45 @@
-"""Frozen pydantic models returned to callers, and the role/status enums."""
+"""What callers pass and get back: frozen pydantic models, the role/status enums, the
+result types of the store's calls (``Turn``, ``PurgeCounts``, ``StoreStats`` and the
+write-behind queue's ``PendingWrite``, ``FailedWrite``, ``WriterStats``), and the types of
+the callbacks and parameters ``connect`` and ``add_many`` take."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypedDict, TypeVar
+from typing import Any, Generic, Literal, TypedDict, TypeVar
 from uuid import UUID
 
+import asyncpg
 from pydantic import BaseModel, ConfigDict
 
 __all__ = [
     "AddTurnOptions",
+    "ConfigureCallback",
     "ContinuationId",
     "Conversation",
     "ConversationRef",
+    "FailedWrite",
+    "Invalidation",
+    "Kind",
     "Message",
     "MessageOptions",
     "MessageRole",
+    "NewMessage",
+    "OnWriteError",
     "Page",
+    "PendingWrite",
+    "PurgeCounts",
     "Role",
     "Session",
     "SessionStatus",
+    "StoreStats",
+    "Turn",
     "TurnOptions",
+    "WriterStats",
     "from_trusted",
 ]
 
@@ -187,3 +204,135 @@ class Page(BaseModel, Generic[T]):
 
     items: list[T]
     next_cursor: str | None
+
+
+#: ``(role, content)``, optionally followed by ``metadata`` and ``tokens``: one message
+#: of ``messages.add_many``.
+NewMessage = (
+    tuple[MessageRole | str, str]
+    | tuple[MessageRole | str, str, Mapping[str, Any] | None]
+    | tuple[MessageRole | str, str, Mapping[str, Any] | None, int | None]
+)
+
+#: ``connect(configure=...)``: called with each new connection after sessionstore's own
+#: setup (e.g. to register codecs).
+ConfigureCallback = Callable[[asyncpg.Connection], Awaitable[None]]
+
+
+class Turn(BaseModel):
+    """What ``add_turn`` wrote: the message, and the conversation and session after it.
+
+    ``context``: with ``add_turn(..., context=N)``, the latest ``N`` messages of the
+    conversation up to and including ``message``, oldest first; ``None`` otherwise.
+    """
+
+    model_config = _FROZEN
+
+    message: Message
+    conversation: Conversation
+    session: Session | None
+    context: list[Message] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeCounts:
+    """What ``purge_user`` deleted (messages appended while it ran go too, uncounted)."""
+
+    sessions: int = 0
+    conversations: int = 0
+    messages: int = 0
+    #: Rows of user-scoped framework state (Google ADK's ``user:`` state, every app).
+    user_states: int = 0
+
+
+#: ``message``: appended to an existing conversation (``messages.enqueue``);
+#: ``turn``: a whole turn, conversation and session included (``enqueue_turn``).
+Kind = Literal["message", "turn"]
+
+
+@dataclass(slots=True)
+class PendingWrite:
+    """One accepted message waiting to be written. ``ticket`` and ``accepted`` (a
+    monotonic time) are set by the writer when it takes the message."""
+
+    id: UUID
+    kind: Kind
+    conversation_id: UUID | None
+    continuation_id: str | None
+    session_id: UUID | None
+    role: str
+    content: str
+    metadata: str | None
+    tokens: int | None
+    enqueued_at: datetime
+    ticket: int = 0
+    accepted: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class FailedWrite:
+    """A message that can never be written, and why.
+
+    ``reason`` never holds the message's content or metadata: it names the error's class,
+    the schema objects the server named and the sizes of the message's fields (see
+    :func:`sessionstore.writebehind.items.failure_reason`), or the rule that refused the
+    row ("conversation not found").
+    """
+
+    id: UUID
+    kind: Kind
+    conversation_id: UUID | None
+    continuation_id: str | None
+    session_id: UUID | None
+    reason: str
+    sqlstate: str | None
+
+
+#: Called with each write-behind message that can never be written.
+OnWriteError = Callable[[FailedWrite], None]
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStats:
+    """A snapshot of the write-behind queue.
+
+    ``queued``: accepted, not yet picked up; ``in_flight``: in the batch being collected
+    or written; ``written``: durable; ``retried``: batch attempts that failed
+    transiently; ``set_aside``: rows that can never be written; ``oldest_age``: seconds
+    since the oldest unwritten message was accepted (``None`` when there is none);
+    ``failing_for``: seconds the writer has been failing to reach the database.
+    """
+
+    queued: int
+    in_flight: int
+    written: int
+    retried: int
+    set_aside: int
+    oldest_age: float | None
+    failing_for: float | None
+
+
+#: How the session cache learns of other processes' changes: ``notify`` (LISTEN/NOTIFY),
+#: ``ttl`` (entries live ``cache_ttl``) or ``off``.
+Invalidation = Literal["notify", "ttl", "off"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoreStats(WriterStats):
+    """:class:`WriterStats` plus the session cache and the connection pool.
+
+    ``cache_invalidation`` is ``notify`` (LISTEN/NOTIFY from other processes), ``ttl``
+    (behind a transaction pooler or with notifications off: entries live ``cache_ttl``)
+    or ``off``; ``cache_listening`` says whether the listener is connected right now.
+    ``pool_size``: connections open now; ``pool_in_use``: of those, checked out by a call;
+    ``pool_max_size``: the most the pool opens.
+    """
+
+    cache_entries: int
+    cache_hits: int
+    cache_misses: int
+    cache_invalidation: Invalidation
+    cache_listening: bool
+    pool_size: int
+    pool_in_use: int
+    pool_max_size: int

@@ -9,10 +9,11 @@ import dataclasses
 from collections.abc import Callable
 
 from . import validation as v
-from .batches import delete_in_batches
 from .db import Database
+from .deletes import delete_in_batches
+from .models import PurgeCounts
 
-__all__ = ["PurgeCounts", "purge_user"]
+__all__ = ["purge_user"]
 
 # Messages first, then conversations, then sessions: each step deletes rows whose
 # children are already gone, so no batch cascades into an unbounded delete. A message
@@ -43,17 +44,6 @@ DELETE FROM adk_user_states WHERE (app_name, user_id) IN (
     SELECT app_name, user_id FROM adk_user_states WHERE user_id = $1 LIMIT $2
 )
 """
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class PurgeCounts:
-    """What :func:`purge_user` deleted (messages appended while it ran go too, uncounted)."""
-
-    sessions: int = 0
-    conversations: int = 0
-    messages: int = 0
-    #: Rows of user-scoped framework state (Google ADK's ``user:`` state, every app).
-    user_states: int = 0
 
 
 async def purge_user(

@@ -14,48 +14,38 @@ import asyncpg
 
 from . import telemetry
 from . import validation as v
-from .cache import Invalidation, SessionCache
+from .cache import SessionCache
 from .config import StoreConfig
-from .db import ConfigureCallback, Database, Pool
+from .db import Database, Pool
 from .errors import InvalidInputError
-from .models import AddTurnOptions, Role, TurnOptions
-from .purge import PurgeCounts, purge_user
+from .models import (
+    AddTurnOptions,
+    ConfigureCallback,
+    FailedWrite,
+    Invalidation,
+    OnWriteError,
+    PendingWrite,
+    PurgeCounts,
+    Role,
+    StoreStats,
+    Turn,
+    TurnOptions,
+)
+from .purge import purge_user
 from .repositories import (
     ConversationsRepository,
     MessagesRepository,
-    QueuedMessagesRepository,
     SessionsRepository,
 )
 from .repositories.messages import write_messages
-from .spill import read_spill
-from .turns import AfterTurn, Turn, accept_turn, add_turn, write_turns
-from .writer import Writer
-from .writes import FailedWrite, OnWriteError, PendingWrite, WriterStats
+from .turns import AfterTurn, accept_turn, add_turn, write_turns
+from .writebehind.engine import Writer
+from .writebehind.repository import QueuedMessagesRepository
+from .writebehind.spill import read_spill
 
-__all__ = ["SessionStore", "StoreStats", "UserView", "connect"]
+__all__ = ["SessionStore", "UserView", "connect"]
 
 logger = logging.getLogger("sessionstore")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class StoreStats(WriterStats):
-    """:class:`WriterStats` plus the session cache and the connection pool.
-
-    ``cache_invalidation`` is ``notify`` (LISTEN/NOTIFY from other processes), ``ttl``
-    (behind a transaction pooler or with notifications off: entries live ``cache_ttl``)
-    or ``off``; ``cache_listening`` says whether the listener is connected right now.
-    ``pool_size``: connections open now; ``pool_in_use``: of those, checked out by a call;
-    ``pool_max_size``: the most the pool opens.
-    """
-
-    cache_entries: int
-    cache_hits: int
-    cache_misses: int
-    cache_invalidation: Invalidation
-    cache_listening: bool
-    pool_size: int
-    pool_in_use: int
-    pool_max_size: int
 
 
 class _Scope:

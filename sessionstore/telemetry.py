@@ -63,7 +63,8 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvider, Observation
     from opentelemetry.trace import Span, Tracer, TracerProvider
 
-    from .store import SessionStore, StoreStats
+    from .models import StoreStats
+    from .store import SessionStore
 
 __all__ = [
     "INSTRUMENTATION_NAME",

@@ -15,13 +15,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import NoReturn, Unpack
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict
-
 from . import validation as v
 from .db import Connection, Database
 from .errors import ConflictError, PermissionDeniedError, translate_errors
 from .lifecycle import TAKES_TURNS, Attempt, raise_session_miss
-from .models import AddTurnOptions, Conversation, Message, Role, Session, TurnOptions
+from .models import AddTurnOptions, Message, PendingWrite, Role, Turn, TurnOptions
 from .repositories.conversations import CONVERSATION
 from .repositories.messages import MESSAGE
 from .repositories.sessions import SESSION
@@ -35,9 +33,9 @@ from .rules import (
     may_write,
     seq_of,
 )
-from .writes import PendingWrite, batch_arguments, fresh_rows
+from .writebehind.items import accept, batch_arguments, fresh_rows
 
-__all__ = ["AfterTurn", "Turn", "accept_turn", "add_turn", "write_turns"]
+__all__ = ["AfterTurn", "accept_turn", "add_turn", "write_turns"]
 
 _TOKENS = "coalesce($6::integer, 0)"
 # $1 continuation id, $2 session id, $3-$6 the message, $7 the sliding interval, $8 the
@@ -224,21 +222,6 @@ SELECT (SELECT count(*) FROM ins) AS inserted,
 """
 
 
-class Turn(BaseModel):
-    """What ``add_turn`` wrote: the message, and the conversation and session after it.
-
-    ``context``: with ``add_turn(..., context=N)``, the latest ``N`` messages of the
-    conversation up to and including ``message``, oldest first; ``None`` otherwise.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    message: Message
-    conversation: Conversation
-    session: Session | None
-    context: list[Message] | None = None
-
-
 _TURN_OPTIONS = TurnOptions.__optional_keys__
 _ADD_TURN_OPTIONS = AddTurnOptions.__optional_keys__
 
@@ -290,7 +273,7 @@ async def _explain_refusal(conn: Connection, cont: str, sid: UUID, *, scoped: bo
 
 #: Work done in a turn's transaction after the turn: given the connection, the turn and
 #: whether this call wrote it (``False`` for a resend that found it stored).
-AfterTurn = Callable[[Connection, "Turn", bool], Awaitable[None]]
+AfterTurn = Callable[[Connection, Turn, bool], Awaitable[None]]
 
 
 async def add_turn(
@@ -382,7 +365,7 @@ def accept_turn(
 ) -> PendingWrite:
     """The write-behind form of :func:`add_turn`, checked and ready to queue."""
     cont, sid, message = _checked(continuation_id, role, content, options, _TURN_OPTIONS)
-    return PendingWrite.accept("turn", message, continuation_id=cont, session_id=sid)
+    return accept("turn", message, continuation_id=cont, session_id=sid)
 
 
 async def write_turns(db: Database, batch: Sequence[PendingWrite]) -> dict[UUID, str]:

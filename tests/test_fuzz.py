@@ -75,9 +75,9 @@ from sessionstore import (
 from sessionstore.repositories import (
     ConversationsRepository,
     MessagesRepository,
-    QueuedMessagesRepository,
     SessionsRepository,
 )
+from sessionstore.writebehind.repository import QueuedMessagesRepository
 
 from .conftest import as_supabase_postgres, store_overrides
 from .servers import TestServer
@@ -2520,9 +2520,9 @@ async def test_replay(
 ) -> None:
     """``replay``: a spill file's messages land exactly once; a path that is no spill file
     is refused naming ``path`` and writes nothing."""
-    from sessionstore.spill import append_spill
     from sessionstore.validation import CheckedMessage
-    from sessionstore.writes import PendingWrite
+    from sessionstore.writebehind.items import accept
+    from sessionstore.writebehind.spill import append_spill
 
     CASES["replay"] += 1
     world = World(store, conn)
@@ -2530,8 +2530,7 @@ async def test_replay(
     path = tmp_path / world.fresh("spill")
     valid = [m for m in messages if text_verdict(m) is OK]
     items = [
-        PendingWrite.accept("message", CheckedMessage("user", m, None, None), conversation_id=cid)
-        for m in valid
+        accept("message", CheckedMessage("user", m, None, None), conversation_id=cid) for m in valid
     ]
     expect = Expect()
     if kind in ("valid", "tampered", "empty"):

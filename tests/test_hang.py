@@ -35,7 +35,7 @@ from sessionstore import (
     WriteBehindError,
 )
 from sessionstore.db import connect_direct
-from sessionstore.spill import read_spill
+from sessionstore.writebehind.spill import read_spill
 
 from .conftest import as_supabase_postgres, store_overrides
 from .helpers import eventually, wait_for_lock_waiters

@@ -8,12 +8,13 @@ import time
 import uuid
 
 from sessionstore import validation as v
-from sessionstore.writes import PendingWrite
+from sessionstore.models import PendingWrite
+from sessionstore.writebehind.items import accept
 
 
 def _accept() -> PendingWrite:
     fields = v.CheckedMessage("user", "hi", None, None)
-    return PendingWrite.accept("message", fields, conversation_id=uuid.UUID(int=1))
+    return accept("message", fields, conversation_id=uuid.UUID(int=1))
 
 
 def test_ids_are_version_7_and_strictly_increasing_within_a_millisecond() -> None:

@@ -25,8 +25,8 @@ from sessionstore import (
 )
 from sessionstore.cli import app
 from sessionstore.migrations import upgrade
-from sessionstore.spill import append_spill
-from sessionstore.writes import PendingWrite
+from sessionstore.models import PendingWrite
+from sessionstore.writebehind.spill import append_spill
 
 from .conftest import store_overrides
 from .helpers import eventually, expire, wait_for_lock_waiters

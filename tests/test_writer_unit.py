@@ -1,4 +1,4 @@
-"""Unit tests of the write-behind engine (:class:`sessionstore.writer.Writer`) against a
+"""Unit tests of the write-behind engine (:class:`sessionstore.writebehind.engine.Writer`) against a
 scripted fake of the batch-writing function: no database, no network.
 
 Every wait is bounded; nothing sleeps to wait for what can be awaited.
@@ -18,7 +18,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
-import sessionstore.writer
+import sessionstore.writebehind.engine
 from sessionstore import validation
 from sessionstore.errors import (
     ConflictError,
@@ -28,10 +28,11 @@ from sessionstore.errors import (
     StoreUnavailableError,
     WriteBehindError,
 )
+from sessionstore.models import FailedWrite, Kind, PendingWrite
 from sessionstore.retry import Backoff
-from sessionstore.spill import read_spill
-from sessionstore.writer import Writer
-from sessionstore.writes import FailedWrite, Kind, PendingWrite
+from sessionstore.writebehind.engine import Writer
+from sessionstore.writebehind.items import accept
+from sessionstore.writebehind.spill import read_spill
 
 BOUND = 5.0  # seconds: the generous bound on every wait
 
@@ -123,8 +124,8 @@ SESSION = uuid4()
 def item(kind: Kind = "message", content: str = "text", **options: Any) -> PendingWrite:
     fields = validation.message("user", content, options, frozenset({"metadata", "tokens"}))
     if kind == "turn":
-        return PendingWrite.accept(kind, fields, continuation_id="thread-1", session_id=SESSION)
-    return PendingWrite.accept(kind, fields, conversation_id=CONVERSATION)
+        return accept(kind, fields, continuation_id="thread-1", session_id=SESSION)
+    return accept(kind, fields, conversation_id=CONVERSATION)
 
 
 def items(n: int, kind: Kind = "message") -> list[PendingWrite]:
@@ -154,7 +155,7 @@ class MakeWriter(Protocol):
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retry delays of a few milliseconds, so that failing tests stay fast."""
     monkeypatch.setattr(
-        sessionstore.writer, "WRITER", Backoff(first=0.001, cap=0.005, attempts=None)
+        sessionstore.writebehind.engine, "WRITER", Backoff(first=0.001, cap=0.005, attempts=None)
     )
 
 

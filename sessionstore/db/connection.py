@@ -9,7 +9,6 @@ described by :func:`sessionstore.errors.connect_error` (:func:`connect_failed`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -18,6 +17,7 @@ from asyncpg.pool import PoolConnectionProxy
 from .. import jsonb
 from ..config import StoreConfig, redact_dsn
 from ..errors import InvalidInputError, SessionStoreError, connect_error
+from ..models import ConfigureCallback
 
 __all__ = [
     "CODEC_CHECK",
@@ -31,8 +31,6 @@ __all__ = [
 ]
 
 Connection = asyncpg.Connection | PoolConnectionProxy
-#: Called with each new connection after sessionstore's own setup (e.g. to register codecs).
-ConfigureCallback = Callable[[asyncpg.Connection], Awaitable[None]]
 
 
 def connect_arguments(

@@ -9,8 +9,7 @@ from uuid import UUID
 from .. import validation as v
 from ..errors import ConflictError, NotFoundError
 from ..lifecycle import require_live
-from ..models import ContinuationId, Message
-from ..repositories.messages import NewMessage
+from ..models import ContinuationId, Message, NewMessage
 from ..store import SessionStore, UserView
 
 __all__ = ["Scope", "append_turn", "check_binding", "create_conversation", "latest"]

@@ -58,9 +58,8 @@ from ..errors import (
     PermissionDeniedError,
     SessionStoreError,
 )
-from ..models import ContinuationId, Message, MessageRole, Session, SessionStatus
+from ..models import ContinuationId, Message, MessageRole, Session, SessionStatus, Turn
 from ..store import SessionStore, UserView
-from ..turns import Turn
 from ._common import Scope, latest
 
 __all__ = ["SessionStoreSessionService", "continuation_id"]

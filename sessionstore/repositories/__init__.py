@@ -1,12 +1,11 @@
 """Repositories: the SQL for each table and the mapping of its rows to models."""
 
 from .conversations import ConversationsRepository
-from .messages import MessagesRepository, QueuedMessagesRepository
+from .messages import MessagesRepository
 from .sessions import SessionsRepository
 
 __all__ = [
     "ConversationsRepository",
     "MessagesRepository",
-    "QueuedMessagesRepository",
     "SessionsRepository",
 ]

@@ -7,7 +7,6 @@ distinct sequence numbers and the counters never drift from the rows.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Unpack
 from uuid import UUID
@@ -15,10 +14,17 @@ from uuid import UUID
 from .. import validation as v
 from ..cache import SessionCache
 from ..db import Connection, Database
-from ..errors import ConflictError, InvalidInputError, NotFoundError, WriteBehindError
+from ..errors import ConflictError, InvalidInputError
 from ..lifecycle import TAKES_TURNS, Attempt, raise_session_miss
-from ..models import ContinuationId, ConversationRef, Message, MessageOptions, MessageRole, Role
-from ..pending import as_messages, merged
+from ..models import (
+    ConversationRef,
+    Message,
+    MessageOptions,
+    MessageRole,
+    NewMessage,
+    PendingWrite,
+    Role,
+)
 from ..rows import Columns, Row, members
 from ..rules import (
     accepts_turns,
@@ -30,9 +36,8 @@ from ..rules import (
     may_write,
     seq_of,
 )
-from ..telemetry import traced, traced_sync
-from ..writer import Writer
-from ..writes import PendingWrite, batch_arguments, fresh_rows
+from ..telemetry import traced
+from ..writebehind.items import batch_arguments, fresh_rows
 from .conversations import (
     KEY,
     Keyed,
@@ -42,10 +47,10 @@ from .conversations import (
 )
 
 __all__ = [
+    "HISTORY_WITH_WAITING",
     "MESSAGE",
+    "NO_UPPER_BOUND",
     "MessagesRepository",
-    "NewMessage",
-    "QueuedMessagesRepository",
     "write_messages",
 ]
 
@@ -210,18 +215,12 @@ SELECT (SELECT count(*) FROM ins) AS inserted,
 """
 
 _MESSAGE_OPTIONS = MessageOptions.__optional_keys__
-_NO_UPPER_BOUND = 2**31 - 1
+#: ``before`` when none is given: above every ``seq`` (an integer column).
+NO_UPPER_BOUND = 2**31 - 1
 # A turn meeting a conversation created after its snapshot is sent again; once more
 # always suffices (the conversation then exists), the third is slack.
 _TURN_ATTEMPTS = 3
 MAX_BATCH = 10_000
-
-#: ``(role, content)``, optionally followed by ``metadata`` and ``tokens``.
-NewMessage = (
-    tuple[MessageRole | str, str]
-    | tuple[MessageRole | str, str, Mapping[str, Any] | None]
-    | tuple[MessageRole | str, str, Mapping[str, Any] | None, int | None]
-)
 
 
 async def write_messages(db: Database, batch: Sequence[PendingWrite]) -> dict[UUID, str]:
@@ -302,7 +301,7 @@ class MessagesRepository:
         if not 1 <= len(roles) <= MAX_BATCH:
             raise InvalidInputError("messages", f"must hold between 1 and {MAX_BATCH} messages")
         total = sum(c for c in counts if c is not None)
-        if total > _NO_UPPER_BOUND:
+        if total > NO_UPPER_BOUND:
             raise InvalidInputError("messages", "total tokens exceed the integer range")
         arguments = (cid, len(roles), total, roles, contents, metas, counts)
         if sid is None:
@@ -355,7 +354,7 @@ class MessagesRepository:
         """
         cid = v.conversation(conversation_id)
         size = v.limit(limit)
-        upper = _NO_UPPER_BOUND if before is None else v.positive_int(before, "before")
+        upper = NO_UPPER_BOUND if before is None else v.positive_int(before, "before")
         rows = await self._db.fetch(HISTORY.for_(cid), cid, size, upper, retry=True)
         if not rows:
             raise conversation_missing(cid)
@@ -406,134 +405,3 @@ class MessagesRepository:
             return int(await conn.fetchval(CLEAR, locked))
 
         return await self._db.run(work, transaction=True)
-
-
-def _ticket(item: PendingWrite) -> int:
-    return item.ticket
-
-
-class QueuedMessagesRepository(MessagesRepository):
-    """:class:`MessagesRepository` plus write-behind appends (the service path only:
-    ``as_user`` views have no write-behind queue)."""
-
-    def __init__(self, db: Database, writer: Writer, cache: SessionCache | None = None) -> None:
-        super().__init__(db, cache)
-        self._writer = writer
-
-    @traced("messages")
-    async def history(
-        self, conversation_id: ConversationRef, *, limit: int = 50, before: int | None = None
-    ) -> list[Message]:
-        """:meth:`MessagesRepository.history`, with read-your-writes: messages this process
-        accepted for write-behind and has not yet made durable are included, after the
-        stored ones, in the order they will be written (see :mod:`sessionstore.pending`).
-
-        A conversation that exists only in the queue (``enqueue_turn`` to a new
-        continuation id) is read after the writer's next batch has created it.
-        """
-        index = self._writer.pending
-        if not index:
-            return await super().history(conversation_id, limit=limit, before=before)
-        ref = v.conversation(conversation_id)
-        size = v.limit(limit)
-        upper = _NO_UPPER_BOUND if before is None else v.positive_int(before, "before")
-        query = HISTORY_WITH_WAITING.for_(ref)
-        waiting = index.matching(ref)
-        rows = await self._db.fetch(query, ref, size, upper, [w.id for w in waiting], retry=True)
-        if not rows:
-            if not waiting:
-                raise conversation_missing(ref)
-            await self._created_by_queue(ref)
-            return await super().history(ref, limit=limit, before=before)
-        head = rows[0]
-        # Named by the conversation's other key, or accepted during the read: judged by
-        # a second read, so that every waiting message is judged by the same snapshot
-        # as the stored page it is merged into. (A message judged by another snapshot
-        # could be written in between and then show in neither.)
-        known = {w.id for w in waiting}
-        more = index.matching(head["conv_id"], head["conv_continuation"])
-        if any(w.id not in known for w in more):
-            waiting = sorted({w.id: w for w in [*waiting, *more]}.values(), key=_ticket)
-            ids = [w.id for w in waiting]
-            rows = await self._db.fetch(query, ref, size, upper, ids, retry=True)
-            head = rows[0]
-        stored = set(head["stored"])
-        later = as_messages(
-            [w for w in waiting if w.id not in stored], head["conv_id"], head["conv_count"]
-        )
-        durable = [] if head["id"] is None else [MESSAGE.one(row) for row in rows]
-        return merged(durable, later, limit=size, before=upper)
-
-    async def _created_by_queue(self, ref: UUID | ContinuationId) -> None:
-        """Wait, at most ``command_timeout``, for the writer to create the conversation
-        that so far exists only in the queue (``enqueue_turn`` to a new continuation id)."""
-        bound = self._db.config.command_timeout or self._db.config.connect_timeout
-        try:
-            async with asyncio.timeout(bound):
-                await self._writer.flush()
-        except (TimeoutError, WriteBehindError):
-            raise NotFoundError(
-                f"{conversation_missing(ref)}: it exists only in the write-behind queue, "
-                f"whose next batch was not written within {bound}s"
-            ) from None
-
-    @traced("messages")
-    async def pop(self, conversation_id: ConversationRef) -> Message | None:
-        """:meth:`MessagesRepository.pop`, after this process's write-behind messages are
-        durable (the latest accepted message is the one removed)."""
-        await self._settle(conversation_id)
-        return await super().pop(conversation_id)
-
-    @traced("messages")
-    async def clear(self, conversation_id: ConversationRef) -> int:
-        """:meth:`MessagesRepository.clear`, after this process's write-behind messages
-        are durable (none of them is left to land after the clear)."""
-        await self._settle(conversation_id)
-        return await super().clear(conversation_id)
-
-    async def _settle(self, conversation_id: ConversationRef) -> None:
-        v.conversation(conversation_id)  # bad input is refused before waiting
-        if self._writer.pending:
-            await self._writer.flush()
-
-    def _pending(
-        self, conversation_id: ConversationRef, role: Role, content: str, options: MessageOptions
-    ) -> PendingWrite:
-        cid = v.conversation(conversation_id)
-        fields = v.message(role, content, options, _MESSAGE_OPTIONS)
-        if isinstance(cid, ContinuationId):  # resolved by the batch that writes it
-            return PendingWrite.accept("message", fields, continuation_id=str(cid))
-        return PendingWrite.accept("message", fields, conversation_id=cid)
-
-    @traced("messages", kind="internal")
-    async def enqueue(
-        self,
-        conversation_id: ConversationRef,
-        role: Role,
-        content: str,
-        **options: Unpack[MessageOptions],
-    ) -> UUID:
-        """Accept a message for write-behind and return its id at once. ``options`` as
-        for :meth:`~MessagesRepository.add`.
-
-        It is durable after ``store.flush()`` or ``store.close()``; if the queue is full
-        this waits for room (nothing is dropped). Input is checked here, before
-        acceptance; a conversation that does not exist is found at write time and the
-        message set aside (see ``store.stats()`` and ``on_write_error``).
-        """
-        item = self._pending(conversation_id, role, content, options)
-        await self._writer.put(item)
-        return item.id
-
-    @traced_sync("messages")
-    def enqueue_nowait(
-        self,
-        conversation_id: ConversationRef,
-        role: Role,
-        content: str,
-        **options: Unpack[MessageOptions],
-    ) -> UUID:
-        """Like :meth:`enqueue`, but raise ``QueueFullError`` instead of waiting."""
-        item = self._pending(conversation_id, role, content, options)
-        self._writer.put_nowait(item)
-        return item.id

@@ -9,9 +9,9 @@ from typing import Any, Literal
 from uuid import UUID
 
 from .. import validation as v
-from ..batches import delete_in_batches
 from ..cache import SessionCache
 from ..db import Connection, Database
+from ..deletes import delete_in_batches
 from ..errors import (
     InvalidInputError,
     NotFoundError,

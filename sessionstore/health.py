@@ -40,6 +40,9 @@ EXPECTED_POLICIES = {
     "alembic_version": set(),  # row-level security with no policy: no API role sees a row
 }
 
+SERVER_VERSION = "SHOW server_version"
+HAS_VERSIONS = "SELECT to_regclass('alembic_version') IS NOT NULL"
+VERSION_NUM = "SELECT version_num FROM alembic_version"
 TABLE_STATE = """
 SELECT c.relname, c.relrowsecurity,
        coalesce(array_agg(p.policyname) FILTER (WHERE p.policyname IS NOT NULL), '{}') AS policies,
@@ -76,13 +79,9 @@ async def check(config: StoreConfig) -> Status:
     conn = await connect_direct(config, application_name="sessionstore-status")
     with translate_errors():
         try:
-            version = str(await conn.fetchval("SHOW server_version"))
-            has_versions = await conn.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL")
-            current = (
-                await conn.fetchval("SELECT version_num FROM alembic_version")
-                if has_versions
-                else None
-            )
+            version = str(await conn.fetchval(SERVER_VERSION))
+            has_versions = await conn.fetchval(HAS_VERSIONS)
+            current = await conn.fetchval(VERSION_NUM) if has_versions else None
             rows = await conn.fetch(TABLE_STATE, list(TABLES), list(API_ROLES))
         finally:
             await conn.close()

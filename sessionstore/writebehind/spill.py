@@ -13,9 +13,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import validation as v
-from .errors import InvalidInputError
-from .writes import PendingWrite
+from .. import validation as v
+from ..errors import InvalidInputError
+from ..models import PendingWrite
 
 _OPTIONS = frozenset({"metadata", "tokens"})
 

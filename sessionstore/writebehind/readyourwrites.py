@@ -16,8 +16,7 @@ import json
 from collections.abc import Iterable, Sequence
 from uuid import UUID
 
-from .models import ContinuationId, Message, MessageRole, from_trusted
-from .writes import PendingWrite
+from ..models import ContinuationId, Message, MessageRole, PendingWrite, from_trusted
 
 __all__ = ["PendingIndex", "as_messages", "merged"]
 

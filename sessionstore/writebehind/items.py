@@ -1,97 +1,52 @@
-"""What the write-behind queue holds and reports: accepted messages, messages set aside
-(and why, in words that never quote their content), and the queue's counters."""
+"""What the write-behind queue takes and reports: accepting a message (a time-ordered id,
+the time), why a message was set aside (in words that never quote its content), and the
+opening every batch statement shares.
+
+The types themselves (:class:`~sessionstore.models.PendingWrite`,
+:class:`~sessionstore.models.FailedWrite`, :class:`~sessionstore.models.WriterStats`)
+are in :mod:`sessionstore.models`.
+"""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID
 
-from . import validation as v
+from .. import validation as v
+from ..models import Kind, PendingWrite
 
 if sys.version_info >= (3, 14):
     from uuid import uuid7
 else:
     from uuid_utils.compat import uuid7
 
-__all__ = [
-    "FailedWrite",
-    "Kind",
-    "OnWriteError",
-    "PendingWrite",
-    "WriterStats",
-    "batch_arguments",
-    "failure_reason",
-    "fresh_rows",
-]
-
-#: ``message``: appended to an existing conversation (``messages.enqueue``);
-#: ``turn``: a whole turn, conversation and session included (``enqueue_turn``).
-Kind = Literal["message", "turn"]
+__all__ = ["accept", "batch_arguments", "failure_reason", "fresh_rows"]
 
 
-@dataclass(slots=True)
-class PendingWrite:
-    """One accepted message waiting to be written. ``ticket`` and ``accepted`` (a
-    monotonic time) are set by the writer when it takes the message."""
-
-    id: UUID
-    kind: Kind
-    conversation_id: UUID | None
-    continuation_id: str | None
-    session_id: UUID | None
-    role: str
-    content: str
-    metadata: str | None
-    tokens: int | None
-    enqueued_at: datetime
-    ticket: int = 0
-    accepted: float = 0.0
-
-    @classmethod
-    def accept(
-        cls,
-        kind: Kind,
-        fields: v.CheckedMessage,
-        *,
-        conversation_id: UUID | None = None,
-        continuation_id: str | None = None,
-        session_id: UUID | None = None,
-    ) -> PendingWrite:
-        """A new message of checked ``fields`` with a time-ordered id, accepted now."""
-        return cls(
-            id=uuid7(),
-            kind=kind,
-            conversation_id=conversation_id,
-            continuation_id=continuation_id,
-            session_id=session_id,
-            role=fields.role,
-            content=fields.content,
-            metadata=fields.metadata,
-            tokens=fields.tokens,
-            enqueued_at=datetime.now(UTC),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class FailedWrite:
-    """A message that can never be written, and why.
-
-    ``reason`` never holds the message's content or metadata: it names the error's class,
-    the schema objects the server named and the sizes of the message's fields (see
-    :func:`failure_reason`), or the rule that refused the row ("conversation not found").
-    """
-
-    id: UUID
-    kind: Kind
-    conversation_id: UUID | None
-    continuation_id: str | None
-    session_id: UUID | None
-    reason: str
-    sqlstate: str | None
+def accept(
+    kind: Kind,
+    fields: v.CheckedMessage,
+    *,
+    conversation_id: UUID | None = None,
+    continuation_id: str | None = None,
+    session_id: UUID | None = None,
+) -> PendingWrite:
+    """A new message of checked ``fields`` with a time-ordered id, accepted now."""
+    return PendingWrite(
+        id=uuid7(),
+        kind=kind,
+        conversation_id=conversation_id,
+        continuation_id=continuation_id,
+        session_id=session_id,
+        role=fields.role,
+        content=fields.content,
+        metadata=fields.metadata,
+        tokens=fields.tokens,
+        enqueued_at=datetime.now(UTC),
+    )
 
 
 # What the server names in an error, besides its message: identifiers, never values.
@@ -135,30 +90,6 @@ def failure_reason(error: BaseException, item: PendingWrite) -> str:
     if item.tokens is not None:
         sizes += f", tokens {item.tokens}"
     return f"{head}; the message had {sizes}"
-
-
-#: Called with each write-behind message that can never be written.
-OnWriteError = Callable[[FailedWrite], None]
-
-
-@dataclass(frozen=True, slots=True)
-class WriterStats:
-    """A snapshot of the write-behind queue.
-
-    ``queued``: accepted, not yet picked up; ``in_flight``: in the batch being collected
-    or written; ``written``: durable; ``retried``: batch attempts that failed
-    transiently; ``set_aside``: rows that can never be written; ``oldest_age``: seconds
-    since the oldest unwritten message was accepted (``None`` when there is none);
-    ``failing_for``: seconds the writer has been failing to reach the database.
-    """
-
-    queued: int
-    in_flight: int
-    written: int
-    retried: int
-    set_aside: int
-    oldest_age: float | None
-    failing_for: float | None
 
 
 # The SQL type of each PendingWrite field a batch statement reads.

@@ -19,10 +19,10 @@ Guarantees:
   ``write_deadline`` (counted from its first attempt, not from its first failure: an
   attempt that hangs until ``command_timeout`` counts) they raise
   :class:`~sessionstore.errors.WriteBehindError` saying exactly what was not written
-  (``close()`` first spills it to ``spill_path``, see :mod:`sessionstore.spill`);
+  (``close()`` first spills it to ``spill_path``, see :mod:`sessionstore.writebehind.spill`);
 - no message content reaches the logs or the reasons of set-aside rows: those name the
   error's class, its SQLSTATE, the schema objects involved and sizes
-  (:func:`~sessionstore.writes.failure_reason`); a driver's message can quote the values
+  (:func:`~sessionstore.writebehind.items.failure_reason`); a driver's message can quote the values
   it was sent, so its text is never used;
 - an outage is logged once when the writer starts failing (WARNING) and once when it
   writes again (INFO); the retries in between are at DEBUG.
@@ -45,11 +45,12 @@ from uuid import UUID
 
 from tenacity import RetryCallState
 
-from .errors import QueueFullError, SessionStoreError, WriteBehindError, is_transient
-from .pending import PendingIndex
-from .retry import WRITER, describe, retrying
+from ..errors import QueueFullError, SessionStoreError, WriteBehindError, is_transient
+from ..models import FailedWrite, OnWriteError, PendingWrite, WriterStats
+from ..retry import WRITER, describe, retrying
+from .items import failure_reason
+from .readyourwrites import PendingIndex
 from .spill import append_spill
-from .writes import FailedWrite, OnWriteError, PendingWrite, WriterStats, failure_reason
 
 __all__ = ["WriteBatch", "Writer"]
 

@@ -1,0 +1,1 @@
+SELECT to_regclass('alembic_version') IS NOT NULL

@@ -1,0 +1,1 @@
+DELETE FROM conversations WHERE continuation_id = $1 RETURNING id

@@ -1,0 +1,1 @@
+DELETE FROM conversations WHERE id = $1 RETURNING id

@@ -1,0 +1,1 @@
+SELECT message_count FROM conversations WHERE continuation_id = $1

@@ -1,0 +1,1 @@
+SELECT id FROM conversations WHERE continuation_id = $1 FOR UPDATE

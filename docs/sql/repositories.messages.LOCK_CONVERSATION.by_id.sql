@@ -1,0 +1,1 @@
+SELECT id FROM conversations WHERE id = $1 FOR UPDATE

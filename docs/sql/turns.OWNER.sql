@@ -1,0 +1,1 @@
+SELECT session_id FROM conversations WHERE continuation_id = $1
