@@ -56,6 +56,14 @@ def _now(name: str) -> Column[object]:
     return Column(name, _tz(), nullable=False, server_default=text("now()"))
 
 
+def _state() -> tuple[Column[object], Column[object]]:
+    """A framework state table's state object and the time it last changed."""
+    return (
+        Column("state", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+        _now("updated_at"),
+    )
+
+
 def _counter(name: str, kind: type[Integer] = Integer) -> Column[object]:
     return Column(name, kind, nullable=False, server_default=text("0"))
 
@@ -153,22 +161,19 @@ adk_session_states = Table(
         ForeignKey("sessions.id", ondelete="CASCADE", name="adk_session_states_session_id_fkey"),
         primary_key=True,
     ),
-    Column("state", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
-    _now("updated_at"),
+    *_state(),
 )
 adk_app_states = Table(
     "adk_app_states",
     metadata,
     Column("app_name", Text, primary_key=True),
-    Column("state", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
-    _now("updated_at"),
+    *_state(),
 )
 adk_user_states = Table(
     "adk_user_states",
     metadata,
     Column("app_name", Text, nullable=False),
     Column("user_id", Text, nullable=False),
-    Column("state", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
-    _now("updated_at"),
+    *_state(),
     PrimaryKeyConstraint("app_name", "user_id", name="adk_user_states_pkey"),
 )

@@ -33,7 +33,7 @@ from .rules import (
     may_write,
     seq_of,
 )
-from .writebehind.items import accept, batch_arguments, fresh_rows
+from .writebehind.items import MESSAGE_FIELDS, accept, batch_arguments, fresh_rows
 
 __all__ = ["AfterTurn", "accept_turn", "add_turn", "write_turns"]
 
@@ -136,16 +136,7 @@ ON CONFLICT (continuation_id) DO NOTHING
 # ADD_TURN for many turns at once (write-behind), with the same rules: a turn whose
 # session is missing, expired or not active, or whose conversation belongs to another
 # session, is refused and nothing of it written. $9: the sliding interval.
-_BATCH_FIELDS = (
-    "id",
-    "continuation_id",
-    "session_id",
-    "role",
-    "content",
-    "metadata",
-    "tokens",
-    "enqueued_at",
-)
+_BATCH_FIELDS = ("id", "continuation_id", "session_id", *MESSAGE_FIELDS)
 _BATCH_SESSION = bump_session("s", turns="p.n", tokens="p.tok", slide="$9")
 _BATCH_CONVERSATION = bump_conversation(
     "c",

@@ -37,7 +37,7 @@ from ..rules import (
     seq_of,
 )
 from ..telemetry import traced
-from ..writebehind.items import batch_arguments, fresh_rows
+from ..writebehind.items import MESSAGE_FIELDS, batch_arguments, fresh_rows
 from .conversations import (
     KEY,
     Keyed,
@@ -169,16 +169,7 @@ SELECT count(*) FROM gone
 """
 # Write-behind: appends to many conversations (named by id or by continuation id) in one
 # statement. Ids whose conversation does not exist come back as rejected.
-_BATCH_FIELDS = (
-    "id",
-    "conversation_id",
-    "continuation_id",
-    "role",
-    "content",
-    "metadata",
-    "tokens",
-    "enqueued_at",
-)
+_BATCH_FIELDS = ("id", "conversation_id", "continuation_id", *MESSAGE_FIELDS)
 _BATCH_BUMP = bump_conversation("c", messages="p.n", tokens="p.tok", at="p.last_at")
 _BATCH_SEQ = seq_of(
     "b.message_count", added="b.n", ordinal=batch_ordinal("f.conversation_id", "f.ord")

@@ -121,7 +121,7 @@ class Writer:
         self._closed = False
         #: Accepted messages not yet resolved (written, set aside or spilled), by
         #: conversation: what reads in this process add to what is stored
-        #: (read-your-writes, see :mod:`sessionstore.pending`).
+        #: (read-your-writes, see :mod:`sessionstore.writebehind.readyourwrites`).
         self.pending = PendingIndex()
         self._flushing = 0  # flush() calls waiting: collect no longer than that
 

@@ -23,7 +23,11 @@ if sys.version_info >= (3, 14):
 else:
     from uuid_utils.compat import uuid7
 
-__all__ = ["accept", "batch_arguments", "failure_reason", "fresh_rows"]
+__all__ = ["MESSAGE_FIELDS", "accept", "batch_arguments", "failure_reason", "fresh_rows"]
+
+#: The fields of a pending write that make its message, in the order batch statements
+#: take them (after ``id`` and how the conversation is named).
+MESSAGE_FIELDS = ("role", "content", "metadata", "tokens", "enqueued_at")
 
 
 def accept(
