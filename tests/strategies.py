@@ -1,4 +1,4 @@
-"""Hostile inputs for the property-based tests (``test_fuzz.py``), and the oracles that
+"""Hostile inputs for the property-based tests (``tests/fuzz/``), and the oracles that
 say what the library must do with each: accept it and give it back exactly, refuse it
 with ``InvalidInputError`` naming the argument, or either (limits the contract leaves
 open, such as how deep metadata may nest before it is refused).
