@@ -222,7 +222,7 @@ def uuid_verdict(value: object) -> tuple[Verdict, UUID | None]:
     return Verdict.EITHER, parsed
 
 
-#: Raw values for an id argument (the tests also pass real ids, see ``test_fuzz.Id``).
+#: Raw values for an id argument (the tests also pass real ids, see ``tests.fuzz.world.Id``).
 HOSTILE_IDS: st.SearchStrategy[object] = st.one_of(
     st.uuids().map(str),  # well-formed, but names nothing
     st.sampled_from(
