@@ -103,7 +103,7 @@ async def template_db(pg_server: TestServer) -> AsyncIterator[str]:
     await drop_database(pg_server, name)
 
 
-async def _supabase_like(server: TestServer) -> str:
+async def create_supabase_like(server: TestServer) -> str:
     """A new database with Supabase's roles, auth schema and default grants, owned by the
     role that plays Supabase's ``postgres``."""
     await admin_execute(server, ROLES)
@@ -116,7 +116,7 @@ async def _supabase_like(server: TestServer) -> str:
 async def supabase_template(pg_server: TestServer) -> AsyncIterator[str]:
     """A Supabase-like database (roles, auth schema, default grants) migrated to head by
     its owner, as `sessionstore migrate` runs on Supabase."""
-    name = await _supabase_like(pg_server)
+    name = await create_supabase_like(pg_server)
     await asyncio.to_thread(upgrade, as_supabase_postgres(pg_server.admin_dsn_for(name)))
     yield name
     await drop_database(pg_server, name)
@@ -128,15 +128,6 @@ async def supabase_database(pg_server: TestServer, supabase_template: str) -> As
     ``postgres`` with ``as_supabase_postgres(pg_server.dsn_for(name))``."""
     name = await create_database(pg_server, template=supabase_template, owner=OWNER)
     yield name
-    await drop_database(pg_server, name)
-
-
-@pytest.fixture
-async def supabase_like_empty(pg_server: TestServer) -> AsyncIterator[str]:
-    """A fresh Supabase-like database with no schema of ours; its direct DSN as the role
-    that plays Supabase's ``postgres``."""
-    name = await _supabase_like(pg_server)
-    yield as_supabase_postgres(pg_server.admin_dsn_for(name))
     await drop_database(pg_server, name)
 
 
@@ -172,7 +163,8 @@ def store_overrides() -> dict[str, Any]:
     """Settings every test store gets (the pooler mode under test comes from the env).
 
     The session cache is off here: these tests change rows behind the store's back (as
-    another process would) and check database semantics; ``test_cache.py`` tests the cache.
+    another process would) and check database semantics;
+    ``integration/connection/test_cache.py`` tests the cache.
     """
     return {
         "pooler": os.environ.get("SESSIONSTORE_TEST_POOLER", "auto"),

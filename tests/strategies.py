@@ -1,4 +1,4 @@
-"""Hostile inputs for the property-based tests (``test_fuzz.py``), and the oracles that
+"""Hostile inputs for the property-based tests (``tests/fuzz/``), and the oracles that
 say what the library must do with each: accept it and give it back exactly, refuse it
 with ``InvalidInputError`` naming the argument, or either (limits the contract leaves
 open, such as how deep metadata may nest before it is refused).
@@ -222,7 +222,7 @@ def uuid_verdict(value: object) -> tuple[Verdict, UUID | None]:
     return Verdict.EITHER, parsed
 
 
-#: Raw values for an id argument (the tests also pass real ids, see ``test_fuzz.Id``).
+#: Raw values for an id argument (the tests also pass real ids, see ``tests.fuzz.world.Id``).
 HOSTILE_IDS: st.SearchStrategy[object] = st.one_of(
     st.uuids().map(str),  # well-formed, but names nothing
     st.sampled_from(
