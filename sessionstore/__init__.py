@@ -1,6 +1,7 @@
 """sessionstore: session, conversation and message state for chat and agent servers,
 kept in PostgreSQL over asyncpg."""
 
+from . import _version
 from .config import StoreConfig
 from .db import init_connection
 from .errors import (
@@ -81,4 +82,5 @@ __all__ = [
     "init_connection",
 ]
 
-__version__ = "0.1.0"
+# Written once, in pyproject.toml; read from the installed metadata.
+__version__ = _version.installed_version()

@@ -1,6 +1,6 @@
 """The head schema as SQLAlchemy Core tables: the single description Alembic compares
-the migrated database against (``tests/integration/schema/test_migrations.py``). Runtime queries are plain
-SQL in the repositories and do not go through SQLAlchemy.
+the migrated database against (``tests/integration/schema/test_migrations.py``). Runtime
+queries are plain SQL in the repositories and do not go through SQLAlchemy.
 
 Triggers, functions, row-level security and policies are not expressible here; the
 migrations own them and the tests check them directly.

@@ -600,12 +600,12 @@ async def test_an_opentelemetry_that_cannot_be_used_leaves_the_store_working(
     def old_api(self: object, meter: object) -> None:
         raise TypeError("create_histogram() got an unexpected keyword argument")
 
-    monkeypatch.setattr(telemetry, "_STATE", telemetry._State())
+    monkeypatch.setattr(telemetry.state, "_STATE", telemetry._State())
     monkeypatch.setattr(telemetry._Instruments, "__init__", old_api)
     async with sessionstore.connect(dsn, **store_overrides()) as store:
         session = await store.sessions.create("u")
         assert (await store.sessions.get(session.id)).id == session.id
-    assert telemetry._STATE.idle
+    assert telemetry.state._STATE.idle
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert [w for w in warnings if "telemetry is off" in w] == [
         "OpenTelemetry cannot be used, sessionstore's telemetry is off: TypeError: "

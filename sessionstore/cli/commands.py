@@ -1,8 +1,8 @@
-"""The ``sessionstore`` command: migrate, downgrade, alembic, status, cleanup, replay, demo.
+"""The ``sessionstore`` command's typer app: migrate, downgrade, alembic, status, cleanup,
+replay, demo, and ``main``.
 
-Every failure is one sentence on the console (the traceback only with ``--debug``), and
-nothing printed holds the database password: URLs go through ``redact_dsn`` and every
-error text through ``hide_secrets`` before it is shown.
+Every failure is one sentence on the console (the traceback only with ``--debug``); what
+is shown, and how a failure reads, is :mod:`sessionstore.cli.render`'s.
 """
 
 from __future__ import annotations
@@ -14,32 +14,25 @@ from argparse import Namespace
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, redirect_stderr
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
-import sqlalchemy.exc
 import typer
 from alembic.config import CommandLine
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from . import __version__, migrations
-from .config import MISSING_DSN, StoreConfig, redact_dsn
-from .demo import DemoPlan, DemoReport, describe_changes, run_demo, users_label
-from .dsn import hide_secrets
-from .embedded import embedded_server
-from .errors import (
-    AdoptionError,
-    AuthenticationError,
-    InvalidInputError,
-    SessionStoreError,
-    StoreTimeoutError,
-    StoreUnavailableError,
-    translate,
-)
-from .health import Status, check
-from .store import connect
+from .. import migrations
+from .._version import installed_version
+from ..config import MISSING_DSN, StoreConfig, redact_dsn
+from ..demo import DemoPlan, DemoReport, describe_changes, run_demo
+from ..dsn import hide_secrets
+from ..embedded import embedded_server
+from ..errors import InvalidInputError, StoreUnavailableError
+from ..health import check
+from ..store import connect
+from .render import console, err_console, explain, fail, print_report, print_status
+
+__all__ = ["app", "main"]
 
 app = typer.Typer(
     help="Session state for chat and agent servers, in PostgreSQL.",
@@ -47,10 +40,6 @@ app = typer.Typer(
     # An unexpected error's traceback would otherwise list local variables: DSNs among them.
     pretty_exceptions_show_locals=False,
 )
-console = Console()
-# Errors and warnings go to stderr, so that a script reading a command's output sees
-# only its result.
-err_console = Console(stderr=True)
 
 DsnOption = Annotated[
     str | None,
@@ -68,7 +57,7 @@ class _State:
 
 def _show_version(value: bool) -> None:
     if value:
-        console.print(f"sessionstore {__version__}")
+        console.print(f"sessionstore {installed_version()}")
         raise typer.Exit()
 
 
@@ -85,75 +74,6 @@ def _options(
     _State.debug = debug
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
-
-
-def _as_store_error(exc: BaseException) -> SessionStoreError | None:
-    """The sessionstore error behind ``exc`` (Alembic and SQLAlchemy wrap driver errors)."""
-    for cause in _causes(exc):
-        error = translate(cause)
-        if error is not None:
-            return error
-    return None
-
-
-def explain(exc: BaseException, dsn: str | None) -> str:
-    """One sentence for a person: what went wrong and what to do about it.
-
-    It never holds ``dsn``'s password, even where another library's message quotes it.
-    """
-    return hide_secrets(_explain(exc, dsn), dsn)
-
-
-def _explain(exc: BaseException, dsn: str | None) -> str:
-    where = redact_dsn(dsn) or "the database"
-    error = _as_store_error(exc)
-    if isinstance(error, InvalidInputError) and error.field == "dsn":
-        return str(error)  # says which URL and what to change; no need to show it
-    if isinstance(error, AuthenticationError) and error.sqlstate == "28000":
-        return f"Login refused for {where}: {error}"
-    if isinstance(error, AuthenticationError):
-        return (
-            f"Authentication failed for {where}: check the user name and password in "
-            "the URL (--dsn or SESSIONSTORE_DATABASE_URL)."
-        )
-    # No SQLSTATE, or a connection-class one: the server never answered the request.
-    silent = error is not None and (error.sqlstate or "08").startswith("08")
-    if isinstance(error, StoreUnavailableError | StoreTimeoutError) and silent:
-        return (
-            f"Could not reach {where}: is the server running, and are host, port and "
-            f"database in the URL right? ({error})"
-        )
-    if isinstance(error, AdoptionError):
-        return str(error)
-    if error is not None:
-        return f"{where}: {error}"
-    return f"{_own_text(exc)} (run with --debug for the traceback)"
-
-
-def _own_text(exc: BaseException) -> str:
-    """``exc``'s own message. SQLAlchemy's text adds the statement, its parameters and
-    "(Background on this error at: https://sqlalche.me/...)": not one sentence, and
-    nothing a person can act on (``--debug`` shows it all)."""
-    if isinstance(exc, sqlalchemy.exc.StatementError) and exc.orig is not None:
-        return _own_text(exc.orig)
-    if isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
-        return str(exc.args[0]) if exc.args else type(exc).__name__
-    return str(exc) or type(exc).__name__
-
-
-def _fail(message: str) -> NoReturn:
-    # Messages quote hosts and server text: brackets in them are not Rich markup.
-    err_console.print(f"[red]error:[/red] {escape(message)}")
-    raise typer.Exit(1)
-
-
 @contextmanager
 def _readable_errors(dsn: str | None) -> Iterator[None]:
     """Turn any failure into one readable sentence (the traceback with --debug)."""
@@ -164,7 +84,7 @@ def _readable_errors(dsn: str | None) -> Iterator[None]:
     except Exception as exc:
         if _State.debug:
             raise
-        _fail(explain(exc, dsn))
+        fail(explain(exc, dsn))
 
 
 def _settings(dsn: str | None) -> StoreConfig:
@@ -172,13 +92,13 @@ def _settings(dsn: str | None) -> StoreConfig:
     try:
         return StoreConfig.load(dsn=dsn or None)
     except InvalidInputError as exc:
-        _fail(hide_secrets(str(exc), dsn))
+        fail(hide_secrets(str(exc), dsn))
 
 
 def _config(dsn: str | None) -> StoreConfig:
     config = _settings(dsn)
     if not config.dsn:
-        _fail(MISSING_DSN)
+        fail(MISSING_DSN)
     return config
 
 
@@ -280,7 +200,7 @@ def alembic_command(ctx: typer.Context, dsn: DsnOption = None) -> None:
         raise typer.Exit(2) from None
     name = options.cmd[0].__name__
     if name in _WRITES_FILES:
-        _fail(
+        fail(
             f"`alembic {name}` would write into the installed sessionstore package: keep "
             "your own migrations in an Alembic environment of your own."
         )
@@ -294,25 +214,6 @@ def alembic_command(ctx: typer.Context, dsn: DsnOption = None) -> None:
         line.run_cmd(config, options)
 
 
-def _print_status(config: StoreConfig, s: Status) -> None:
-    title = f"sessionstore status: {escape(redact_dsn(config.dsn) or '')}"
-    table = Table(title=title, show_header=False)
-    table.add_row("reachable", f"yes, PostgreSQL {s.server_version}")
-    table.add_row("pooler mode", s.pooler)
-    table.add_row("revision", f"{s.current_revision or 'none'} (head {s.head_revision})")
-    table.add_row("pending", ", ".join(s.pending) or "none")
-    for name, on in s.rls.items():
-        missing = s.missing_policies.get(name) or []
-        table.add_row(
-            f"RLS {name}", ("on" if on else "OFF") + (f", missing {missing}" if missing else "")
-        )
-    table.add_row("API roles can reach", ", ".join(s.exposed) or "nothing")
-    table.add_row("pool", s.pool)
-    console.print(table)
-    for problem in s.problems:
-        err_console.print(f"[yellow]attention:[/yellow] {escape(problem)}")
-
-
 @app.command()
 def status(dsn: DsnOption = None) -> None:
     """Check the database: reachable, revisions, RLS and policies, anon access, pool.
@@ -322,7 +223,7 @@ def status(dsn: DsnOption = None) -> None:
     config = _config(dsn)
     with _readable_errors(config.dsn):
         result = asyncio.run(check(config))
-    _print_status(config, result)
+    print_status(config, result)
     if result.problems:
         raise typer.Exit(1)
 
@@ -395,36 +296,6 @@ def replay(
         raise typer.Exit(1)
 
 
-def _print_report(report: DemoReport) -> None:
-    table = Table(title=f"sessionstore demo, run {escape(report.run_id)}")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for name, count in report.sessions_by_status.items():
-        table.add_row(f"sessions {name}", str(count))
-    table.add_row("turns", f"{report.turns:,}")
-    table.add_row("tokens", f"{report.tokens:,}")
-    table.add_row("messages written", f"{report.messages:,}")
-    table.add_row("  of which write-behind", f"{report.written_behind:,}")
-    table.add_row("turns refused: session expired", str(report.refused_expired))
-    # Only the clients' turns, over the window they were made durable in.
-    table.add_row(
-        f"turns / s ({report.timed_turns:,} in {report.seconds:.2f} s, all durable)",
-        f"{report.turns_per_second:,.0f}",
-    )
-    table.add_row("add_turn p50 ms", f"{report.percentile(50):.2f}")
-    table.add_row("add_turn p99 ms", f"{report.percentile(99):.2f}")
-    console.print(table)
-    users = escape(users_label(report.users))
-    if report.removed is None:
-        console.print(f"kept: the rows of users {users} (--keep)")
-    else:
-        gone = report.removed
-        console.print(
-            f"deleted afterwards: {gone.sessions} sessions, {gone.conversations} conversations"
-            f" and {gone.messages} messages of users {users}"
-        )
-
-
 @app.command()
 def demo(
     dsn: DsnOption = None,
@@ -457,7 +328,7 @@ def demo(
                 url = stack.enter_context(embedded_server(keep=keep))
             except StoreUnavailableError as exc:
                 # Its own sentence (what to install), not "could not reach the database".
-                _fail(str(exc))
+                fail(str(exc))
         else:
             url = settings.dsn
         config = StoreConfig.load(settings, dsn=url)
@@ -467,7 +338,7 @@ def demo(
             try:
                 migrations.check_connection(config)  # before asking, not after
             except InvalidInputError as refused:
-                _fail(
+                fail(
                     f"the schema needs migrating ({len(found.pending)} revisions pending): "
                     f"{refused}; run `sessionstore migrate` with it, then the demo."
                 )
@@ -490,7 +361,7 @@ def demo(
             if found.pending:
                 migrations.upgrade(url)
             report = asyncio.run(go())
-    _print_report(report)
+    print_report(report)
     console.print("next:")
     console.print("  export SESSIONSTORE_DATABASE_URL=postgresql://USER:PASSWORD@HOST:5432/DB")
     console.print("  sessionstore migrate        # the schema, on your database")

@@ -1,0 +1,170 @@
+"""What the ``sessionstore`` command shows a person: its consoles, the ``status`` table
+and the demo's report, and every failure explained as one sentence.
+
+Nothing shown holds the database password: URLs go through ``redact_dsn`` and every
+error text through ``hide_secrets`` before it is printed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NoReturn
+
+import sqlalchemy.exc
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ..config import StoreConfig, redact_dsn
+from ..demo import DemoReport, users_label
+from ..dsn import hide_secrets
+from ..errors import (
+    AdoptionError,
+    AuthenticationError,
+    InvalidInputError,
+    SessionStoreError,
+    StoreTimeoutError,
+    StoreUnavailableError,
+    translate,
+)
+from ..health import Status
+
+__all__ = ["console", "err_console", "explain", "fail", "print_report", "print_status"]
+
+console = Console()
+# Errors and warnings go to stderr, so that a script reading a command's output sees
+# only its result.
+err_console = Console(stderr=True)
+
+
+# -- driver errors -> sessionstore errors --------------------------------------------------
+# Kept together, and apart from the sentences below, so that it can move as one piece
+# (to errors.py, beside translate()).
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+
+
+def _as_store_error(exc: BaseException) -> SessionStoreError | None:
+    """The sessionstore error behind ``exc`` (Alembic and SQLAlchemy wrap driver errors)."""
+    for cause in _causes(exc):
+        error = translate(cause)
+        if error is not None:
+            return error
+    return None
+
+
+# -- errors as sentences --------------------------------------------------------------------
+
+
+def explain(exc: BaseException, dsn: str | None) -> str:
+    """One sentence for a person: what went wrong and what to do about it.
+
+    It never holds ``dsn``'s password, even where another library's message quotes it.
+    """
+    return hide_secrets(_explain(exc, dsn), dsn)
+
+
+def _explain(exc: BaseException, dsn: str | None) -> str:
+    where = redact_dsn(dsn) or "the database"
+    error = _as_store_error(exc)
+    if isinstance(error, InvalidInputError) and error.field == "dsn":
+        return str(error)  # says which URL and what to change; no need to show it
+    if isinstance(error, AuthenticationError) and error.sqlstate == "28000":
+        return f"Login refused for {where}: {error}"
+    if isinstance(error, AuthenticationError):
+        return (
+            f"Authentication failed for {where}: check the user name and password in "
+            "the URL (--dsn or SESSIONSTORE_DATABASE_URL)."
+        )
+    # No SQLSTATE, or a connection-class one: the server never answered the request.
+    silent = error is not None and (error.sqlstate or "08").startswith("08")
+    if isinstance(error, StoreUnavailableError | StoreTimeoutError) and silent:
+        return (
+            f"Could not reach {where}: is the server running, and are host, port and "
+            f"database in the URL right? ({error})"
+        )
+    if isinstance(error, AdoptionError):
+        return str(error)
+    if error is not None:
+        return f"{where}: {error}"
+    return f"{_own_text(exc)} (run with --debug for the traceback)"
+
+
+def _own_text(exc: BaseException) -> str:
+    """``exc``'s own message. SQLAlchemy's text adds the statement, its parameters and
+    "(Background on this error at: https://sqlalche.me/...)": not one sentence, and
+    nothing a person can act on (``--debug`` shows it all)."""
+    if isinstance(exc, sqlalchemy.exc.StatementError) and exc.orig is not None:
+        return _own_text(exc.orig)
+    if isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
+        return str(exc.args[0]) if exc.args else type(exc).__name__
+    return str(exc) or type(exc).__name__
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``message`` as the command's error (on stderr) and exit with status 1."""
+    # Messages quote hosts and server text: brackets in them are not Rich markup.
+    err_console.print(f"[red]error:[/red] {escape(message)}")
+    raise typer.Exit(1)
+
+
+# -- reports ----------------------------------------------------------------------------
+
+
+def print_status(config: StoreConfig, s: Status) -> None:
+    """``sessionstore status``'s table, then each problem found as an attention line."""
+    title = f"sessionstore status: {escape(redact_dsn(config.dsn) or '')}"
+    table = Table(title=title, show_header=False)
+    table.add_row("reachable", f"yes, PostgreSQL {s.server_version}")
+    table.add_row("pooler mode", s.pooler)
+    table.add_row("revision", f"{s.current_revision or 'none'} (head {s.head_revision})")
+    table.add_row("pending", ", ".join(s.pending) or "none")
+    for name, on in s.rls.items():
+        missing = s.missing_policies.get(name) or []
+        table.add_row(
+            f"RLS {name}", ("on" if on else "OFF") + (f", missing {missing}" if missing else "")
+        )
+    table.add_row("API roles can reach", ", ".join(s.exposed) or "nothing")
+    table.add_row("pool", s.pool)
+    console.print(table)
+    for problem in s.problems:
+        err_console.print(f"[yellow]attention:[/yellow] {escape(problem)}")
+
+
+def print_report(report: DemoReport) -> None:
+    """The demo's summary table, and what became of its rows."""
+    table = Table(title=f"sessionstore demo, run {escape(report.run_id)}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name, count in report.sessions_by_status.items():
+        table.add_row(f"sessions {name}", str(count))
+    table.add_row("turns", f"{report.turns:,}")
+    table.add_row("tokens", f"{report.tokens:,}")
+    table.add_row("messages written", f"{report.messages:,}")
+    table.add_row("  of which write-behind", f"{report.written_behind:,}")
+    table.add_row("turns refused: session expired", str(report.refused_expired))
+    # Only the clients' turns, over the window they were made durable in.
+    table.add_row(
+        f"turns / s ({report.timed_turns:,} in {report.seconds:.2f} s, all durable)",
+        f"{report.turns_per_second:,.0f}",
+    )
+    table.add_row("add_turn p50 ms", f"{report.percentile(50):.2f}")
+    table.add_row("add_turn p99 ms", f"{report.percentile(99):.2f}")
+    console.print(table)
+    users = escape(users_label(report.users))
+    if report.removed is None:
+        console.print(f"kept: the rows of users {users} (--keep)")
+    else:
+        gone = report.removed
+        console.print(
+            f"deleted afterwards: {gone.sessions} sessions, {gone.conversations} conversations"
+            f" and {gone.messages} messages of users {users}"
+        )
