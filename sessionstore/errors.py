@@ -45,6 +45,7 @@ __all__ = [
     "pool_open_timeout_error",
     "translate",
     "translate_errors",
+    "translate_wrapped",
 ]
 
 
@@ -233,6 +234,22 @@ def translate_errors() -> Iterator[None]:
         error = translate(exc)  # OSError includes TimeoutError and ConnectionError
         assert error is not None  # translate() knows every class caught here
         raise error from exc
+
+
+def translate_wrapped(exc: BaseException) -> SessionStoreError | None:
+    """:func:`translate` of the first exception, along ``exc``'s chain, that is a driver or
+    socket error (or a sessionstore error): Alembic and SQLAlchemy wrap driver errors in
+    their own (``orig``, ``__cause__``, ``__context__``). ``None`` if there is none; a
+    cyclic chain is walked once."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        error = translate(current)
+        if error is not None:
+            return error
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    return None
 
 
 def is_transient(error: BaseException) -> bool:

@@ -7,7 +7,6 @@ error text through ``hide_secrets`` before it is printed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import NoReturn
 
 import sqlalchemy.exc
@@ -23,10 +22,9 @@ from ..errors import (
     AdoptionError,
     AuthenticationError,
     InvalidInputError,
-    SessionStoreError,
     StoreTimeoutError,
     StoreUnavailableError,
-    translate,
+    translate_wrapped,
 )
 from ..health import Status
 
@@ -36,29 +34,6 @@ console = Console()
 # Errors and warnings go to stderr, so that a script reading a command's output sees
 # only its result.
 err_console = Console(stderr=True)
-
-
-# -- driver errors -> sessionstore errors --------------------------------------------------
-# Kept together, and apart from the sentences below, so that it can move as one piece
-# (to errors.py, beside translate()).
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
-
-
-def _as_store_error(exc: BaseException) -> SessionStoreError | None:
-    """The sessionstore error behind ``exc`` (Alembic and SQLAlchemy wrap driver errors)."""
-    for cause in _causes(exc):
-        error = translate(cause)
-        if error is not None:
-            return error
-    return None
 
 
 # -- errors as sentences --------------------------------------------------------------------
@@ -74,7 +49,7 @@ def explain(exc: BaseException, dsn: str | None) -> str:
 
 def _explain(exc: BaseException, dsn: str | None) -> str:
     where = redact_dsn(dsn) or "the database"
-    error = _as_store_error(exc)
+    error = translate_wrapped(exc)
     if isinstance(error, InvalidInputError) and error.field == "dsn":
         return str(error)  # says which URL and what to change; no need to show it
     if isinstance(error, AuthenticationError) and error.sqlstate == "28000":

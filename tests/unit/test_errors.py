@@ -25,6 +25,7 @@ from sessionstore.errors import (
     WriteBehindError,
     is_transient,
     translate_errors,
+    translate_wrapped,
 )
 
 E = asyncpg.exceptions
@@ -112,3 +113,26 @@ def test_own_errors_raised_inside_keep_their_cause() -> None:
         raise own from None
     assert info.value is own
     assert info.value.__cause__ is None
+
+
+class _Wrapper(Exception):
+    """Stands in for SQLAlchemy's DBAPIError: the driver's error as ``orig``."""
+
+    def __init__(self, orig: BaseException | None) -> None:
+        super().__init__("wrapped")
+        self.orig = orig
+
+
+def test_translate_wrapped_finds_the_driver_error_behind_wrappers() -> None:
+    driver = E.InvalidPasswordError("password authentication failed")
+    assert isinstance(translate_wrapped(_Wrapper(driver)), AuthenticationError)
+    outer = RuntimeError("migration failed")
+    outer.__cause__ = _Wrapper(ConnectionRefusedError())
+    assert isinstance(translate_wrapped(outer), StoreUnavailableError)
+    assert translate_wrapped(RuntimeError("nothing of ours")) is None
+
+
+def test_translate_wrapped_walks_a_cyclic_chain_once() -> None:
+    first, second = RuntimeError("a"), RuntimeError("b")
+    first.__context__, second.__context__ = second, first
+    assert translate_wrapped(first) is None
