@@ -77,7 +77,9 @@ from sessionstore.repositories import (
     MessagesRepository,
     QueuedMessagesRepository,
     SessionsRepository,
+    StatesRepository,
 )
+from sessionstore.repositories.states import StateDeltas, States, WrittenStates
 
 from .conftest import as_supabase_postgres, store_overrides
 from .servers import TestServer
@@ -128,6 +130,7 @@ PROPERTIES = (
     "sessions.list",
     "sessions.cleanup",
     "purge_user",
+    "states",
     "conversations",
     "conversations.list",
     "messages",
@@ -1248,6 +1251,80 @@ async def test_purge_user(
     assert not await conn.fetchval("SELECT count(*) FROM sessions WHERE user_id = $1", user_id)
     assert await world.row("sessions", bystander) is not None, "purge deleted another user's row"
     assert all(isinstance(p, PurgeCounts) for p in progress)
+
+
+# --- framework state (store.states) -------------------------------------------------------------
+
+# The ADK state tables, for "a refused call writes nothing" (FINGERPRINT has the core three).
+STATES_FINGERPRINT = " UNION ALL ".join(
+    f"SELECT '{table}', count(*), md5(coalesce(string_agg(ctid::text || ':' || xmin::text,"
+    f" ',' ORDER BY ctid), '')) FROM {table}"
+    for table in ("adk_app_states", "adk_user_states", "adk_session_states")
+)
+
+
+@fuzz(120)
+@given(
+    op=st.sampled_from(["read", "write", "write"]),
+    app_name=st.one_of(st.just("app"), IDENTIFIERS),
+    user_id=st.one_of(st.just("user"), IDENTIFIERS),
+    session=ids("session"),
+    delta=METADATA,
+)
+async def test_states(
+    store: SessionStore,
+    conn: asyncpg.Connection,
+    op: str,
+    app_name: object,
+    user_id: object,
+    session: object,
+    delta: object,
+) -> None:
+    """``states.read`` and ``states.write`` (with deltas from ``StateDeltas.of``): hostile
+    keys, session ids and deltas are refused naming the argument and write nothing; what
+    is written reads back exactly."""
+    CASES["states"] += 1
+    delta = real(delta)
+    world = World(store, conn)
+    sid = await world.session()
+    session_id = resolve(session, {"session": sid})
+    id_verdict, target = await session_arg(world, session_id)
+    user_verdict = OK if op == "read" and user_id is None else identifier_verdict(user_id)
+    expect = Expect().arg("app_name", identifier_verdict(app_name)).arg("user_id", user_verdict)
+    before = [tuple(r) for r in await conn.fetch(STATES_FINGERPRINT)]
+    if op == "read":
+        expect.arg("session_ids", id_verdict)
+        out = await world.attempt(
+            lambda: world.api.states.read(app_name, user_id, [session_id]), expect
+        )
+        assert [tuple(r) for r in await conn.fetch(STATES_FINGERPRINT)] == before, "read wrote"
+        if out.ok:
+            assert isinstance(out.result, States)
+        return
+    changes = isinstance(delta, dict) and bool(delta)
+    expect.arg("session_id", id_verdict).arg("session", await world.metadata_verdict(delta))
+    if target is None and changes:
+        expect.require(NotFoundError)  # session state of a session that does not exist
+
+    deltas_of: Any = StateDeltas.of  # typed Any: the delta breaks the signature on purpose
+
+    def write() -> Awaitable[WrittenStates]:
+        written: Awaitable[WrittenStates] = world.api.states.write(
+            app_name, user_id, session_id, deltas_of(session=delta)
+        )
+        return written
+
+    out = await world.attempt(write, expect)
+    if not out.ok:
+        after = [tuple(r) for r in await conn.fetch(STATES_FINGERPRINT)]
+        assert after == before, f"refused ({type(out.error).__name__}) yet wrote"
+        return
+    stored = await conn.fetchval("SELECT state FROM adk_session_states WHERE session_id = $1", sid)
+    if changes and target == sid:
+        assert same_json(delta, json.loads(stored)), "session state"
+        assert same_json(delta, out.result.session), "returned session state"
+    else:
+        assert stored is None, "a write without a delta created a row"
 
 
 # --- conversations -------------------------------------------------------------------------------
@@ -2666,8 +2743,17 @@ COVERED: dict[str, set[str]] = {
         "config",  # test_store_lifecycle, test_connect
         "replay",  # test_replay
         "as_user",  # test_as_user
+        "states",  # test_states
     },
-    "UserView": {"sessions", "conversations", "messages", "add_turn", "purge_user", "user_id"},
+    "UserView": {
+        "sessions",
+        "conversations",
+        "messages",
+        "add_turn",
+        "purge_user",
+        "user_id",
+        "states",  # test_states runs on the store: the same repository class
+    },
     "SessionsRepository": {
         "create",
         "get",
@@ -2690,6 +2776,7 @@ COVERED: dict[str, set[str]] = {
         "list_for_session",
     },
     "MessagesRepository": {"add", "add_many", "history", "count", "pop", "clear"},
+    "StatesRepository": {"read", "write"},  # test_states
     "QueuedMessagesRepository": {
         "add",
         "add_many",
@@ -2725,6 +2812,7 @@ async def test_every_public_method_is_fuzzed() -> None:
         "ConversationsRepository": store.conversations,
         "MessagesRepository": store.as_user("fuzz-user").messages,
         "QueuedMessagesRepository": store.messages,
+        "StatesRepository": store.states,
     }
     kinds = {
         "SessionStore": SessionStore,
@@ -2733,6 +2821,7 @@ async def test_every_public_method_is_fuzzed() -> None:
         "ConversationsRepository": ConversationsRepository,
         "MessagesRepository": MessagesRepository,
         "QueuedMessagesRepository": QueuedMessagesRepository,
+        "StatesRepository": StatesRepository,
     }
     for name, instance in instances.items():
         assert type(instance) is kinds[name]

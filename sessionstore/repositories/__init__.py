@@ -3,10 +3,12 @@
 from .conversations import ConversationsRepository
 from .messages import MessagesRepository, QueuedMessagesRepository
 from .sessions import SessionsRepository
+from .states import StatesRepository
 
 __all__ = [
     "ConversationsRepository",
     "MessagesRepository",
     "QueuedMessagesRepository",
     "SessionsRepository",
+    "StatesRepository",
 ]
