@@ -20,6 +20,7 @@ from .errors import (
 )
 from .models import (
     AddTurnOptions,
+    AfterTurn,
     ConfigureCallback,
     ContinuationId,
     Conversation,
@@ -44,6 +45,7 @@ from .store import SessionStore, UserView, connect
 
 __all__ = [
     "AddTurnOptions",
+    "AfterTurn",
     "AuthenticationError",
     "ConfigureCallback",
     "ConflictError",

@@ -14,11 +14,14 @@ from typing import Any, Generic, Literal, TypedDict, TypeVar
 from uuid import UUID
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from pydantic import BaseModel, ConfigDict
 
 __all__ = [
     "AddTurnOptions",
+    "AfterTurn",
     "ConfigureCallback",
+    "Connection",
     "ContinuationId",
     "Conversation",
     "ConversationRef",
@@ -214,6 +217,9 @@ NewMessage = (
     | tuple[MessageRole | str, str, Mapping[str, Any] | None, int | None]
 )
 
+#: A connection sessionstore hands to a callback: one of its pool's, or a direct one.
+Connection = asyncpg.Connection | PoolConnectionProxy
+
 #: ``connect(configure=...)``: called with each new connection after sessionstore's own
 #: setup (e.g. to register codecs).
 ConfigureCallback = Callable[[asyncpg.Connection], Awaitable[None]]
@@ -232,6 +238,12 @@ class Turn(BaseModel):
     conversation: Conversation
     session: Session | None
     context: list[Message] | None = None
+
+
+#: ``add_turn(..., after=...)``: work done in the turn's transaction after the turn, given
+#: the connection, the turn and whether this call wrote it (``False`` for a resend that
+#: found it stored).
+AfterTurn = Callable[[Connection, Turn, bool], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)

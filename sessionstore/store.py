@@ -20,6 +20,7 @@ from .db import Database, Pool
 from .errors import InvalidInputError
 from .models import (
     AddTurnOptions,
+    AfterTurn,
     ConfigureCallback,
     FailedWrite,
     Invalidation,
@@ -38,7 +39,8 @@ from .repositories import (
     SessionsRepository,
 )
 from .repositories.messages import write_messages
-from .turns import AfterTurn, accept_turn, add_turn, write_turns
+from .repositories.states import StatesRepository
+from .turns import accept_turn, add_turn, write_turns
 from .writebehind.engine import Writer
 from .writebehind.repository import QueuedMessagesRepository
 from .writebehind.spill import read_spill
@@ -57,9 +59,16 @@ class _Scope:
         self._cache = cache
         self.sessions = SessionsRepository(db, cache)
         self.conversations = ConversationsRepository(db)
+        self.states = StatesRepository(db)
 
     async def add_turn(
-        self, continuation_id: str, role: Role, content: str, **options: Unpack[AddTurnOptions]
+        self,
+        continuation_id: str,
+        role: Role,
+        content: str,
+        *,
+        after: AfterTurn | None = None,
+        **options: Unpack[AddTurnOptions],
     ) -> Turn:
         """Get-or-create the conversation, append the message and, with ``session_id``,
         count the turn on the session — in one round trip and one transaction.
@@ -69,10 +78,22 @@ class _Scope:
         expired (``NotFoundError``, ``InvalidStateError``, ``SessionExpiredError``), and a
         conversation bound to another session refuses the turn (``ConflictError``);
         otherwise nothing is written. See :func:`sessionstore.turns.add_turn`.
-        """
-        return await self._turn(continuation_id, role, content, None, options)
 
-    @telemetry.traced(operation="add_turn")  # here, not on add_turn: the adapters call this
+        ``after`` is the hook the framework adapters use to write what belongs to a turn
+        (the ADK adapter: an event's state delta, through
+        :func:`sessionstore.repositories.states.write_states`). It is awaited as
+        ``after(conn, turn, written)`` on the turn's connection, inside the turn's
+        transaction, once the turn is written — or found stored: a resend of the same
+        ``message_id`` gives ``written=False``, so that nothing is applied twice. What
+        it writes commits with the turn or not at all; an exception it raises rolls the
+        turn back and propagates (a database error translated like any other). With
+        ``after`` the call is one transaction of two or more statements, never retried,
+        and two resends of one ``message_id`` at once may raise ``ConflictError`` for
+        the loser (without it, the loser reads the stored turn back).
+        """
+        return await self._turn(continuation_id, role, content, after, options)
+
+    @telemetry.traced(operation="add_turn")  # every add_turn, with or without a hook, runs here
     async def _turn(
         self,
         continuation_id: str,
@@ -129,7 +150,8 @@ class SessionStore(_Scope):
 
     ``sessions``, ``conversations`` and ``messages`` are the repositories; every method is
     safe to call from many tasks at once. This is the service path (the connecting role's
-    own rights); :meth:`as_user` gives the same API under row-level security.
+    own rights); :meth:`as_user` gives the same API under row-level security. ``states``
+    is the repository of the framework adapters' state (Google ADK's three scopes).
     """
 
     def __init__(

@@ -11,7 +11,7 @@ build the session's and the conversation's changes from :mod:`sessionstore.rules
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import NoReturn, Unpack
 from uuid import UUID
 
@@ -19,7 +19,7 @@ from . import validation as v
 from .db import Connection, Database
 from .errors import ConflictError, PermissionDeniedError, translate_errors
 from .lifecycle import TAKES_TURNS, Attempt, raise_session_miss
-from .models import AddTurnOptions, Message, PendingWrite, Role, Turn, TurnOptions
+from .models import AddTurnOptions, AfterTurn, Message, PendingWrite, Role, Turn, TurnOptions
 from .repositories.conversations import CONVERSATION
 from .repositories.messages import MESSAGE
 from .repositories.sessions import SESSION
@@ -35,7 +35,7 @@ from .rules import (
 )
 from .writebehind.items import MESSAGE_FIELDS, accept, batch_arguments, fresh_rows
 
-__all__ = ["AfterTurn", "accept_turn", "add_turn", "write_turns"]
+__all__ = ["accept_turn", "add_turn", "write_turns"]
 
 _TOKENS = "coalesce($6::integer, 0)"
 # $1 continuation id, $2 session id, $3-$6 the message, $7 the sliding interval, $8 the
@@ -260,11 +260,6 @@ async def _explain_refusal(conn: Connection, cont: str, sid: UUID, *, scoped: bo
         f"conversation {cont!r} belongs to another session; a turn of session {sid} "
         "cannot be added to it (nothing was written)"
     )
-
-
-#: Work done in a turn's transaction after the turn: given the connection, the turn and
-#: whether this call wrote it (``False`` for a resend that found it stored).
-AfterTurn = Callable[[Connection, Turn, bool], Awaitable[None]]
 
 
 async def add_turn(

@@ -12,12 +12,11 @@ import asyncio
 from typing import Any
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
 from .. import jsonb
 from ..config import StoreConfig, redact_dsn
 from ..errors import InvalidInputError, SessionStoreError, connect_error
-from ..models import ConfigureCallback
+from ..models import ConfigureCallback, Connection
 
 __all__ = [
     "CODEC_CHECK",
@@ -29,8 +28,6 @@ __all__ = [
     "init_connection",
     "open_connection",
 ]
-
-Connection = asyncpg.Connection | PoolConnectionProxy
 
 
 def connect_arguments(

@@ -111,7 +111,7 @@ from ..errors import InvalidInputError, NotFoundError
 from ..lifecycle import require_live
 from ..models import ContinuationId, Message, MessageRole
 from ..store import SessionStore, UserView
-from ._common import append_turn, check_binding, latest
+from .common import append_turn, check_binding, latest
 
 __all__ = ["DEFAULT_PREFIX", "SessionStoreSession"]
 

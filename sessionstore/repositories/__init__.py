@@ -3,9 +3,11 @@
 from .conversations import ConversationsRepository
 from .messages import MessagesRepository
 from .sessions import SessionsRepository
+from .states import StatesRepository
 
 __all__ = [
     "ConversationsRepository",
     "MessagesRepository",
     "SessionsRepository",
+    "StatesRepository",
 ]

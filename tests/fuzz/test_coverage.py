@@ -9,6 +9,7 @@ from sessionstore.repositories import (
     ConversationsRepository,
     MessagesRepository,
     SessionsRepository,
+    StatesRepository,
 )
 from sessionstore.writebehind.repository import QueuedMessagesRepository
 
@@ -32,8 +33,17 @@ COVERED: dict[str, set[str]] = {
         "config",  # test_store_lifecycle, test_connect
         "replay",  # test_replay
         "as_user",  # test_as_user
+        "states",  # test_states
     },
-    "UserView": {"sessions", "conversations", "messages", "add_turn", "purge_user", "user_id"},
+    "UserView": {
+        "sessions",
+        "conversations",
+        "messages",
+        "add_turn",
+        "purge_user",
+        "user_id",
+        "states",  # test_states runs on the store: the same repository class
+    },
     "SessionsRepository": {
         "create",
         "get",
@@ -56,6 +66,7 @@ COVERED: dict[str, set[str]] = {
         "list_for_session",
     },
     "MessagesRepository": {"add", "add_many", "history", "count", "pop", "clear"},
+    "StatesRepository": {"read", "write"},  # test_states
     "QueuedMessagesRepository": {
         "add",
         "add_many",
@@ -91,6 +102,7 @@ async def test_every_public_method_is_fuzzed() -> None:
         "ConversationsRepository": store.conversations,
         "MessagesRepository": store.as_user("fuzz-user").messages,
         "QueuedMessagesRepository": store.messages,
+        "StatesRepository": store.states,
     }
     kinds = {
         "SessionStore": SessionStore,
@@ -99,6 +111,7 @@ async def test_every_public_method_is_fuzzed() -> None:
         "ConversationsRepository": ConversationsRepository,
         "MessagesRepository": MessagesRepository,
         "QueuedMessagesRepository": QueuedMessagesRepository,
+        "StatesRepository": StatesRepository,
     }
     for name, instance in instances.items():
         assert type(instance) is kinds[name]

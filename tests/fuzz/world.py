@@ -68,6 +68,7 @@ PROPERTIES = (
     "sessions.list",
     "sessions.cleanup",
     "purge_user",
+    "states",
     "conversations",
     "conversations.list",
     "messages",

@@ -41,8 +41,10 @@ from sessionstore import (
     SessionExpiredError,
     SessionStore,
 )
+from sessionstore.db import Connection
 from sessionstore.integrations.adk import SessionStoreSessionService, continuation_id
 from sessionstore.migrations import downgrade, upgrade
+from sessionstore.repositories.states import StateDeltas, write_states
 
 from ..conftest import as_supabase_postgres, store_overrides
 from ..helpers import expire
@@ -834,3 +836,132 @@ async def test_a_session_deleted_and_made_again_elsewhere_reads_as_the_new_one(
         assert [_text(e.content) for e in seen.events if e.content] == ["new"]
         assert seen.state == {"v": 2}
         await a.append_event(seen, _event(text="from a"))
+
+
+async def test_the_states_repository_merges_three_scopes_in_one_statement(
+    store: SessionStore, conn: asyncpg.Connection
+) -> None:
+    """``store.states`` (the repository the adapter's state SQL lives in): a write merges
+    top-level keys per scope and returns the three states; a read finds them, every
+    user's with ``user_id=None``; a write that cannot be done changes no scope."""
+    one = await store.sessions.create(ALICE)
+    two = await store.sessions.create(BOB)
+    written = await store.states.write(
+        APP, ALICE, one.id, StateDeltas.of({"a": 1}, {"u": [1]}, {"s": {"k": "v"}, "t": 0})
+    )
+    assert (written.app, written.user, written.session) == (
+        {"a": 1},
+        {"u": [1]},
+        {"s": {"k": "v"}, "t": 0},
+    )
+    written = await store.states.write(APP, BOB, str(two.id), StateDeltas.of(session={"t": 2}))
+    assert (written.app, written.user, written.session) == ({"a": 1}, {}, {"t": 2})
+    written = await store.states.write(APP, ALICE, one.id, StateDeltas.of(app={"b": 2}))
+    assert (written.app, written.user, written.session) == (
+        {"a": 1, "b": 2},
+        {"u": [1]},
+        {"s": {"k": "v"}, "t": 0},
+    )
+    states = await store.states.read(APP, None, [one.id, str(two.id)])
+    assert states.app == {"a": 1, "b": 2}
+    assert states.users == {ALICE: {"u": [1]}}
+    assert states.sessions == {one.id: {"s": {"k": "v"}, "t": 0}, two.id: {"t": 2}}
+    assert (await store.states.read("other-app", ALICE, [])).app == {}
+    # A session state for a session that does not exist: refused, and the app and user
+    # deltas of the same statement are not applied either.
+    with pytest.raises(sessionstore.NotFoundError):
+        await store.states.write(
+            APP, ALICE, UUID(int=1), StateDeltas.of({"a": "lost"}, {"u": "lost"}, {"x": 1})
+        )
+    states = await store.states.read(APP, ALICE, [])
+    assert (states.app["a"], states.users[ALICE]) == (1, {"u": [1]})
+    # Nothing to merge: no statement changes a row, and none is created.
+    await store.states.write(APP, "nobody", one.id, StateDeltas.of())
+    assert await conn.fetchval("SELECT count(*) FROM adk_user_states WHERE user_id = 'nobody'") == 0
+
+
+async def test_the_states_repository_checks_its_arguments_before_sending(
+    store: SessionStore,
+) -> None:
+    api: Any = store.states  # typed Any: these calls break the signatures on purpose
+    deltas: Any = StateDeltas
+    sid = (await store.sessions.create(ALICE)).id
+    bad: list[tuple[str, Any]] = [
+        ("app_name", lambda: api.read("", ALICE, [])),
+        ("user_id", lambda: api.read(APP, 7, [])),
+        ("session_ids", lambda: api.read(APP, ALICE, "not a list")),
+        ("session_ids", lambda: api.read(APP, ALICE, ["not-a-uuid"])),
+        ("session_id", lambda: api.write(APP, ALICE, "nope", StateDeltas())),
+        ("user_id", lambda: api.write(APP, None, sid, StateDeltas())),
+        ("deltas", lambda: api.write(APP, ALICE, sid, {"x": 1})),
+        ("app", lambda: deltas.of(app={"x": float("nan")})),
+        ("session", lambda: deltas.of(session=[1])),
+        ("state[user:]", lambda: deltas.of(user={1: 2}, fields=("a", "state[user:]", "s"))),
+    ]
+
+    async def outcome(call: Any) -> None:
+        result = call()
+        if asyncio.iscoroutine(result):
+            await result
+
+    for field, call in bad:
+        with pytest.raises(InvalidInputError) as info:
+            await outcome(call)
+        assert info.value.field.startswith(field), (field, info.value.field)
+    assert (await store.states.read(APP, ALICE, [sid])).sessions == {}
+
+
+async def test_add_turn_runs_its_after_hook_in_the_turn_transaction(store: SessionStore) -> None:
+    """The hook the adapters use: ``after`` runs on the turn's connection in its
+    transaction; its failure takes the turn back; a resend of the same ``message_id``
+    finds the turn stored and says so (``written=False``)."""
+    sid = (await store.sessions.create(ALICE)).id
+    seen: list[bool] = []
+
+    async def apply(conn: Connection, turn: sessionstore.Turn, written: bool) -> None:
+        seen.append(written)
+        if written:
+            await write_states(
+                conn, APP, ALICE, sid, StateDeltas.of(session={"n": turn.message.seq})
+            )
+
+    async def fail(conn: Connection, turn: sessionstore.Turn, written: bool) -> None:
+        await write_states(conn, APP, ALICE, sid, StateDeltas.of(session={"n": "lost"}))
+        raise RuntimeError("the hook failed")
+
+    with pytest.raises(RuntimeError):
+        await store.add_turn("hooked", "user", "lost", session_id=sid, after=fail)
+    assert (await store.states.read(APP, ALICE, [sid])).sessions == {}
+    assert (await store.sessions.get(sid)).turn_count == 0
+    mid = UUID(int=42)
+    turn = await store.add_turn("hooked", "user", "hi", session_id=sid, message_id=mid, after=apply)
+    again = await store.add_turn(
+        "hooked", "user", "hi", session_id=sid, message_id=mid, after=apply
+    )
+    assert again.message.id == turn.message.id == mid
+    assert seen == [True, False]
+    assert (await store.states.read(APP, ALICE, [sid])).sessions == {sid: {"n": 1}}
+    view = store.as_user(ALICE)
+    assert isinstance(view.states, type(store.states))
+
+
+async def test_the_service_hooks_into_the_turn_only_for_a_state_delta(
+    store: SessionStore, service: SessionStoreSessionService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event without a state delta is a plain ``add_turn`` (one round trip, no
+    transaction); one with a delta passes the write as ``after``."""
+    hooks: list[bool] = []
+    add_turn = store.add_turn
+
+    async def spy(*args: Any, **kwargs: Any) -> sessionstore.Turn:
+        hooks.append(kwargs.get("after") is not None)
+        return await add_turn(*args, **kwargs)
+
+    monkeypatch.setattr(store, "add_turn", spy)
+    session = await service.create_session(app_name=APP, user_id=ALICE)
+    await service.append_event(session, _event(text="no state"))
+    await service.append_event(session, _event("model", state={"k": 1, "user:u": 2}))
+    assert hooks == [False, True]
+    stored = await service.get_session(app_name=APP, user_id=ALICE, session_id=session.id)
+    assert stored is not None
+    assert stored.state == {"k": 1, "user:u": 2}

@@ -1,0 +1,67 @@
+"""The reads behind ``get_session`` and ``list_sessions``: calls run side by side, a
+conversation's events read backwards in pages, and a user's sessions page by page —
+all through the store's public API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any
+
+from google.adk.sessions.base_session_service import GetSessionConfig
+
+from ... import validation as v
+from ...models import Message, Session
+from ..common import Scope, latest
+from .events import stamp
+from .keys import Key
+
+__all__ = ["all_of", "all_sessions", "history"]
+
+_PAGE = v.MAX_LIMIT
+# A read filtered by after_timestamp usually wants the last few events: start small.
+_FIRST_FILTERED_PAGE = 100
+
+
+async def all_of(*calls: Awaitable[Any]) -> list[Any]:
+    """Run ``calls`` at once and let every one finish (none is left running unseen);
+    then raise the first error, if any."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
+async def history(
+    scope: Scope, key: Key, config: GetSessionConfig | None
+) -> tuple[list[Message], Message | None]:
+    """The messages the config may need, oldest first, and the newest message of the
+    conversation (the revision the session object will carry), in pages read
+    backwards. ``NotFoundError`` if the conversation is gone."""
+    recent = None if config is None else config.num_recent_events
+    after = None if config is None else config.after_timestamp
+    if recent == 0:
+        last = await scope.messages.history(key.ref, limit=1)
+        return [], last[-1] if last else None
+
+    def reaches_back(page: list[Message]) -> bool:
+        oldest = stamp(page[0]) if page else None
+        return after is not None and oldest is not None and oldest < after
+
+    first = _FIRST_FILTERED_PAGE if after is not None and recent is None else None
+    messages = await latest(scope, key.ref, recent, first_page=first, enough=reaches_back)
+    return messages, messages[-1] if messages else None
+
+
+async def all_sessions(scope: Scope, user_id: str | None) -> list[Session]:
+    """Every sessionstore session of ``user_id`` (``None``: of every user the scope may
+    see), a page of 1,000 at a time; separate reads, not one snapshot."""
+    found: list[Session] = []
+    cursor: str | None = None
+    while True:
+        page = await scope.sessions.list(user_id=user_id, limit=_PAGE, cursor=cursor)
+        found.extend(page.items)
+        if page.next_cursor is None:
+            return found
+        cursor = page.next_cursor
