@@ -12,45 +12,16 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
+from ..models import StoreStats
 from .attributes import connection_attributes, pool_name
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
-__all__ = ["MeasuredStore", "StoreStatistics", "forget", "track"]
+__all__ = ["MeasuredStore", "forget", "track"]
 
 #: The semantic conventions' buckets for ``db.client.operation.duration``.
 _DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
-
-
-class StoreStatistics(Protocol):
-    """What the instruments read of a store's statistics (all of it is in
-    :class:`~sessionstore.StoreStats`)."""
-
-    @property
-    def pool_size(self) -> int: ...
-    @property
-    def pool_in_use(self) -> int: ...
-    @property
-    def pool_max_size(self) -> int: ...
-    @property
-    def queued(self) -> int: ...
-    @property
-    def in_flight(self) -> int: ...
-    @property
-    def oldest_age(self) -> float | None: ...
-    @property
-    def written(self) -> int: ...
-    @property
-    def retried(self) -> int: ...
-    @property
-    def set_aside(self) -> int: ...
-    @property
-    def cache_entries(self) -> int: ...
-    @property
-    def cache_hits(self) -> int: ...
-    @property
-    def cache_misses(self) -> int: ...
 
 
 class _Settings(Protocol):
@@ -64,7 +35,7 @@ class MeasuredStore(Protocol):
 
     @property
     def config(self) -> _Settings: ...
-    def stats(self) -> StoreStatistics: ...
+    def stats(self) -> StoreStats: ...
 
 
 #: Open stores by id: a weak reference and the pool name each reports under. A plain
@@ -107,43 +78,28 @@ class _Instruments:
             description="Duration of database client operations.",
             explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
         )
-        gauges = (
-            ("db.client.connection.count", "{connection}", self._connections,
-             "The number of connections that are currently in the state of the state attribute."),
-            ("db.client.connection.max", "{connection}", self._max,
-             "The maximum number of open connections allowed."),
-            ("sessionstore.write_behind.queue.depth", "{message}", self._depth,
-             "Accepted write-behind messages not yet durable: queued, or in the batch in flight."),
-            ("sessionstore.cache.entries", "{session}", self._entries,
-             "Sessions held in the session cache."),
-        )  # fmt: skip
-        for name, unit, callback, description in gauges:
-            meter.create_observable_up_down_counter(
-                name, callbacks=[callback], unit=unit, description=description
-            )
-        meter.create_observable_gauge(
-            "sessionstore.write_behind.queue.oldest_age",
-            callbacks=[self._oldest_age],
-            unit="s",
-            description="Seconds since the oldest write-behind message not yet durable was "
-            "accepted (0 when there is none).",
+        # Every observable instrument: how it is created, its name, its unit and its
+        # callback, whose docstring is the description (the semantic conventions' wording
+        # where they define one).
+        up_down: Callable[..., object] = meter.create_observable_up_down_counter
+        gauge: Callable[..., object] = meter.create_observable_gauge
+        counter: Callable[..., object] = meter.create_observable_counter
+        observed: tuple[tuple[Callable[..., object], str, str, Callable[..., object]], ...] = (
+            (up_down, "db.client.connection.count", "{connection}", self._connections),
+            (up_down, "db.client.connection.max", "{connection}", self._max),
+            (up_down, "sessionstore.write_behind.queue.depth", "{message}", self._depth),
+            (up_down, "sessionstore.cache.entries", "{session}", self._entries),
+            (gauge, "sessionstore.write_behind.queue.oldest_age", "s", self._oldest_age),
+            (counter, "sessionstore.write_behind.written", "{message}", self._written),
+            (counter, "sessionstore.write_behind.retries", "{attempt}", self._retries),
+            (counter, "sessionstore.write_behind.set_aside", "{message}", self._set_aside),
+            (counter, "sessionstore.cache.requests", "{request}", self._requests),
         )
-        counters = (
-            ("sessionstore.write_behind.written", "{message}", self._written,
-             "Write-behind messages made durable."),
-            ("sessionstore.write_behind.retries", "{attempt}", self._retries,
-             "Write-behind batch attempts that failed transiently and were retried."),
-            ("sessionstore.write_behind.set_aside", "{message}", self._set_aside,
-             "Write-behind messages that can never be written (reported, not retried)."),
-            ("sessionstore.cache.requests", "{request}", self._requests,
-             "Session cache look-ups, by result (hit or miss)."),
-        )  # fmt: skip
-        for name, unit, callback, description in counters:
-            meter.create_observable_counter(
-                name, callbacks=[callback], unit=unit, description=description
-            )
+        for create, name, unit, callback in observed:
+            description = " ".join((callback.__doc__ or "").split())
+            create(name, callbacks=[callback], unit=unit, description=description)
 
-    def _stats(self) -> Iterator[tuple[StoreStatistics, dict[str, str]]]:
+    def _stats(self) -> Iterator[tuple[StoreStats, dict[str, str]]]:
         if not self.current:
             return
         for ref, name in _STORES.copy().values():
@@ -157,7 +113,7 @@ class _Instruments:
             yield stats, {"db.client.connection.pool.name": name}
 
     def _observe(
-        self, values: Callable[[StoreStatistics], Iterable[tuple[float, Mapping[str, str]]]]
+        self, values: Callable[[StoreStats], Iterable[tuple[float, Mapping[str, str]]]]
     ) -> list[Observation]:
         from opentelemetry.metrics import Observation
 
@@ -168,6 +124,8 @@ class _Instruments:
         ]
 
     def _connections(self, _options: CallbackOptions) -> list[Observation]:
+        """The number of connections that are currently in the state of the state
+        attribute."""
         return self._observe(
             lambda s: [
                 (s.pool_in_use, {"db.client.connection.state": "used"}),
@@ -176,9 +134,12 @@ class _Instruments:
         )
 
     def _max(self, _options: CallbackOptions) -> list[Observation]:
+        """The maximum number of open connections allowed."""
         return self._observe(lambda s: [(s.pool_max_size, {})])
 
     def _depth(self, _options: CallbackOptions) -> list[Observation]:
+        """Accepted write-behind messages not yet durable: queued, or in the batch in
+        flight."""
         return self._observe(
             lambda s: [
                 (s.queued, {"sessionstore.write_behind.state": "queued"}),
@@ -187,21 +148,28 @@ class _Instruments:
         )
 
     def _oldest_age(self, _options: CallbackOptions) -> list[Observation]:
+        """Seconds since the oldest write-behind message not yet durable was accepted (0
+        when there is none)."""
         return self._observe(lambda s: [(s.oldest_age or 0.0, {})])
 
     def _entries(self, _options: CallbackOptions) -> list[Observation]:
+        """Sessions held in the session cache."""
         return self._observe(lambda s: [(s.cache_entries, {})])
 
     def _written(self, _options: CallbackOptions) -> list[Observation]:
+        """Write-behind messages made durable."""
         return self._observe(lambda s: [(s.written, {})])
 
     def _retries(self, _options: CallbackOptions) -> list[Observation]:
+        """Write-behind batch attempts that failed transiently and were retried."""
         return self._observe(lambda s: [(s.retried, {})])
 
     def _set_aside(self, _options: CallbackOptions) -> list[Observation]:
+        """Write-behind messages that can never be written (reported, not retried)."""
         return self._observe(lambda s: [(s.set_aside, {})])
 
     def _requests(self, _options: CallbackOptions) -> list[Observation]:
+        """Session cache look-ups, by result (hit or miss)."""
         return self._observe(
             lambda s: [
                 (s.cache_hits, {"sessionstore.cache.result": "hit"}),
