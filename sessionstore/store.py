@@ -89,7 +89,10 @@ class _Scope:
         turn back and propagates (a database error translated like any other). With
         ``after`` the call is one transaction of two or more statements, never retried,
         and two resends of one ``message_id`` at once may raise ``ConflictError`` for
-        the loser (without it, the loser reads the stored turn back).
+        the loser (without it, the loser reads the stored turn back). ``after`` is
+        trusted application code with the raw connection: it must not end the
+        transaction or change its role (under ``as_user`` that would leave row-level
+        security); anything not callable is refused before anything is sent.
         """
         return await self._turn(continuation_id, role, content, after, options)
 

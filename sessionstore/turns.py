@@ -286,6 +286,7 @@ async def add_turn(
     is written or found: what it writes commits with the turn or not at all.
     """
     cont, sid, message = _checked(continuation_id, role, content, options, _ADD_TURN_OPTIONS)
+    after = v.callback(after, "after")
     given_id = options.get("message_id")
     mid = None if given_id is None else v.uuid(given_id, "message_id")
     wanted = options.get("context")

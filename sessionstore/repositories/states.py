@@ -94,16 +94,20 @@ class WrittenStates(NamedTuple):
     session: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class StateDeltas:
     """A write's deltas, one per scope, as checked jsonb text (``None``: that scope is
-    left alone). Make one with :meth:`of`, which checks everything before anything is
+    left alone). Made only by :meth:`of`, which checks everything before anything is
     sent, so a write that will be refused for its input is refused early (before a
-    turn, when the write is a turn's ``after`` work)."""
+    turn, when the write is a turn's ``after`` work); ``StateDeltas(...)`` itself raises
+    ``InvalidInputError``: unchecked text could store a state that is no object."""
 
-    app: str | None = None
-    user: str | None = None
-    session: str | None = None
+    app: str | None
+    user: str | None
+    session: str | None
+
+    def __init__(self, *_args: object, **_kwargs: object) -> None:
+        raise InvalidInputError("deltas", "make them with StateDeltas.of, which checks them")
 
     @classmethod
     def of(
@@ -113,17 +117,24 @@ class StateDeltas:
         session: Mapping[str, Any] | None = None,
         *,
         fields: tuple[str, str, str] = ("app", "user", "session"),
+        session_first: bool = False,
     ) -> StateDeltas:
         """The deltas, checked by sessionstore's metadata rules (what reads back
         exactly: see :func:`sessionstore.validation.metadata_json`); ``None`` and an
         empty mapping both mean no change. ``fields`` names the three arguments in an
-        ``InvalidInputError`` (an adapter names its own inputs)."""
+        ``InvalidInputError`` (an adapter names its own inputs); they are checked in
+        the order app, user, session, or session first with ``session_first`` (the
+        first bad one is named)."""
         app_field, user_field, session_field = fields
-        return cls(
-            app=_delta(app, app_field),
-            user=_delta(user, user_field),
-            session=_delta(session, session_field),
-        )
+        session_text = _delta(session, session_field) if session_first else None
+        app_text = _delta(app, app_field)
+        user_text = _delta(user, user_field)
+        if not session_first:
+            session_text = _delta(session, session_field)
+        deltas = object.__new__(cls)
+        for name, text in (("app", app_text), ("user", user_text), ("session", session_text)):
+            object.__setattr__(deltas, name, text)
+        return deltas
 
     @property
     def changes(self) -> bool:
@@ -158,7 +169,11 @@ async def write_states(
     the form for work inside another operation's transaction (a turn's ``after``, see
     :meth:`sessionstore.SessionStore.add_turn`). Arguments are checked as in
     :meth:`StatesRepository.write`; database errors are translated by the operation whose
-    connection it is (a session that does not exist: ``NotFoundError``)."""
+    connection it is (a session that does not exist: ``NotFoundError``).
+
+    The keys are checked when this runs: inside a turn's ``after`` that is after the
+    turn's statement, and a bad key then rolls the turn back. Check them before the
+    turn (as the ADK adapter does) to refuse bad input before anything is sent."""
     app, user, sid = _keys(app_name, user_id, session_id)
     deltas = _deltas(deltas)
     row = await conn.fetchrow(WRITE_STATES, app, user, sid, deltas.app, deltas.user, deltas.session)

@@ -54,12 +54,6 @@ from __future__ import annotations
 
 from .attributes import INSTRUMENTATION_NAME
 from .attributes import connection_attributes as connection_attributes
-from .metrics import _Instruments as _Instruments
-
-# The state as it was at import: to replace it, replace ``state._STATE``, which is the
-# one the decorators and ``register`` read.
-from .state import _STATE as _STATE
-from .state import _State as _State
 from .state import instrument, uninstrument
 from .state import register as register
 from .state import unregister as unregister

@@ -891,9 +891,12 @@ async def test_the_states_repository_checks_its_arguments_before_sending(
         ("user_id", lambda: api.read(APP, 7, [])),
         ("session_ids", lambda: api.read(APP, ALICE, "not a list")),
         ("session_ids", lambda: api.read(APP, ALICE, ["not-a-uuid"])),
-        ("session_id", lambda: api.write(APP, ALICE, "nope", StateDeltas())),
-        ("user_id", lambda: api.write(APP, None, sid, StateDeltas())),
+        ("session_id", lambda: api.write(APP, ALICE, "nope", StateDeltas.of())),
+        ("user_id", lambda: api.write(APP, None, sid, StateDeltas.of())),
         ("deltas", lambda: api.write(APP, ALICE, sid, {"x": 1})),
+        # Unchecked jsonb text would store a state that is no object (it did: '[1, 2]').
+        ("deltas", lambda: deltas(session="[1, 2]")),
+        ("deltas", lambda: deltas()),
         ("app", lambda: deltas.of(app={"x": float("nan")})),
         ("session", lambda: deltas.of(session=[1])),
         ("state[user:]", lambda: deltas.of(user={1: 2}, fields=("a", "state[user:]", "s"))),
@@ -943,6 +946,18 @@ async def test_add_turn_runs_its_after_hook_in_the_turn_transaction(store: Sessi
     assert (await store.states.read(APP, ALICE, [sid])).sessions == {sid: {"n": 1}}
     view = store.as_user(ALICE)
     assert isinstance(view.states, type(store.states))
+
+
+async def test_add_turn_refuses_an_after_that_is_not_callable_before_sending(
+    store: SessionStore, conn: asyncpg.Connection
+) -> None:
+    sid = (await store.sessions.create(ALICE)).id
+    api: Any = store  # typed Any: the call breaks the signature on purpose
+    with pytest.raises(InvalidInputError) as info:
+        await api.add_turn("hooked", "user", "hi", session_id=sid, after="nope")
+    assert info.value.field == "after"
+    assert await conn.fetchval("SELECT count(*) FROM conversations") == 0
+    assert (await store.sessions.get(sid)).turn_count == 0
 
 
 async def test_the_service_hooks_into_the_turn_only_for_a_state_delta(

@@ -141,7 +141,11 @@ class SessionStoreSessionService(BaseSessionService):
         parts = split(json_state({} if state is None else state, "state"))
         self._refuse_app_writes(parts.app)
         deltas = StateDeltas.of(
-            parts.app, parts.user, parts.session, fields=("state[app:]", "state[user:]", "state")
+            parts.app,
+            parts.user,
+            parts.session,
+            fields=("state[app:]", "state[user:]", "state"),
+            session_first=True,  # create_session names a bad session state first
         )
         metadata = {"adk": {"app_name": key.app_name, "session_id": key.session_id}}
         scope = self._scope(key.user_id)

@@ -504,7 +504,7 @@ def test_with_the_apis_default_providers_nothing_listens() -> None:
         pytest.skip("another test installed a global provider in this process")
     telemetry.instrument()
     try:
-        assert telemetry._STATE.listeners() == (None, None)
+        assert telemetry.state._STATE.listeners() == (None, None)
     finally:
         telemetry.uninstrument()
 
@@ -600,8 +600,8 @@ async def test_an_opentelemetry_that_cannot_be_used_leaves_the_store_working(
     def old_api(self: object, meter: object) -> None:
         raise TypeError("create_histogram() got an unexpected keyword argument")
 
-    monkeypatch.setattr(telemetry.state, "_STATE", telemetry._State())
-    monkeypatch.setattr(telemetry._Instruments, "__init__", old_api)
+    monkeypatch.setattr(telemetry.state, "_STATE", telemetry.state._State())
+    monkeypatch.setattr(telemetry.metrics._Instruments, "__init__", old_api)
     async with sessionstore.connect(dsn, **store_overrides()) as store:
         session = await store.sessions.create("u")
         assert (await store.sessions.get(session.id)).id == session.id
