@@ -101,8 +101,8 @@ class AddTurnOptions(TurnOptions, total=False):
     caller (a UUID). Sending the same turn again with the same id returns the stored turn
     and counts nothing twice, so a turn whose outcome is unknown (``StoreTimeoutError``)
     can be resent safely; the same id with a different message raises ``ConflictError``.
-    Two resends racing each other under ``as_user`` (one transaction each): the loser
-    raises ``ConflictError`` (SQLSTATE 23505); sending it once more returns the turn.
+    Resends racing each other (or the original) all return the one stored turn, under
+    ``as_user`` too: a loser whose insert meets the winner's row is sent once more.
     """
 
     message_id: UUID | str | None

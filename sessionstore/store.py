@@ -87,9 +87,9 @@ class _Scope:
         ``message_id`` gives ``written=False``, so that nothing is applied twice. What
         it writes commits with the turn or not at all; an exception it raises rolls the
         turn back and propagates (a database error translated like any other). With
-        ``after`` the call is one transaction of two or more statements, never retried,
-        and two resends of one ``message_id`` at once may raise ``ConflictError`` for
-        the loser (without it, the loser reads the stored turn back). ``after`` is
+        ``after`` the call is one transaction of two or more statements; a resend racing
+        its original is sent again in a new transaction, where it finds the turn stored
+        (``written=False``). ``after`` is
         trusted application code with the raw connection: it must not end the
         transaction or change its role (under ``as_user`` that would leave row-level
         security); anything not callable is refused before anything is sent.

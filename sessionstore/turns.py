@@ -81,21 +81,26 @@ msg AS (
     FROM conv
     RETURNING {MESSAGE.select(prefix="m_")}
 )
-SELECT msg.*, conv.*, sess.*, NULL::text AS stored_in
+SELECT msg.*, conv.*, sess.*, NULL::text AS stored_in, false AS touched
 FROM msg CROSS JOIN conv LEFT JOIN sess ON true
 UNION ALL
 SELECT {", ".join("stored.m_" + name for name in MESSAGE.names)},
        {CONVERSATION.select(prefix="c_", alias="c")},
-       {SESSION.select(prefix="s_", alias="s")}, stored.stored_in
+       {SESSION.select(prefix="s_", alias="s")}, stored.stored_in, false
 FROM stored
 JOIN conversations c ON c.id = stored.m_conversation_id
 LEFT JOIN sessions s ON s.id = $2
 """
 # ADD_TURN that also returns, as further rows, the messages before the turn's (up to $9 of
-# them): the turn's context, in the same round trip. Those rows carry only m_ columns.
-# They are read under the statement's snapshot, so an append another client committed
-# between that snapshot and this turn's lock is missing: add_turn sees the gap in seq
-# and reads the context again (a second round trip, only then).
+# them): the turn's context, in the same round trip. Those rows carry only m_ columns
+# and ``touched``. They are read under the statement's snapshot, which the turn may have
+# taken long before it got its locks, so add_turn reads the context again (a second
+# round trip, only then) when the snapshot may be out of date:
+# - an append another client committed after the snapshot is missing: a gap in seq;
+# - a message removed after the snapshot (pop, clear), perhaps replaced by a later
+#   append under the same seq, is still visible to the snapshot, but its row carries the
+#   remover's transaction id in xmax (messages are never updated or locked, so xmax is
+#   0 on a row nobody removed): ``touched``.
 _TURN_AT = """(SELECT m_conversation_id, m_seq FROM msg
   UNION ALL SELECT m_conversation_id, m_seq FROM stored) AS t"""
 _NO_TURN_COLUMNS = ", ".join(
@@ -103,19 +108,20 @@ _NO_TURN_COLUMNS = ", ".join(
 )
 ADD_TURN_CONTEXT = f"""{ADD_TURN}
 UNION ALL
-SELECT e.*, {_NO_TURN_COLUMNS}
+SELECT {", ".join("e.m_" + name for name in MESSAGE.names)}, {_NO_TURN_COLUMNS}, e.touched
 FROM {_TURN_AT}
 CROSS JOIN LATERAL (
-    SELECT {MESSAGE.select(prefix="m_", alias="e")} FROM messages e
+    SELECT {MESSAGE.select(prefix="m_", alias="e")}, NOT (e.xmax = '0'::xid) AS touched
+    FROM messages e
     WHERE e.conversation_id = t.m_conversation_id AND e.seq < t.m_seq
     ORDER BY e.seq DESC
     LIMIT $9
 ) e
 """
-# The context read again after a gap: the latest $2 messages up to seq $3.
+# The context read again (see ADD_TURN_CONTEXT): the latest $2 messages before seq $3.
 CONTEXT = f"""
 SELECT {MESSAGE.select()} FROM messages
-WHERE conversation_id = $1 AND seq <= $3
+WHERE conversation_id = $1 AND seq < $3
 ORDER BY seq DESC
 LIMIT $2
 """
@@ -299,14 +305,7 @@ async def add_turn(
     async def work(conn: Connection) -> Turn:
         if db.rls_scoped:
             await conn.execute(PRECREATE_CONVERSATION, cont, sid)
-        try:
-            with translate_errors():
-                rows = await conn.fetch(query, *arguments)
-        except ConflictError as exc:
-            # Two resends of one message id at once: the loser's insert met the winner's
-            # row. Outside a transaction it can read the stored turn back.
-            if mid is None or exc.sqlstate != "23505" or db.rls_scoped or after is not None:
-                raise
+        with translate_errors():
             rows = await conn.fetch(query, *arguments)
         row = next((r for r in rows if r["c_id"] is not None), None)
         if row is None:
@@ -328,19 +327,31 @@ async def add_turn(
             await after(conn, turn, row["stored_in"] is None)
         return turn
 
-    return await db.run(work, transaction=after is not None)
+    transaction = after is not None
+    try:
+        return await db.run(work, transaction=transaction)
+    except ConflictError as exc:
+        # Resends of one message id at once: the loser's statement took its snapshot
+        # before the winner committed, and its insert met the winner's row. Sent again
+        # (in a new transaction where there was one), it finds the stored turn.
+        if mid is None or exc.sqlstate != "23505":
+            raise
+    return await db.run(work, transaction=transaction)
 
 
 async def _context(conn: Connection, new: Message, rows: Sequence[Row], size: int) -> list[Message]:
-    """The turn's context from the statement's extra rows; read again if another
-    client's append committed too late for the statement's snapshot (a gap in seq)."""
-    earlier = sorted((MESSAGE.one(r, "m_") for r in rows if r["c_id"] is None), key=_seq)
+    """The turn's context: the statement's extra rows, or — if its snapshot may be out of
+    date (a gap in seq, or a row some remover has touched) — the messages before the
+    turn read again under a fresh snapshot. Either way it ends with the turn's own
+    message, and the messages before it are the conversation as stored when it was read."""
+    extra = [r for r in rows if r["c_id"] is None]
+    earlier = sorted((MESSAGE.one(r, "m_") for r in extra), key=_seq)
     expected = range(max(new.seq - size + 1, 1), new.seq)
-    if [m.seq for m in earlier] == list(expected):
+    if [m.seq for m in earlier] == list(expected) and not any(r["touched"] for r in extra):
         return [*earlier, new]
     with translate_errors():
-        again = await conn.fetch(CONTEXT, new.conversation_id, size, new.seq)
-    return MESSAGE.many(again)[::-1]
+        again = await conn.fetch(CONTEXT, new.conversation_id, size - 1, new.seq)
+    return [*MESSAGE.many(again)[::-1], new]
 
 
 def _seq(message: Message) -> int:

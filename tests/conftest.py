@@ -174,6 +174,17 @@ def store_overrides() -> dict[str, Any]:
 
 
 @pytest.fixture
+async def supabase_store(
+    pg_server: TestServer, supabase_database: str
+) -> AsyncIterator[SessionStore]:
+    """An open store on a Supabase-like database, logged in as Supabase's ``postgres``
+    (``as_user`` views run under row-level security)."""
+    dsn = as_supabase_postgres(pg_server.dsn_for(supabase_database))
+    async with sessionstore.connect(dsn, **store_overrides()) as opened:
+        yield opened
+
+
+@pytest.fixture
 async def store(dsn: str) -> AsyncIterator[SessionStore]:
     """An open store on this test's database."""
     async with sessionstore.connect(dsn, **store_overrides()) as opened:

@@ -52,7 +52,7 @@ from sessionstore.integrations.langchain import (
     SessionStoreChatMessageHistory,
 )
 
-from ..conftest import as_supabase_postgres, store_overrides
+from ..conftest import store_overrides
 from ..helpers import expire, row_counts
 from ..servers import TestServer
 from ..strategies import ANY_CHAR
@@ -693,17 +693,10 @@ async def test_a_conversation_of_another_session_refuses_writes(
     assert await row_counts(conn) == before
 
 
-@pytest.fixture
-async def rls_store(pg_server: TestServer, supabase_database: str) -> AsyncIterator[SessionStore]:
-    dsn = as_supabase_postgres(pg_server.dsn_for(supabase_database))
-    async with sessionstore.connect(dsn, **store_overrides()) as opened:
-        yield opened
-
-
 async def test_under_rls_a_user_cannot_read_or_write_another_users_history(
-    rls_store: SessionStore, pg_server: TestServer, supabase_database: str
+    supabase_store: SessionStore, pg_server: TestServer, supabase_database: str
 ) -> None:
-    alice, bob = rls_store.as_user(ALICE), rls_store.as_user(BOB)
+    alice, bob = supabase_store.as_user(ALICE), supabase_store.as_user(BOB)
     alice_session = await alice.sessions.create(ALICE)
     bob_session = await bob.sessions.create(BOB)
     bobs = SessionStoreChatMessageHistory(bob, "bob-chat", session_id=bob_session.id)
