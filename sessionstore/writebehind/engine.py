@@ -39,7 +39,7 @@ import logging
 import time
 import traceback
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from uuid import UUID
 
@@ -287,12 +287,13 @@ class Writer:
             if item.id in rejected:
                 self._set_aside_one(item, rejected[item.id], None)
         self._written += len(batch) - len(rejected)
-        self._resolve(batch)
+        self._resolve(batch, rejected)
 
-    def _resolve(self, done: Sequence[PendingWrite]) -> None:
-        """``done`` is written or set aside: no longer in flight (a split batch resolves
-        part by part)."""
-        self.pending.discard(done)
+    def _resolve(self, done: Sequence[PendingWrite], set_aside: Collection[UUID] = ()) -> None:
+        """``done`` is written, but for the ids in ``set_aside``: no longer in flight (a
+        split batch resolves part by part)."""
+        self.pending.discard((i for i in done if i.id not in set_aside), durable=True)
+        self.pending.discard(i for i in done if i.id in set_aside)
         if len(done) == len(self._batch):
             self._batch = []
         else:
@@ -304,9 +305,10 @@ class Writer:
         if len(batch) == 1:
             if error.sqlstate == "23505":
                 self._written += 1  # another writer (a replay) stored this very id
+                self._resolve(batch)
             else:
                 self._set_aside_one(batch[0], failure_reason(error, batch[0]), error.sqlstate)
-            self._resolve(batch)
+                self._resolve(batch, {batch[0].id})
             return
         middle = len(batch) // 2
         await self._write(batch[:middle])

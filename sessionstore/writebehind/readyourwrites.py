@@ -13,7 +13,8 @@ until then. Other processes see only durable messages.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from uuid import UUID
 
 from ..models import ContinuationId, Message, MessageRole, PendingWrite, from_trusted
@@ -32,10 +33,20 @@ def _key(item: PendingWrite) -> Key:
 
 
 class PendingIndex:
-    """Waiting messages by the conversation key they were accepted with, in accept order."""
+    """Waiting messages by the conversation key they were accepted with, in accept order;
+    and, while a read is in progress, the messages made durable since it began.
+
+    A read looks its conversation up by the key its caller used, reads, and only then
+    learns the conversation's other key: a message accepted under that key and written
+    by a batch that committed after the read's snapshot has left the index by the time
+    it is looked for. :meth:`reading` keeps such messages findable until the read ends.
+    """
 
     def __init__(self) -> None:
         self._by_key: dict[Key, dict[UUID, PendingWrite]] = {}
+        # Messages made durable while a read was in progress, in the order they were.
+        self._left: list[PendingWrite] = []
+        self._readers = 0
 
     def __bool__(self) -> bool:
         return bool(self._by_key)
@@ -44,24 +55,40 @@ class PendingIndex:
         """Count ``item`` as waiting."""
         self._by_key.setdefault(_key(item), {})[item.id] = item
 
-    def discard(self, items: Iterable[PendingWrite]) -> None:
-        """``items`` are durable, set aside or handed over (spilled): no longer waiting."""
+    def discard(self, items: Iterable[PendingWrite], *, durable: bool = False) -> None:
+        """``items`` are durable (``durable=True``), set aside or handed over (spilled): no
+        longer waiting. Durable ones stay findable by reads in progress."""
         for item in items:
             key = _key(item)
             waiting = self._by_key.get(key)
-            if waiting is not None:
-                waiting.pop(item.id, None)
+            if waiting is not None and waiting.pop(item.id, None) is not None:
                 if not waiting:
                     del self._by_key[key]
+                if durable and self._readers:
+                    self._left.append(item)
 
-    def matching(self, *keys: Key | None) -> list[PendingWrite]:
+    @contextmanager
+    def reading(self) -> Iterator[int]:
+        """Mark the start of a read: yields a mark for :meth:`matching`'s ``since``; the
+        messages made durable meanwhile are kept until no read is in progress."""
+        self._readers += 1
+        try:
+            yield len(self._left)
+        finally:
+            self._readers -= 1
+            if not self._readers:
+                self._left.clear()
+
+    def matching(self, *keys: Key | None, since: int | None = None) -> list[PendingWrite]:
         """The waiting messages of a conversation known by any of ``keys``, in accept order
-        (a ``ContinuationId`` counts as its text)."""
+        (a ``ContinuationId`` counts as its text); with ``since`` (a mark of
+        :meth:`reading`) also those made durable after it."""
+        plain = {str(k) if isinstance(k, ContinuationId) else k for k in keys if k is not None}
         found: dict[UUID, PendingWrite] = {}
-        for key in keys:
-            if key is not None:
-                plain = str(key) if isinstance(key, ContinuationId) else key
-                found.update(self._by_key.get(plain, {}))
+        for key in plain:
+            found.update(self._by_key.get(key, {}))
+        if since is not None:
+            found.update((i.id, i) for i in self._left[since:] if _key(i) in plain)
         return sorted(found.values(), key=_ticket)
 
 

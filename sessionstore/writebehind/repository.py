@@ -60,31 +60,36 @@ class QueuedMessagesRepository(MessagesRepository):
         size = v.limit(limit)
         upper = NO_UPPER_BOUND if before is None else v.positive_int(before, "before")
         query = HISTORY_WITH_WAITING.for_(ref)
-        waiting = index.matching(ref)
-        rows = await self._db.fetch(query, ref, size, upper, [w.id for w in waiting], retry=True)
-        if not rows:
-            if not waiting:
-                raise conversation_missing(ref)
-            await self._created_by_queue(ref)
-            return await super().history(ref, limit=limit, before=before)
-        head = rows[0]
-        # Named by the conversation's other key, or accepted during the read: judged by
-        # a second read, so that every waiting message is judged by the same snapshot
-        # as the stored page it is merged into. (A message judged by another snapshot
-        # could be written in between and then show in neither.)
-        known = {w.id for w in waiting}
-        more = index.matching(head["conv_id"], head["conv_continuation"])
-        if any(w.id not in known for w in more):
-            waiting = sorted({w.id: w for w in [*waiting, *more]}.values(), key=_ticket)
+        with index.reading() as mark:
+            waiting = index.matching(ref)
             ids = [w.id for w in waiting]
             rows = await self._db.fetch(query, ref, size, upper, ids, retry=True)
+            if not rows:
+                if not waiting:
+                    raise conversation_missing(ref)
+                await self._created_by_queue(ref)
+                return await super().history(ref, limit=limit, before=before)
             head = rows[0]
-        stored = set(head["stored"])
-        later = as_messages(
-            [w for w in waiting if w.id not in stored], head["conv_id"], head["conv_count"]
-        )
+            # Named by the conversation's other key (perhaps written, after this read's
+            # snapshot, by a batch that has left the index since: hence ``since``), or
+            # accepted during the read: judged by a second read, so that every message is
+            # judged by the same snapshot as the stored page it is merged into. (A message
+            # judged by another snapshot could be written in between and show in neither.)
+            known = set(ids)
+            more = index.matching(head["conv_id"], head["conv_continuation"], since=mark)
+            if any(w.id not in known for w in more):
+                waiting = sorted({w.id: w for w in [*waiting, *more]}.values(), key=_ticket)
+                rows = await self._db.fetch(query, ref, size, upper, [w.id for w in waiting])
+                head = rows[0]
+            stored = set(head["stored"])
+            later = [w for w in waiting if w.id not in stored]
         durable = [] if head["id"] is None else [MESSAGE.one(row) for row in rows]
-        return merged(durable, later, limit=size, before=upper)
+        return merged(
+            durable,
+            as_messages(later, head["conv_id"], head["conv_count"]),
+            limit=size,
+            before=upper,
+        )
 
     async def _created_by_queue(self, ref: UUID | ContinuationId) -> None:
         """Wait, at most ``command_timeout``, for the writer to create the conversation
