@@ -298,6 +298,36 @@ async def test_get_session_config(service: SessionStoreSessionService) -> None:
         GetSessionConfig(num_recent_events=-1)
 
 
+async def test_events_come_back_in_timestamp_then_id_order(
+    service: SessionStoreSessionService,
+) -> None:
+    """As ADK's database service returns them: by timestamp, ties by event id, whatever
+    order they were appended in; num_recent_events cuts that order, and a tie reaching
+    back past the first page read is followed to its end."""
+    session = await service.create_session(app_name=APP, user_id=ALICE, session_id="ord")
+    base = 1_800_000_000.0
+    tied = [f"t{n:02}" for n in range(30)]
+    for event_id in reversed(tied):  # appended in descending id order, all at base + 1
+        await service.append_event(session, _event(id=event_id, timestamp=base + 1))
+    await service.append_event(session, _event(id="early", timestamp=base))  # appended last
+
+    async def ids(**config: Any) -> list[str]:
+        got = await service.get_session(
+            app_name=APP,
+            user_id=ALICE,
+            session_id="ord",
+            config=GetSessionConfig(**config) if config else None,
+        )
+        assert got is not None
+        return [e.id for e in got.events]
+
+    assert await ids() == ["early", *tied]
+    assert await ids(num_recent_events=2) == tied[-2:]
+    assert await ids(num_recent_events=1) == tied[-1:]
+    assert await ids(after_timestamp=base + 0.5) == tied
+    assert await ids(after_timestamp=base + 0.5, num_recent_events=3) == tied[-3:]
+
+
 async def test_long_sessions_are_read_in_pages(service: SessionStoreSessionService) -> None:
     session = await service.create_session(app_name=APP, user_id=ALICE, session_id="long")
     base = 1_800_000_000.0
@@ -473,6 +503,8 @@ async def test_events_round_trip_exactly(service: SessionStoreSessionService) ->
             error_message="partial failure",
             turn_complete=True,
             interrupted=False,
+            # After the first: events read back in timestamp order.
+            timestamp=1_800_000_000.5,
         ),
     ]
     originals = [e.model_copy(deep=True) for e in events]
@@ -559,7 +591,7 @@ async def test_sessions_not_returned_by_the_service(service: SessionStoreSession
     got = await service.get_session(app_name=APP, user_id=ALICE, session_id="h")
     assert got is not None
     by_hand = AdkSession(id="h", app_name=APP, user_id=ALICE, events=list(got.events))
-    await service.append_event(by_hand, _event(text="two"))
+    await service.append_event(by_hand, _event(text="two", timestamp=listed.last_update_time + 2))
     behind = AdkSession(id="h", app_name=APP, user_id=ALICE, events=list(got.events))
     with pytest.raises(StaleSessionError):
         await service.append_event(behind, _event(text="three"))

@@ -16,7 +16,7 @@ from ...models import Message, MessageRole
 from ...repositories.states import StateDeltas
 from .state import split
 
-__all__ = ["EVENT_KIND", "EventWrite", "select", "stamp"]
+__all__ = ["EVENT_KIND", "EventWrite", "order", "select", "stamp"]
 
 #: ``Message.metadata["kind"]`` of a message that holds an ADK event.
 EVENT_KIND = "adk_event"
@@ -82,17 +82,24 @@ class EventWrite(NamedTuple):
         )
 
 
+def order(message: Message) -> tuple[float, str]:
+    """Where an event message sorts: by its event's timestamp, ties by event id (the
+    order of ADK's database service, whose stale-session check takes the last event in
+    that order as the latest one)."""
+    return stamp(message) or 0.0, str(message.metadata.get("event_id", ""))
+
+
 def select(messages: Sequence[Message], config: GetSessionConfig | None) -> list[Message]:
-    """The event messages ``config`` asks for, by ADK's in-memory rules: the latest
-    ``num_recent_events``, then those after the last one older than ``after_timestamp``."""
-    events = [m for m in messages if stamp(m) is not None]
+    """The event messages ``config`` asks for, in :func:`order`: with
+    ``after_timestamp``, those at or after it; with ``num_recent_events``, the latest n
+    of those (0: none). Messages that hold no event are left out; two events with the
+    same timestamp and id keep the order they were appended in."""
+    events = sorted((m for m in messages if stamp(m) is not None), key=order)
     if config is None:
         return events
+    after = config.after_timestamp
+    if after is not None:
+        events = [m for m in events if order(m)[0] >= after]
     if config.num_recent_events is not None:
         events = events[-config.num_recent_events :] if config.num_recent_events else []
-    if config.after_timestamp is not None:
-        cut = len(events)
-        while cut > 0 and (stamp(events[cut - 1]) or 0.0) >= config.after_timestamp:
-            cut -= 1
-        events = events[cut:]
     return events

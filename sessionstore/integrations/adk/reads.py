@@ -38,20 +38,48 @@ async def history(
 ) -> tuple[list[Message], Message | None]:
     """The messages the config may need, oldest first, and the newest message of the
     conversation (the revision the session object will carry), in pages read
-    backwards. ``NotFoundError`` if the conversation is gone."""
+    backwards. ``NotFoundError`` if the conversation is gone.
+
+    Events are selected in :func:`~.events.order` (timestamp, then id) but read in the
+    order they were appended, so the read stops at the first page whose earliest event
+    is older than ``after_timestamp``, or strictly older than the latest
+    ``num_recent_events`` read so far (a tie is followed back as far as it goes). That
+    is exact unless an event appended earlier has a later timestamp than the earliest
+    one read (ADK appends in time order). Without a config every message is read.
+    """
     recent = None if config is None else config.num_recent_events
     after = None if config is None else config.after_timestamp
     if recent == 0:
         last = await scope.messages.history(key.ref, limit=1)
         return [], last[-1] if last else None
+    stamps: list[float] = []
 
-    def reaches_back(page: list[Message]) -> bool:
-        oldest = stamp(page[0]) if page else None
-        return after is not None and oldest is not None and oldest < after
+    def enough(page: list[Message]) -> bool:
+        page_stamps = [s for s in map(stamp, page) if s is not None]
+        stamps.extend(page_stamps)
+        if not page_stamps:
+            return False
+        # The earliest appended event read so far; one appended before it has, by the
+        # assumption above, no later timestamp.
+        oldest = page_stamps[0]
+        if after is not None and oldest < after:
+            return True
+        # The latest `recent` are settled once that event is strictly older than the
+        # last of them: one further back could at most tie with it, not enter them.
+        return recent is not None and len(stamps) > recent and oldest < _nth(stamps, recent)
 
-    first = _FIRST_FILTERED_PAGE if after is not None and recent is None else None
-    messages = await latest(scope, key.ref, recent, first_page=first, enough=reaches_back)
+    first = None
+    if recent is not None:
+        first = min(recent + 1, _PAGE)  # one more than asked: usually settles in one read
+    elif after is not None:
+        first = _FIRST_FILTERED_PAGE
+    messages = await latest(scope, key.ref, None, first_page=first, enough=enough)
     return messages, messages[-1] if messages else None
+
+
+def _nth(values: list[float], n: int) -> float:
+    """The ``n``-th largest of ``values`` (``1 <= n <= len(values)``)."""
+    return sorted(values, reverse=True)[n - 1]
 
 
 async def all_sessions(scope: Scope, user_id: str | None) -> list[Session]:

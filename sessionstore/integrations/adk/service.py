@@ -24,7 +24,7 @@ from typing_extensions import override
 from ... import validation as v
 from ...db import Connection
 from ...errors import ConflictError, InvalidInputError, NotFoundError, PermissionDeniedError
-from ...models import Message, Session, SessionStatus, Turn
+from ...models import Session, SessionStatus, Turn
 from ...repositories.states import StateDeltas, write_states
 from ...store import SessionStore, UserView
 from ..common import Scope
@@ -43,6 +43,8 @@ _STALE = (
     "The session has been modified in storage since it was loaded. "
     "Please reload the session before appending more events."
 )
+# The stored event a session object without a revision marker must end with.
+_LAST_EVENT = GetSessionConfig(num_recent_events=1)
 
 
 class SessionStoreSessionService(BaseSessionService):
@@ -64,8 +66,9 @@ class SessionStoreSessionService(BaseSessionService):
       user in this app raises ``AlreadyExistsError``, unless that session has expired
       (then it is replaced). ``app:`` and ``user:`` keys of ``state`` go to their scopes,
       ``temp:`` keys nowhere.
-    - ``get_session``: ``None`` when absent, deleted or expired. ``state`` is the
-      session's state with ``app:`` and ``user:`` state merged in under their prefixes.
+    - ``get_session``: ``None`` when absent, deleted or expired; events by timestamp,
+      ties by event id. ``state`` is the session's state with ``app:`` and ``user:``
+      state merged in under their prefixes.
     - ``list_sessions``: without events, oldest first by ``last_update_time`` (there: the
       time of the session's last write, on the database's clock); expired sessions are
       left out.
@@ -181,9 +184,11 @@ class SessionStoreSessionService(BaseSessionService):
         """The session with its events and merged state; ``None`` if there is none, it
         was deleted, or it has expired.
 
-        ``config.num_recent_events``: only the latest n events (0: none);
-        ``config.after_timestamp``: only the events after the last one older than it
-        (ADK's in-memory rule; the same as the database service's when timestamps grow).
+        Events are ordered by timestamp, ties by event id (the database service's
+        order, whatever order they were appended in). ``config.after_timestamp``: only
+        the events at or after it; ``config.num_recent_events``: only the latest n of
+        those (0: none). A filtered read assumes events are appended in time order
+        (``docs/integrations/adk.md``, "Event order").
         Round trips: one step of three concurrent reads (the session, the events, the
         app/user state) when this service has seen the session before, else one lookup
         first; plus one per further 1,000 events.
@@ -377,27 +382,27 @@ class SessionStoreSessionService(BaseSessionService):
     async def _revision(self, scope: Scope, key: Key, session: AdkSession) -> tuple[uuid.UUID, int]:
         """The sessionstore session and the revision (latest event ``seq``) the session
         object stands for; for an object this service did not return (no marker), ADK's
-        database-service rule: it is current if its last event is the stored last one
-        (or, holding no events, if nothing newer than its ``last_update_time`` is stored).
+        database-service rule: it is current if its last event is the stored last one in
+        :func:`~.events.order` (or, holding no events, if nothing newer than its
+        ``last_update_time`` is stored).
         """
         parsed = parse_marker(session._storage_update_marker)
         if parsed is not None:
             return parsed
         try:
-            conv, latest = await all_of(
-                scope.conversations.get(key.ref), scope.messages.history(key.ref, limit=1)
+            conv, (messages, newest) = await all_of(
+                scope.conversations.get(key.ref), history(scope, key, _LAST_EVENT)
             )
         except NotFoundError:
             raise SessionNotFoundError(f"Session {key.session_id} not found.") from None
         if conv.session_id is None:
             raise SessionNotFoundError(f"Session {key.session_id} not found.")
-        newest: Message | None = latest[-1] if latest else None
-        if newest is not None:
+        last = select(messages, _LAST_EVENT)
+        if last:
             if session.events:
-                current = newest.metadata.get("event_id") == session.events[-1].id
+                current = last[0].metadata.get("event_id") == session.events[-1].id
             else:
-                stamped = stamp(newest)
-                current = stamped is None or stamped <= session.last_update_time
+                current = (stamp(last[0]) or 0.0) <= session.last_update_time
             if not current:
                 raise StaleSessionError(_STALE)
         return conv.session_id, 0 if newest is None else newest.seq
