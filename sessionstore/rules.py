@@ -22,6 +22,7 @@ __all__ = [
     "cleanup_due",
     "drop_latest",
     "effective_status",
+    "may_read",
     "may_write",
     "not_past_expiry",
     "read_status",
@@ -122,6 +123,13 @@ def may_write(owner: str, session: str) -> str:
     """Ownership: a conversation bound to a session (``owner``) is written only through
     that session; one without a session, or a write naming none, is not restricted."""
     return f"({owner} IS NULL OR {session} IS NULL OR {owner} = {session})"
+
+
+def may_read(owner: str, session: str) -> str:
+    """Reading as a session: a session reads only the conversations bound to it (not an
+    unbound one, nor another session's); a read naming no session is not restricted.
+    Never NULL (a boolean column can carry it)."""
+    return f"({session} IS NULL OR {owner} IS NOT DISTINCT FROM {session})"
 
 
 def bind(owner: str, session: str) -> str:

@@ -6,6 +6,6 @@ LEFT JOIN LATERAL (
     ORDER BY seq DESC
     LIMIT $2
 ) m ON true
-WHERE c.continuation_id = $1
+WHERE c.continuation_id = $1 AND ($4::uuid IS NULL OR c.session_id IS NOT DISTINCT FROM $4::uuid)
 ORDER BY m.seq
 

@@ -33,6 +33,7 @@ from ..rules import (
     bump_conversation,
     bump_session,
     drop_latest,
+    may_read,
     may_write,
     seq_of,
 )
@@ -111,29 +112,44 @@ ADD_MESSAGE = _append(
 )
 
 
-def _history(extra: str = "") -> Keyed:
+def _history(session: str, extra: str = "") -> Keyed:
     """The latest ``$2`` messages with ``seq < $3`` of conversation ``$1``, oldest first,
     and ``extra`` columns of the conversation ``c`` on every row. Zero rows: no such
-    conversation. One all-null message: a conversation without messages."""
+    conversation. One all-null message: a conversation without messages.
+
+    ``session`` (a parameter, NULL for none) is the session reading. Without ``extra``
+    a conversation it may not read gives zero rows, like a missing one (the rows keep
+    exactly the message columns: ``Columns.many``'s fast path). With ``extra`` the rows
+    also say whether it may (``readable``), and a conversation it may not read gives the
+    all-null message: none of its content leaves the server either way.
+    """
+    readable = may_read("c.session_id", f"{session}::uuid")
+    if extra:  # the check in the row, and on the messages read
+        extra, where, messages = f", {readable} AS readable{extra}", "", f" AND {readable}"
+    else:  # the check on the conversation: no row, no messages read
+        where, messages = f" AND {readable}", ""
     return Keyed.of(f"""
 SELECT m.*{extra} FROM conversations c
 LEFT JOIN LATERAL (
     SELECT {_COLUMNS} FROM messages
-    WHERE conversation_id = c.id AND seq < $3
+    WHERE conversation_id = c.id AND seq < $3{messages}
     ORDER BY seq DESC
     LIMIT $2
 ) m ON true
-WHERE c.{KEY} = $1
+WHERE c.{KEY} = $1{where}
 ORDER BY m.seq
 """)
 
 
-HISTORY = _history()
-# For a process with waiting write-behind messages: also the conversation's keys and
-# count, and which of the waiting ids ($4) are stored by now.
+# $4 the reading session (NULL: any).
+HISTORY = _history("$4")
+# For a process with waiting write-behind messages: also whether the session ($5) may
+# read it, the conversation's keys and count, and which of the waiting ids ($4) are
+# stored by now.
 HISTORY_WITH_WAITING = _history(
+    "$5",
     ", c.id AS conv_id, c.continuation_id AS conv_continuation, c.message_count AS conv_count,"
-    " ARRAY(SELECT s.id FROM messages s WHERE s.id = ANY($4::uuid[])) AS stored"
+    " ARRAY(SELECT s.id FROM messages s WHERE s.id = ANY($4::uuid[])) AS stored",
 )
 COUNT = Keyed.of(f"SELECT message_count FROM conversations WHERE {KEY} = $1")
 OWNER_OF = Keyed.of(f"SELECT session_id FROM conversations WHERE {KEY} = $1")
@@ -336,18 +352,35 @@ class MessagesRepository:
 
     @traced("messages")
     async def history(
-        self, conversation_id: ConversationRef, *, limit: int = 50, before: int | None = None
+        self,
+        conversation_id: ConversationRef,
+        *,
+        limit: int = 50,
+        before: int | None = None,
+        session_id: UUID | str | None = None,
     ) -> list[Message]:
         """The latest ``limit`` messages (with ``seq < before`` if given), oldest first.
 
         The conversation is named by its id or its :class:`~sessionstore.ContinuationId`
         (one round trip either way); ``NotFoundError`` if it does not exist.
+
+        With ``session_id`` the read is that session's: a conversation not bound to it
+        (bound to another session, or to none) raises the same ``NotFoundError``, with
+        the same text, as one that does not exist, so a caller holding one session learns
+        neither the content nor the existence of another's conversation. (Not
+        ``ConflictError``: that would confirm the conversation exists. Appends differ:
+        ``add_turn`` must say a name is taken, since it would otherwise create it.) The
+        session's state is not checked: an expired or completed session still reads its
+        own conversations. The check is part of the same statement (no extra round trip),
+        and a refused conversation's messages are not read. ``session_id`` must be a UUID
+        (``InvalidInputError``, before anything is sent).
         """
         cid = v.conversation(conversation_id)
         size = v.limit(limit)
         upper = NO_UPPER_BOUND if before is None else v.positive_int(before, "before")
-        rows = await self._db.fetch(HISTORY.for_(cid), cid, size, upper, retry=True)
-        if not rows:
+        sid = None if session_id is None else v.uuid(session_id, "session_id")
+        rows = await self._db.fetch(HISTORY.for_(cid), cid, size, upper, sid, retry=True)
+        if not rows:  # missing, or not this session's
             raise conversation_missing(cid)
         if rows[0]["id"] is None:  # the one all-null row of a conversation without messages
             return []

@@ -43,7 +43,12 @@ class QueuedMessagesRepository(MessagesRepository):
 
     @traced("messages")
     async def history(
-        self, conversation_id: ConversationRef, *, limit: int = 50, before: int | None = None
+        self,
+        conversation_id: ConversationRef,
+        *,
+        limit: int = 50,
+        before: int | None = None,
+        session_id: UUID | str | None = None,
     ) -> list[Message]:
         """:meth:`MessagesRepository.history`, with read-your-writes: messages this process
         accepted for write-behind and has not yet made durable are included, after the
@@ -52,23 +57,31 @@ class QueuedMessagesRepository(MessagesRepository):
 
         A conversation that exists only in the queue (``enqueue_turn`` to a new
         continuation id) is read after the writer's next batch has created it.
+        ``session_id`` as for :meth:`MessagesRepository.history`: a conversation not
+        bound to that session raises ``NotFoundError``, and none of its waiting messages
+        is returned either.
         """
         index = self._writer.pending
         if not index:
-            return await super().history(conversation_id, limit=limit, before=before)
+            return await super().history(
+                conversation_id, limit=limit, before=before, session_id=session_id
+            )
         ref = v.conversation(conversation_id)
         size = v.limit(limit)
         upper = NO_UPPER_BOUND if before is None else v.positive_int(before, "before")
+        sid = None if session_id is None else v.uuid(session_id, "session_id")
         query = HISTORY_WITH_WAITING.for_(ref)
         with index.reading() as mark:
             waiting = index.matching(ref)
             ids = [w.id for w in waiting]
-            rows = await self._db.fetch(query, ref, size, upper, ids, retry=True)
+            rows = await self._db.fetch(query, ref, size, upper, ids, sid, retry=True)
             if not rows:
                 if not waiting:
                     raise conversation_missing(ref)
                 await self._created_by_queue(ref)
-                return await super().history(ref, limit=limit, before=before)
+                return await super().history(ref, limit=limit, before=before, session_id=sid)
+            if not rows[0]["readable"]:  # not this session's: refused like a missing one
+                raise conversation_missing(ref)
             head = rows[0]
             # Named by the conversation's other key (perhaps written, after this read's
             # snapshot, by a batch that has left the index since: hence ``since``), or
@@ -79,7 +92,10 @@ class QueuedMessagesRepository(MessagesRepository):
             more = index.matching(head["conv_id"], head["conv_continuation"], since=mark)
             if any(w.id not in known for w in more):
                 waiting = sorted({w.id: w for w in [*waiting, *more]}.values(), key=_ticket)
-                rows = await self._db.fetch(query, ref, size, upper, [w.id for w in waiting])
+                ids = [w.id for w in waiting]
+                rows = await self._db.fetch(query, ref, size, upper, ids, sid, retry=True)
+                if not rows:  # deleted in between (a bound conversation stays this session's)
+                    raise conversation_missing(ref)
                 head = rows[0]
             stored = set(head["stored"])
             later = [w for w in waiting if w.id not in stored]

@@ -101,9 +101,9 @@ async def new_messages_verdict(world: World, items: object) -> tuple[Verdict, in
 
 
 # What both the generated and the pinned test of this property draw.
-#: ``add_many``'s ``session_id``: a session set up in a state (``S``), one that owns the
-#: conversation already (``"S:owner"``), or a hostile value; drawn with whether the
-#: conversation is bound to a session beforehand.
+#: ``add_many``'s and ``history``'s ``session_id``: a session set up in a state (``S``),
+#: one that owns the conversation already (``"S:owner"``), or a hostile value; drawn with
+#: whether the conversation is bound to a session beforehand.
 _TURN_SESSIONS = st.one_of(
     st.just(OMITTED),
     st.sampled_from(["S:active", "S:expired", "S:paused", "S:completed", "S:owner"]),
@@ -139,8 +139,8 @@ async def test_messages(
     before: object,
     turn: tuple[object, bool],
 ) -> None:
-    """``add``, ``add_many`` (with and without ``session_id``), ``history``, ``count``,
-    ``pop``, ``clear``."""
+    """``add``, ``add_many`` and ``history`` (each with and without ``session_id``),
+    ``count``, ``pop``, ``clear``."""
     await check_messages(
         store, conn, op, seeded, conversation, role, content, options, new, limit, before, turn
     )
@@ -166,6 +166,10 @@ async def test_messages(
     {"op": "add_many", "new": [("user", "a"), ("assistant", "b", {"x": 1e300})]},
     {"op": "history", "before": 0},
     {"op": "history", "before": 2**31},
+    {"op": "history", "turn": ("S:owner", True)},
+    {"op": "history", "turn": ("S:active", True)},  # another session's conversation
+    {"op": "history", "turn": ("S:owner", False)},  # an unbound conversation
+    {"op": "history", "turn": ("not-a-uuid", True)},
     {"op": "add_many", "turn": ("S:expired", False)},
     {"op": "add_many", "turn": ("S:active", True)},
     {"op": "add_many", "turn": ("S:owner", True)},
@@ -302,6 +306,20 @@ async def check_messages(
         if before is not OMITTED:
             options_["before"] = before
             expect.arg("before", int_verdict(before, 1, INT4_MAX, optional=True))
+        if session is not OMITTED:
+            # read as a session: only its own conversation; any other (another
+            # session's, an unbound one) reads as missing, whatever the session's state
+            reader: object = session
+            if session == "S:owner":
+                reader = owner or await world.session()
+            elif isinstance(session, str) and session.startswith("S:"):
+                reader = await world.session(state=session[2:])
+            options_["session_id"] = reader
+            reader_verdict, named = await session_arg(world, reader)
+            expect.arg("session_id", reader_verdict)
+            bound_to = None if before_row is None else before_row["session_id"]
+            if named is None or bound_to != named:
+                expect.require(NotFoundError)
         out = await world.attempt(lambda: world.api.messages.history(value, **options_), expect)
         if not out.ok:
             return
