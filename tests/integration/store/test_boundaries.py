@@ -84,12 +84,13 @@ async def test_ttl_is_at_most_365000_days(store: SessionStore, conn: asyncpg.Con
     assert extended.expires_at - extended.updated_at == longest
     before = await row_counts(conn)
     too_long = longest + timedelta(microseconds=1)
-    for call in (
-        lambda: store.sessions.create("u", ttl=too_long),
-        lambda: store.sessions.extend(made.id, too_long),
-    ):
+    calls: list[Awaitable[object]] = [
+        store.sessions.create("u", ttl=too_long),
+        store.sessions.extend(made.id, too_long),
+    ]
+    for call in calls:
         with pytest.raises(InvalidInputError, match="365000 days") as caught:
-            await call()
+            await call
         assert caught.value.field == "ttl"
     assert await row_counts(conn) == before
 
