@@ -317,11 +317,10 @@ class SessionStore(_Scope):
         """
         uid = v.identifier(user_id, "user_id")
         extra = v.claims(claims)
-        for key, fixed in (("sub", uid), ("role", "authenticated")):
+        for key, fixed, named in (("sub", uid, "user_id"), ("role", "authenticated", None)):
             if extra.setdefault(key, fixed) != fixed:
-                raise InvalidInputError(
-                    "claims", f"{key!r} is set by as_user and must be {fixed!r}"
-                )
+                must = "equal user_id" if named else f"be {fixed!r}"
+                raise InvalidInputError("claims", f"{key!r} is set by as_user and must {must}")
         claims_json = v.metadata_json(extra, "claims")
         assert claims_json is not None
         return UserView(self._db.as_user(claims_json), uid)

@@ -19,6 +19,9 @@ from .errors import InvalidInputError
 from .models import ContinuationId, MessageRole, SessionStatus
 
 __all__ = [
+    "EARLIEST",
+    "LATEST",
+    "MAX_INT_DIGITS",
     "MAX_LIMIT",
     "MAX_METADATA_BYTES",
     "MAX_METADATA_DEPTH",
@@ -47,15 +50,32 @@ __all__ = [
 
 MAX_LIMIT = 1000
 MAX_IDENTIFIER = 255
-#: Nesting of a metadata object (the object itself is level 1). Far beyond real use, far
-#: below what recursive JSON code in Python (about 1,000) and PostgreSQL (a few thousand
-#: with the default ``max_stack_depth``) can take.
+#: Nesting of a metadata object, counted in containers (objects and lists): the object
+#: itself is level 1, and a scalar adds no level, so ``{"a": 1}`` is one level deep and a
+#: scalar inside 100 containers is 100 deep. Far beyond real use, far below what
+#: recursive JSON code in Python (about 1,000) and PostgreSQL (a few thousand with the
+#: default ``max_stack_depth``) can take.
 MAX_METADATA_DEPTH = 100
+#: The most digits (sign not counted) of an integer in metadata: Python's default limit
+#: for converting between int and text (``sys.get_int_max_str_digits()``), fixed here so
+#: the rule does not depend on the process. A longer number cannot be sent as JSON text
+#: by a default interpreter; pass it as a string.
+MAX_INT_DIGITS = 4300
+_INT_TOO_LONG = 10**MAX_INT_DIGITS
 #: A metadata object's size as UTF-8 JSON text.
 MAX_METADATA_BYTES = 8 * 1024 * 1024
-#: The longest ``ttl``: any expiry it gives stays far inside Python's ``datetime`` range
-#: (year 9999), so every stored ``expires_at`` can be read back. No expiry: ``ttl=None``.
-MAX_TTL = timedelta(days=1000 * 365)
+#: The longest ``ttl``: 365,000 days (1,000 years of 365 days; a day is 24 hours, as in
+#: ``timedelta``). Any expiry it gives stays far inside Python's ``datetime`` range (year
+#: 9999), so every stored ``expires_at`` can be read back. No expiry: ``ttl=None``.
+MAX_TTL = timedelta(days=365_000)
+#: The earliest and the latest time accepted (and read back): Python's ``datetime`` range
+#: in UTC less its last microsecond at each end, which asyncpg sends as ``-infinity`` and
+#: ``infinity`` (so ``datetime.max`` would be stored as ``infinity`` and read back as
+#: :data:`LATEST`, one microsecond off). ``sessionstore.rows`` reads stored times outside
+#: this range as its nearest end.
+EARLIEST: Final = datetime.min.replace(microsecond=1, tzinfo=UTC)
+LATEST: Final = datetime.max.replace(microsecond=999_998, tzinfo=UTC)
+_RANGE = "0001-01-01 00:00:00.000001 to 9999-12-31 23:59:59.999998"
 #: jsonb keeps numbers as ``numeric``, which prints a float of 1e16 or more without a
 #: decimal point or exponent (1e16 -> 10000000000000000): it would read back as an int.
 _FLOAT_AS_INT = 1e16
@@ -108,7 +128,7 @@ def text(value: object, field: str, *, optional: bool = False) -> str | None:
     if value is None and optional:
         return None
     if not isinstance(value, str):
-        raise InvalidInputError(field, f"must be a string, got {type(value).__name__}")
+        raise InvalidInputError(field, f"must be a string, got {_shape(value)}")
     _check_text(value, field)
     return value
 
@@ -155,24 +175,23 @@ def metadata_json(value: object, field: str = "metadata") -> str | None:
     Only what reads back exactly is accepted: mappings with string keys, lists,
     strings (no NUL, valid UTF-8; the six characters ``\\u0000`` are fine), ints,
     finite floats below 1e16 in magnitude (jsonb would print larger ones as integers),
-    booleans and ``None``, nested at most :data:`MAX_METADATA_DEPTH` deep and at most
-    :data:`MAX_METADATA_BYTES` as UTF-8 JSON. Tuples are refused (they would read back
-    as lists). ``-0.0`` reads back as ``0.0`` (equal). The error names the path of the
-    offending value (``metadata.a[2]``), never the value.
+    booleans and ``None``, nested at most :data:`MAX_METADATA_DEPTH` deep (counting
+    objects and lists, not scalars) and at most :data:`MAX_METADATA_BYTES` as UTF-8
+    JSON, integers of at most :data:`MAX_INT_DIGITS` digits. Tuples are refused (they
+    would read back as lists). ``-0.0`` reads back as ``0.0`` (equal). The error names
+    the path of the offending value (``metadata.a[2]``), never the value.
     """
     if value is None:
         return None
     if not isinstance(value, Mapping):
-        raise InvalidInputError(
-            field, f"must be a JSON object (a mapping), got {type(value).__name__}"
-        )
+        raise InvalidInputError(field, f"must be a JSON object (a mapping), got {_shape(value)}")
     plain = _plain_json(value, field)
     try:
         encoded = json.dumps(plain, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
-    except ValueError:  # an int longer than Python will print or parse
+    except ValueError:  # this process lowered Python's int-to-text limit below ours
         limit_ = sys.get_int_max_str_digits()
         raise InvalidInputError(
-            field, f"integers of more than {limit_} digits do not read back: pass a string"
+            field, f"integers must have at most {limit_} digits in this process: pass a string"
         ) from None
     if len(encoded) > MAX_METADATA_BYTES or len(encoded.encode()) > MAX_METADATA_BYTES:
         raise InvalidInputError(field, f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
@@ -223,7 +242,14 @@ def _at(path: str) -> str:
 
 
 def _copy(item: object, field: str, path: str, depth: int, stack: list[_Pending]) -> object:
-    if item is None or isinstance(item, bool | int):
+    if item is None or isinstance(item, bool):
+        return item
+    if isinstance(item, int):
+        if not -_INT_TOO_LONG < item < _INT_TOO_LONG:
+            raise InvalidInputError(
+                field,
+                f"integers must have at most {MAX_INT_DIGITS} digits{_at(path)}: pass a string",
+            )
         return item
     if isinstance(item, str):
         _check_text(item, field, _at(path))
@@ -260,16 +286,26 @@ def tokens(value: object, field: str = "tokens", *, optional: bool = True) -> in
     if value is None and optional:
         return None
     if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidInputError(field, f"must be an integer, got {type(value).__name__}")
+        raise InvalidInputError(field, f"must be an integer, got {_shape(value)}")
     if not 0 <= value <= _INT4_MAX:
-        raise InvalidInputError(field, f"must be between 0 and {_INT4_MAX}, got {value}")
+        raise InvalidInputError(field, f"must be between 0 and {_INT4_MAX}")
     return value
 
 
 def limit(value: object, field: str = "limit", *, maximum: int = MAX_LIMIT) -> int:
     """A page size between 1 and ``maximum``."""
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= maximum:
-        raise InvalidInputError(field, f"must be an integer between 1 and {maximum}, got {value!r}")
+    return _int_in(value, field, 1, maximum)
+
+
+def _int_in(value: object, field: str, low: int, high: int) -> int:
+    """An ``int`` (not a ``bool``) in ``[low, high]``. The refusal names the type of a
+    value that is no int, never the value (a string passed here may be anything)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInputError(
+            field, f"must be an integer between {low} and {high}, got {_shape(value)}"
+        )
+    if not low <= value <= high:
+        raise InvalidInputError(field, f"must be an integer between {low} and {high}")
     return value
 
 
@@ -307,30 +343,41 @@ def message(
 
 
 def aware_datetime(value: object, field: str, *, optional: bool = True) -> datetime | None:
-    """A timezone-aware ``datetime`` (naive ones are ambiguous and refused)."""
+    """A timezone-aware ``datetime`` from :data:`EARLIEST` to :data:`LATEST` in UTC,
+    both included (naive ones are ambiguous and refused). Returned in UTC.
+
+    The bounds are Python's range less one microsecond at each end: those two instants
+    would be stored as ``±infinity`` and read back one microsecond off, so they are
+    refused (``datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)`` is; 999998 is
+    the largest accepted).
+    """
     if value is None and optional:
         return None
     if not isinstance(value, datetime):
-        raise InvalidInputError(field, f"must be a datetime, got {type(value).__name__}")
+        raise InvalidInputError(field, f"must be a datetime, got {_shape(value)}")
     if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
         raise InvalidInputError(field, "must be timezone-aware (naive datetimes are ambiguous)")
     try:
-        return value.astimezone(UTC)
+        at = value.astimezone(UTC)
     except OverflowError:
-        raise InvalidInputError(
-            field, "must lie between the years 1 and 9999 in UTC (Python's datetime range)"
-        ) from None
+        at = None
+    if at is None or not EARLIEST <= at <= LATEST:
+        raise InvalidInputError(field, f"must lie from {_RANGE} UTC")
+    return at
 
 
 def ttl(value: object, field: str = "ttl") -> timedelta:
-    """A positive ``timedelta`` of at most :data:`MAX_TTL` (1,000 years)."""
+    """A positive ``timedelta`` of at most :data:`MAX_TTL` (365,000 days, both included:
+    ``timedelta(days=365_000)`` is accepted, a microsecond more is refused)."""
     if not isinstance(value, timedelta):
-        raise InvalidInputError(field, f"must be a timedelta, got {type(value).__name__}")
+        raise InvalidInputError(field, f"must be a timedelta, got {_shape(value)}")
     if value <= timedelta(0):
         raise InvalidInputError(field, "must be positive")
     if value > MAX_TTL:
         raise InvalidInputError(
-            field, "must be at most 1000 years (pass ttl=None for a session that never expires)"
+            field,
+            "must be at most 365000 days (1000 years of 365 days; pass ttl=None for a"
+            " session that never expires)",
         )
     return value
 
@@ -341,7 +388,7 @@ C = TypeVar("C", bound=Callable[..., object])
 def callback(value: C | None, field: str) -> C | None:
     """A callable or ``None`` (checked before any work, not when first called)."""
     if value is not None and not callable(value):
-        raise InvalidInputError(field, f"must be callable or None, got {type(value).__name__}")
+        raise InvalidInputError(field, f"must be callable or None, got {_shape(value)}")
     return value
 
 
@@ -350,22 +397,20 @@ def claims(value: object, field: str = "claims") -> dict[str, object]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise InvalidInputError(field, f"must be a mapping or None, got {type(value).__name__}")
+        raise InvalidInputError(field, f"must be a mapping or None, got {_shape(value)}")
     return dict(value)
 
 
 def flag(value: object, field: str) -> bool:
     """A ``bool`` (not merely something truthy: ``"false"`` would be)."""
     if not isinstance(value, bool):
-        raise InvalidInputError(field, f"must be True or False, got {type(value).__name__}")
+        raise InvalidInputError(field, f"must be True or False, got {_shape(value)}")
     return value
 
 
 def positive_int(value: object, field: str) -> int:
     """An integer >= 1 that fits Postgres ``integer``."""
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _INT4_MAX:
-        raise InvalidInputError(field, f"must be a positive integer, got {value!r}")
-    return value
+    return _int_in(value, field, 1, _INT4_MAX)
 
 
 class Unset(enum.Enum):

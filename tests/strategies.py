@@ -1,7 +1,9 @@
 """Hostile inputs for the property-based tests (``tests/fuzz/``), and the oracles that
 say what the library must do with each: accept it and give it back exactly, refuse it
-with ``InvalidInputError`` naming the argument, or either (limits the contract leaves
-open, such as how deep metadata may nest before it is refused).
+with ``InvalidInputError`` naming the argument, or either (what the contract leaves
+open, such as a cursor nobody handed out). The limits README's "What is refused" states
+(metadata depth and integer length, the longest ``ttl``, the latest ``expires_at``) are
+judged exactly, on both sides.
 
 The oracles are written from the public contract (docs and design.md), not from the
 library's code: text is UTF-8 without NUL; metadata is JSON that round-trips exactly
@@ -61,6 +63,11 @@ __all__ = [
 #: Marks hostile strings: an error message must never contain it (no echoed content).
 CANARY = "c4n4ry"
 INT4_MAX = 2**31 - 1
+#: The earliest and the latest time the library accepts (README, "What is refused"): the
+#: last microsecond of Python's range at each end is stored as ±infinity, so refused.
+#: As distances from ``datetime.min``.
+_EARLIEST = timedelta(microseconds=1)
+_LATEST = datetime.max - datetime.min - timedelta(microseconds=1)
 #: The latest instant Python can hold, as a distance from ``datetime.min``.
 _PY_SPAN = datetime.max - datetime.min
 
@@ -285,6 +292,8 @@ INTS: st.SearchStrategy[object] = st.one_of(
             INT4_MAX + 1,
             2**63,
             10**30,
+            10**5000,  # Python will not print it: a refusal must not try
+            f"my private {CANARY} note",  # a refusal must name its type, not quote it
         ]
     ),
     st.integers(),
@@ -303,17 +312,25 @@ def int_verdict(value: object, low: int, high: int, *, optional: bool = False) -
 
 # --- metadata ------------------------------------------------------------------------------
 
-#: Deeper than this may be refused; this deep and more must be.
-MAX_OK_DEPTH = 16
-MIN_BAD_DEPTH = 1000
+#: Metadata nests at most this many containers (objects and lists; the metadata object is
+#: level 1, a scalar adds none); one more is refused (README, "What is refused").
+MAX_DEPTH = 100
 #: Larger (encoded) than this may be refused.
 MAX_OK_SIZE = 8192
-_INT_DIGITS_BAD = 4300  # Python's int<->str limit: such a number cannot be read back
+#: Integers of more digits (sign not counted) are refused.
+MAX_INT_DIGITS = 4300
+_INT_TOO_LONG = 10**MAX_INT_DIGITS
 
 
 def deep(levels: int, kind: str = "dict") -> dict[str, Any]:
-    """A JSON object ``levels`` containers deep (the outer object counts as one)."""
-    inner: Any = {} if kind == "dict" else []
+    """A JSON object ``levels`` containers deep (the outer object counts as one); the
+    innermost is empty, or for ``kind="leaf"`` a ``{"a": 0}`` holding a scalar."""
+    if kind == "leaf":
+        inner: Any = 0
+        for _ in range(levels - 1):
+            inner = {"a": inner}
+        return {"a": inner}
+    inner = {} if kind == "dict" else []
     for _ in range(levels - 2):
         inner = {"a": inner} if kind == "dict" else [inner]
     return {"a": inner} if levels > 1 else {}
@@ -374,6 +391,10 @@ SPECIAL_METADATA: list[object] = [
     {"x": -(2**64)},
     {"x": 10**100},
     {"x": 10**4400},
+    {"x": 10**MAX_INT_DIGITS - 1},  # 4,300 digits: kept
+    {"x": [-(10**MAX_INT_DIGITS - 1)]},
+    {"x": 10**MAX_INT_DIGITS},  # 4,301 digits: refused
+    {"x": -(10**MAX_INT_DIGITS)},
     {"x": (1, 2)},
     {"x": {1, 2}},
     {"x": frozenset()},
@@ -449,8 +470,8 @@ METADATA: st.SearchStrategy[object] = st.one_of(
     st.sampled_from(SPECIAL_METADATA),
     st.builds(
         Deep,
-        st.sampled_from([2, 16, 17, 100, 101, 999, 1000, 1001, 5000, 20_000]),
-        st.sampled_from(["dict", "list"]),
+        st.sampled_from([2, 16, 17, 99, 100, 101, 102, 999, 1000, 1001, 5000, 20_000]),
+        st.sampled_from(["dict", "list", "leaf"]),
     ),
     st.builds(lambda s: {"k": s}, CANARY_TEXT),
     WRONG_TYPES,
@@ -469,13 +490,12 @@ def metadata_shape(value: object, *, optional: bool = True) -> tuple[Verdict, bo
         return Verdict.BAD, False
     verdict = Verdict.OK
     has_float = False
+    # (a value, the number of containers around it, itself included if it is one)
     stack: list[tuple[object, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
-        if depth >= MIN_BAD_DEPTH:
+        if (isinstance(node, Mapping) or type(node) is list) and depth > MAX_DEPTH:
             return Verdict.BAD, False
-        if depth > MAX_OK_DEPTH:
-            verdict = worst(verdict, Verdict.EITHER)
         if isinstance(node, Mapping):
             if type(node) is not dict:
                 verdict = worst(verdict, Verdict.EITHER)  # a Mapping that is not a dict
@@ -488,7 +508,7 @@ def metadata_shape(value: object, *, optional: bool = True) -> tuple[Verdict, bo
         elif node is None or type(node) is bool:
             pass
         elif type(node) is int:
-            if node.bit_length() * math.log10(2) > _INT_DIGITS_BAD - 1:
+            if not -_INT_TOO_LONG < node < _INT_TOO_LONG:
                 return Verdict.BAD, False
         elif type(node) is float:
             if not math.isfinite(node):
@@ -562,7 +582,9 @@ EXPIRES_AT: st.SearchStrategy[object] = st.one_of(
     st.sampled_from(
         [
             datetime.max.replace(tzinfo=_NEG14),
-            datetime.max.replace(tzinfo=UTC),
+            datetime.max.replace(tzinfo=UTC),  # stored as infinity: refused
+            datetime.max.replace(microsecond=999_998, tzinfo=UTC),  # the latest accepted
+            datetime.max.replace(tzinfo=timezone(timedelta(microseconds=1))),
             datetime.max.replace(tzinfo=_POS14),
             datetime(9999, 12, 31, 23, 0, tzinfo=UTC),
             datetime(9999, 12, 31, 12, 0, tzinfo=_NEG14),
@@ -587,6 +609,9 @@ TTLS: st.SearchStrategy[object] = st.one_of(
             timedelta(days=-1),
             timedelta(seconds=1),
             timedelta(hours=24),
+            timedelta(days=365_000),  # the longest accepted
+            timedelta(days=365_000, microseconds=1),
+            timedelta(days=365_250),
             timedelta(days=2_000_000),
             timedelta(days=2_900_000),
             timedelta(days=3_000_000),
@@ -607,37 +632,31 @@ def _instant(value: datetime) -> timedelta | None:
 
 
 def expires_at_verdict(value: object, now: datetime) -> Verdict:
-    """An expiry time: an aware ``datetime``, in the future, that Python can represent in UTC."""
+    """An expiry time: an aware ``datetime``, in the future, from 0001-01-01
+    00:00:00.000001 to 9999-12-31 23:59:59.999998 in UTC."""
     if not isinstance(value, datetime):
         return Verdict.BAD
     at = _instant(value)
-    if at is None or at < timedelta(0) or at > _PY_SPAN:
+    if at is None or not _EARLIEST <= at <= _LATEST:
         return Verdict.BAD
     ahead = at - (now.replace(tzinfo=None) - datetime.min)
     if ahead <= timedelta(seconds=-5):
         return Verdict.BAD
     if ahead <= timedelta(seconds=5):
         return Verdict.EITHER  # "now" on the client and on the server differ a little
-    if _PY_SPAN - at < timedelta(days=2):
-        return Verdict.EITHER  # the last hours Python can hold: a library may keep a margin
     return Verdict.OK
 
 
-#: Durations up to this long must be accepted; longer ones may be capped by a library.
-MAX_OK_TTL = timedelta(days=100 * 365)
+#: The longest ``ttl``: 365,000 days (README, "What is refused").
+MAX_TTL = timedelta(days=365_000)
 
 
-def ttl_verdict(value: object, now: datetime) -> Verdict:
-    """A duration: a positive ``timedelta`` that keeps now + it inside Python's range."""
+def ttl_verdict(value: object) -> Verdict:
+    """A duration: a positive ``timedelta`` of at most :data:`MAX_TTL`."""
     if type(value) is not timedelta:
         return Verdict.BAD
-    if value <= timedelta(0):
+    if value <= timedelta(0) or value > MAX_TTL:
         return Verdict.BAD
-    headroom = datetime.max.replace(tzinfo=UTC) - now
-    if value > headroom + timedelta(days=1):
-        return Verdict.BAD
-    if value > MAX_OK_TTL:
-        return Verdict.EITHER
     return Verdict.OK
 
 

@@ -161,8 +161,7 @@ def _rows(messages: object) -> list[_Row]:
         if message.type not in _READABLE_TYPES:
             raise InvalidInputError(
                 f"{field}.type",
-                f"{message.type[:40]!r} cannot be read back by messages_from_dict "
-                f"(types: {sorted(_READABLE_TYPES)})",
+                f"must be a type messages_from_dict reads back: {sorted(_READABLE_TYPES)}",
             )
         try:
             # ensure_ascii: NULs and lone surrogates become escapes, so the text is

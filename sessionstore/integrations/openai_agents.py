@@ -240,10 +240,12 @@ class SessionStoreSession:
         and logged, as the SDK's own sessions do (it still counts toward ``limit``).
         """
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
-            raise InvalidInputError("limit", f"must be an integer or None, got {limit!r}")
+            raise InvalidInputError(
+                "limit", f"must be an integer or None, got {type(limit).__name__}"
+            )
         wanted = resolve_session_limit(limit, self.session_settings)
         if wanted is not None and (not isinstance(wanted, int) or wanted < 0):
-            raise InvalidInputError("limit", f"must be None or an integer >= 0, got {wanted!r}")
+            raise InvalidInputError("limit", "must be None or an integer >= 0")
         if wanted == 0 or not await self._readable():
             return []
         try:

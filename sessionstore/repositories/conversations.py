@@ -50,7 +50,9 @@ CONVERSATION = Columns(Conversation)
 _COLUMNS = CONVERSATION.select()
 
 # ON CONFLICT DO NOTHING never waits forever and writes no dead tuple for the common
-# "already there" case; the UNION arm returns the existing row.
+# "already there" case; the UNION arm returns the existing row. An inserted row had its
+# session checked by the foreign key; for an existing one, session_found asks (in the same
+# round trip) whether $2 names a session, so a missing session is refused either way.
 GET_OR_CREATE = f"""
 WITH ins AS (
     INSERT INTO conversations (continuation_id, session_id, title, metadata)
@@ -58,9 +60,11 @@ WITH ins AS (
     ON CONFLICT (continuation_id) DO NOTHING
     RETURNING {_COLUMNS}
 )
-SELECT {_COLUMNS} FROM ins
+SELECT {_COLUMNS}, true AS session_found FROM ins
 UNION ALL
-SELECT {_COLUMNS} FROM conversations
+SELECT {_COLUMNS},
+       $2::uuid IS NULL OR session_id = $2 OR EXISTS (SELECT 1 FROM sessions WHERE id = $2)
+FROM conversations
 WHERE continuation_id = $1 AND NOT EXISTS (SELECT 1 FROM ins)
 """
 GET = Keyed.of(f"SELECT {_COLUMNS} FROM conversations WHERE {KEY} = $1")
@@ -133,7 +137,9 @@ class ConversationsRepository:
         Race-free: concurrent calls for one id make exactly one row. An existing
         conversation is returned as it is (``session_id``, ``title`` and ``metadata`` apply
         only on creation), except that one bound to another session than ``session_id``
-        raises ``ConflictError``. ``NotFoundError`` if ``session_id`` names no session.
+        raises ``ConflictError``. ``NotFoundError`` if ``session_id`` names no session,
+        whether the conversation exists or not (an unbound one too; this is checked
+        before whose it is). The session's status does not matter here.
         """
         cid = v.identifier(continuation_id, "continuation_id")
         sid = None if session_id is None else v.uuid(session_id, "session_id")
@@ -148,6 +154,8 @@ class ConversationsRepository:
                 except NotFoundError as exc:  # the only foreign key here is session_id
                     raise NotFoundError(f"session {sid} not found", sqlstate=exc.sqlstate) from None
                 if row is not None:
+                    if not row["session_found"]:
+                        raise NotFoundError(f"session {sid} not found")
                     found = CONVERSATION.one(row)
                     if sid is not None and found.session_id not in (None, sid):
                         raise ConflictError(

@@ -116,13 +116,13 @@ async def test_conversations(
         expect.arg("session_id", session_verdict)
         expect.arg("title", text_verdict(title, optional=True))
         expect.arg("metadata", await world.metadata_verdict(metadata))
-        session_missing = session_value is not None and named is None
-        if existing is None and session_missing:
+        # A missing session is refused whether the conversation exists or not (an unbound
+        # one too), before whose the conversation is (README, "What is refused").
+        if session_value is not None and named is None:
             expect.require(NotFoundError)
-        elif existing is not None:
-            if session_missing:
-                expect.allow(NotFoundError, ConflictError)
-            elif named is not None and existing["session_id"] not in (None, named):
+        elif named is not None and existing is not None:
+            bound = existing["session_id"]
+            if bound is not None and bound != named:
                 expect.require(ConflictError)
         out = await world.attempt(
             lambda: world.api.conversations.get_or_create(

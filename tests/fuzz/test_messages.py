@@ -97,6 +97,10 @@ async def new_messages_verdict(world: World, items: object) -> tuple[Verdict, in
             verdicts.append(await world.metadata_verdict(item[2]))
         if len(item) > 3:
             verdicts.append(int_verdict(item[3], 0, INT4_MAX, optional=True))
+    # One append's tokens fit an integer, like one message's (README, "What is refused").
+    tokens = [i[3] for i in items if isinstance(i, tuple | list) and len(i) == 4]
+    if sum(t for t in tokens if type(t) is int and t > 0) > INT4_MAX:
+        verdicts.append(BAD)
     return worst(*verdicts), len(items)
 
 
@@ -164,6 +168,9 @@ async def test_messages(
     *({"content": t} for t in NAMED_TEXT),
     {"conversation": Id("conversation", "cont")},
     {"op": "add_many", "new": [("user", "a"), ("assistant", "b", {"x": 1e300})]},
+    {"op": "add_many", "new": [("user", "a", None, INT4_MAX - 1), ("user", "b", None, 1)]},
+    {"op": "add_many", "new": [("user", "a", None, INT4_MAX), ("user", "b", None, 1)]},
+    {"op": "history", "limit": "my private c4n4ry note"},
     {"op": "history", "before": 0},
     {"op": "history", "before": 2**31},
     {"op": "history", "turn": ("S:owner", True)},

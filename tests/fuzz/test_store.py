@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from uuid import UUID, uuid4
 
@@ -210,7 +210,7 @@ def default_ttl_verdict(value: object) -> Verdict:
         except (OverflowError, ValueError):
             return BAD
     if isinstance(value, timedelta):
-        return worst(ttl_verdict(value, datetime.now(UTC)), EITHER)
+        return worst(ttl_verdict(value), EITHER)
     return EITHER
 
 

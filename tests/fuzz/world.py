@@ -126,12 +126,18 @@ def cases(defaults: dict[str, Any], *variants: dict[str, Any]) -> Callable[[Test
     return apply
 
 
-#: Metadata the issue names: each must be refused, except the literal ``\u0000``.
+#: Metadata the issues name: each must be refused, except the literal ``\u0000``, 100
+#: levels and 4,300 digits.
 NAMED_METADATA: list[dict[str, Any]] = [
     {"metadata": {"a": {1: "x", "1": "y"}}},
     {"metadata": {"x": 1e300}},
     {"metadata": {"x": "\\u0000"}},
     {"metadata": Deep(1000)},
+    {"metadata": Deep(100, "leaf")},  # a scalar inside 100 containers: 100 levels, kept
+    {"metadata": Deep(101, "leaf")},
+    {"metadata": Deep(101, "list")},
+    {"metadata": {"x": 10**4300 - 1}},
+    {"metadata": {"x": -(10**4300)}},
     {"metadata": Deep(5000, "list")},
     {"metadata": {"x": 10**4400}},
     {"metadata": {"x": float("nan")}},
