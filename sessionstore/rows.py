@@ -18,6 +18,7 @@ import asyncpg
 from pydantic import BaseModel
 
 from .models import from_trusted
+from .validation import EARLIEST, LATEST
 
 __all__ = ["Columns", "Row", "keyset_before", "members"]
 
@@ -34,8 +35,8 @@ E = TypeVar("E", bound=StrEnum)
 # microsecond at each end that asyncpg reserves for ±infinity when it encodes (a cursor
 # holding datetime.max would be sent as infinity and page the same row forever). NULL
 # stays NULL.
-_EARLIEST = "'0001-01-01 00:00:00.000001+00'::timestamptz"
-_LATEST = "'9999-12-31 23:59:59.999998+00'::timestamptz"
+_EARLIEST = f"'{EARLIEST.isoformat(sep=' ')}'::timestamptz"
+_LATEST = f"'{LATEST.isoformat(sep=' ')}'::timestamptz"
 
 
 def _readable_time(expr: str) -> str:

@@ -76,8 +76,9 @@ class _Scope:
         ``options``: ``session_id``, ``metadata``, ``tokens``, ``message_id`` (see
         :class:`~sessionstore.AddTurnOptions`). The session must exist, be active and not
         expired (``NotFoundError``, ``InvalidStateError``, ``SessionExpiredError``), and a
-        conversation bound to another session refuses the turn (``ConflictError``);
-        otherwise nothing is written. See :func:`sessionstore.turns.add_turn`.
+        conversation bound to another session refuses the turn (``ConflictError``; when
+        both refuse, the session's error is raised); otherwise nothing is written. See
+        :func:`sessionstore.turns.add_turn`.
 
         ``after`` is the hook the framework adapters use to write what belongs to a turn
         (the ADK adapter: an event's state delta, through

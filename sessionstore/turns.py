@@ -282,8 +282,9 @@ async def add_turn(
 
     The session must exist, be active and not expired (``NotFoundError``,
     ``InvalidStateError``, ``SessionExpiredError``); a conversation bound to another
-    session raises ``ConflictError`` (an unbound one is bound to this session). In every
-    refusal nothing is written. With ``message_id``, a resend returns the stored turn
+    session raises ``ConflictError`` (an unbound one is bound to this session); when both
+    refuse, the session's error is raised. In every refusal nothing is written. With
+    ``message_id``, a resend returns the stored turn
     (see :class:`~sessionstore.AddTurnOptions`). Under row-level security (``as_user``)
     it takes two statements in one transaction. With sliding expiry configured, the
     session's ``expires_at`` moves forward.

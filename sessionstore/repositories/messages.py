@@ -309,7 +309,9 @@ class MessagesRepository:
             raise InvalidInputError("messages", f"must hold between 1 and {MAX_BATCH} messages")
         total = sum(c for c in counts if c is not None)
         if total > NO_UPPER_BOUND:
-            raise InvalidInputError("messages", "total tokens exceed the integer range")
+            raise InvalidInputError(
+                "messages", f"tokens must sum to at most {NO_UPPER_BOUND} in one append"
+            )
         arguments = (cid, len(roles), total, roles, contents, metas, counts)
         if sid is None:
             rows = await self._db.fetch(ADD_MANY.for_(cid), *arguments)
