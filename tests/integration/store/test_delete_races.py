@@ -68,8 +68,6 @@ async def _race_behind_lock(
     session_id: UUID,
     first: Callable[[], Awaitable[Any]],
     second: Callable[[], Awaitable[Any]],
-    *,
-    second_waits: bool = True,
 ) -> list[Any]:
     """Hold the session row, start ``first`` and then ``second`` (each waits for it),
     release, and return both outcomes."""
@@ -79,8 +77,7 @@ async def _race_behind_lock(
         a = asyncio.ensure_future(first())
         await wait_for_lock_waiters(conn, 1)
         b = asyncio.ensure_future(second())
-        if second_waits:
-            await wait_for_lock_waiters(conn, 2)
+        await wait_for_lock_waiters(conn, 2)
     finally:
         await holder.execute("ROLLBACK")
     return await _settle(a, b)
@@ -125,6 +122,8 @@ async def test_session_delete_racing_a_turn_leaves_nothing(
     outcomes = await _race_behind_lock(conn, holder, sid, first, second)
     _no_unexpected(outcomes)
     assert outcomes[1 if turn_first else 0] is None  # the delete itself succeeded
+    if not turn_first:  # the turn waited behind the delete: it found the session gone
+        assert isinstance(outcomes[1], NotFoundError)
     assert await _leftovers(conn, sid) == NOTHING
     assert await conn.fetchval("SELECT count(*) FROM messages") == 0
 
