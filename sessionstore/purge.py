@@ -9,15 +9,14 @@ import dataclasses
 from collections.abc import Callable
 
 from . import validation as v
-from .db import Database
-from .deletes import delete_in_batches
+from .db import Connection, Database
+from .deletes import delete_in_batches, in_batches
 from .models import PurgeCounts
 
 __all__ = ["purge_user"]
 
 # Messages first, then conversations, then sessions: each step deletes rows whose
-# children are already gone, so no batch cascades into an unbounded delete. A message
-# appended to the user's conversation meanwhile goes with it (ON DELETE CASCADE).
+# children are already gone, so no batch cascades into an unbounded delete.
 PURGE_MESSAGES = """
 DELETE FROM messages WHERE id IN (
     SELECT m.id FROM sessions s
@@ -34,9 +33,32 @@ DELETE FROM conversations WHERE id IN (
     LIMIT $2
 )
 """
-PURGE_SESSIONS = """
-DELETE FROM sessions WHERE id IN (SELECT id FROM sessions WHERE user_id = $1 LIMIT $2)
+# The sessions go last, a batch at a time, locked first (see sessionstore.deletes), with
+# whatever turns wrote to them since the steps above: the batch is then total, nothing is
+# left detached. In id order, like every writer locking several sessions (no deadlock).
+LOCK_SESSIONS = """
+SELECT id FROM sessions WHERE user_id = $1 ORDER BY id LIMIT $2 FOR UPDATE
 """
+# $1: the locked sessions. Their conversations are locked in a statement of their own
+# (an append to an existing conversation locks only it): the next statement then sees
+# every message, and counts what it deletes.
+LOCK_CONVERSATIONS = """
+SELECT id FROM conversations WHERE session_id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
+"""
+PURGE_LOCKED_SESSIONS = """
+WITH conv AS (SELECT id FROM conversations WHERE session_id = ANY($1::uuid[])),
+messages_gone AS (
+    DELETE FROM messages WHERE conversation_id IN (SELECT id FROM conv) RETURNING 1
+),
+conversations_gone AS (
+    DELETE FROM conversations WHERE id IN (SELECT id FROM conv) RETURNING 1
+),
+sessions_gone AS (DELETE FROM sessions WHERE id = ANY($1::uuid[]) RETURNING 1)
+SELECT (SELECT count(*) FROM messages_gone) AS messages,
+       (SELECT count(*) FROM conversations_gone) AS conversations,
+       (SELECT count(*) FROM sessions_gone) AS sessions
+"""
+_SESSION_BATCH_FIELDS = ("messages", "conversations", "sessions")
 # Session-scoped state goes with its session (ON DELETE CASCADE); user-scoped state is
 # keyed by the user alone.
 PURGE_USER_STATES = """
@@ -54,26 +76,48 @@ async def purge_user(
     on_progress: Callable[[PurgeCounts], None] | None = None,
 ) -> PurgeCounts:
     """Delete every session of ``user_id`` with its conversations and messages (and the
-    user's framework state), at most
-    ``batch_size`` rows per statement; ``on_progress`` gets the running counts."""
+    user's framework state), at most ``batch_size`` sessions, conversations or messages
+    per statement; ``on_progress`` gets the running counts.
+
+    Total: what a concurrent turn writes to the user's sessions before their batch is
+    deleted goes with them (and is counted); a turn after that finds its session gone
+    and writes nothing. The last batches also delete what turns wrote since the earlier
+    ones, which is all they may hold beyond ``batch_size`` sessions.
+    """
     uid = v.identifier(user_id, "user_id")
     size = v.limit(batch_size, "batch_size", maximum=100_000)
     on_progress = v.callback(on_progress, "on_progress")
     counts = PurgeCounts()
 
-    def progress(field: str) -> Callable[[int], None]:
-        def report(total: int) -> None:
-            if on_progress is not None:
-                on_progress(dataclasses.replace(counts, **{field: total}))
+    def report(**totals: int) -> None:
+        nonlocal counts
+        counts = dataclasses.replace(counts, **totals)
+        if on_progress is not None:
+            on_progress(counts)
 
-        return report
+    def running(field: str) -> Callable[[int], None]:
+        return lambda total: report(**{field: total})
 
-    for field, query in (
-        ("messages", PURGE_MESSAGES),
-        ("conversations", PURGE_CONVERSATIONS),
-        ("sessions", PURGE_SESSIONS),
-        ("user_states", PURGE_USER_STATES),
-    ):
-        deleted = await delete_in_batches(db, query, uid, size=size, on_progress=progress(field))
-        counts = dataclasses.replace(counts, **{field: deleted})
+    for field, query in (("messages", PURGE_MESSAGES), ("conversations", PURGE_CONVERSATIONS)):
+        await delete_in_batches(db, query, uid, size=size, on_progress=running(field))
+
+    deleted = PurgeCounts()  # by the session batches, committed or not
+
+    async def sessions_batch(conn: Connection) -> int:
+        nonlocal deleted
+        ids = [r["id"] for r in await conn.fetch(LOCK_SESSIONS, uid, size)]
+        if ids:
+            await conn.execute(LOCK_CONVERSATIONS, ids)
+            row = await conn.fetchrow(PURGE_LOCKED_SESSIONS, ids)
+            assert row is not None  # the statement always returns one row
+            deleted = PurgeCounts(**{f: int(row[f]) for f in _SESSION_BATCH_FIELDS})
+        return len(ids)
+
+    def committed(_: int) -> None:  # after each batch's commit
+        report(**{f: getattr(counts, f) + getattr(deleted, f) for f in _SESSION_BATCH_FIELDS})
+
+    await in_batches(db, sessions_batch, size=size, on_progress=committed)
+    await delete_in_batches(
+        db, PURGE_USER_STATES, uid, size=size, on_progress=running("user_states")
+    )
     return counts

@@ -11,7 +11,7 @@ from uuid import UUID
 from .. import validation as v
 from ..cache import SessionCache
 from ..db import Connection, Database
-from ..deletes import delete_in_batches
+from ..deletes import in_batches, lock_then_delete
 from ..errors import (
     InvalidInputError,
     NotFoundError,
@@ -78,27 +78,25 @@ LIMIT $5
 LIST_SESSIONS = _LIST.format(owner="user_id = $1")
 # Every user's sessions (the service path; under RLS only the caller's are visible).
 LIST_ALL_SESSIONS = _LIST.format(owner="$1::text IS NULL")
-# $2: keep the conversations (detached, the original behaviour) instead of deleting them
-# with their messages (ON DELETE CASCADE), in the same statement.
-DELETE_SESSION = """
-WITH conversations_gone AS (
-    DELETE FROM conversations WHERE session_id = $1 AND NOT $2
-)
-DELETE FROM sessions WHERE id = $1 RETURNING id
-"""
+# Deleting sessions is two statements in one transaction (see sessionstore.deletes):
+# one locks the sessions, the next, with a snapshot taken after the lock, deletes them.
+LOCK_SESSION = "SELECT id FROM sessions WHERE id = $1 FOR UPDATE"
 # Bounded and skipping locked rows, so concurrent writers and a second cleaner are
-# never blocked for long.
-# $1: also delete the sessions' conversations and their messages. $2: the batch size.
-CLEANUP_BATCH = f"""
-WITH doomed AS (
-    SELECT id FROM sessions WHERE {cleanup_due()}
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
+# never blocked for long. $1: the batch size.
+LOCK_CLEANUP_BATCH = f"""
+SELECT id FROM sessions WHERE {cleanup_due()}
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+"""
+# $1: the locked sessions. $2: also delete their conversations and (ON DELETE CASCADE)
+# messages; otherwise they stay, detached by the foreign key's ON DELETE SET NULL (the
+# original schema's behaviour).
+DELETE_LOCKED_SESSIONS = """
+WITH conversations_gone AS (
+    DELETE FROM conversations WHERE session_id = ANY($1::uuid[]) AND $2
 ),
-conversations_gone AS (
-    DELETE FROM conversations c USING doomed WHERE $1 AND c.session_id = doomed.id
-)
-DELETE FROM sessions s USING doomed WHERE s.id = doomed.id
+gone AS (DELETE FROM sessions WHERE id = ANY($1::uuid[]) RETURNING 1)
+SELECT count(*) AS deleted FROM gone
 """
 COUNT_DUE = f"SELECT count(*) FROM sessions WHERE {cleanup_due()}"
 
@@ -271,15 +269,26 @@ class SessionsRepository:
 
     @traced("sessions")
     async def delete(self, session_id: UUID | str, *, keep_conversations: bool = False) -> None:
-        """Delete the session with its conversations and their messages, in one statement.
+        """Delete the session with its conversations and their messages, in one
+        transaction.
 
-        ``keep_conversations=True`` keeps them instead, detached (``session_id`` null):
-        the original schema's behaviour. ``NotFoundError`` if there is no such session.
+        Total: a turn (direct or write-behind) racing the delete either commits before
+        it, and its conversation goes too, or finds the session gone and writes nothing.
+        ``keep_conversations=True`` keeps the conversations instead, detached
+        (``session_id`` null): the original schema's behaviour. ``NotFoundError`` if
+        there is no such session (or, under ``as_user``, none the user may see).
         """
         sid = v.uuid(session_id, "session_id")
         keep = v.flag(keep_conversations, "keep_conversations")
         self._forget(sid)
-        if await self._db.fetchval(DELETE_SESSION, sid, keep) is None:
+
+        async def work(conn: Connection) -> list[UUID]:
+            ids, _ = await lock_then_delete(
+                conn, LOCK_SESSION, (sid,), DELETE_LOCKED_SESSIONS, not keep
+            )
+            return ids
+
+        if not await self._db.run(work, transaction=True):
             raise NotFoundError(f"session {sid} not found")
 
     @traced("sessions")
@@ -294,17 +303,23 @@ class SessionsRepository:
 
         Same rule as the original ``cleanup_expired_sessions()``, which leaves the
         sessions' conversations in place (detached); ``delete_conversations=True`` deletes
-        them and their messages too. Each batch is its own short transaction that skips
-        rows other transactions hold (``SKIP LOCKED``), so writers are never blocked for
-        long and concurrent cleaners never delete a row twice. ``on_progress`` is called
-        with the running total after each batch.
+        them and their messages too, including any a concurrent turn wrote meanwhile.
+        Each batch is its own short transaction that skips rows other transactions hold
+        (``SKIP LOCKED``), so writers are never blocked for long and concurrent cleaners
+        never delete a row twice. ``on_progress`` is called with the running total after
+        each batch.
         """
         size = v.limit(batch_size, "batch_size", maximum=100_000)
         cascade = v.flag(delete_conversations, "delete_conversations")
         on_progress = v.callback(on_progress, "on_progress")
-        total = await delete_in_batches(
-            self._db, CLEANUP_BATCH, cascade, size=size, on_progress=on_progress
-        )
+
+        async def batch(conn: Connection) -> int:
+            _, row = await lock_then_delete(
+                conn, LOCK_CLEANUP_BATCH, (size,), DELETE_LOCKED_SESSIONS, cascade
+            )
+            return 0 if row is None else int(row["deleted"])
+
+        total = await in_batches(self._db, batch, size=size, on_progress=on_progress)
         if total and self._cache is not None:
             self._cache.clear()
         if total:

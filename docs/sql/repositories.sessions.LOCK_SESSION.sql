@@ -1,0 +1,1 @@
+SELECT id FROM sessions WHERE id = $1 FOR UPDATE
