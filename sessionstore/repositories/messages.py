@@ -17,6 +17,7 @@ from ..db import Connection, Database
 from ..errors import ConflictError, InvalidInputError
 from ..lifecycle import TAKES_TURNS, Attempt, raise_session_miss
 from ..models import (
+    ContinuationId,
     ConversationRef,
     Message,
     MessageOptions,
@@ -381,6 +382,13 @@ class MessagesRepository:
         size = v.limit(limit)
         upper = NO_UPPER_BOUND if before is None else v.positive_int(before, "before")
         sid = None if session_id is None else v.uuid(session_id, "session_id")
+        return await self._page(cid, size, upper, sid)
+
+    async def _page(
+        self, cid: UUID | ContinuationId, size: int, upper: int, sid: UUID | None
+    ) -> list[Message]:
+        """:meth:`history` once its arguments are checked (the write-behind repository
+        adds the queued messages here)."""
         rows = await self._db.fetch(HISTORY.for_(cid), cid, size, upper, sid, retry=True)
         if not rows:  # missing, or not this session's
             raise conversation_missing(cid)

@@ -16,7 +16,6 @@ from ..repositories.conversations import conversation_missing
 from ..repositories.messages import (
     HISTORY_WITH_WAITING,
     MESSAGE,
-    NO_UPPER_BOUND,
     MessagesRepository,
 )
 from ..telemetry import traced, traced_sync
@@ -41,14 +40,8 @@ class QueuedMessagesRepository(MessagesRepository):
         super().__init__(db, cache)
         self._writer = writer
 
-    @traced("messages")
-    async def history(
-        self,
-        conversation_id: ConversationRef,
-        *,
-        limit: int = 50,
-        before: int | None = None,
-        session_id: UUID | str | None = None,
+    async def _page(
+        self, ref: UUID | ContinuationId, size: int, upper: int, sid: UUID | None
     ) -> list[Message]:
         """:meth:`MessagesRepository.history`, with read-your-writes: messages this process
         accepted for write-behind and has not yet made durable are included, after the
@@ -56,20 +49,13 @@ class QueuedMessagesRepository(MessagesRepository):
         :mod:`sessionstore.writebehind.readyourwrites`).
 
         A conversation that exists only in the queue (``enqueue_turn`` to a new
-        continuation id) is read after the writer's next batch has created it.
-        ``session_id`` as for :meth:`MessagesRepository.history`: a conversation not
-        bound to that session raises ``NotFoundError``, and none of its waiting messages
-        is returned either.
+        continuation id) is read after the writer's next batch has created it. With a
+        session, a conversation not bound to it raises ``NotFoundError``, and none of its
+        waiting messages is returned either.
         """
         index = self._writer.pending
         if not index:
-            return await super().history(
-                conversation_id, limit=limit, before=before, session_id=session_id
-            )
-        ref = v.conversation(conversation_id)
-        size = v.limit(limit)
-        upper = NO_UPPER_BOUND if before is None else v.positive_int(before, "before")
-        sid = None if session_id is None else v.uuid(session_id, "session_id")
+            return await super()._page(ref, size, upper, sid)
         query = HISTORY_WITH_WAITING.for_(ref)
         with index.reading() as mark:
             waiting = index.matching(ref)
@@ -79,7 +65,7 @@ class QueuedMessagesRepository(MessagesRepository):
                 if not waiting:
                     raise conversation_missing(ref)
                 await self._created_by_queue(ref)
-                return await super().history(ref, limit=limit, before=before, session_id=sid)
+                return await super()._page(ref, size, upper, sid)
             if not rows[0]["readable"]:  # not this session's: refused like a missing one
                 raise conversation_missing(ref)
             head = rows[0]
