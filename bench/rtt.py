@@ -2,6 +2,7 @@
 several round-trip times, one run per RTT, the systems interleaved within it.
 
     python bench/rtt.py --dsn URL [--rtts 0,1,5 --clients 50 --turns 10]
+    python bench/rtt.py --dsn URL --chat-loop [--rtts 5 --clients 20 --turns 40]
 
 A chat turn: append the user's message, read the last 20 messages (what goes to the
 model), append the reply. Each system runs in its own process and fresh database, its
@@ -30,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 #: their packages are installed).
 SYSTEMS = [
     "sessionstore-context",
+    "sessionstore-chat-loop",
     "sessionstore-writebehind-chat",
     "asyncpg",
     "threadpool",
@@ -211,13 +213,42 @@ column at most 1).
 """
 
 
+def chat_loop(dsn: str, rtt: float, turns: int, clients: int) -> dict[str, Any]:
+    """The recommended MCP loop (``add_turn(user, context=20)`` + ``enqueue_turn(reply)``)
+    through the proxy at ``rtt`` ms: a turn's blocking part in measured round trips (the
+    proxy's ``SELECT 1``), with one client and with ``clients``. The workload itself
+    checks the stored order and every context (it fails otherwise)."""
+    with LatencyProxy(upstream_of(dsn), rtt_ms=rtt) as port:
+        measured = asyncio.run(ping(through(dsn, port)))
+    out: dict[str, Any] = {"rtt_ms": rtt, "measured_round_trip_ms": measured}
+    for n in (1, clients):
+        row = one("sessionstore-chat-loop", dsn, rtt, n, turns)
+        out[f"clients_{n}"] = {
+            **{k: row[k] for k in ("turns", "p50_ms", "p95_ms", "round_trips_per_turn")},
+            "p50_round_trips": round(row["p50_ms"] / measured, 2),
+            "contexts_missing_reply": row["contexts_missing_reply"],
+            "conversations_out_of_order": row["conversations_out_of_order"],
+        }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dsn", required=True)
     parser.add_argument("--rtts", default="0,1,5")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--turns", type=int, default=10)
+    parser.add_argument(
+        "--chat-loop",
+        action="store_true",
+        help="only the chat loop on write-behind, at the largest RTT (target: one "
+        "client's p50 at most 1.3 measured round trips)",
+    )
     args = parser.parse_args()
+    if args.chat_loop:
+        rtt = float(args.rtts.split(",")[-1])
+        print(json.dumps(chat_loop(args.dsn, rtt, args.turns, args.clients), indent=2))
+        return
     rtts = [float(x) for x in args.rtts.split(",")]
     rows, over, skipped = run(args.dsn, rtts, args.clients, args.turns)
     chart(rows, HERE.parent / "docs" / "benchmarks-rtt.png")

@@ -28,6 +28,7 @@ import asyncpg
 from frameworks import IMPLS as FRAMEWORK_IMPLS  # bench/ is this script's directory
 
 import sessionstore
+from sessionstore import ContinuationId
 
 Turn = Callable[[int, int], Awaitable[None]]
 
@@ -133,6 +134,46 @@ async def writebehind_chat_impl(
     async def close() -> None:
         await store.flush()
         await store.close()
+
+    return turn, close
+
+
+async def chat_loop_impl(dsn: str, pool: int, ids: list[tuple[UUID, str]]) -> tuple[Turn, Any]:
+    """The recommended MCP loop on write-behind: ``add_turn(user, context=20)`` before the
+    model call (the one blocking round trip; it writes the previous reply, still queued,
+    first) and ``enqueue_turn(reply)`` after it. ``close`` checks what was stored: every
+    conversation in order (question, answer, question, …) and every context ending with
+    the previous answer and the question; it raises if not."""
+    store = await sessionstore.connect(dsn, max_size=pool, min_size=pool)
+    missed: list[tuple[int, int]] = []
+    done: dict[int, int] = {}
+
+    async def turn(c: int, t: int) -> None:
+        sid, cont = ids[c]
+        asked = await store.add_turn(
+            cont, "user", f"question {t}", session_id=sid, tokens=12, context=20
+        )
+        assert asked.context is not None
+        last = [m.content for m in asked.context[-2:]]
+        if c in done and last != [f"answer {done[c]}", f"question {t}"]:
+            missed.append((c, t))
+        await store.enqueue_turn(cont, "assistant", f"answer {t}", session_id=sid, tokens=30)
+        done[c] = t
+
+    async def close() -> dict[str, Any]:
+        await store.flush()
+        out_of_order = 0
+        for _, cont in ids:
+            stored = await store.messages.history(ContinuationId(cont), limit=1000)
+            roles = [m.role.value for m in stored]
+            out_of_order += roles != ["user", "assistant"] * (len(roles) // 2)
+        await store.close()
+        if missed or out_of_order:
+            raise AssertionError(
+                f"chat loop: {len(missed)} contexts missed the previous answer, "
+                f"{out_of_order} conversations stored out of order"
+            )
+        return {"contexts_missing_reply": len(missed), "conversations_out_of_order": 0}
 
     return turn, close
 
@@ -259,6 +300,7 @@ IMPLS: dict[str, Any] = {
     "sessionstore-writebehind-chat": writebehind_chat_impl,
     "sessionstore-context": context_impl,
     "sessionstore-history": history_impl,
+    "sessionstore-chat-loop": chat_loop_impl,
     "asyncpg": asyncpg_impl,
     "sqlalchemy": sqlalchemy_impl,
     "threadpool": threadpool_impl,
@@ -296,7 +338,7 @@ async def run(
         os.kill(proxy_pid, signal.SIGUSR1)
     cpu0, t0 = time.process_time(), time.perf_counter()
     await asyncio.gather(*(client(c) for c in range(clients)))
-    await close()
+    checked = await close()  # a workload that checks what it stored reports it here
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     if proxy_pid is not None:
         os.kill(proxy_pid, signal.SIGUSR2)
@@ -310,6 +352,7 @@ async def run(
         "p99_ms": round(q[98], 2),
         "client_cpu_s": round(cpu, 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **(checked if isinstance(checked, dict) else {}),
     }
 
 

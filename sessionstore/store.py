@@ -60,6 +60,7 @@ class _Scope:
         self.sessions = SessionsRepository(db, cache)
         self.conversations = ConversationsRepository(db)
         self.states = StatesRepository(db)
+        self._writer: Writer | None = None  # write-behind: the service store's only
 
     async def add_turn(
         self,
@@ -94,6 +95,12 @@ class _Scope:
         trusted application code with the raw connection: it must not end the
         transaction or change its role (under ``as_user`` that would leave row-level
         security); anything not callable is refused before anything is sent.
+
+        On the service store, messages this process queued for the same conversation
+        (``enqueue_turn`` by continuation id, ``messages.enqueue`` by ``ContinuationId``)
+        and not yet written are written first, in order, in the same statement: the chat
+        loop ``add_turn(user, context=N)`` … ``enqueue_turn(reply)`` stores every turn in
+        order and the next context holds the reply, at one blocking round trip per turn.
         """
         return await self._turn(continuation_id, role, content, after, options)
 
@@ -108,7 +115,9 @@ class _Scope:
     ) -> Turn:
         """``add_turn``, with ``after`` run in the turn's transaction (the framework
         adapters write what belongs to the turn there: it commits with it or not at all)."""
-        turn = await add_turn(self._db, continuation_id, role, content, after=after, **options)
+        turn = await add_turn(
+            self._db, continuation_id, role, content, after=after, queue=self._writer, **options
+        )
         if self._cache is not None and turn.session is not None:
             self._cache.put(turn.session)
         return turn
@@ -157,6 +166,8 @@ class SessionStore(_Scope):
     own rights); :meth:`as_user` gives the same API under row-level security. ``states``
     is the repository of the framework adapters' state (Google ADK's three scopes).
     """
+
+    _writer: Writer
 
     def __init__(
         self,
@@ -278,6 +289,9 @@ class SessionStore(_Scope):
         Returns the message's id. Input is checked here; a turn whose session turns out
         missing, expired or not active at write time is set aside (nothing of it is
         written). The turn has the same effect on its session as :meth:`add_turn`.
+
+        The chat loop's reply: a later :meth:`add_turn` to the same continuation id writes
+        it first, in the same statement, if no batch has yet.
         """
         item = accept_turn(continuation_id, role, content, options)
         await self._writer.put(item)

@@ -19,11 +19,10 @@ from . import validation as v
 from .db import Connection, Database
 from .errors import ConflictError, PermissionDeniedError, translate_errors
 from .lifecycle import TAKES_TURNS, Attempt, raise_session_miss
-from .models import AddTurnOptions, AfterTurn, Message, PendingWrite, Role, Turn, TurnOptions
+from .models import AddTurnOptions, AfterTurn, PendingWrite, Role, Turn, TurnOptions
 from .repositories.conversations import CONVERSATION
 from .repositories.messages import MESSAGE
 from .repositories.sessions import SESSION
-from .rows import Row
 from .rules import (
     accepts_turns,
     batch_ordinal,
@@ -33,21 +32,62 @@ from .rules import (
     may_write,
     seq_of,
 )
+from .turn_context import read_context, with_context
+from .writebehind.engine import Writer
 from .writebehind.items import MESSAGE_FIELDS, accept, batch_arguments, fresh_rows
 
 __all__ = ["accept_turn", "add_turn", "write_turns"]
 
 _TOKENS = "coalesce($6::integer, 0)"
-# $1 continuation id, $2 session id, $3-$6 the message, $7 the sliding interval, $8 the
-# caller's message id. The session is locked first (like every writer), then the
-# conversation; the session's counters move only if the conversation accepted the
-# message (ownership), so nothing is written unless everything is.
-ADD_TURN = f"""
+# The messages this process queued for the conversation before the turn (the chat loop's
+# reply, written behind), $9-$15: ids, roles, contents, metadata, tokens, accept times,
+# whether each counts as a turn on the session. Ids already stored are skipped (a retry),
+# probed by primary key as in a batch.
+_QUEUED = """
+queued_stored AS (
+    SELECT id FROM messages WHERE id = ANY($9::uuid[])
+),
+queued AS (
+    SELECT u.* FROM unnest($9::uuid[], $10::message_role[], $11::text[], $12::jsonb[],
+                           $13::integer[], $14::timestamptz[], $15::boolean[])
+        WITH ORDINALITY AS u(id, role, content, metadata, tokens, enqueued_at, counts, ord)
+    WHERE NOT EXISTS (SELECT 1 FROM queued_stored s WHERE s.id = u.id)
+),
+q AS (
+    SELECT count(*)::integer AS q_n, coalesce(sum(tokens), 0) AS q_tokens,
+           count(*) FILTER (WHERE counts)::integer AS q_turns,
+           coalesce(sum(tokens) FILTER (WHERE counts), 0) AS q_turn_tokens
+    FROM queued
+),"""
+_EARLIER_SEQ = seq_of(
+    "conv.c_message_count", added="(q.q_n + 1)", ordinal=batch_ordinal("conv.c_id", "u.ord")
+)
+_EARLIER = f"""
+earlier AS (  -- the queued messages, before the turn's own, in accept order
+    INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens, created_at)
+    SELECT u.id, conv.c_id, {_EARLIER_SEQ}, u.role, u.content,
+           coalesce(u.metadata, '{{}}'::jsonb), u.tokens, u.enqueued_at
+    FROM queued u CROSS JOIN conv CROSS JOIN q
+    RETURNING {MESSAGE.select(prefix="m_")}
+),"""
+
+
+def _add_turn(*, queued: bool) -> str:
+    """ADD_TURN, or (``queued``) the same turn preceded by this process's queued messages,
+    counted by the same rules in the same statement."""
+    if queued:
+        source, added = "gate CROSS JOIN q", ("1 + q.q_n", f"{_TOKENS} + q.q_tokens")
+        bumped = ("EXCLUDED.message_count", "EXCLUDED.total_tokens")
+        turns, of_q = ("1 + q.q_turns", f"{_TOKENS} + q.q_turn_tokens"), " FROM q"
+    else:
+        source, added, bumped = "gate", ("1", _TOKENS), ("1", _TOKENS)
+        turns, of_q = ("1", _TOKENS), ""
+    return f"""
 WITH stored AS (  -- the same message id already written: a resend after a timeout
     SELECT {MESSAGE.select(prefix="m_", alias="m")}, c.continuation_id AS stored_in
     FROM messages m JOIN conversations c ON c.id = m.conversation_id
     WHERE m.id = $8::uuid
-),
+),{_QUEUED if queued else ""}
 live AS (
     SELECT id FROM sessions
     WHERE id = $2 AND {accepts_turns()} AND NOT EXISTS (SELECT 1 FROM stored)
@@ -61,18 +101,18 @@ gate AS (
 conv AS (
     INSERT INTO conversations AS c
         (continuation_id, session_id, message_count, last_message_at, total_tokens)
-    SELECT $1, $2::uuid, 1, now(), {_TOKENS} FROM gate
+    SELECT $1, $2::uuid, {added[0]}, now(), {added[1]} FROM {source}
     ON CONFLICT (continuation_id) DO UPDATE
     SET session_id = {bind("c.session_id", "EXCLUDED.session_id")},
-        {bump_conversation("c", messages="1", tokens=_TOKENS, at="now()")}
+        {bump_conversation("c", messages=bumped[0], tokens=bumped[1], at="now()")}
     WHERE {may_write("c.session_id", "EXCLUDED.session_id")}
     RETURNING {CONVERSATION.select(prefix="c_", alias="c")}
 ),
 sess AS (
-    UPDATE sessions SET {bump_session("", turns="1", tokens=_TOKENS, slide="$7")}
+    UPDATE sessions SET {bump_session("", turns=turns[0], tokens=turns[1], slide="$7")}{of_q}
     WHERE id = (SELECT id FROM live) AND EXISTS (SELECT 1 FROM conv)
     RETURNING {SESSION.select(prefix="s_")}
-),
+),{_EARLIER if queued else ""}
 msg AS (
     INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens)
     SELECT coalesce($8::uuid, gen_random_uuid()), conv.c_id,
@@ -91,40 +131,22 @@ FROM stored
 JOIN conversations c ON c.id = stored.m_conversation_id
 LEFT JOIN sessions s ON s.id = $2
 """
-# ADD_TURN that also returns, as further rows, the messages before the turn's (up to $9 of
-# them): the turn's context, in the same round trip. Those rows carry only m_ columns
-# and ``touched``. They are read under the statement's snapshot, which the turn may have
-# taken long before it got its locks, so add_turn reads the context again (a second
-# round trip, only then) when the snapshot may be out of date:
-# - an append another client committed after the snapshot is missing: a gap in seq;
-# - a message removed after the snapshot (pop, clear), perhaps replaced by a later
-#   append under the same seq, is still visible to the snapshot, but its row carries the
-#   remover's transaction id in xmax (messages are never updated or locked, so xmax is
-#   0 on a row nobody removed): ``touched``.
-_TURN_AT = """(SELECT m_conversation_id, m_seq FROM msg
-  UNION ALL SELECT m_conversation_id, m_seq FROM stored) AS t"""
-_NO_TURN_COLUMNS = ", ".join(
-    ["NULL"] * (len(CONVERSATION.names) + len(SESSION.names) + 1)  # + stored_in
-)
-ADD_TURN_CONTEXT = f"""{ADD_TURN}
-UNION ALL
-SELECT {", ".join("e.m_" + name for name in MESSAGE.names)}, {_NO_TURN_COLUMNS}, e.touched
-FROM {_TURN_AT}
-CROSS JOIN LATERAL (
-    SELECT {MESSAGE.select(prefix="m_", alias="e")}, NOT (e.xmax = '0'::xid) AS touched
-    FROM messages e
-    WHERE e.conversation_id = t.m_conversation_id AND e.seq < t.m_seq
-    ORDER BY e.seq DESC
-    LIMIT $9
-) e
-"""
-# The context read again (see ADD_TURN_CONTEXT): the latest $2 messages before seq $3.
-CONTEXT = f"""
-SELECT {MESSAGE.select()} FROM messages
-WHERE conversation_id = $1 AND seq < $3
-ORDER BY seq DESC
-LIMIT $2
-"""
+
+
+# $1 continuation id, $2 session id, $3-$6 the message, $7 the sliding interval, $8 the
+# caller's message id. The session is locked first (like every writer), then the
+# conversation; the session's counters move only if the conversation accepted the
+# message (ownership), so nothing is written unless everything is.
+ADD_TURN = _add_turn(queued=False)
+# ADD_TURN after this process's queued messages of the conversation (see _QUEUED): they
+# take the seqs before the turn's, and count on the conversation and (each turn of the
+# turn's session) on the session, all under the turn's gate: nothing is written if the
+# turn is refused.
+ADD_TURN_AFTER_QUEUED = _add_turn(queued=True)
+
+# The turns that also return their context (see :mod:`sessionstore.turn_context`).
+ADD_TURN_CONTEXT = with_context(ADD_TURN, "$9", queued=False)
+ADD_TURN_AFTER_QUEUED_CONTEXT = with_context(ADD_TURN_AFTER_QUEUED, "$16", queued=True)
 # Why a turn matched nothing: the session refused it, or else the conversation did.
 OWNER = "SELECT session_id FROM conversations WHERE continuation_id = $1"
 
@@ -275,6 +297,7 @@ async def add_turn(
     content: str,
     *,
     after: AfterTurn | None = None,
+    queue: Writer | None = None,
     **options: Unpack[AddTurnOptions],
 ) -> Turn:
     """Append a message to the conversation ``continuation_id`` (created if needed) and,
@@ -289,6 +312,14 @@ async def add_turn(
     it takes two statements in one transaction. With sliding expiry configured, the
     session's ``expires_at`` moves forward.
 
+    ``queue`` (the service store's writer): the messages it holds for this conversation
+    (by continuation id) are written first, in accept order, in the same statement and
+    by the same rules — ``enqueue_turn(reply)`` then ``add_turn(user, context=N)`` keeps
+    the stored order and a complete context (see
+    :meth:`~sessionstore.writebehind.handover.Handover.claim`). If the turn is refused
+    or fails they go back to the writer, which writes or sets them aside as it would
+    have; a resend that finds its message stored gives them back too.
+
     ``after`` (for the framework adapters) runs in the same transaction once the turn
     is written or found: what it writes commits with the turn or not at all.
     """
@@ -298,12 +329,20 @@ async def add_turn(
     mid = None if given_id is None else v.uuid(given_id, "message_id")
     wanted = options.get("context")
     size = None if wanted is None else v.limit(wanted, "context")
+    bound = db.config.command_timeout or db.config.connect_timeout
+    earlier = [] if queue is None else await queue.claim(cont, sid, within=bound)
     arguments: tuple[object, ...] = (cont, sid, *message, db.config.sliding_interval, mid)
-    query = ADD_TURN
+    query = ADD_TURN if size is None else ADD_TURN_CONTEXT
+    if earlier:
+        query = ADD_TURN_AFTER_QUEUED if size is None else ADD_TURN_AFTER_QUEUED_CONTEXT
+        fields = [[getattr(i, f) for i in earlier] for f in ("id", *MESSAGE_FIELDS)]
+        arguments = (*arguments, *fields, [i.session_id is not None for i in earlier])
     if size is not None:
-        query, arguments = ADD_TURN_CONTEXT, (*arguments, size - 1)
+        arguments = (*arguments, size - 1)
+    written = False
 
     async def work(conn: Connection) -> Turn:
+        nonlocal written
         if db.rls_scoped:
             await conn.execute(PRECREATE_CONVERSATION, cont, sid)
         with translate_errors():
@@ -315,48 +354,41 @@ async def add_turn(
         new = MESSAGE.one(row, "m_")
         context = None
         if size is not None:
-            context = await _context(conn, new, rows, size)
+            context = await read_context(conn, new, rows, size)
         turn = Turn.model_construct(
             message=new,
             conversation=CONVERSATION.one(row, "c_"),
             session=None if sid is None or row["s_id"] is None else SESSION.one(row, "s_"),
             context=context,
         )
-        if row["stored_in"] is not None:
+        written = row["stored_in"] is None
+        if not written:
             _same_turn(turn, row["stored_in"], cont, sid, message)
         if after is not None:
-            await after(conn, turn, row["stored_in"] is None)
+            await after(conn, turn, written)
         return turn
 
     transaction = after is not None
     try:
+        try:
+            return await db.run(work, transaction=transaction)
+        except ConflictError as exc:
+            # Resends of one message id at once: the loser's statement took its snapshot
+            # before the winner committed, and its insert met the winner's row. Sent again
+            # (in a new transaction where there was one), it finds the stored turn.
+            if mid is None or exc.sqlstate != "23505":
+                raise
+        written = False
         return await db.run(work, transaction=transaction)
-    except ConflictError as exc:
-        # Resends of one message id at once: the loser's statement took its snapshot
-        # before the winner committed, and its insert met the winner's row. Sent again
-        # (in a new transaction where there was one), it finds the stored turn.
-        if mid is None or exc.sqlstate != "23505":
-            raise
-    return await db.run(work, transaction=transaction)
-
-
-async def _context(conn: Connection, new: Message, rows: Sequence[Row], size: int) -> list[Message]:
-    """The turn's context: the statement's extra rows, or — if its snapshot may be out of
-    date (a gap in seq, or a row some remover has touched) — the messages before the
-    turn read again under a fresh snapshot. Either way it ends with the turn's own
-    message, and the messages before it are the conversation as stored when it was read."""
-    extra = [r for r in rows if r["c_id"] is None]
-    earlier = sorted((MESSAGE.one(r, "m_") for r in extra), key=_seq)
-    expected = range(max(new.seq - size + 1, 1), new.seq)
-    if [m.seq for m in earlier] == list(expected) and not any(r["touched"] for r in extra):
-        return [*earlier, new]
-    with translate_errors():
-        again = await conn.fetch(CONTEXT, new.conversation_id, size - 1, new.seq)
-    return [*MESSAGE.many(again)[::-1], new]
-
-
-def _seq(message: Message) -> int:
-    return message.seq
+    except BaseException:
+        written = False
+        raise
+    finally:
+        if earlier:
+            assert queue is not None
+            # Durable only if this turn's statement wrote them (a stored turn wrote
+            # nothing: they may be queued after it); the writer's retry skips stored ids.
+            await queue.settle(earlier, durable=written)
 
 
 def accept_turn(

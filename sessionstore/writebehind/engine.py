@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import math
 import time
 import traceback
 from collections import deque
@@ -48,6 +49,7 @@ from tenacity import RetryCallState
 from ..errors import QueueFullError, SessionStoreError, WriteBehindError, is_transient
 from ..models import FailedWrite, OnWriteError, PendingWrite, WriterStats
 from ..retry import WRITER, describe, retrying
+from .handover import Handover
 from .items import failure_reason
 from .readyourwrites import PendingIndex
 from .spill import append_spill
@@ -76,7 +78,7 @@ def _quotable(error: BaseException) -> bool:
     return isinstance(error, SessionStoreError) and is_transient(error)
 
 
-class Writer:
+class Writer(Handover):
     """The queue and its single background writer task. Created and owned by the store."""
 
     def __init__(
@@ -102,10 +104,12 @@ class Writer:
         self._waiting: deque[PendingWrite] = deque()
         self._arrived = asyncio.Event()
         self._batch: list[PendingWrite] = []  # being collected or written
+        self._sending = False  # _batch is being written: no longer claimable
+        # Taken by direct turns (claim), in flight in their statements until settle().
+        self._claimed: dict[UUID, PendingWrite] = {}
         self._task: asyncio.Task[None] | None = None
         self._progress = asyncio.Condition()
         self._issued = 0
-        self._resolved = 0
         self._written = 0
         self._retried = 0
         self._set_aside_count = 0
@@ -214,13 +218,14 @@ class Writer:
     async def _run(self) -> None:
         while True:
             batch = await self._next_batch()
-            self._trying_since = time.monotonic()
+            if not batch:
+                continue  # a direct turn claimed all of it while it was collected
+            self._sending, self._trying_since = True, time.monotonic()
             async with self._progress:
                 self._progress.notify_all()  # a waiting flush() starts its deadline clock
             await self._write(batch)
-            self._trying_since = None
+            self._sending, self._trying_since = False, None
             self._batch = []
-            self._resolved = batch[-1].ticket
             async with self._progress:
                 self._progress.notify_all()
 
@@ -360,7 +365,7 @@ class Writer:
 
     async def _wait_resolved(self, target: int) -> None:
         async with self._progress:
-            while self._resolved < target:
+            while self._oldest() <= target:
                 since = self._trying_since
                 remaining = None if since is None else since + self._deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -408,8 +413,13 @@ class Writer:
             # close() itself still propagates.
             await asyncio.wait([task])
 
+    def _oldest(self) -> float:
+        """The lowest ticket not yet resolved (each collection is in ticket order)."""
+        heads = [c[0].ticket for c in (self._batch, self._waiting) if c]
+        return min((*heads, *(i.ticket for i in self._claimed.values())), default=math.inf)
+
     def _unwritten(self) -> list[PendingWrite]:
-        return [*self._batch, *self._waiting]
+        return [*self._claimed.values(), *self._batch, *self._waiting]
 
     def stats(self) -> WriterStats:
         """Counters and the queue's state right now."""
@@ -417,7 +427,7 @@ class Writer:
         now = time.monotonic()
         return WriterStats(
             queued=len(self._waiting),
-            in_flight=len(self._batch),
+            in_flight=len(self._batch) + len(self._claimed),
             written=self._written,
             retried=self._retried,
             set_aside=self._set_aside_count,

@@ -190,22 +190,26 @@ async def test_enqueue_turn_then_history_needs_no_get_or_create(
     assert [(m.id, m.seq, m.content) for m in history] == [(mid, 1, "first")]
 
 
-async def test_add_turn_context_ends_with_the_turn_and_queued_messages_follow_it(
+async def test_add_turn_writes_the_queued_message_first_and_its_context_holds_it(
     slow_writer: SessionStore,
 ) -> None:
-    """A queued message will be written after a direct turn: it is not part of that
-    turn's context (the messages up to it), and history shows it after the turn."""
+    """A message queued for the conversation before a direct turn is written by that
+    turn's statement, before it (issue 27, item 3: it used to land after the turn, and
+    the context missed it)."""
     store = slow_writer
     await store.add_turn("mixed", "user", "one")
     queued = await store.enqueue_turn("mixed", "assistant", "two (queued)")
     turn = await store.add_turn("mixed", "user", "three", context=5)
     assert turn.context is not None
-    assert [(m.seq, m.content) for m in turn.context] == [(1, "one"), (2, "three")]
-    shown = await store.messages.history(ContinuationId("mixed"))
-    assert [(m.seq, m.content) for m in shown] == [(1, "one"), (2, "three"), (3, "two (queued)")]
+    assert [(m.seq, m.content) for m in turn.context] == [
+        (1, "one"),
+        (2, "two (queued)"),
+        (3, "three"),
+    ]
+    assert turn.context[1].id == queued
     await store.flush()
     stored = await store.messages.history(ContinuationId("mixed"))
-    assert [(m.id, m.seq) for m in stored][-1] == (queued, 3)
+    assert [(m.seq, m.content) for m in stored] == [(1, "one"), (2, "two (queued)"), (3, "three")]
 
 
 async def test_reads_during_writes_never_lose_an_accepted_message(store: SessionStore) -> None:

@@ -1,0 +1,92 @@
+"""A turn's context: the messages before it, returned by the turn's own statement
+(``add_turn(context=N)``) and read again only when that statement's snapshot may be out
+of date."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .db import Connection
+from .errors import translate_errors
+from .models import Message
+from .repositories.conversations import CONVERSATION
+from .repositories.messages import MESSAGE
+from .repositories.sessions import SESSION
+from .rows import Row
+
+__all__ = ["CONTEXT", "read_context", "with_context"]
+
+# A turn statement that also returns, as further rows, the messages before the turn's (up
+# to its last parameter of them): the turn's context, in the same round trip. Those rows
+# carry only m_ columns and ``touched``. They are read under the statement's snapshot,
+# which the turn may have taken long before it got its locks, so add_turn reads the
+# context again (a second round trip, only then) when the snapshot may be out of date:
+# - an append another client committed after the snapshot is missing: a gap in seq;
+# - a message removed after the snapshot (pop, clear), perhaps replaced by a later
+#   append under the same seq, is still visible to the snapshot, but its row carries the
+#   remover's transaction id in xmax (messages are never updated or locked, so xmax is
+#   0 on a row nobody removed): ``touched``.
+# The queued messages written by the statement itself are not in its snapshot: their
+# rows come from the insert's RETURNING.
+_TURN_AT = """(SELECT m_conversation_id, m_seq FROM msg
+  UNION ALL SELECT m_conversation_id, m_seq FROM stored) AS t"""
+_NO_TURN_COLUMNS = ", ".join(
+    ["NULL"] * (len(CONVERSATION.names) + len(SESSION.names) + 1)  # + stored_in
+)
+
+
+def with_context(turn: str, limit: str, *, queued: bool) -> str:
+    """``turn`` (a turn statement) that also returns, as further rows, the up to ``limit``
+    (a parameter) messages before the turn's own; with ``queued``, those the statement
+    wrote itself (CTE ``earlier``) among them."""
+    rows = f"""SELECT {MESSAGE.select(prefix="m_", alias="e")}, NOT (e.xmax = '0'::xid) AS touched
+    FROM messages e
+    WHERE e.conversation_id = t.m_conversation_id AND e.seq < t.m_seq
+    ORDER BY e.seq DESC
+    LIMIT {limit}"""
+    if queued:
+        rows = f"""SELECT * FROM (
+        ({rows})
+        UNION ALL
+        SELECT earlier.*, false FROM earlier
+    ) b
+    ORDER BY b.m_seq DESC
+    LIMIT {limit}"""
+    return f"""{turn}
+UNION ALL
+SELECT {", ".join("e.m_" + name for name in MESSAGE.names)}, {_NO_TURN_COLUMNS}, e.touched
+FROM {_TURN_AT}
+CROSS JOIN LATERAL (
+    {rows}
+) e
+"""
+
+
+# The context read again (see ADD_TURN_CONTEXT): the latest $2 messages before seq $3.
+CONTEXT = f"""
+SELECT {MESSAGE.select()} FROM messages
+WHERE conversation_id = $1 AND seq < $3
+ORDER BY seq DESC
+LIMIT $2
+"""
+
+
+async def read_context(
+    conn: Connection, new: Message, rows: Sequence[Row], size: int
+) -> list[Message]:
+    """The turn's context: the statement's extra rows, or — if its snapshot may be out of
+    date (a gap in seq, or a row some remover has touched) — the messages before the
+    turn read again under a fresh snapshot. Either way it ends with the turn's own
+    message, and the messages before it are the conversation as stored when it was read."""
+    extra = [r for r in rows if r["c_id"] is None]
+    earlier = sorted((MESSAGE.one(r, "m_") for r in extra), key=_seq)
+    expected = range(max(new.seq - size + 1, 1), new.seq)
+    if [m.seq for m in earlier] == list(expected) and not any(r["touched"] for r in extra):
+        return [*earlier, new]
+    with translate_errors():
+        again = await conn.fetch(CONTEXT, new.conversation_id, size - 1, new.seq)
+    return [*MESSAGE.many(again)[::-1], new]
+
+
+def _seq(message: Message) -> int:
+    return message.seq
