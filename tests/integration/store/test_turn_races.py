@@ -148,10 +148,11 @@ async def test_concurrent_resends_of_one_turn_all_return_the_stored_turn(
             for _ in range(n)
         ]
 
-    dsn = as_supabase_postgres(pg_server.dsn_for(supabase_database))
-    # Two connections: one holds the lock in a transaction, whose statistics snapshot
-    # would never show the waiters; the other watches.
-    admin, watcher = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    # Two direct connections: one holds the lock in a transaction, whose statistics
+    # snapshot would never show the waiters; the other watches, as a superuser (a plain
+    # role sees no wait events of other roles' sessions, e.g. a pooler's).
+    admin = await asyncpg.connect(as_supabase_postgres(pg_server.admin_dsn_for(supabase_database)))
+    watcher = await asyncpg.connect(pg_server.admin_dsn_for(supabase_database))
     try:
         mid = uuid4()
         async with admin.transaction():
