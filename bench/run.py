@@ -122,7 +122,7 @@ async def history_scaling(dsn: str, reads: int) -> list[dict[str, Any]]:
             await _latencies(lambda c: store.messages.history(c, limit=50), convs, 200)  # warm
             ours = await _latencies(lambda c: store.messages.history(c, limit=50), convs, reads)
             raw = await _latencies(
-                lambda c: pool.fetch(HISTORY.by_id, c, 50, 2**31 - 1), convs, reads
+                lambda c: pool.fetch(HISTORY.by_id, c, 50, 2**31 - 1, None), convs, reads
             )
             (o50, o99), (r50, r99) = _pct(ours), _pct(raw)
             rows.append(
@@ -278,7 +278,10 @@ def pgbench_ceiling(
 
     history = (
         _one_line(
-            HISTORY.by_id.replace("$1", ":conv").replace("$2", "20").replace("$3", "2147483647")
+            HISTORY.by_id.replace("$1", ":conv")
+            .replace("$2", "20")
+            .replace("$3", "2147483647")
+            .replace("$4", "NULL::uuid")
         )
         + ";"
     )
