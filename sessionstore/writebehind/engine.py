@@ -105,8 +105,10 @@ class Writer(Handover):
         self._arrived = asyncio.Event()
         self._batch: list[PendingWrite] = []  # being collected or written
         self._sending = False  # _batch is being written: no longer claimable
-        # Taken by direct turns (claim), in flight in their statements until settle().
+        # Taken by direct turns (claim), in flight in their statements until settle(); and
+        # since when some have been (the start of write_deadline for a flush meanwhile).
         self._claimed: dict[UUID, PendingWrite] = {}
+        self._claimed_since: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._progress = asyncio.Condition()
         self._issued = 0
@@ -217,7 +219,7 @@ class Writer(Handover):
 
     async def _run(self) -> None:
         while True:
-            batch = await self._next_batch()
+            batch = await self._without_held(await self._next_batch())
             if not batch:
                 continue  # a direct turn claimed all of it while it was collected
             self._sending, self._trying_since = True, time.monotonic()
@@ -343,6 +345,8 @@ class Writer(Handover):
 
     def _why_stuck(self) -> str:
         error = self._last_error
+        if error is None and self._claimed:
+            return "an add_turn writing queued messages of its conversation has not finished"
         if error is None:
             return "its first attempt has not finished"
         return f"last error: {describe(error, message=_quotable(error))}"
@@ -366,7 +370,10 @@ class Writer(Handover):
     async def _wait_resolved(self, target: int) -> None:
         async with self._progress:
             while self._oldest() <= target:
-                since = self._trying_since
+                # The writer's attempt, or a direct turn holding queued messages: both
+                # count against write_deadline.
+                started = [t for t in (self._trying_since, self._claimed_since) if t is not None]
+                since = min(started, default=None)
                 remaining = None if since is None else since + self._deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     pending = self._unwritten()

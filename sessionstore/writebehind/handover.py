@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from uuid import UUID
@@ -32,6 +33,7 @@ class Handover:
     _batch: list[PendingWrite]  # being collected, or written when _sending
     _sending: bool
     _claimed: dict[UUID, PendingWrite]
+    _claimed_since: float | None
     _progress: asyncio.Condition
     _arrived: asyncio.Event
     _flushing: int
@@ -73,8 +75,32 @@ class Handover:
         ids = {item.id for item in taken}
         self._waiting = deque(i for i in self._waiting if i.id not in ids)
         self._batch[:] = [i for i in self._batch if i.id not in ids]  # in place: being collected
+        if taken and not self._claimed:
+            self._claimed_since = time.monotonic()
         self._claimed.update((i.id, i) for i in taken)
         return taken
+
+    async def _without_held(self, batch: list[PendingWrite]) -> list[PendingWrite]:
+        """``batch`` less the messages queued by a continuation id whose earlier messages
+        a direct turn holds: those go back to the front of the queue and wait, so that
+        the held ones land first even if the turn gives them back (refused, failed,
+        cancelled). With nothing left, waits until a turn settles (or a flush)."""
+        # Accept order: messages a turn gave back while the batch was being collected
+        # joined it after later ones.
+        batch.sort(key=by_ticket)
+        claimed = {i.continuation_id for i in self._claimed.values()}
+        if not claimed:
+            return batch
+        held = [i for i in batch if i.conversation_id is None and i.continuation_id in claimed]
+        if not held:
+            return batch
+        ids = {i.id for i in held}
+        self._batch = [i for i in batch if i.id not in ids]
+        self._waiting.extendleft(reversed(held))
+        if not self._batch:
+            async with self._progress:
+                await self._progress.wait()
+        return self._batch
 
     def _claimable(
         self, continuation_id: str, session_id: UUID | None
@@ -100,13 +126,22 @@ class Handover:
         them: their turn was refused, failed, or its outcome is unknown."""
         for item in items:
             self._claimed.pop(item.id, None)
+        if not self._claimed:
+            self._claimed_since = None
         if durable:
             self._written += len(items)
             self.pending.discard(items, durable=True)
             if self._on_written is not None:
                 self._on_written(items)
         else:
-            self._waiting = deque(heapq.merge(items, self._waiting, key=by_ticket))
+            back = sorted(items, key=by_ticket)
+            if not self._sending:
+                # A batch being collected may hold later messages of the same
+                # conversation (collected once these were no longer held): they go back
+                # too, so that the next batch takes everything in accept order.
+                back = sorted([*back, *self._batch], key=by_ticket)
+                self._batch[:] = []  # in place: _next_batch is filling this very list
+            self._waiting = deque(heapq.merge(back, self._waiting, key=by_ticket))
             self._arrived.set()
         async with self._progress:
             self._progress.notify_all()  # flush() and claims waiting for these

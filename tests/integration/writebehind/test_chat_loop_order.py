@@ -255,3 +255,72 @@ async def test_the_chat_loop_under_load_keeps_every_conversation_in_order(
     assert out_of_order == []
     for s in sessions:
         assert await _counters(conn, s.id) == (2 * turns, 2 * turns)
+
+
+async def _contents(store: SessionStore, name: str) -> list[str]:
+    return [m.content for m in await store.messages.history(ContinuationId(name), limit=50)]
+
+
+@pytest.mark.parametrize("ending", ["fails", "cancelled"])
+async def test_a_reply_given_back_by_a_failed_turn_still_lands_before_later_ones(
+    dsn: str, ending: str
+) -> None:
+    """A turn holds the queued reply R1 while another task queues R2 for the same
+    conversation; the turn then fails (its ``after`` raises) or its caller cancels it.
+    R1 goes back to the writer and lands first: R2 waited behind it."""
+    async with sessionstore.connect(dsn, max_delay=0.0, **store_overrides()) as store:
+        session = await store.sessions.create("alice")
+        await store.add_turn("held", "user", "U1", session_id=session.id)
+        await store.enqueue_turn("held", "assistant", "R1", session_id=session.id)
+        holding, release = asyncio.Event(), asyncio.Event()
+
+        async def hook(conn: Any, turn: Any, written: bool) -> None:
+            holding.set()
+            await release.wait()
+            raise RuntimeError("the hook failed")
+
+        task = asyncio.create_task(
+            store.add_turn("held", "user", "U2", session_id=session.id, after=hook)
+        )
+        await asyncio.wait_for(holding.wait(), 10)
+        await store.enqueue_turn("held", "assistant", "R2", session_id=session.id)
+        if ending == "fails":
+            release.set()
+            with pytest.raises(RuntimeError):
+                await asyncio.wait_for(task, 10)
+        else:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        await asyncio.wait_for(store.flush(), 10)
+        assert await _contents(store, "held") == ["U1", "R1", "R2"]
+
+
+async def test_a_flush_behind_a_turn_that_holds_queued_messages_is_bounded(dsn: str) -> None:
+    """flush() while a direct turn holds queued messages (its ``after`` waits): the
+    wait counts against ``write_deadline`` like a stuck batch, then WriteBehindError."""
+    async with sessionstore.connect(
+        dsn, max_delay=10.0, write_deadline=1.0, **store_overrides()
+    ) as store:
+        session = await store.sessions.create("alice")
+        await store.add_turn("held", "user", "U1", session_id=session.id)
+        await store.enqueue_turn("held", "assistant", "R1", session_id=session.id)
+        holding, release = asyncio.Event(), asyncio.Event()
+
+        async def hook(conn: Any, turn: Any, written: bool) -> None:
+            holding.set()
+            await release.wait()
+
+        task = asyncio.create_task(
+            store.add_turn("held", "user", "U2", session_id=session.id, after=hook)
+        )
+        await asyncio.wait_for(holding.wait(), 10)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(sessionstore.WriteBehindError, match="add_turn writing queued"):
+            await asyncio.wait_for(store.flush(), 10)
+        # The stated bound: write_deadline plus the 0.5 s margin.
+        assert asyncio.get_running_loop().time() - started < 1.5
+        release.set()
+        await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(store.flush(), 10)
+        assert await _contents(store, "held") == ["U1", "R1", "U2"]
