@@ -20,6 +20,7 @@ from uuid import UUID
 
 from ..errors import StoreTimeoutError
 from ..models import PendingWrite
+from .items import by_ticket
 from .readyourwrites import PendingIndex
 
 __all__ = ["Handover"]
@@ -134,19 +135,15 @@ class Handover:
             if self._on_written is not None:
                 self._on_written(items)
         else:
-            back = sorted(items, key=by_ticket)
+            back = list(items)
             if not self._sending:
                 # A batch being collected may hold later messages of the same
                 # conversation (collected once these were no longer held): they go back
                 # too, so that the next batch takes everything in accept order.
-                back = sorted([*back, *self._batch], key=by_ticket)
+                back += self._batch
                 self._batch[:] = []  # in place: _next_batch is filling this very list
+            back.sort(key=by_ticket)
             self._waiting = deque(heapq.merge(back, self._waiting, key=by_ticket))
             self._arrived.set()
         async with self._progress:
             self._progress.notify_all()  # flush() and claims waiting for these
-
-
-def by_ticket(item: PendingWrite) -> int:
-    """Accept order."""
-    return item.ticket

@@ -23,7 +23,14 @@ if sys.version_info >= (3, 14):
 else:
     from uuid_utils.compat import uuid7
 
-__all__ = ["MESSAGE_FIELDS", "accept", "batch_arguments", "failure_reason", "fresh_rows"]
+__all__ = [
+    "MESSAGE_FIELDS",
+    "accept",
+    "batch_arguments",
+    "by_ticket",
+    "failure_reason",
+    "fresh_rows",
+]
 
 #: The fields of a pending write that make its message, in the order batch statements
 #: take them (after ``id`` and how the conversation is named).
@@ -134,3 +141,8 @@ fresh AS (
 def batch_arguments(batch: Sequence[PendingWrite], fields: Sequence[str]) -> list[list[Any]]:
     """One array per field, in batch order, for a statement opened by :func:`fresh_rows`."""
     return [[getattr(item, field) for item in batch] for field in fields]
+
+
+def by_ticket(item: PendingWrite) -> int:
+    """Accept order: the sort key of queued messages."""
+    return item.ticket

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from uuid import UUID
 
 from ..models import ContinuationId, Message, MessageRole, PendingWrite, from_trusted
+from .items import by_ticket
 
 __all__ = ["PendingIndex", "as_messages", "merged"]
 
@@ -89,11 +90,7 @@ class PendingIndex:
             found.update(self._by_key.get(key, {}))
         if since is not None:
             found.update((i.id, i) for i in self._left[since:] if _key(i) in plain)
-        return sorted(found.values(), key=_ticket)
-
-
-def _ticket(item: PendingWrite) -> int:
-    return item.ticket
+        return sorted(found.values(), key=by_ticket)
 
 
 def as_messages(

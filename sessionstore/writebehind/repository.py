@@ -20,16 +20,12 @@ from ..repositories.messages import (
 )
 from ..telemetry import traced, traced_sync
 from .engine import Writer
-from .items import accept
+from .items import accept, by_ticket
 from .readyourwrites import as_messages, merged
 
 __all__ = ["QueuedMessagesRepository"]
 
 _MESSAGE_OPTIONS = MessageOptions.__optional_keys__
-
-
-def _ticket(item: PendingWrite) -> int:
-    return item.ticket
 
 
 class QueuedMessagesRepository(MessagesRepository):
@@ -77,7 +73,7 @@ class QueuedMessagesRepository(MessagesRepository):
             known = set(ids)
             more = index.matching(head["conv_id"], head["conv_continuation"], since=mark)
             if any(w.id not in known for w in more):
-                waiting = sorted({w.id: w for w in [*waiting, *more]}.values(), key=_ticket)
+                waiting = sorted({w.id: w for w in [*waiting, *more]}.values(), key=by_ticket)
                 ids = [w.id for w in waiting]
                 rows = await self._db.fetch(query, ref, size, upper, ids, sid, retry=True)
                 if not rows:  # deleted in between (a bound conversation stays this session's)
