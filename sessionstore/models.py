@@ -109,6 +109,12 @@ class AddTurnOptions(TurnOptions, total=False):
     #: Return the conversation's latest ``context`` messages (1 to 1,000), this one
     #: included, oldest first, as ``Turn.context`` — in the same round trip.
     context: int | None
+    #: With ``context`` (or alone: then up to 1,000 messages), only the latest messages
+    #: whose tokens sum to at most ``context_tokens`` (1 to 2³¹−1), this one included —
+    #: alone if it exceeds the budget. A message without a token count counts
+    #: ⌈characters / 4⌉. Chosen in the same statement (see ``messages.history``'s
+    #: ``max_tokens``).
+    context_tokens: int | None
 
 
 class SessionStatus(enum.StrEnum):

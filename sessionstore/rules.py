@@ -9,7 +9,9 @@ none) and the SQL expressions it combines (parameters such as ``"$3"`` or column
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Protocol, TypeVar
 
 from .models import SessionStatus
 
@@ -17,16 +19,20 @@ __all__ = [
     "accepts_turns",
     "batch_ordinal",
     "bind",
+    "budget_floor",
     "bump_conversation",
     "bump_session",
     "cleanup_due",
+    "counted_tokens",
     "drop_latest",
     "effective_status",
+    "estimated_tokens",
     "may_read",
     "may_write",
     "not_past_expiry",
     "read_status",
     "seq_of",
+    "within_budget",
 ]
 
 
@@ -143,3 +149,69 @@ def cleanup_due(alias: str = "") -> str:
     past, and the session not ``completed``."""
     at = _col(alias, "expires_at")
     return f"{at} IS NOT NULL AND {at} < now() AND {_col(alias, 'status')} <> 'completed'"
+
+
+# A message stored without a token count still costs tokens: it is counted as one token
+# per four characters, rounded up (characters as PostgreSQL's char_length and Python's
+# len count them: code points). Never free, so an unknown message cannot slip past a
+# budget.
+_CHARS_PER_TOKEN = 4
+
+
+def counted_tokens(tokens: str = "tokens", content: str = "content") -> str:
+    """The tokens a message (its ``tokens`` and ``content`` columns) counts for in a
+    budget: its token count, or, stored without one, ⌈characters / 4⌉.
+    :func:`estimated_tokens` is the same rule in memory."""
+    per = _CHARS_PER_TOKEN
+    return f"coalesce({tokens}, (char_length({content}) + {per - 1}) / {per})"
+
+
+def estimated_tokens(tokens: int | None, content: str) -> int:
+    """:func:`counted_tokens` for a message in memory."""
+    return tokens if tokens is not None else -(-len(content) // _CHARS_PER_TOKEN)
+
+
+def budget_floor(*, conversation: str, upper: str, limit: str, budget: str) -> str:
+    """A token budget as a bound on ``seq``: the latest messages of ``conversation`` with
+    ``seq < upper`` (at most ``limit`` of them) that fit in ``budget`` tokens are those
+    with ``seq`` above this expression — a run ending at the latest, cut before the first
+    message that would overflow it (older, smaller ones are not picked up past the cut).
+    0 when they all fit, or when ``budget`` is NULL (no budget: nothing is read then).
+
+    The scan stops at the first message past the budget: a large conversation costs no
+    more than a small one. ``budget`` below 0 cuts before the latest message."""
+    return f"""(CASE WHEN {budget} IS NULL THEN 0 ELSE coalesce((
+        SELECT b.seq FROM (
+            SELECT seq, sum({counted_tokens()}) OVER (
+                ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+            ) AS running
+            FROM messages WHERE conversation_id = {conversation} AND seq < {upper}
+            ORDER BY seq DESC LIMIT {limit}
+        ) b WHERE b.running > {budget} ORDER BY b.seq DESC LIMIT 1
+    ), 0) END)"""
+
+
+class _Counted(Protocol):
+    @property
+    def tokens(self) -> int | None: ...
+    @property
+    def content(self) -> str: ...
+
+
+_M = TypeVar("_M", bound=_Counted)
+
+
+def within_budget(messages: Sequence[_M], budget: int | None) -> list[_M]:
+    """:func:`budget_floor` for messages in memory (oldest first): the latest of them
+    whose counted tokens sum to at most ``budget``, cut before the first that would
+    overflow it."""
+    if budget is None:
+        return list(messages)
+    kept = 0
+    spent = 0
+    for message in reversed(messages):
+        spent += estimated_tokens(message.tokens, message.content)
+        if spent > budget:
+            break
+        kept += 1
+    return list(messages[len(messages) - kept :])

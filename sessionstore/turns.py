@@ -145,8 +145,8 @@ ADD_TURN = _add_turn(queued=False)
 ADD_TURN_AFTER_QUEUED = _add_turn(queued=True)
 
 # The turns that also return their context (see :mod:`sessionstore.turn_context`).
-ADD_TURN_CONTEXT = with_context(ADD_TURN, "$9", queued=False)
-ADD_TURN_AFTER_QUEUED_CONTEXT = with_context(ADD_TURN_AFTER_QUEUED, "$16", queued=True)
+ADD_TURN_CONTEXT = with_context(ADD_TURN, "$9", "$10", queued=False)
+ADD_TURN_AFTER_QUEUED_CONTEXT = with_context(ADD_TURN_AFTER_QUEUED, "$16", "$17", queued=True)
 # Why a turn matched nothing: the session refused it, or else the conversation did.
 OWNER = "SELECT session_id FROM conversations WHERE continuation_id = $1"
 
@@ -327,8 +327,11 @@ async def add_turn(
     after = v.callback(after, "after")
     given_id = options.get("message_id")
     mid = None if given_id is None else v.uuid(given_id, "message_id")
-    wanted = options.get("context")
+    wanted, tokens = options.get("context"), options.get("context_tokens")
+    budget = None if tokens is None else v.positive_int(tokens, "context_tokens")
     size = None if wanted is None else v.limit(wanted, "context")
+    if size is None and budget is not None:
+        size = v.MAX_LIMIT  # a budget alone: as many messages as a context may hold
     bound = db.config.command_timeout or db.config.connect_timeout
     earlier = [] if queue is None else await queue.claim(cont, sid, within=bound)
     arguments: tuple[object, ...] = (cont, sid, *message, db.config.sliding_interval, mid)
@@ -338,7 +341,7 @@ async def add_turn(
         fields = [[getattr(i, f) for i in earlier] for f in ("id", *MESSAGE_FIELDS)]
         arguments = (*arguments, *fields, [i.session_id is not None for i in earlier])
     if size is not None:
-        arguments = (*arguments, size - 1)
+        arguments = (*arguments, size - 1, budget)
     written = False
 
     async def work(conn: Connection) -> Turn:
@@ -354,7 +357,7 @@ async def add_turn(
         new = MESSAGE.one(row, "m_")
         context = None
         if size is not None:
-            context = await read_context(conn, new, rows, size)
+            context = await read_context(conn, new, rows, size, budget)
         turn = Turn.model_construct(
             message=new,
             conversation=CONVERSATION.one(row, "c_"),

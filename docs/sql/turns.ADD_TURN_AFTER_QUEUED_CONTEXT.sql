@@ -71,19 +71,24 @@ LEFT JOIN sessions s ON s.id = $2
 
 UNION ALL
 SELECT e.m_id, e.m_conversation_id, e.m_seq, e.m_role, e.m_content, e.m_metadata, e.m_tokens, e.m_created_at, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, e.touched
-FROM (SELECT m_conversation_id, m_seq FROM msg
-  UNION ALL SELECT m_conversation_id, m_seq FROM stored) AS t
+FROM (SELECT m_conversation_id, m_seq, m_tokens, m_content FROM msg
+  UNION ALL SELECT m_conversation_id, m_seq, m_tokens, m_content FROM stored) AS t
 CROSS JOIN LATERAL (
-    SELECT * FROM (
-        (SELECT e.id AS m_id, e.conversation_id AS m_conversation_id, e.seq AS m_seq, e.role AS m_role, e.content AS m_content, e.metadata AS m_metadata, e.tokens AS m_tokens, CASE WHEN e.created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN e.created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE e.created_at END AS m_created_at, NOT (e.xmax = '0'::xid) AS touched
+    SELECT b.m_id, b.m_conversation_id, b.m_seq, b.m_role, b.m_content, b.m_metadata, b.m_tokens, b.m_created_at, b.touched FROM (
+        SELECT u.*, sum(coalesce(u.m_tokens, (char_length(u.m_content) + 3) / 4)) OVER (
+            ORDER BY u.m_seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+        ) AS running FROM (
+            (SELECT e.id AS m_id, e.conversation_id AS m_conversation_id, e.seq AS m_seq, e.role AS m_role, e.content AS m_content, e.metadata AS m_metadata, e.tokens AS m_tokens, CASE WHEN e.created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN e.created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE e.created_at END AS m_created_at, NOT (e.xmax = '0'::xid) AS touched
     FROM messages e
-    WHERE e.conversation_id = t.m_conversation_id AND e.seq < t.m_seq
+    WHERE e.conversation_id = t.m_conversation_id AND e.seq < t.m_seq AND e.seq > 0
     ORDER BY e.seq DESC
     LIMIT $16)
-        UNION ALL
-        SELECT earlier.*, false FROM earlier
+            UNION ALL
+            SELECT earlier.*, false FROM earlier
+        ) u
+        ORDER BY u.m_seq DESC
+        LIMIT $16
     ) b
-    ORDER BY b.m_seq DESC
-    LIMIT $16
+    WHERE ($17::integer - coalesce(t.m_tokens, (char_length(t.m_content) + 3) / 4)) IS NULL OR b.running <= ($17::integer - coalesce(t.m_tokens, (char_length(t.m_content) + 3) / 4))
 ) e
 

@@ -49,12 +49,20 @@ LEFT JOIN sessions s ON s.id = $2
 
 UNION ALL
 SELECT e.m_id, e.m_conversation_id, e.m_seq, e.m_role, e.m_content, e.m_metadata, e.m_tokens, e.m_created_at, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, e.touched
-FROM (SELECT m_conversation_id, m_seq FROM msg
-  UNION ALL SELECT m_conversation_id, m_seq FROM stored) AS t
+FROM (SELECT m_conversation_id, m_seq, m_tokens, m_content FROM msg
+  UNION ALL SELECT m_conversation_id, m_seq, m_tokens, m_content FROM stored) AS t
 CROSS JOIN LATERAL (
     SELECT e.id AS m_id, e.conversation_id AS m_conversation_id, e.seq AS m_seq, e.role AS m_role, e.content AS m_content, e.metadata AS m_metadata, e.tokens AS m_tokens, CASE WHEN e.created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN e.created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE e.created_at END AS m_created_at, NOT (e.xmax = '0'::xid) AS touched
     FROM messages e
-    WHERE e.conversation_id = t.m_conversation_id AND e.seq < t.m_seq
+    WHERE e.conversation_id = t.m_conversation_id AND e.seq < t.m_seq AND e.seq > (CASE WHEN ($10::integer - coalesce(t.m_tokens, (char_length(t.m_content) + 3) / 4)) IS NULL THEN 0 ELSE coalesce((
+        SELECT b.seq FROM (
+            SELECT seq, sum(coalesce(tokens, (char_length(content) + 3) / 4)) OVER (
+                ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+            ) AS running
+            FROM messages WHERE conversation_id = t.m_conversation_id AND seq < t.m_seq
+            ORDER BY seq DESC LIMIT $9
+        ) b WHERE b.running > ($10::integer - coalesce(t.m_tokens, (char_length(t.m_content) + 3) / 4)) ORDER BY b.seq DESC LIMIT 1
+    ), 0) END)
     ORDER BY e.seq DESC
     LIMIT $9
 ) e

@@ -31,6 +31,7 @@ from ..rules import (
     accepts_turns,
     batch_ordinal,
     bind,
+    budget_floor,
     bump_conversation,
     bump_session,
     drop_latest,
@@ -113,10 +114,11 @@ ADD_MESSAGE = _append(
 )
 
 
-def _history(session: str, extra: str = "") -> Keyed:
-    """The latest ``$2`` messages with ``seq < $3`` of conversation ``$1``, oldest first,
-    and ``extra`` columns of the conversation ``c`` on every row. Zero rows: no such
-    conversation. One all-null message: a conversation without messages.
+def _history(session: str, budget: str, extra: str = "") -> Keyed:
+    """The latest ``$2`` messages with ``seq < $3`` of conversation ``$1`` that fit in
+    ``budget`` (a parameter, NULL for none) tokens, oldest first, and ``extra`` columns
+    of the conversation ``c`` on every row. Zero rows: no such conversation. One all-null
+    message: a conversation without messages (or none within the budget).
 
     ``session`` (a parameter, NULL for none) is the session reading. Without ``extra``
     a conversation it may not read gives zero rows, like a missing one (the rows keep
@@ -129,11 +131,12 @@ def _history(session: str, extra: str = "") -> Keyed:
         extra, where, messages = f", {readable} AS readable{extra}", "", f" AND {readable}"
     else:  # the check on the conversation: no row, no messages read
         where, messages = f" AND {readable}", ""
+    floor = budget_floor(conversation="c.id", upper="$3", limit="$2", budget=f"{budget}::integer")
     return Keyed.of(f"""
 SELECT m.*{extra} FROM conversations c
 LEFT JOIN LATERAL (
     SELECT {_COLUMNS} FROM messages
-    WHERE conversation_id = c.id AND seq < $3{messages}
+    WHERE conversation_id = c.id AND seq < $3 AND seq > {floor}{messages}
     ORDER BY seq DESC
     LIMIT $2
 ) m ON true
@@ -142,13 +145,14 @@ ORDER BY m.seq
 """)
 
 
-# $4 the reading session (NULL: any).
-HISTORY = _history("$4")
+# $4 the reading session (NULL: any), $5 the token budget (NULL: none).
+HISTORY = _history("$4", "$5")
 # For a process with waiting write-behind messages: also whether the session ($5) may
 # read it, the conversation's keys and count, and which of the waiting ids ($4) are
-# stored by now.
+# stored by now; $6 the token budget.
 HISTORY_WITH_WAITING = _history(
     "$5",
+    "$6",
     ", c.id AS conv_id, c.continuation_id AS conv_continuation, c.message_count AS conv_count,"
     " ARRAY(SELECT s.id FROM messages s WHERE s.id = ANY($4::uuid[])) AS stored",
 )
@@ -361,8 +365,17 @@ class MessagesRepository:
         limit: int = 50,
         before: int | None = None,
         session_id: UUID | str | None = None,
+        max_tokens: int | None = None,
     ) -> list[Message]:
         """The latest ``limit`` messages (with ``seq < before`` if given), oldest first.
+
+        With ``max_tokens`` (an integer from 1 to 2³¹−1), only the latest of those whose
+        tokens sum to at most ``max_tokens``: a run ending at the latest message, cut
+        before the first one that would overflow the budget (an older, smaller message
+        past the cut is not picked up), so the result may be empty when the latest
+        message alone is larger. A message stored without a token count counts
+        ⌈characters / 4⌉ tokens, never none. Chosen in the same statement: only the
+        messages returned leave the server, and the server stops reading at the cut.
 
         The conversation is named by its id or its :class:`~sessionstore.ContinuationId`
         (one round trip either way); ``NotFoundError`` if it does not exist.
@@ -382,14 +395,20 @@ class MessagesRepository:
         size = v.limit(limit)
         upper = NO_UPPER_BOUND if before is None else v.positive_int(before, "before")
         sid = None if session_id is None else v.uuid(session_id, "session_id")
-        return await self._page(cid, size, upper, sid)
+        budget = None if max_tokens is None else v.positive_int(max_tokens, "max_tokens")
+        return await self._page(cid, size, upper, sid, budget)
 
     async def _page(
-        self, cid: UUID | ContinuationId, size: int, upper: int, sid: UUID | None
+        self,
+        cid: UUID | ContinuationId,
+        size: int,
+        upper: int,
+        sid: UUID | None,
+        budget: int | None,
     ) -> list[Message]:
         """:meth:`history` once its arguments are checked (the write-behind repository
         adds the queued messages here)."""
-        rows = await self._db.fetch(HISTORY.for_(cid), cid, size, upper, sid, retry=True)
+        rows = await self._db.fetch(HISTORY.for_(cid), cid, size, upper, sid, budget, retry=True)
         if not rows:  # missing, or not this session's
             raise conversation_missing(cid)
         if rows[0]["id"] is None:  # the one all-null row of a conversation without messages

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from uuid import UUID
 
 from ..models import ContinuationId, Message, MessageRole, PendingWrite, from_trusted
+from ..rules import within_budget
 from .items import by_ticket
 
 __all__ = ["PendingIndex", "as_messages", "merged"]
@@ -117,7 +118,8 @@ def as_messages(
 
 
 def merged(
-    stored: list[Message], waiting: list[Message], *, limit: int, before: int
+    stored: list[Message], waiting: list[Message], *, limit: int, before: int, budget: int | None
 ) -> list[Message]:
-    """The latest ``limit`` of ``stored`` then ``waiting`` with ``seq < before``."""
-    return [m for m in [*stored, *waiting] if m.seq < before][-limit:]
+    """The latest ``limit`` of ``stored`` then ``waiting`` with ``seq < before``, within
+    ``budget`` tokens (see :func:`~sessionstore.rules.within_budget`)."""
+    return within_budget([m for m in [*stored, *waiting] if m.seq < before][-limit:], budget)

@@ -37,7 +37,12 @@ class QueuedMessagesRepository(MessagesRepository):
         self._writer = writer
 
     async def _page(
-        self, ref: UUID | ContinuationId, size: int, upper: int, sid: UUID | None
+        self,
+        ref: UUID | ContinuationId,
+        size: int,
+        upper: int,
+        sid: UUID | None,
+        budget: int | None,
     ) -> list[Message]:
         """:meth:`MessagesRepository.history`, with read-your-writes: messages this process
         accepted for write-behind and has not yet made durable are included, after the
@@ -51,17 +56,17 @@ class QueuedMessagesRepository(MessagesRepository):
         """
         index = self._writer.pending
         if not index:
-            return await super()._page(ref, size, upper, sid)
+            return await super()._page(ref, size, upper, sid, budget)
         query = HISTORY_WITH_WAITING.for_(ref)
         with index.reading() as mark:
             waiting = index.matching(ref)
             ids = [w.id for w in waiting]
-            rows = await self._db.fetch(query, ref, size, upper, ids, sid, retry=True)
+            rows = await self._db.fetch(query, ref, size, upper, ids, sid, budget, retry=True)
             if not rows:
                 if not waiting:
                     raise conversation_missing(ref)
                 await self._created_by_queue(ref)
-                return await super()._page(ref, size, upper, sid)
+                return await super()._page(ref, size, upper, sid, budget)
             if not rows[0]["readable"]:  # not this session's: refused like a missing one
                 raise conversation_missing(ref)
             head = rows[0]
@@ -75,7 +80,7 @@ class QueuedMessagesRepository(MessagesRepository):
             if any(w.id not in known for w in more):
                 waiting = sorted({w.id: w for w in [*waiting, *more]}.values(), key=by_ticket)
                 ids = [w.id for w in waiting]
-                rows = await self._db.fetch(query, ref, size, upper, ids, sid, retry=True)
+                rows = await self._db.fetch(query, ref, size, upper, ids, sid, budget, retry=True)
                 if not rows:  # deleted in between (a bound conversation stays this session's)
                     raise conversation_missing(ref)
                 head = rows[0]
@@ -87,6 +92,7 @@ class QueuedMessagesRepository(MessagesRepository):
             as_messages(later, head["conv_id"], head["conv_count"]),
             limit=size,
             before=upper,
+            budget=budget,
         )
 
     async def _created_by_queue(self, ref: UUID | ContinuationId) -> None:

@@ -84,7 +84,14 @@ COVERED: dict[str, set[str]] = {
 OPTIONS_COVERED: dict[str, set[str]] = {
     "MessageOptions": {"metadata", "tokens"},  # test_messages, test_write_behind
     "TurnOptions": {"metadata", "tokens", "session_id"},  # test_write_behind (enqueue_turn)
-    "AddTurnOptions": {"metadata", "tokens", "session_id", "message_id", "context"},
+    "AddTurnOptions": {
+        "metadata",
+        "tokens",
+        "session_id",
+        "message_id",
+        "context",
+        "context_tokens",
+    },
 }
 
 

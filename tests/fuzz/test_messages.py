@@ -58,6 +58,7 @@ from .world import (
     options_strategy,
     resolve,
     session_arg,
+    within_tokens,
 )
 
 # --- messages ------------------------------------------------------------------------------------
@@ -124,6 +125,7 @@ _MESSAGES_DRAWN: dict[str, st.SearchStrategy[Any]] = dict(
     limit=st.one_of(st.just(OMITTED), LIMITS),
     before=st.one_of(st.just(OMITTED), st.none(), st.integers(1, 6), INTS),
     turn=st.tuples(_TURN_SESSIONS, st.booleans()),
+    max_tokens=st.one_of(st.just(OMITTED), st.none(), st.integers(1, 12), INTS),
 )
 
 
@@ -142,11 +144,24 @@ async def test_messages(
     limit: object,
     before: object,
     turn: tuple[object, bool],
+    max_tokens: object,
 ) -> None:
     """``add``, ``add_many`` and ``history`` (each with and without ``session_id``),
     ``count``, ``pop``, ``clear``."""
     await check_messages(
-        store, conn, op, seeded, conversation, role, content, options, new, limit, before, turn
+        store,
+        conn,
+        op,
+        seeded,
+        conversation,
+        role,
+        content,
+        options,
+        new,
+        limit,
+        before,
+        turn,
+        max_tokens,
     )
 
 
@@ -163,6 +178,7 @@ async def test_messages(
         "limit": OMITTED,
         "before": OMITTED,
         "turn": (OMITTED, False),
+        "max_tokens": OMITTED,
     },
     *({"options": m} for m in NAMED_METADATA),
     *({"content": t} for t in NAMED_TEXT),
@@ -173,6 +189,10 @@ async def test_messages(
     {"op": "history", "limit": "my private c4n4ry note"},
     {"op": "history", "before": 0},
     {"op": "history", "before": 2**31},
+    {"op": "history", "seeded": 4, "max_tokens": 7},  # seeded tokens 1..4: the latest 4 and 3
+    {"op": "history", "seeded": 4, "max_tokens": 3},  # the latest alone is 4: none
+    {"op": "history", "max_tokens": 0},
+    {"op": "history", "max_tokens": "my private c4n4ry note"},
     {"op": "history", "turn": ("S:owner", True)},
     {"op": "history", "turn": ("S:active", True)},  # another session's conversation
     {"op": "history", "turn": ("S:owner", False)},  # an unbound conversation
@@ -197,10 +217,23 @@ async def test_messages_named(
     limit: object,
     before: object,
     turn: tuple[object, bool],
+    max_tokens: object,
 ) -> None:
     """The cases the issue names, pinned (reported apart from the generated ones)."""
     await check_messages(
-        store, conn, op, seeded, conversation, role, content, options, new, limit, before, turn
+        store,
+        conn,
+        op,
+        seeded,
+        conversation,
+        role,
+        content,
+        options,
+        new,
+        limit,
+        before,
+        turn,
+        max_tokens,
     )
 
 
@@ -217,6 +250,7 @@ async def check_messages(
     limit: object,
     before: object,
     turn: tuple[object, bool],
+    max_tokens: object,
 ) -> None:
     CASES["messages"] += 1
     options, new = real(options), real(new)
@@ -313,6 +347,9 @@ async def check_messages(
         if before is not OMITTED:
             options_["before"] = before
             expect.arg("before", int_verdict(before, 1, INT4_MAX, optional=True))
+        if max_tokens is not OMITTED:
+            options_["max_tokens"] = max_tokens
+            expect.arg("max_tokens", int_verdict(max_tokens, 1, INT4_MAX, optional=True))
         if session is not OMITTED:
             # read as a session: only its own conversation; any other (another
             # session's, an unbound one) reads as missing, whatever the session's state
@@ -341,6 +378,7 @@ async def check_messages(
             upper,
             size,
         )
+        rows = within_tokens(rows, None if max_tokens is OMITTED else max_tokens)
         history: list[Message] = out.result
         assert [m.id for m in history] == [r["id"] for r in reversed(rows)], "wrong history"
         for m, r in zip(history, reversed(rows), strict=True):

@@ -52,8 +52,10 @@ from .world import (
     message_verdicts,
     named,
     options_strategy,
+    own_tokens,
     resolve,
     session_arg,
+    within_tokens,
 )
 
 # --- turns ---------------------------------------------------------------------------------------
@@ -76,6 +78,7 @@ _ADD_TURN_DRAWN: dict[str, st.SearchStrategy[Any]] = dict(
     options=options_strategy("metadata", "tokens"),
     message_id=MESSAGE_IDS,
     context=st.one_of(st.just(OMITTED), st.none(), st.integers(1, 4), INTS),
+    context_tokens=st.one_of(st.just(OMITTED), st.none(), st.integers(1, 12), INTS),
 )
 
 
@@ -92,11 +95,22 @@ async def test_add_turn(
     options: dict[str, object],
     message_id: object,
     context: object,
+    context_tokens: object,
 ) -> None:
     """``add_turn`` with every option: ``session_id``, ``metadata``, ``tokens``,
     ``message_id``, ``context``."""
     await check_add_turn(
-        store, conn, continuation, state, session, role, content, options, message_id, context
+        store,
+        conn,
+        continuation,
+        state,
+        session,
+        role,
+        content,
+        options,
+        message_id,
+        context,
+        context_tokens,
     )
 
 
@@ -111,7 +125,12 @@ async def test_add_turn(
         "options": {"tokens": 3},
         "message_id": "fresh",
         "context": 2,
+        "context_tokens": OMITTED,
     },
+    {"context": 2, "context_tokens": 1, "options": {"tokens": 3}},  # its own message alone
+    {"context": OMITTED, "context_tokens": 50},  # a budget alone: up to 1,000 messages
+    {"context_tokens": 0},
+    {"context_tokens": "my private c4n4ry note"},
     *({"options": m} for m in NAMED_METADATA),
     *({"content": t} for t in NAMED_TEXT),
     {"session": Id("other")},
@@ -130,10 +149,21 @@ async def test_add_turn_named(
     options: dict[str, object],
     message_id: object,
     context: object,
+    context_tokens: object,
 ) -> None:
     """The cases the issue names, pinned (reported apart from the generated ones)."""
     await check_add_turn(
-        store, conn, continuation, state, session, role, content, options, message_id, context
+        store,
+        conn,
+        continuation,
+        state,
+        session,
+        role,
+        content,
+        options,
+        message_id,
+        context,
+        context_tokens,
     )
 
 
@@ -148,6 +178,7 @@ async def check_add_turn(
     options: dict[str, object],
     message_id: object,
     context: object,
+    context_tokens: object,
 ) -> None:
     CASES["add_turn"] += 1
     options = real(options)
@@ -155,6 +186,8 @@ async def check_add_turn(
     options = {k: v for k, v in options.items() if k not in ("session_id", "message_id")}
     if context is not OMITTED:
         options["context"] = context
+    if context_tokens is not OMITTED:
+        options["context_tokens"] = context_tokens
     conts = {name: world.fresh(name) for name in ("mine", "loose", "theirs", "new")}
     (sid, other), _ = await world.build(
         [S(state=state), S()],
@@ -183,7 +216,7 @@ async def check_add_turn(
 
     expect = Expect().arg("continuation_id", identifier_verdict(cont))
     expect.arg("role", role_verdict(role)).arg("content", text_verdict(content))
-    await message_verdicts(world, expect, options, frozenset({"context"}))
+    await message_verdicts(world, expect, options, frozenset({"context", "context_tokens"}))
     named: UUID | None = None
     if session_value is not None:
         session_verdict, named = await session_arg(world, session_value)
@@ -244,7 +277,9 @@ async def check_add_turn(
         assert srow is not None
         check_session(turn.session, srow)
         assert (turn.session.turn_count, turn.session.total_tokens) == (1, tokens)
-    size = options.get("context")
+    size, budget = options.get("context"), options.get("context_tokens")
+    if size is None and budget is not None:
+        size = 1000  # a budget alone reads up to the largest context
     if size is None:
         assert turn.context is None
     else:
@@ -253,6 +288,10 @@ async def check_add_turn(
             c.id,
             size,
         )
+        if budget is not None:  # the turn's own message always, alone if it overflows
+            assert isinstance(budget, int)
+            left = budget - own_tokens(latest[0])
+            latest = [latest[0], *(within_tokens(latest[1:], left) if left >= 0 else [])]
         assert turn.context is not None, "context was asked for and not returned"
         assert [x.id for x in turn.context] == [r["id"] for r in reversed(latest)], "context"
         for got, r in zip(turn.context, reversed(latest), strict=True):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import json
+import math
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -595,6 +596,28 @@ CREATED = st.lists(st.sampled_from([0, 0, 1, 2, 3]), max_size=6)
 LIMITS = st.one_of(st.integers(1, 4), INTS)
 
 
+def own_tokens(row: Any) -> int:
+    """What a message row counts in a token budget: its tokens, else ⌈characters / 4⌉."""
+    tokens = row["tokens"]
+    return int(tokens) if tokens is not None else math.ceil(len(row["content"]) / 4)
+
+
+def within_tokens(newest_first: Sequence[Any], budget: object) -> list[Any]:
+    """The oracle of a token budget over message rows (newest first): the newest of
+    them whose tokens — ⌈characters / 4⌉ for a row stored without a count — sum to at
+    most ``budget``, cut at the first that would overflow it. ``None``: all."""
+    if budget is None:
+        return list(newest_first)
+    assert isinstance(budget, int)
+    kept, spent = [], 0
+    for row in newest_first:
+        spent += own_tokens(row)
+        if spent > budget:
+            break
+        kept.append(row)
+    return kept
+
+
 def limit_verdict(value: object, maximum: int = 1000) -> Verdict:
     """A page or batch size: 1 up to a maximum the contract leaves to the library
     (``maximum`` must be accepted; beyond it may be refused)."""
@@ -659,5 +682,7 @@ async def message_verdicts(
             expect.arg("tokens", int_verdict(value, 0, INT4_MAX, optional=True))
         elif name == "context" and name in allowed:
             expect.arg("context", OK if value is None else limit_verdict(value))
+        elif name == "context_tokens" and name in allowed:
+            expect.arg(name, int_verdict(value, 1, INT4_MAX, optional=True))
         else:
             expect.arg(name, BAD)  # not an option of this method
