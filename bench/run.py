@@ -14,9 +14,10 @@
 6. the chat loop across a network (bench/rtt.py): every system through a latency proxy
    at RTT 0, 1 and 5 ms.
 
-Prints the tables and rewrites the generated part of docs/benchmarks.md and
-docs/benchmarks.png. The write-behind and cleanup benchmarks are separate scripts
-(bench/writebehind.py, bench/cleanup.py).
+Prints the tables and rewrites the generated parts of docs/benchmarks.md (its summary
+and its tables), docs/benchmarks.png and docs/benchmarks-rtt.png, and the README's
+"compared with" table (bench/summary.py). The write-behind and cleanup benchmarks are
+separate scripts (bench/writebehind.py, bench/cleanup.py).
 """
 
 from __future__ import annotations
@@ -42,13 +43,22 @@ from urllib.parse import urlsplit
 
 import asyncpg
 from common import fresh_database, run_workload
+from summary import (
+    COMPARISON,
+    DOC,
+    README,
+    SUMMARY,
+    comparison,
+    ratio,
+    replace_between,
+    summary,
+)
 
 import sessionstore
 from sessionstore.embedded import embedded_server
 from sessionstore.repositories.messages import ADD_MESSAGE, HISTORY
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
 CHART = ROOT / "docs" / "benchmarks.png"
 BEGIN, END = "<!-- bench/run.py: begin -->", "<!-- bench/run.py: end -->"
 IMPLS = [
@@ -396,11 +406,6 @@ def chart(rows: list[dict[str, Any]]) -> None:
     fig.savefig(CHART, dpi=110)
 
 
-def ratio(rows: list[dict[str, Any]], a: str, b: str) -> float:
-    by = {r["impl"]: r["turns_per_s"] for r in rows}
-    return round(by[a] / by[b], 2)
-
-
 def write_doc(
     env: str,
     turns: list[dict[str, Any]],
@@ -521,119 +526,6 @@ asyncpg sending the identical statement with the same arguments (10 tasks, pool 
     return body
 
 
-README = ROOT / "README.md"
-README_BEGIN, README_END = (
-    "<!-- bench/run.py: summary begin -->",
-    "<!-- bench/run.py: summary end -->",
-)
-
-
-def _n(value: float) -> str:
-    return f"{value:,.0f}"
-
-
-def readme_summary(
-    env: str,
-    turns: list[dict[str, Any]],
-    ceiling: dict[str, Any] | None,
-    loop_ceiling: dict[str, Any] | None,
-    framework_rows: list[dict[str, Any]],
-    rtt_rows: list[dict[str, Any]],
-) -> str:
-    """The README's benchmark summary, from this run's rows."""
-    by = {r["impl"]: r for r in turns}
-    lines = [
-        f"One run of `python3 dev.py bench` ({env}), 50 concurrent chat clients, pool of 10.",
-        "",
-        "Across a network (bench/latency.py adds the round-trip time; a turn = append the"
-        " user's message, read the last 20, append the reply):",
-        "",
-        "| RTT | system | turns/s per client | p50 ms | p99 ms | round trips per turn |",
-        "| ---: | --- | ---: | ---: | ---: | ---: |",
-    ]
-    top = max(r["rtt_ms"] for r in rtt_rows) if rtt_rows else None
-    for r in rtt_rows:
-        if r["rtt_ms"] == top and r["clients"] > 1:
-            lines.append(
-                f"| {r['rtt_ms']:g} ms | {r['impl']} | {r['per_client_turns_per_s']}"
-                f" | {r['p50_ms']} | {r['p99_ms']} | {r['round_trips_per_turn']} |"
-            )
-    alone = {r["impl"]: r for r in rtt_rows if r["clients"] == 1}
-    if "sessionstore-context" in alone and "asyncpg" in alone:
-        mine, raw = alone["sessionstore-context"], alone["asyncpg"]
-        lines += [
-            "",
-            f"One client alone at {top:g} ms: a chat turn's p50 is {mine['p50_ms']} ms with"
-            f" `add_turn(context=20)` + `add_turn` ({raw['p50_ms']} ms for raw asyncpg"
-            " step by step); above, 50 clients share 10 connections and the wait for one"
-            " is most of a turn.",
-        ]
-    lines += [
-        "",
-        "On loopback (the server's CPU is the limit; ratios to raw asyncpg step by step and"
-        " to the thread-pool design sessionstore replaces):",
-        "",
-        "| | turns/s | vs asyncpg | vs thread pool |",
-        "| --- | ---: | ---: | ---: |",
-    ]
-    named = [
-        ("`add_turn` ×2 + `history`", "sessionstore"),
-        ("`enqueue_turn` ×2 + `history` (durable after `flush()`)", "sessionstore-writebehind"),
-        ("chat loop: `add_turn(context=20)` + `add_turn`", "sessionstore-context"),
-    ]
-    for label, impl in named:
-        r = by[impl]
-        lines.append(
-            f"| {label} | {_n(r['turns_per_s'])} | {ratio(turns, impl, 'asyncpg')}×"
-            f" | {ratio(turns, impl, 'threadpool')}× |"
-        )
-    base, pool = by["asyncpg"]["turns_per_s"], by["threadpool"]["turns_per_s"]
-    for top, impl, what in (
-        (ceiling, "sessionstore", "`add_turn` ×2 + `history`"),
-        (loop_ceiling, "sessionstore-context", "the chat loop"),
-    ):
-        if top is None:
-            continue
-        share = round(by[impl]["turns_per_s"] / top["turns_per_s"] * 100)
-        lines.append(
-            f"| pgbench sending the statements of {what} (its ceiling; reached: {share}%)"
-            f" | {_n(top['turns_per_s'])} | {round(top['turns_per_s'] / base, 2)}×"
-            f" | {round(top['turns_per_s'] / pool, 2)}× |"
-        )
-    fw = {r["impl"]: r for r in framework_rows}
-    pairs = [
-        ("OpenAI Agents (`SQLAlchemySession`)", "agents"),
-        ("Google ADK (`DatabaseSessionService`)", "adk"),
-        ("LangChain (langchain-postgres)", "langchain"),
-    ]
-    present = [(label, k) for label, k in pairs if f"{k}-builtin" in fw]
-    if present:
-        lines += [
-            "",
-            "Through the frameworks' own session interfaces, on loopback:",
-            "",
-            "| framework | its own store | sessionstore's adapter | ratio | client CPU per turn |",
-            "| --- | ---: | ---: | ---: | ---: |",
-        ]
-        for label, k in present:
-            own, ours = fw[f"{k}-builtin"], fw[f"{k}-sessionstore"]
-            cpu = [round(r["client_cpu_s"] / r["turns"] * 1000, 2) for r in (own, ours)]
-            lines.append(
-                f"| {label} | {_n(own['turns_per_s'])} turns/s, p99 {_n(own['p99_ms'])} ms"
-                f" | {_n(ours['turns_per_s'])} turns/s, p99 {_n(ours['p99_ms'])} ms"
-                f" | {round(ours['turns_per_s'] / own['turns_per_s'], 2)}×"
-                f" | {cpu[0]} → {cpu[1]} ms |"
-            )
-    return "\n".join(lines)
-
-
-def write_readme(summary: str) -> None:
-    text = README.read_text()
-    head, rest = text.split(README_BEGIN, 1)
-    tail = rest.split(README_END, 1)[1]
-    README.write_text(f"{head}{README_BEGIN}\n{summary}\n{README_END}{tail}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -679,7 +571,10 @@ def main() -> None:
     rtt.chart(rtt_rows, ROOT / "docs" / "benchmarks-rtt.png")
     network = rtt.section(rtt_rows, rtt_overhead, rtt_skipped, args.clients, args.rtt_turns)
     body = write_doc(env, turns, hist, add, prof, ceiling, loop_ceiling, frameworks, network)
-    write_readme(readme_summary(env, turns, ceiling, loop_ceiling, framework_rows, rtt_rows))
+    replace_between(
+        DOC, SUMMARY, summary(env, turns, ceiling, loop_ceiling, framework_rows, rtt_rows)
+    )
+    replace_between(README, COMPARISON, comparison(env, framework_rows, rtt_rows))
     print(body)
     print(f"\nbench/run.py finished in {time.perf_counter() - started:.0f} s")
 

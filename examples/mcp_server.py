@@ -1,6 +1,6 @@
 """An MCP server (stdio) that keeps its sessions and conversations in PostgreSQL.
 
-    pip install "sessionstore[mcp]"
+    pip install -e '.[mcp]'   # in a clone; once released: pip install 'sessionstore[mcp]'
     SESSIONSTORE_DATABASE_URL=postgresql://... python examples/mcp_server.py
 
 The store opens in the server's lifespan and closes (flushing write-behind) when the

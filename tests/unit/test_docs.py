@@ -1,60 +1,15 @@
-"""The README's links, the docs site's page list and compose.yaml's images and ports.
-
-Every file the README links must exist here. (README.md is also the package's
-description, where a relative link would lead nowhere: the build rewrites those links,
-and tests/integration/cli/test_wheel.py checks the built description.)
-"""
+"""The docs site's page list and compose.yaml's images and ports (the README's links:
+tests/unit/test_readme.py)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 COMPOSE = ROOT / "compose.yaml"
-
-_LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
-_HTML_LINK = re.compile(r"""(?:href|src)\s*=\s*["']([^"']+)["']""")
-_CODE = re.compile(r"```.*?```|`[^`\n]*`", re.DOTALL)
-
-
-def _links(markdown: str) -> list[str]:
-    """Every link and image target of ``markdown``, outside code."""
-    text = _CODE.sub("", markdown)
-    return _LINK.findall(text) + _HTML_LINK.findall(text)
-
-
-def _slug(heading: str) -> str:
-    """GitHub's (and mkdocs' toc) anchor for a heading."""
-    text = re.sub(r"[`*_]", "", heading.strip().lower())
-    return re.sub(r"\s", "-", re.sub(r"[^\w\s-]", "", text))
-
-
-def _anchors(path: Path) -> set[str]:
-    text = _CODE.sub("", path.read_text())
-    return {_slug(m) for m in re.findall(r"(?m)^#{1,6}\s+(.+?)\s*#*$", text)}
-
-
-def _repository_path(target: str) -> str | None:
-    """The repository path a README link names, or None for a link elsewhere."""
-    parts = urlsplit(target)
-    if not parts.scheme and not parts.netloc:
-        return parts.path.removeprefix("./")
-    return None
-
-
-def test_every_file_the_readme_links_exists_here() -> None:
-    for target in _links(README.read_text()):
-        path = _repository_path(target)
-        if path is None or path == "":
-            continue
-        assert (ROOT / path).exists(), f"README links {target}, but {path} does not exist"
-        fragment = urlsplit(target).fragment
-        if fragment and path.endswith(".md"):
-            assert fragment in _anchors(ROOT / path), f"README links {target}: no such heading"
 
 
 def test_the_docs_site_lists_every_page_and_only_pages_that_exist() -> None:

