@@ -427,4 +427,5 @@ class Unset(enum.Enum):
     UNSET = enum.auto()
 
 
+#: The default of an argument that may also be ``None``: not passed, leave it alone.
 UNSET: Final = Unset.UNSET

@@ -156,13 +156,14 @@ class SessionStoreSession:
     :class:`~sessionstore.UserView` from ``store.as_user(...)`` to run under RLS (then
     ``owner`` is required). Keyword options:
 
-    - ``owner``: a sessionstore session id the conversation belongs to (see the module
-      docstring: expiry, turns, RLS, cleanup).
+    - ``owner``: a sessionstore session id the conversation belongs to (see
+      :mod:`sessionstore.integrations.openai_agents`: expiry, turns, RLS, cleanup).
     - ``prefix``: the namespace before ``session_id`` in the continuation id (default
       ``"openai-agents:"``; ``""`` uses ``session_id`` as it is).
     - ``write_behind``: append through the store's write-behind queue (SessionStore only).
     - ``turns``: what counts one turn on ``owner``: ``"per_run"`` (default) one per
-      ``Runner.run``, ``"per_call"`` every ``add_items`` (see the module docstring).
+      ``Runner.run``, ``"per_call"`` every ``add_items`` (see
+      :mod:`sessionstore.integrations.openai_agents`).
     - ``session_settings``: the SDK's :class:`~agents.memory.SessionSettings` (or a dict);
       its ``limit`` is the default of :meth:`get_items`.
 
@@ -284,9 +285,10 @@ class SessionStoreSession:
     async def add_items(
         self, items: list[TResponseInputItem], *, wrapper: RunContextWrapper[Any] | None = None
     ) -> None:
-        """Append ``items`` in order: one round trip, all or nothing (see the module
-        docstring for a new conversation, ``owner``, turns and write-behind). ``wrapper``:
-        the run the SDK's ``Runner`` calls from; a run's first call counts its turn.
+        """Append ``items`` in order: one round trip, all or nothing (a new conversation,
+        ``owner``, turns and write-behind: see :mod:`sessionstore.integrations.openai_agents`).
+        ``wrapper``: the run the SDK's ``Runner`` calls from; a run's first call counts
+        its turn.
 
         ``items`` must be a list of dicts that JSON can represent (no NaN or infinity, no
         cycles); otherwise ``InvalidInputError`` names the item (``items[2]``) and
