@@ -29,7 +29,10 @@ from .validation import ttl
 
 __all__ = ["MISSING_DSN", "PoolerMode", "StoreConfig", "redact_dsn"]
 
+#: ``pooler``: ``auto`` (``transaction`` when the DSN's port is 6543, else ``none``),
+#: ``none``, ``transaction`` or ``session``.
 PoolerMode = Literal["auto", "none", "transaction", "session"]
+#: ``ssl``: libpq's ``sslmode`` values.
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 
 #: Supabase's Supavisor serves transaction mode on this port, session mode on 5432.
@@ -142,7 +145,8 @@ class StoreConfig(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """The usual sources, then ``DATABASE_URL`` (see :class:`_FallbackUrl`)."""
+        """The usual sources, then the environment's ``DATABASE_URL`` (which counts only
+        when no other source gives a DSN)."""
         return (
             init_settings,
             env_settings,

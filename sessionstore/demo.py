@@ -1,8 +1,11 @@
 """A scripted run of the library as an MCP server would use it, with a summary.
 
-Concurrent sessions each hold a few conversations and take turns through ``add_turn``;
-in each session's last conversation the assistant's replies go through the write-behind
-queue (``enqueue_turn``) and are flushed before the summary. One session is paused, one
+First one support conversation, call by call (:class:`Step`): a session, turns with
+``add_turn(..., context=10)`` whose context is read back in the same round trip, the
+assistant's replies through ``enqueue_turn``, the history and the session's counters.
+Then the load: concurrent sessions each hold a few conversations and take turns through
+``add_turn``; in each session's last conversation the assistant's replies go through the
+write-behind queue (``enqueue_turn``) and are flushed before the summary. One session is paused, one
 completed, and one expires: it gets a tiny TTL, the demo waits until that has surely
 passed, and a turn on it is refused as on any expired session.
 
@@ -24,10 +27,19 @@ from datetime import timedelta
 from uuid import UUID
 
 from .errors import SessionExpiredError
-from .models import MessageRole, PurgeCounts, SessionStatus
+from .models import ContinuationId, Message, MessageRole, PurgeCounts, SessionStatus
 from .store import SessionStore
 
-__all__ = ["EXPIRING_TTL", "DemoPlan", "DemoReport", "describe_changes", "run_demo", "users_label"]
+__all__ = [
+    "EXPIRING_TTL",
+    "SHOWCASE",
+    "DemoPlan",
+    "DemoReport",
+    "Step",
+    "describe_changes",
+    "run_demo",
+    "users_label",
+]
 
 logger = logging.getLogger("sessionstore")
 
@@ -36,6 +48,14 @@ logger = logging.getLogger("sessionstore")
 EXPIRING_TTL = timedelta(milliseconds=100)
 #: Sessions are spread over at most this many users, as a server's would be.
 _USERS = 5
+#: The conversation shown call by call: (role, text, tokens). The user's turns are
+#: ``add_turn`` with a context, the assistant's ``enqueue_turn`` (the chat loop).
+SHOWCASE: tuple[tuple[MessageRole, str, int], ...] = (
+    (MessageRole.USER, "Hi! My order 1042 has not arrived yet.", 11),
+    (MessageRole.ASSISTANT, "Sorry about that. It left the warehouse on Monday.", 13),
+    (MessageRole.USER, "Can it go to my office instead?", 9),
+    (MessageRole.ASSISTANT, "Yes: send me the address and I will change it.", 12),
+)
 
 
 @dataclass(frozen=True)
@@ -57,8 +77,9 @@ class DemoPlan:
 
     @property
     def sessions(self) -> int:
-        """Sessions written: one per client, plus the expiring, paused and completed ones."""
-        return self.clients + 3
+        """Sessions written: one per client, plus the conversation shown and the
+        expiring, paused and completed ones."""
+        return self.clients + 4
 
     @property
     def users(self) -> int:
@@ -72,14 +93,25 @@ class DemoPlan:
 
     @property
     def messages(self) -> int:
-        """Every message written: the clients' plus the completed session's one."""
-        return self.client_messages + 1
+        """Every message written: the clients', the conversation shown and the completed
+        session's one. Each is one turn of its session."""
+        return self.client_messages + len(SHOWCASE) + 1
 
     @property
     def written_behind(self) -> int:
         """Messages that go through the write-behind queue: the assistant's replies in
-        each client's last conversation."""
-        return self.clients * self.turns
+        each client's last conversation and in the conversation shown."""
+        return self.clients * self.turns + sum(r is MessageRole.ASSISTANT for r, _, _ in SHOWCASE)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One call of the conversation shown: its code, what it returned in words, and the
+    messages it read back (``turn.context``, ``history``), if any."""
+
+    code: str
+    result: str
+    messages: list[Message] = field(default_factory=list)
 
 
 @dataclass
@@ -88,11 +120,13 @@ class DemoReport:
 
     run_id: str
     sessions_by_status: dict[str, int]
-    #: Turns on this run's sessions (their counters: one per message).
+    #: Turns on this run's sessions (their counters: one per message): the clients', the
+    #: conversation shown's and the completed session's one.
     turns: int
     tokens: int
     #: Messages stored in this run's conversations (their counters), read back.
     messages: int
+    #: Messages accepted through the write-behind queue (``enqueue_turn``), all written.
     written_behind: int
     #: Turns the clients made durable inside the timed window (direct and write-behind).
     timed_turns: int
@@ -103,6 +137,8 @@ class DemoReport:
     #: What was deleted afterwards; ``None`` when the rows were kept.
     removed: PurgeCounts | None = None
     users: list[str] = field(default_factory=list)
+    #: The conversation shown, call by call.
+    showcase: list[Step] = field(default_factory=list)
 
     @property
     def turns_per_second(self) -> float:
@@ -141,6 +177,57 @@ async def _client(
         await store.messages.history(conversation.id, limit=20)
 
 
+async def _showcase(store: SessionStore, user: str, chat: str) -> list[Step]:
+    """One support conversation, call by call: what a chat server's code does."""
+    session = await store.sessions.create(user, title="support chat")
+    steps = [
+        Step(
+            f'session = await store.sessions.create("{user}", title="support chat")',
+            f"session {session.id}: {session.status.value}, turn_count {session.turn_count}",
+        ),
+        Step(f'chat = "{chat}"', "the conversation's continuation id, chosen by the client"),
+    ]
+    for role, text, tokens in SHOWCASE:
+        args = f'\n    chat, "{role.value}", "{text}",\n    session_id=session.id, tokens={tokens}'
+        if role is MessageRole.USER:
+            turn = await store.add_turn(
+                chat, role, text, session_id=session.id, tokens=tokens, context=10
+            )
+            steps.append(
+                Step(
+                    f"turn = await store.add_turn({args}, context=10,\n)",
+                    f"stored as message {turn.message.seq}; turn.context, read back in the"
+                    " same round trip:",
+                    turn.context or [],
+                )
+            )
+        else:
+            await store.enqueue_turn(chat, role, text, session_id=session.id, tokens=tokens)
+            steps.append(
+                Step(
+                    f"await store.enqueue_turn({args},\n)",
+                    "queued (write-behind): the next add_turn to this chat writes it first",
+                )
+            )
+    await store.flush()
+    history = await store.messages.history(ContinuationId(chat), limit=20)
+    steps.append(
+        Step(
+            "history = await store.messages.history(ContinuationId(chat), limit=20)",
+            f"{len(history)} messages, oldest first:",
+            history,
+        )
+    )
+    session = await store.sessions.get(session.id)
+    steps.append(
+        Step(
+            "session = await store.sessions.get(session.id)",
+            f"turn_count {session.turn_count}, total_tokens {session.total_tokens}",
+        )
+    )
+    return steps
+
+
 async def _messages_of(store: SessionStore, session_id: UUID) -> int:
     """Messages stored in the session's conversations, from their counters."""
     total = 0
@@ -154,6 +241,8 @@ async def _messages_of(store: SessionStore, session_id: UUID) -> int:
 
 
 async def _play(store: SessionStore, plan: DemoPlan, users: list[str]) -> DemoReport:
+    shown_before = store.stats().written
+    showcase = await _showcase(store, users[0], f"demo-{plan.run_id}-support")
     latencies: list[float] = []
     written_before = store.stats().written
     expiring = await store.sessions.create(users[0], title="expiring", ttl=EXPIRING_TTL)
@@ -206,12 +295,13 @@ async def _play(store: SessionStore, plan: DemoPlan, users: list[str]) -> DemoRe
         turns=turns,
         tokens=tokens,
         messages=messages,
-        written_behind=behind,
+        written_behind=store.stats().written - shown_before,
         timed_turns=len(latencies) + behind,
         seconds=seconds,
         refused_expired=refused,
         latencies_ms=latencies,
         users=users,
+        showcase=showcase,
     )
 
 

@@ -77,44 +77,52 @@ ConversationRef = UUID | str
 
 
 class MessageOptions(TypedDict, total=False):
-    """The keyword options of every message append (``messages.add``, ``enqueue``,
-    ``enqueue_nowait``, ``add_turn``, ``enqueue_turn``). All may be omitted or ``None``.
-
-    ``metadata``: a JSON object stored with the message. ``tokens``: the message's token
-    count (a non-negative integer), added to the conversation's (and a turn's session's)
-    ``total_tokens``. Any other keyword raises ``InvalidInputError`` naming it.
-    """
+    """The keyword options of every message append: ``metadata`` and ``tokens``
+    (``messages.add``, ``enqueue``, ``enqueue_nowait``; with more, ``add_turn`` and
+    ``enqueue_turn``). Each may be omitted or ``None``; any other keyword raises
+    ``InvalidInputError`` naming it."""
 
     metadata: Mapping[str, Any] | None
+    """A JSON object stored with the message (``{}`` when omitted). Only what reads back
+    exactly is accepted: string keys; lists, strings (no NUL), integers of at most 4,300
+    digits, finite floats below 1e16 in magnitude, booleans and ``None``; at most 100
+    levels deep and 8 MiB as JSON. Tuples are refused (they would read back as lists).
+    ``InvalidInputError`` names the path of an offending value (``metadata.a[2]``),
+    never the value."""
     tokens: int | None
+    """The message's token count (a non-negative integer), added to the conversation's
+    ``total_tokens`` (and, in a turn, to the session's)."""
 
 
 class TurnOptions(MessageOptions, total=False):
-    """:class:`MessageOptions` plus ``session_id``: the session the turn counts on (its
-    ``turn_count`` and ``total_tokens`` grow; it must exist, be active and not expired)."""
+    """The keyword options of ``enqueue_turn``: :class:`MessageOptions` (``metadata``,
+    ``tokens``) plus ``session_id``."""
 
     session_id: UUID | str | None
+    """The session the turn counts on: its ``turn_count`` grows by one and its
+    ``total_tokens`` by ``tokens``. It must exist, be active and not expired; a
+    conversation not yet bound to a session is bound to this one, and a conversation
+    bound to another session refuses the turn (``ConflictError``)."""
 
 
 class AddTurnOptions(TurnOptions, total=False):
-    """:class:`TurnOptions` plus ``message_id``: the id the new message gets, chosen by the
-    caller (a UUID). Sending the same turn again with the same id returns the stored turn
-    and counts nothing twice, so a turn whose outcome is unknown (``StoreTimeoutError``)
-    can be resent safely; the same id with a different message raises ``ConflictError``.
-    Resends racing each other (or the original) all return the one stored turn, under
-    ``as_user`` too: a loser whose insert meets the winner's row is sent once more.
-    """
+    """The keyword options of ``add_turn``: :class:`TurnOptions` (``metadata``, ``tokens``,
+    ``session_id``) plus ``message_id``, ``context`` and ``context_tokens``."""
 
     message_id: UUID | str | None
-    #: Return the conversation's latest ``context`` messages (1 to 1,000), this one
-    #: included, oldest first, as ``Turn.context`` — in the same round trip.
+    """The id the new message gets, chosen by the caller (a UUID). Sending the same turn
+    again with the same id returns the stored turn and counts nothing twice, so a turn
+    whose outcome is unknown (``StoreTimeoutError``) can be resent safely; the same id
+    with a different message raises ``ConflictError``. Resends racing each other (or the
+    original) all return the one stored turn, under ``as_user`` too."""
     context: int | None
-    #: With ``context`` (or alone: then up to 1,000 messages), only the latest messages
-    #: whose tokens sum to at most ``context_tokens`` (1 to 2³¹−1), this one included —
-    #: alone if it exceeds the budget. A message without a token count counts
-    #: ⌈characters / 4⌉. Chosen in the same statement (see ``messages.history``'s
-    #: ``max_tokens``).
+    """Also return the conversation's latest ``context`` messages (1 to 1,000), this one
+    included, oldest first, as :attr:`Turn.context` — in the same round trip."""
     context_tokens: int | None
+    """With ``context`` (or alone: then up to 1,000 messages), only the latest messages
+    whose tokens sum to at most ``context_tokens`` (1 to 2³¹−1), this one included — alone
+    if it exceeds the budget. A message without a token count counts ⌈characters / 4⌉.
+    Chosen in the same statement (see ``messages.history``'s ``max_tokens``)."""
 
 
 class SessionStatus(enum.StrEnum):
@@ -292,9 +300,8 @@ class FailedWrite:
     """A message that can never be written, and why.
 
     ``reason`` never holds the message's content or metadata: it names the error's class,
-    the schema objects the server named and the sizes of the message's fields (see
-    :func:`sessionstore.writebehind.items.failure_reason`), or the rule that refused the
-    row ("conversation not found").
+    the schema objects the server named and the sizes of the message's fields, or the
+    rule that refused the row ("conversation not found").
     """
 
     id: UUID

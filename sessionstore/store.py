@@ -54,6 +54,13 @@ class _Scope:
     """What the store and its user views both offer: sessions, conversations and
     ``add_turn`` over one database handle (the service's, or a user's under RLS)."""
 
+    sessions: SessionsRepository
+    """The sessions: create, read, list, update, lifecycle, delete."""
+    conversations: ConversationsRepository
+    """The conversations, found by id or by continuation id."""
+    states: StatesRepository
+    """The framework adapters' state (Google ADK's app, user and session scopes)."""
+
     def __init__(self, db: Database, cache: SessionCache | None = None) -> None:
         self._db = db
         self._cache = cache
@@ -71,15 +78,25 @@ class _Scope:
         after: AfterTurn | None = None,
         **options: Unpack[AddTurnOptions],
     ) -> Turn:
-        """Get-or-create the conversation, append the message and, with ``session_id``,
-        count the turn on the session — in one round trip and one transaction.
+        """Get-or-create the conversation ``continuation_id``, append the message and, with
+        ``session_id``, count the turn on the session — in one round trip and one
+        transaction.
 
-        ``options``: ``session_id``, ``metadata``, ``tokens``, ``message_id`` (see
-        :class:`~sessionstore.AddTurnOptions`). The session must exist, be active and not
-        expired (``NotFoundError``, ``InvalidStateError``, ``SessionExpiredError``), and a
-        conversation bound to another session refuses the turn (``ConflictError``; when
-        both refuse, the session's error is raised); otherwise nothing is written. See
-        :func:`sessionstore.turns.add_turn`.
+        ``continuation_id`` is the conversation's key, chosen by the client (a plain
+        ``str`` here; the methods that take a conversation by either id want it wrapped:
+        ``ContinuationId(continuation_id)``). ``role`` is a :class:`~sessionstore.MessageRole`
+        or its value. The keyword options (:class:`~sessionstore.AddTurnOptions`):
+        ``session_id`` (the session the turn counts on), ``metadata``, ``tokens``,
+        ``message_id`` (a resend with the same id returns the stored turn) and
+        ``context`` (the conversation's latest messages, returned as ``Turn.context`` in
+        the same round trip); ``after`` is below.
+
+        The session must exist, be active and not expired (``NotFoundError``,
+        ``InvalidStateError``, ``SessionExpiredError``), and a conversation bound to another
+        session refuses the turn (``ConflictError``; when both refuse, the session's error
+        is raised); otherwise nothing is written. With sliding expiry configured, the
+        session's ``expires_at`` moves forward. Under row-level security (``as_user``) the
+        turn takes two statements in one transaction.
 
         ``after`` is the hook the framework adapters use to write what belongs to a turn
         (the ADK adapter: an event's state delta, through
@@ -152,6 +169,11 @@ class UserView(_Scope):
     ``messages`` has the durable methods only.
     """
 
+    messages: MessagesRepository
+    """The messages, durable methods only."""
+    user_id: str
+    """The Supabase user every operation runs as."""
+
     def __init__(self, db: Database, user_id: str) -> None:
         super().__init__(db)
         self.messages = MessagesRepository(db)
@@ -168,6 +190,10 @@ class SessionStore(_Scope):
     """
 
     _writer: Writer
+    messages: QueuedMessagesRepository
+    """The messages: durable methods, and the write-behind ones (``enqueue``)."""
+    config: StoreConfig
+    """The settings the store was opened with."""
 
     def __init__(
         self,
@@ -286,9 +312,10 @@ class SessionStore(_Scope):
     ) -> UUID:
         """The write-behind form of :meth:`add_turn`: accept now, write in a later batch.
 
-        Returns the message's id. Input is checked here; a turn whose session turns out
-        missing, expired or not active at write time is set aside (nothing of it is
-        written). The turn has the same effect on its session as :meth:`add_turn`.
+        The keyword options (:class:`~sessionstore.TurnOptions`): ``session_id``,
+        ``metadata``, ``tokens``. Returns the message's id. Input is checked here; a turn
+        whose session turns out missing, expired or not active at write time is set aside
+        (nothing of it is written). The turn has the same effect on its session as :meth:`add_turn`.
 
         The chat loop's reply: a later :meth:`add_turn` to the same continuation id writes
         it first, in the same statement, if no batch has yet.

@@ -82,8 +82,8 @@ _FLOAT_AS_INT = 1e16
 _INT4_MAX = 2**31 - 1
 
 
-def uuid(value: object, field: str) -> UUID:
-    """Accept a ``UUID`` or its string form."""
+def uuid(value: object, field: str, *, hint: str = "") -> UUID:
+    """Accept a ``UUID`` or its string form; ``hint`` ends the error for a refused ``str``."""
     if isinstance(value, UUID):
         return value
     if isinstance(value, str):
@@ -91,14 +91,22 @@ def uuid(value: object, field: str) -> UUID:
             return UUID(value)
         except ValueError:
             pass
-    raise InvalidInputError(field, f"must be a UUID or its string form, got {_shape(value)}")
+    else:
+        hint = ""
+    raise InvalidInputError(field, f"must be a UUID or its string form, got {_shape(value)}{hint}")
+
+
+#: A string that is no UUID, where a conversation is expected, is most likely a
+#: continuation id: ``add_turn`` takes one as a plain ``str``; the methods that take either
+#: kind of id need it marked.
+_WRAP_IT = "; a continuation id must be wrapped: ContinuationId(continuation_id)"
 
 
 def conversation(value: object, field: str = "conversation_id") -> UUID | ContinuationId:
     """A conversation's id (a ``UUID`` or its text) or its :class:`ContinuationId`."""
     if isinstance(value, ContinuationId):
         return ContinuationId(identifier(value, field))
-    return uuid(value, field)
+    return uuid(value, field, hint=_WRAP_IT)
 
 
 def _shape(value: object) -> str:
@@ -419,4 +427,5 @@ class Unset(enum.Enum):
     UNSET = enum.auto()
 
 
+#: The default of an argument that may also be ``None``: not passed, leave it alone.
 UNSET: Final = Unset.UNSET

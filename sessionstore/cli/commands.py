@@ -323,12 +323,15 @@ def demo(
     with ExitStack() as stack:
         embedded = settings.dsn is None
         if settings.dsn is None:
-            console.print("no DSN set: starting an embedded PostgreSQL")
             try:
-                url = stack.enter_context(embedded_server(keep=keep))
+                # A passing status line, not a printed one: without the extra the one
+                # line shown is the error saying what to install.
+                with console.status("no DSN set: starting an embedded PostgreSQL"):
+                    url = stack.enter_context(embedded_server(keep=keep))
             except StoreUnavailableError as exc:
                 # Its own sentence (what to install), not "could not reach the database".
                 fail(str(exc))
+            console.print("no DSN set: using an embedded PostgreSQL, removed afterwards")
         else:
             url = settings.dsn
         config = StoreConfig.load(settings, dsn=url)
@@ -361,7 +364,7 @@ def demo(
             if found.pending:
                 migrations.upgrade(url)
             report = asyncio.run(go())
-    print_report(report)
+    print_report(report, plan)
     console.print("next:")
     console.print("  export SESSIONSTORE_DATABASE_URL=postgresql://USER:PASSWORD@HOST:5432/DB")
     console.print("  sessionstore migrate        # the schema, on your database")

@@ -11,12 +11,14 @@ from typing import NoReturn
 
 import sqlalchemy.exc
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
+from rich.syntax import Syntax
 from rich.table import Table
 
 from ..config import StoreConfig, redact_dsn
-from ..demo import DemoReport, users_label
+from ..demo import SHOWCASE, DemoPlan, DemoReport, users_label
 from ..dsn import hide_secrets
 from ..errors import (
     AdoptionError,
@@ -27,6 +29,7 @@ from ..errors import (
     translate_wrapped,
 )
 from ..health import Status
+from ..models import Message
 
 __all__ = ["console", "err_console", "explain", "fail", "print_report", "print_status"]
 
@@ -114,26 +117,48 @@ def print_status(config: StoreConfig, s: Status) -> None:
         err_console.print(f"[yellow]attention:[/yellow] {escape(problem)}")
 
 
-def print_report(report: DemoReport) -> None:
-    """The demo's summary table, and what became of its rows."""
-    table = Table(title=f"sessionstore demo, run {escape(report.run_id)}")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for name, count in report.sessions_by_status.items():
-        table.add_row(f"sessions {name}", str(count))
-    table.add_row("turns", f"{report.turns:,}")
-    table.add_row("tokens", f"{report.tokens:,}")
-    table.add_row("messages written", f"{report.messages:,}")
-    table.add_row("  of which write-behind", f"{report.written_behind:,}")
-    table.add_row("turns refused: session expired", str(report.refused_expired))
-    # Only the clients' turns, over the window they were made durable in.
-    table.add_row(
-        f"turns / s ({report.timed_turns:,} in {report.seconds:.2f} s, all durable)",
-        f"{report.turns_per_second:,.0f}",
+def print_report(report: DemoReport, plan: DemoPlan) -> None:
+    """The demo's conversation call by call, then its numbers (each saying what it
+    counts), and what became of its rows."""
+    console.rule(f"sessionstore demo, run {escape(report.run_id)}: one conversation, call by call")
+    for step in report.showcase:
+        console.print(Syntax(step.code, "python", theme="ansi_dark", word_wrap=True))
+        console.print(f"  [dim]→ {escape(step.result)}[/dim]")
+        if step.messages:
+            console.print(_messages(step.messages))
+    console.rule(f"under load: {plan.clients} concurrent clients")
+    direct = len(report.latencies_ms)
+    load = Table(
+        title=f"each: 1 session, {plan.conversations} conversations of {plan.turns} exchanges",
+        show_header=False,
     )
-    table.add_row("add_turn p50 ms", f"{report.percentile(50):.2f}")
-    table.add_row("add_turn p99 ms", f"{report.percentile(99):.2f}")
-    console.print(table)
+    load.add_column("measure")
+    load.add_column("value", justify="right")
+    load.add_row(
+        f"turns by the clients (add_turn {direct:,}, enqueue_turn {report.timed_turns - direct:,})",
+        f"{report.timed_turns:,}",
+    )
+    load.add_row("seconds until all of them were durable (flush)", f"{report.seconds:.2f}")
+    load.add_row("turns / s, durable", f"{report.turns_per_second:,.0f}")
+    load.add_row("add_turn latency p50, ms", f"{report.percentile(50):.2f}")
+    load.add_row("add_turn latency p99, ms", f"{report.percentile(99):.2f}")
+    console.print(load)
+    stored = Table(title="what the run stored, read back", show_header=False)
+    stored.add_column("measure")
+    stored.add_column("value", justify="right")
+    for name, count in report.sessions_by_status.items():
+        stored.add_row(f"sessions {name}", str(count))
+    stored.add_row("messages", f"{report.messages:,}")
+    stored.add_row("  of which write-behind (enqueue_turn)", f"{report.written_behind:,}")
+    stored.add_row("turns counted on the sessions", f"{report.turns:,}")
+    stored.add_row("tokens counted on the sessions", f"{report.tokens:,}")
+    stored.add_row("turns refused: session expired", str(report.refused_expired))
+    console.print(stored)
+    console.print(
+        f"[dim]{report.turns:,} turns = {report.timed_turns:,} by the clients + {len(SHOWCASE)}"
+        " in the conversation above + 1 on the completed session: each message is a turn"
+        " of its session[/dim]"
+    )
     users = escape(users_label(report.users))
     if report.removed is None:
         console.print(f"kept: the rows of users {users} (--keep)")
@@ -143,3 +168,14 @@ def print_report(report: DemoReport) -> None:
             f"deleted afterwards: {gone.sessions} sessions, {gone.conversations} conversations"
             f" and {gone.messages} messages of users {users}"
         )
+
+
+def _messages(messages: list[Message]) -> Table:
+    table = Table(box=box.SIMPLE, padding=(0, 1), pad_edge=False)
+    table.add_column("seq", justify="right")
+    table.add_column("role")
+    table.add_column("content")
+    table.add_column("tokens", justify="right")
+    for m in messages:
+        table.add_row(str(m.seq), m.role.value, escape(m.content), str(m.tokens or ""))
+    return table

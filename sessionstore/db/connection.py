@@ -118,7 +118,7 @@ def connect_failed(config: StoreConfig, exc: Exception) -> SessionStoreError:
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
-    """Set ``conn`` up as sessionstore needs: its json/jsonb codec (:mod:`sessionstore.jsonb`).
+    """Set ``conn`` up as sessionstore needs: its json/jsonb codec.
 
     sessionstore's own pool runs this on every new connection. A pool handed to
     ``connect(pool=...)`` must do the same: create it with

@@ -48,11 +48,22 @@ async def append_turn(
     owner: UUID | None,
     *,
     exists: bool | None = None,
+    turn: bool = True,
 ) -> None:
     """Append ``rows`` in one round trip, all or nothing, as one turn of ``owner`` when
     given (``messages.add_many``'s rules). A conversation that does not exist is created
     (:func:`create_conversation`) and the append sent again; ``exists=False`` (a read just
-    found none) creates it first and saves the failed append."""
+    found none) creates it first and saves the failed append.
+
+    ``turn=False``: the rows continue a turn an earlier append counted (and whose checks
+    of ``owner`` passed), so they are appended to the conversation without counting one;
+    if the conversation is gone meanwhile, this is a turn of its own after all."""
+    if not turn and exists is not False:
+        try:
+            await scope.messages.add_many(ref, rows)
+            return
+        except NotFoundError:
+            pass
     if exists is False:
         await create_conversation(scope, ref, owner)
         await scope.messages.add_many(ref, rows, session_id=owner)

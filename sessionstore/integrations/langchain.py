@@ -10,7 +10,8 @@ that interface) keeps its history in PostgreSQL::
 Each LangChain message is one sessionstore message whose ``content`` is the JSON text of
 ``langchain_core.messages.message_to_dict(message)`` (read back with
 ``messages_from_dict``), so every field survives exactly; the sessionstore ``role`` and
-``metadata`` carry a searchable summary. See ``docs/integrations/langchain.md``.
+``metadata`` carry a searchable summary. The guide:
+[LangChain chat message history][langchain-chat-message-history].
 """
 
 from __future__ import annotations
@@ -332,7 +333,8 @@ class SessionStoreChatMessageHistory(BaseChatMessageHistory):
     async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
         """Append ``messages`` in order, all or nothing, in one round trip once the
         conversation exists (one turn of the session, if bound). An empty sequence is a
-        no-op. With ``write_behind`` they are queued instead (see the class)."""
+        no-op. With ``write_behind`` they are queued instead (see
+        :class:`SessionStoreChatMessageHistory`)."""
         await self._add(_rows(messages))
 
     async def aclear(self) -> None:
@@ -350,7 +352,7 @@ class SessionStoreChatMessageHistory(BaseChatMessageHistory):
 
     @property
     def messages(self) -> list[BaseMessage]:
-        """Sync :meth:`aget_messages` (see the class on sync calls)."""
+        """Sync :meth:`aget_messages` (sync calls: :class:`SessionStoreChatMessageHistory`)."""
         return self._run_sync(self.aget_messages, "messages", "aget_messages")
 
     @messages.setter
@@ -361,12 +363,12 @@ class SessionStoreChatMessageHistory(BaseChatMessageHistory):
         self.add_messages(value)
 
     def add_messages(self, messages: Sequence[BaseMessage]) -> None:
-        """Sync :meth:`aadd_messages` (see the class on sync calls)."""
+        """Sync :meth:`aadd_messages` (sync calls: :class:`SessionStoreChatMessageHistory`)."""
         rows = _rows(messages)  # bad input fails here, in the caller's thread
         self._run_sync(lambda: self._add(rows), "add_messages", "aadd_messages")
 
     def clear(self) -> None:
-        """Sync :meth:`aclear` (see the class on sync calls)."""
+        """Sync :meth:`aclear` (sync calls: :class:`SessionStoreChatMessageHistory`)."""
         self._run_sync(self.aclear, "clear", "aclear")
 
     # -- internals --------------------------------------------------------------------

@@ -32,16 +32,28 @@
   ``role`` and its ``call_id`` when they are short plain identifiers. Only such small
   facts; never the item's text.
 
-**Owner.** ``owner`` (a sessionstore session id) binds the conversation to that session:
-``add_items`` is then one turn of it (``messages.add_many(..., session_id=owner)``): the
-session must exist, be active and not expired (``NotFoundError``, ``InvalidStateError``,
-``SessionExpiredError``), a conversation bound to another session refuses
-(``ConflictError``), and a refused call writes nothing. The session's expiry and
+**Owner.** ``owner`` (a sessionstore session id) binds the conversation to that session,
+and each ``Runner.run`` is one turn of it (``messages.add_many(..., session_id=owner)``):
+the session must exist, be active and not expired (``NotFoundError``,
+``InvalidStateError``, ``SessionExpiredError``), a conversation bound to another session
+refuses (``ConflictError``), and a refused call writes nothing. The session's expiry and
 ``sessions.delete`` / ``purge_user`` cleanup then cover the conversation. Reads check the
 binding once per adapter object (``ConflictError`` for another session's conversation).
 ``pop_item`` and ``clear_session`` remove items even from a session that is no longer
 active: they never add. The session's ``turn_count`` / ``total_tokens`` count turns
 recorded, so they do not drop on ``pop_item`` or ``clear_session``.
+
+**Turns.** The SDK's ``Runner`` calls ``add_items`` several times in one run: the run's
+input first, then the items of each model response (a tool call and its output, then
+the answer), so a run with one tool call makes three calls. With ``turns="per_run"``
+(the default) the run's first ``add_items`` is the turn: it is checked and counted as
+above, and the run's later calls append their items to the conversation without
+counting (nor refusing if the session stops taking turns meanwhile: the turn was
+accepted). Two runs, one of them with a tool call, leave ``turn_count == 2``. A run is
+told apart by the run context the SDK passes to the session (its context-aware
+``wrapper`` parameter, one per ``Runner.run``; do not pass one ``RunContextWrapper`` as
+``context`` to several runs); a call without one (your own ``add_items``) is a turn of
+its own. ``turns="per_call"``: every ``add_items`` is a turn (the same run: 3).
 
 **Round trips.** ``get_items(limit)``: one (``limit`` up to 1,000; ``None`` reads the
 whole conversation in pages of 1,000). ``add_items``: one, all or nothing, in the given
@@ -76,8 +88,8 @@ when ``add_items`` is called but not again at write time, and an existing unboun
 conversation is not bound to ``owner``.
 
 **Not supported.** The SDK's compaction hooks (``run_compaction``, compaction
-snapshots) and its context-aware ``wrapper`` parameter; token counts per item (items
-carry none); per-item timestamps beyond the message's ``created_at``.
+snapshots); token counts per item (items carry none); per-item timestamps beyond the
+message's ``created_at``. Of the run context (``wrapper``) only its identity is used.
 
 Bad input (a non-string or empty ``session_id``, items that are not a list of dicts,
 items JSON cannot represent, a bad ``limit``) raises
@@ -90,7 +102,8 @@ import asyncio
 import json
 import logging
 import re
-from typing import Any, Final, cast
+import weakref
+from typing import Any, Final, Literal, cast
 from uuid import UUID
 
 try:
@@ -100,6 +113,7 @@ try:
         coerce_session_settings,
         resolve_session_limit,
     )
+    from agents.run_context import RunContextWrapper
 except ImportError as exc:  # pragma: no cover - only without the extra
     raise ImportError(
         "sessionstore.integrations.openai_agents needs the OpenAI Agents SDK: "
@@ -142,11 +156,14 @@ class SessionStoreSession:
     :class:`~sessionstore.UserView` from ``store.as_user(...)`` to run under RLS (then
     ``owner`` is required). Keyword options:
 
-    - ``owner``: a sessionstore session id the conversation belongs to (see the module
-      docstring: expiry, turns, RLS, cleanup).
+    - ``owner``: a sessionstore session id the conversation belongs to (see
+      :mod:`sessionstore.integrations.openai_agents`: expiry, turns, RLS, cleanup).
     - ``prefix``: the namespace before ``session_id`` in the continuation id (default
       ``"openai-agents:"``; ``""`` uses ``session_id`` as it is).
     - ``write_behind``: append through the store's write-behind queue (SessionStore only).
+    - ``turns``: what counts one turn on ``owner``: ``"per_run"`` (default) one per
+      ``Runner.run``, ``"per_call"`` every ``add_items`` (see
+      :mod:`sessionstore.integrations.openai_agents`).
     - ``session_settings``: the SDK's :class:`~agents.memory.SessionSettings` (or a dict);
       its ``limit`` is the default of :meth:`get_items`.
 
@@ -166,6 +183,7 @@ class SessionStoreSession:
         prefix: str = DEFAULT_PREFIX,
         write_behind: bool = False,
         session_settings: SessionSettings | dict[str, Any] | None = None,
+        turns: Literal["per_run", "per_call"] = "per_run",
     ) -> None:
         sid = v.identifier(session_id, "session_id")
         v.text(prefix, "prefix")
@@ -181,6 +199,8 @@ class SessionStoreSession:
             )
         if not isinstance(write_behind, bool):
             raise InvalidInputError("write_behind", "must be a bool")
+        if turns not in ("per_run", "per_call"):
+            raise InvalidInputError("turns", "must be 'per_run' or 'per_call'")
         if write_behind and not isinstance(store, SessionStore):
             raise InvalidInputError(
                 "write_behind",
@@ -213,6 +233,10 @@ class SessionStoreSession:
         self._verified = False
         # Keeps one object's concurrent write-behind calls from interleaving their items.
         self._enqueue_lock = asyncio.Lock()
+        # The runs (the SDK's run contexts) whose turn is counted; None: every call counts.
+        self._runs: weakref.WeakSet[RunContextWrapper[Any]] | None = (
+            weakref.WeakSet() if turns == "per_run" else None
+        )
 
     @property
     def continuation_id(self) -> ContinuationId:
@@ -227,10 +251,13 @@ class SessionStoreSession:
     def __repr__(self) -> str:
         return (
             f"SessionStoreSession(continuation_id={str(self._cid)!r}, owner={self._owner},"
-            f" write_behind={self._write_behind})"
+            f" write_behind={self._write_behind},"
+            f" turns={'per_call' if self._runs is None else 'per_run'!r})"
         )
 
-    async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:
+    async def get_items(
+        self, limit: int | None = None, *, wrapper: RunContextWrapper[Any] | None = None
+    ) -> list[TResponseInputItem]:
         """The latest ``limit`` items, oldest first; all of them when ``limit`` is ``None``
         (and ``session_settings.limit`` is ``None``). ``limit=0`` gives ``[]``; a
         negative or non-integer ``limit`` raises ``InvalidInputError``.
@@ -238,6 +265,7 @@ class SessionStoreSession:
         A conversation that does not exist yet reads as ``[]`` (nothing is created). A
         stored message that is not a JSON object (written by something else) is skipped
         and logged, as the SDK's own sessions do (it still counts toward ``limit``).
+        ``wrapper`` (the SDK's run context, see :meth:`add_items`) is not used here.
         """
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
             raise InvalidInputError(
@@ -254,9 +282,13 @@ class SessionStoreSession:
             return []
         return [item for item in map(_decode, stored) if item is not None]
 
-    async def add_items(self, items: list[TResponseInputItem]) -> None:
-        """Append ``items`` in order: one round trip, all or nothing (see the module
-        docstring for a new conversation, ``owner`` and write-behind).
+    async def add_items(
+        self, items: list[TResponseInputItem], *, wrapper: RunContextWrapper[Any] | None = None
+    ) -> None:
+        """Append ``items`` in order: one round trip, all or nothing (a new conversation,
+        ``owner``, turns and write-behind: see :mod:`sessionstore.integrations.openai_agents`).
+        ``wrapper``: the run the SDK's ``Runner`` calls from; a run's first call counts
+        its turn.
 
         ``items`` must be a list of dicts that JSON can represent (no NaN or infinity, no
         cycles); otherwise ``InvalidInputError`` names the item (``items[2]``) and
@@ -268,16 +300,22 @@ class SessionStoreSession:
         if self._write_behind:
             await self._enqueue(rows)
             return
-        await append_turn(self._store, self._cid, rows, self._owner)
+        runs = self._runs
+        counted = runs is not None and wrapper is not None and wrapper in runs
+        await append_turn(self._store, self._cid, rows, self._owner, turn=not counted)
+        if runs is not None and wrapper is not None:
+            runs.add(wrapper)
         self._verified = True
 
-    async def pop_item(self) -> TResponseInputItem | None:
+    async def pop_item(
+        self, *, wrapper: RunContextWrapper[Any] | None = None
+    ) -> TResponseInputItem | None:
         """Remove the latest item and return it; ``None`` when there is none (or no
         conversation yet). In write-behind mode the queue is made durable first.
 
         A latest message that is not a JSON object (written by something else) is
         removed, logged and skipped, and the next one is popped — as the SDK's own
-        sessions do.
+        sessions do. ``wrapper`` (the SDK's run context) is not used here.
         """
         if not await self._readable():
             return None
@@ -292,10 +330,11 @@ class SessionStoreSession:
             if item is not None:
                 return item
 
-    async def clear_session(self) -> None:
+    async def clear_session(self, *, wrapper: RunContextWrapper[Any] | None = None) -> None:
         """Remove every item. The conversation itself (and its binding to ``owner``) is
         kept, so the next :meth:`add_items` continues it from ``seq`` 1. No conversation
-        yet: nothing to do. In write-behind mode the queue is made durable first."""
+        yet: nothing to do. In write-behind mode the queue is made durable first.
+        ``wrapper`` (the SDK's run context) is not used here."""
         if not await self._readable():
             return
         try:

@@ -259,8 +259,8 @@ class MessagesRepository:
         **options: Unpack[MessageOptions],
     ) -> Message:
         """Append one message; it is committed when this returns. The conversation is
-        named by its id or its :class:`~sessionstore.ContinuationId`. ``options``:
-        ``metadata``, ``tokens`` (see :class:`~sessionstore.MessageOptions`).
+        named by its id or its :class:`~sessionstore.ContinuationId`. The keyword options
+        (:class:`~sessionstore.MessageOptions`): ``metadata``, ``tokens``.
 
         ``NotFoundError`` if the conversation does not exist (nothing is written).
         """

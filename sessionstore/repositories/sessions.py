@@ -165,7 +165,8 @@ class SessionsRepository:
     async def get(self, session_id: UUID | str) -> Session:
         """The session; ``NotFoundError`` if absent. Status reads ``EXPIRED`` once due.
 
-        Served from the cache when fresh (see :mod:`sessionstore.cache`).
+        Served from the store's session cache when fresh (``cache_size``, ``cache_ttl``:
+        :class:`~sessionstore.StoreConfig`).
         """
         sid = v.uuid(session_id, "session_id")
         if self._cache is not None and (cached := self._cache.get(sid)) is not None:

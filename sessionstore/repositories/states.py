@@ -106,7 +106,7 @@ class StateDeltas:
     user: str | None
     session: str | None
 
-    def __init__(self, *_args: object, **_kwargs: object) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         raise InvalidInputError("deltas", "make them with StateDeltas.of, which checks them")
 
     @classmethod
@@ -119,9 +119,9 @@ class StateDeltas:
         fields: tuple[str, str, str] = ("app", "user", "session"),
         session_first: bool = False,
     ) -> StateDeltas:
-        """The deltas, checked by sessionstore's metadata rules (what reads back
-        exactly: see :func:`sessionstore.validation.metadata_json`); ``None`` and an
-        empty mapping both mean no change. ``fields`` names the three arguments in an
+        """The deltas, checked by the rules of a message's metadata (what reads back
+        exactly: :attr:`~sessionstore.MessageOptions.metadata`); ``None`` and an empty
+        mapping both mean no change. ``fields`` names the three arguments in an
         ``InvalidInputError`` (an adapter names its own inputs); they are checked in
         the order app, user, session, or session first with ``session_first`` (the
         first bad one is named)."""

@@ -144,13 +144,14 @@ class QueuedMessagesRepository(MessagesRepository):
         content: str,
         **options: Unpack[MessageOptions],
     ) -> UUID:
-        """Accept a message for write-behind and return its id at once. ``options`` as
-        for :meth:`~MessagesRepository.add`.
+        """Accept a message for write-behind and return its id at once. The keyword
+        options (:class:`~sessionstore.MessageOptions`): ``metadata``, ``tokens``.
 
         It is durable after ``store.flush()`` or ``store.close()``; if the queue is full
         this waits for room (nothing is dropped). Input is checked here, before
         acceptance; a conversation that does not exist is found at write time and the
-        message set aside (see ``store.stats()`` and ``on_write_error``).
+        message set aside (the store's :meth:`~sessionstore.SessionStore.stats` count it,
+        and ``connect(on_write_error=...)`` is called with it).
         """
         item = self._pending(conversation_id, role, content, options)
         await self._writer.put(item)
@@ -164,7 +165,8 @@ class QueuedMessagesRepository(MessagesRepository):
         content: str,
         **options: Unpack[MessageOptions],
     ) -> UUID:
-        """Like :meth:`enqueue`, but raise ``QueueFullError`` instead of waiting."""
+        """Like :meth:`enqueue` (keyword options ``metadata``, ``tokens``), but raise
+        ``QueueFullError`` instead of waiting."""
         item = self._pending(conversation_id, role, content, options)
         self._writer.put_nowait(item)
         return item.id

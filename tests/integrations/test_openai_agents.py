@@ -9,7 +9,7 @@ import copy
 import json
 import re
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any, Literal, cast
 from uuid import UUID
 
 import pytest
@@ -211,6 +211,94 @@ async def test_agent_loop_keeps_history_across_runs(store: SessionStore) -> None
     conversation = await store.conversations.get(ref)
     assert conversation.session_id == owner.id
     assert conversation.message_count == 6
+
+
+@pytest.mark.parametrize(("turns", "counted"), [("per_run", 2), ("per_call", 5)])
+async def test_a_turn_per_run_or_per_call(
+    store: SessionStore, turns: Literal["per_run", "per_call"], counted: int
+) -> None:
+    """The SDK's ``Runner`` calls ``add_items`` three times in a run with a tool call (the
+    input, the call with its output, the answer) and twice in one without: by default
+    each ``Runner.run`` is one turn of the owner, ``turns="per_call"`` counts each call."""
+    owner = await store.sessions.create(user_id="u1")
+    model = ScriptedModel(
+        [[_call("call_1", 2, 3)], [_say("msg_1", "2 + 3 = 5")], [_say("msg_2", "Still 5.")]]
+    )
+    agent = Agent(name="calc", instructions="Add numbers.", model=model, tools=[add])
+    session = SessionStoreSession("runs", store, owner=owner.id, turns=turns)
+    await Runner.run(agent, "What is 2 + 3?", session=session, run_config=NO_TRACING)
+    await Runner.run(agent, "Are you sure?", session=session, run_config=NO_TRACING)
+    assert len(await session.get_items()) == 6
+    assert (await store.sessions.get(owner.id)).turn_count == counted
+    # Calls of your own (no run context) are a turn each, in either mode.
+    await session.add_items([_msg("user", "by hand")])
+    await session.add_items([_msg("assistant", "by hand too")])
+    assert (await store.sessions.get(owner.id)).turn_count == counted + 2
+
+
+async def test_concurrent_runs_on_one_object_count_a_turn_each(store: SessionStore) -> None:
+    """Two runs interleaving their ``add_items`` calls on one adapter object: each run
+    is told apart by its own run context, so each counts one turn."""
+    owner = await store.sessions.create(user_id="u1")
+    session = SessionStoreSession("busy-runs", store, owner=owner.id)
+    both_asked = asyncio.Barrier(2)
+
+    class WaitingModel(ScriptedModel):
+        async def get_response(self, *args: Any, **kwargs: Any) -> ModelResponse:
+            await both_asked.wait()  # both runs' inputs are stored before either answers
+            return await super().get_response(*args, **kwargs)
+
+    agents = [
+        Agent(name=f"a{n}", model=WaitingModel([[_say(f"msg_{n}", f"answer {n}")]]))
+        for n in range(2)
+    ]
+    await asyncio.wait_for(
+        asyncio.gather(
+            *(
+                Runner.run(a, f"question {n}", session=session, run_config=NO_TRACING)
+                for n, a in enumerate(agents)
+            )
+        ),
+        timeout=30,
+    )
+    assert len(await session.get_items()) == 4
+    assert (await store.sessions.get(owner.id)).turn_count == 2
+
+
+async def test_a_run_whose_session_ends_meanwhile_is_stored_whole(
+    store: SessionStore, conn: asyncpg.Connection
+) -> None:
+    """The run's first ``add_items`` is the turn, checked when it is counted: a tool that
+    completes the session mid-run does not cut the run's items short; the next run is
+    refused and writes nothing."""
+    owner = await store.sessions.create(user_id="u1")
+
+    @function_tool
+    async def finish() -> str:
+        """End the session."""
+        await store.sessions.complete(owner.id)
+        return "done"
+
+    ends = ResponseFunctionToolCall(
+        type="function_call", id="fc_end", call_id="end", name="finish", arguments="{}"
+    )
+    model = ScriptedModel([[ends], [_say("msg_bye", "Bye.")]])
+    agent = Agent(name="closer", model=model, tools=[finish])
+    session = SessionStoreSession("closing", store, owner=owner.id)
+    result = await Runner.run(agent, "We are done.", session=session, run_config=NO_TRACING)
+    assert result.final_output == "Bye."
+    stored = await session.get_items()
+    assert [i.get("type", "message") for i in stored] == [
+        "message",
+        "function_call",
+        "function_call_output",
+        "message",
+    ]
+    before = await row_counts(conn)
+    with pytest.raises(InvalidStateError):
+        await Runner.run(agent, "One more thing", session=session, run_config=NO_TRACING)
+    assert await row_counts(conn) == before
+    assert (await store.sessions.get(owner.id)).turn_count == 1
 
 
 async def test_is_the_sdks_session(store: SessionStore) -> None:
@@ -513,6 +601,7 @@ async def test_bad_input_names_the_field_and_writes_nothing(
         ),
         ("write_behind", lambda: SessionStoreSession("x", store, write_behind=cast(Any, 1))),
         ("session_settings", lambda: SessionStoreSession("x", store, session_settings={"n": 1})),
+        ("turns", lambda: SessionStoreSession("x", store, turns=cast(Any, "sometimes"))),
     ]
     for field, make in constructions:
         with pytest.raises(InvalidInputError) as caught:
@@ -652,6 +741,14 @@ async def test_rls_user_cannot_read_or_write_another_users_items(
         await hers.add_items([_msg("user", "again")])
         assert await SessionStoreSession("alice-chat", bob, owner=bob_session.id).get_items() == []
         assert await hers.get_items() == [_msg("user", "again")]
+
+        # The SDK's loop under RLS: a run with a tool call is one turn of Bob's session.
+        model = ScriptedModel([[_call("call_rls", 1, 2)], [_say("msg_rls", "3")]])
+        agent = Agent(name="calc", model=model, tools=[add])
+        runs = SessionStoreSession("bob-run", bob, owner=bob_session.id)
+        await Runner.run(agent, "1 + 2?", session=runs, run_config=NO_TRACING)
+        assert len(await runs.get_items()) == 4
+        assert (await bob.sessions.get(bob_session.id)).turn_count == 2  # + "support-chat"
 
 
 async def test_write_behind_reads_its_writes_and_flush_makes_them_visible(

