@@ -89,7 +89,8 @@ class _Scope:
         ``session_id`` (the session the turn counts on), ``metadata``, ``tokens``,
         ``message_id`` (a resend with the same id returns the stored turn) and
         ``context`` (the conversation's latest messages, returned as ``Turn.context`` in
-        the same round trip); ``after`` is below.
+        the same round trip) and ``context_tokens`` (only the latest that fit that many
+        tokens, this message always included); ``after`` is below.
 
         The session must exist, be active and not expired (``NotFoundError``,
         ``InvalidStateError``, ``SessionExpiredError``), and a conversation bound to another
