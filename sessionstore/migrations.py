@@ -65,9 +65,15 @@ def alembic_config(dsn: str, cmd_opts: Namespace | None = None) -> Config:
     return cfg
 
 
-def upgrade(dsn: str, revision: str = "head", *, sql: bool = False) -> None:
-    """Upgrade the database at ``dsn`` to ``revision`` (``sql=True`` prints SQL instead)."""
-    command.upgrade(alembic_config(dsn), revision, sql=sql)
+def upgrade(dsn: str, revision: str = "head", *, sql: bool = False) -> list[str]:
+    """Upgrade the database at ``dsn`` to ``revision`` (``sql=True`` prints SQL instead).
+
+    Returns the revisions applied, oldest first: none when the database was at
+    ``revision`` already (with ``sql=True``: those whose SQL was printed).
+    """
+    config = alembic_config(dsn)
+    command.upgrade(config, revision, sql=sql)
+    return list(config.attributes.get("applied", []))
 
 
 def downgrade(dsn: str, revision: str) -> None:

@@ -36,13 +36,35 @@ def pg_server() -> Iterator[TestServer]:
 # Fixtures that give a test a real PostgreSQL: the run's, or one the test controls.
 _SERVER_FIXTURES = frozenset({"pg_server", "controlled", "tls_server"})
 
+# The slow suites, by where they are: CI runs each of them one way of four (.ci/run).
+_SUITES = {
+    "fuzz": ("tests/fuzz/",),
+    "wheel": ("tests/integration/cli/test_wheel.py",),
+    "conformance": ("tests/integrations/test_adk_contract.py",),
+}
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test ``integration`` (it talks to a real PostgreSQL) or ``unit`` (pure
-    logic, fakes at most): ``pytest -m unit`` runs without any database."""
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test ``integration`` (a real PostgreSQL, or the package built and
+    installed) or ``unit`` (pure logic, fakes at most), so that ``pytest -m unit`` starts
+    and waits for no database; and the slow suites ``fuzz``, ``wheel``, ``conformance``.
+
+    A test that starts a server some other way (a subprocess, the CLI) says so with
+    ``@pytest.mark.integration``.
+    """
     for item in items:
+        where = item.path.relative_to(config.rootpath).as_posix()
+        suites = [name for name, places in _SUITES.items() if where.startswith(places)]
+        for suite in suites:
+            item.add_marker(suite)
         names = set(getattr(item, "fixturenames", ()))
-        item.add_marker(pytest.mark.integration if names & _SERVER_FIXTURES else pytest.mark.unit)
+        integration = (
+            bool(names & _SERVER_FIXTURES)
+            or item.get_closest_marker("integration") is not None
+            or "wheel" in suites
+        )
+        if not item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.integration if integration else pytest.mark.unit)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

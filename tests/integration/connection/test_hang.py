@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -39,8 +39,9 @@ from sessionstore.writebehind.spill import read_spill
 
 from ...conftest import as_supabase_postgres, store_overrides
 from ...helpers import eventually, wait_for_lock_waiters
-from ...proxy import Proxy, upstream_of
+from ...proxy import Proxy
 from ...servers import TestServer
+from .conftest import proxy_for
 
 logger = logging.getLogger("sessionstore.tests")
 
@@ -53,23 +54,6 @@ CANARY = "CANARY-CONTENT-5d1e"
 def overrides(**settings: Any) -> dict[str, Any]:
     """The suite's store settings, with ``settings`` on top."""
     return {**store_overrides(), **settings}
-
-
-async def _proxy_for(dsn: str) -> Proxy:
-    upstream = upstream_of(dsn)
-    if upstream is None:
-        pytest.skip("the server under test has several hosts; the proxy stands for one")
-    return await Proxy(upstream).__aenter__()
-
-
-@pytest.fixture
-async def proxy(pg_server: TestServer, database: str) -> AsyncIterator[Proxy]:
-    """A proxy in front of this test's database (its DSN: ``proxy.dsn(dsn)``)."""
-    opened = await _proxy_for(pg_server.dsn_for(database))
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def _timed(call: Callable[[], Awaitable[object]]) -> tuple[float, BaseException | None]:
@@ -158,7 +142,7 @@ async def test_user_scoped_calls_on_a_hung_server_fail_within_command_timeout(
     """Under as_user each call is a transaction: its rollback must not wait for the
     hung server a second time."""
     direct = as_supabase_postgres(pg_server.dsn_for(supabase_database))
-    proxy = await _proxy_for(direct)
+    proxy = await proxy_for(direct)
     try:
         async with sessionstore.connect(
             proxy.dsn(direct), **overrides(min_size=5, max_size=5, command_timeout=COMMAND_TIMEOUT)
