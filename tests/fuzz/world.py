@@ -68,6 +68,8 @@ PROPERTIES = (
     "sessions.list",
     "sessions.cleanup",
     "purge_user",
+    "prune",
+    "prune.as_user",
     "states",
     "conversations",
     "conversations.list",
