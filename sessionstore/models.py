@@ -1,7 +1,8 @@
 """What callers pass and get back: frozen pydantic models, the role/status enums, the
-result types of the store's calls (``Turn``, ``PurgeCounts``, ``StoreStats`` and the
-write-behind queue's ``PendingWrite``, ``FailedWrite``, ``WriterStats``), and the types of
-the callbacks and parameters ``connect`` and ``add_many`` take."""
+result types of the store's calls (``Turn``, ``PurgeCounts``, ``PruneCounts``,
+``StoreStats`` and the write-behind queue's ``PendingWrite``, ``FailedWrite``,
+``WriterStats``), and the types of the callbacks and parameters ``connect`` and
+``add_many`` take."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ __all__ = [
     "OnWriteError",
     "Page",
     "PendingWrite",
+    "PruneCounts",
     "PurgeCounts",
     "Role",
     "Session",
@@ -269,6 +271,18 @@ class PurgeCounts:
     messages: int = 0
     #: Rows of user-scoped framework state (Google ADK's ``user:`` state, every app).
     user_states: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PruneCounts:
+    """What ``prune`` did: the ``messages`` it deleted, the ``conversations`` they were
+    in, the short transactions (``batches``) it took, and the conversations it found
+    busy on every visit (``skipped``: written to right then; left for the next run)."""
+
+    messages: int = 0
+    conversations: int = 0
+    batches: int = 0
+    skipped: int = 0
 
 
 #: ``message``: appended to an existing conversation (``messages.enqueue``);

@@ -17,6 +17,7 @@ from .models import SessionStatus
 
 __all__ = [
     "accepts_turns",
+    "aged_prefix",
     "batch_ordinal",
     "bind",
     "budget_floor",
@@ -24,12 +25,14 @@ __all__ = [
     "bump_session",
     "cleanup_due",
     "counted_tokens",
+    "created_before",
     "drop_latest",
     "effective_status",
     "estimated_tokens",
     "may_read",
     "may_write",
     "not_past_expiry",
+    "prune_upto",
     "read_status",
     "seq_of",
     "within_budget",
@@ -215,3 +218,27 @@ def within_budget(messages: Sequence[_M], budget: int | None) -> list[_M]:
             break
         kept += 1
     return list(messages[len(messages) - kept :])
+
+
+def prune_upto(count: str, keep: str) -> str:
+    """``keep_last``: the highest ``seq`` a prune may delete in a conversation whose
+    ``message_count`` is ``count`` — all but the latest ``keep`` numbers. (Stored messages
+    are a run of ``seq`` ending at ``message_count``, or none: appends add at the end, pop
+    takes the end, and prunes take from the start.)"""
+    return f"{count} - {keep}"
+
+
+def created_before(created_at: str, cutoff: str) -> str:
+    """``older_than``: a message created before ``cutoff`` (NULL: no age rule)."""
+    return f"({cutoff} IS NULL OR {created_at} < {cutoff})"
+
+
+def aged_prefix(created_at: str, cutoff: str, *, conversation: str, seq: str) -> str:
+    """``older_than`` as a window over messages: true for a message when it and every
+    message before it in its conversation were created before ``cutoff``. A prune takes
+    only these, so it never leaves a gap in a conversation when times do not rise with
+    ``seq`` (see :func:`drop_latest`), and what it keeps stays a run of ``seq``."""
+    return (
+        f"bool_and({created_before(created_at, cutoff)})"
+        f" OVER (PARTITION BY {conversation} ORDER BY {seq})"
+    )

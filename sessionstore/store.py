@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Generator, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, Unpack
@@ -26,12 +27,14 @@ from .models import (
     Invalidation,
     OnWriteError,
     PendingWrite,
+    PruneCounts,
     PurgeCounts,
     Role,
     StoreStats,
     Turn,
     TurnOptions,
 )
+from .prune import prune
 from .purge import purge_user
 from .repositories import (
     ConversationsRepository,
@@ -158,6 +161,55 @@ class _Scope:
         if counts.sessions and self._cache is not None:
             self._cache.clear()
         return counts
+
+    @telemetry.traced()
+    async def prune(
+        self,
+        *,
+        keep_last: int | None = None,
+        older_than: timedelta | None = None,
+        batch_size: int = 1000,
+        on_progress: Callable[[PruneCounts], None] | None = None,
+    ) -> PruneCounts:
+        """Retention: delete every conversation's oldest messages — all but its latest
+        ``keep_last`` and, with ``older_than``, only those created longer ago than that
+        — and return the counts. At least one of the two is required (``keep_last=0``
+        alone deletes every message); ``keep_last`` is an ``int`` >= 0, ``older_than``
+        a positive ``timedelta`` of at most 365,000 days, ``batch_size`` 1 to 10,000
+        (``InvalidInputError`` naming the argument, before anything is sent).
+
+        A message goes only with every message before it: with ``older_than`` a
+        conversation keeps everything from its first message that is not old enough,
+        even older ones after it (times need not rise with ``seq``). What stays of a
+        conversation is thus its latest messages, ``seq`` without gaps.
+
+        In batches of at most ``batch_size`` messages, each its own short transaction,
+        beside live traffic: a conversation being written to (an append, ``pop``,
+        ``clear`` or delete holding it) is passed over rather than waited for, visited
+        again at the end, and if still busy then left for the next run
+        (``PruneCounts.skipped``). An append meeting a batch waits for it, then takes the
+        next ``seq``; nothing written concurrently is lost. ``on_progress`` gets the
+        running counts after each batch.
+
+        After a prune ``message_count`` is unchanged: it is the ``seq`` of the latest
+        message appended, and the next append takes the one after it; ``messages.count``
+        then exceeds the rows stored (by the messages pruned), and ``history`` reads only
+        what is stored. ``total_tokens`` drops by the tokens of the messages deleted (it
+        counts what is stored, as after ``pop``); ``last_message_at`` stays the time of
+        the latest append, even when that message is pruned. The sessions' counters are
+        not lowered. A resend of a turn whose message was pruned (same ``message_id``) is
+        written again, as a new message.
+
+        Under ``as_user`` only that user's conversations are pruned (row-level security);
+        on the service store every conversation, unbound ones included.
+        """
+        return await prune(
+            self._db,
+            keep_last=keep_last,
+            older_than=older_than,
+            batch_size=batch_size,
+            on_progress=on_progress,
+        )
 
 
 class UserView(_Scope):

@@ -33,11 +33,13 @@ __all__ = [
     "callback",
     "claims",
     "conversation",
+    "duration",
     "flag",
     "identifier",
     "limit",
     "message",
     "metadata_json",
+    "non_negative_int",
     "options",
     "positive_int",
     "role",
@@ -374,20 +376,27 @@ def aware_datetime(value: object, field: str, *, optional: bool = True) -> datet
     return at
 
 
-def ttl(value: object, field: str = "ttl") -> timedelta:
-    """A positive ``timedelta`` of at most :data:`MAX_TTL` (365,000 days, both included:
-    ``timedelta(days=365_000)`` is accepted, a microsecond more is refused)."""
+def duration(value: object, field: str) -> timedelta:
+    """A positive ``timedelta`` of at most :data:`MAX_TTL` (365,000 days, both included)."""
     if not isinstance(value, timedelta):
         raise InvalidInputError(field, f"must be a timedelta, got {_shape(value)}")
     if value <= timedelta(0):
         raise InvalidInputError(field, "must be positive")
     if value > MAX_TTL:
+        raise InvalidInputError(field, "must be at most 365000 days")
+    return value
+
+
+def ttl(value: object, field: str = "ttl") -> timedelta:
+    """A :func:`duration` (``timedelta(days=365_000)`` is accepted, a microsecond more is
+    refused, saying how to ask for no expiry)."""
+    if isinstance(value, timedelta) and value > MAX_TTL:
         raise InvalidInputError(
             field,
             "must be at most 365000 days (1000 years of 365 days; pass ttl=None for a"
             " session that never expires)",
         )
-    return value
+    return duration(value, field)
 
 
 C = TypeVar("C", bound=Callable[..., object])
@@ -419,6 +428,11 @@ def flag(value: object, field: str) -> bool:
 def positive_int(value: object, field: str) -> int:
     """An integer >= 1 that fits Postgres ``integer``."""
     return _int_in(value, field, 1, _INT4_MAX)
+
+
+def non_negative_int(value: object, field: str) -> int:
+    """An integer >= 0 that fits Postgres ``integer``."""
+    return _int_in(value, field, 0, _INT4_MAX)
 
 
 class Unset(enum.Enum):

@@ -1,5 +1,5 @@
 """The ``sessionstore`` command's typer app: migrate, downgrade, alembic, status, cleanup,
-replay, demo, and ``main``.
+prune, replay, demo, and ``main``.
 
 Every failure is one sentence on the console (the traceback only with ``--debug``); what
 is shown, and how a failure reads, is :mod:`sessionstore.cli.render`'s.
@@ -13,6 +13,7 @@ import logging
 from argparse import Namespace
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, redirect_stderr
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -29,7 +30,10 @@ from ..dsn import hide_secrets
 from ..embedded import embedded_server
 from ..errors import InvalidInputError, StoreUnavailableError
 from ..health import check
+from ..models import PruneCounts
+from ..prune import MAX_BATCH_SIZE, count_prunable
 from ..store import connect
+from .durations import parse_duration
 from .help import Command, trim_alembic_help
 from .render import console, err_console, explain, fail, print_report, print_status
 
@@ -248,6 +252,12 @@ def status(dsn: DsnOption = None) -> None:
         raise typer.Exit(1)
 
 
+def _deleting() -> Progress:
+    """The progress bar of a delete in batches."""
+    columns = (TextColumn("deleting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=console)
+
+
 @app.command(cls=Command)
 def cleanup(
     dsn: DsnOption = None,
@@ -275,13 +285,7 @@ def cleanup(
             due = await store.sessions.count_expired()
             if dry_run or due == 0:
                 return due
-            columns = (
-                TextColumn("deleting"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-            )
-            with Progress(*columns, console=console) as bar:
+            with _deleting() as bar:
                 task = bar.add_task("cleanup", total=due)
                 return await store.sessions.cleanup_expired(
                     batch_size=batch_size,
@@ -293,6 +297,60 @@ def cleanup(
         count = asyncio.run(go())
     what = "expired sessions" + (" with their conversations" if with_conversations else "")
     console.print(f"{'would delete' if dry_run else 'deleted'} {count} {what}")
+
+
+@app.command(cls=Command)
+def prune(
+    dsn: DsnOption = None,
+    keep_last: Annotated[
+        int | None,
+        typer.Option(min=0, metavar="N", help="Keep each conversation's latest N messages."),
+    ] = None,
+    older_than: Annotated[
+        timedelta | None,
+        typer.Option(
+            parser=parse_duration,
+            metavar="AGE",
+            help="Delete only messages older than AGE: an integer and s, m, h, d or w (90d).",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=MAX_BATCH_SIZE, help="Messages deleted per transaction.")
+    ] = 1000,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would go.")] = False,
+) -> None:
+    """Delete each conversation's oldest messages in short batches, with a progress bar.
+
+    A message goes when it is not among its conversation's latest --keep-last N and (with
+    --older-than) it and every message before it are older than AGE; numbering goes on
+    after it. Conversations being written to are passed over: run again for them.
+    """
+    if keep_last is None and older_than is None:
+        fail("give --keep-last N, --older-than AGE or both")
+    config = _config(dsn)
+
+    async def go() -> PruneCounts:
+        async with connect(config=config) as store:
+            due = await count_prunable(store, keep_last=keep_last, older_than=older_than)
+            if dry_run or due == 0:
+                return PruneCounts(messages=due)
+            with _deleting() as bar:
+                task = bar.add_task("prune", total=due)
+                return await store.prune(
+                    keep_last=keep_last,
+                    older_than=older_than,
+                    batch_size=batch_size,
+                    on_progress=lambda counts: bar.update(task, completed=counts.messages),
+                )
+
+    with _readable_errors(config.dsn):
+        counts = asyncio.run(go())
+    if dry_run:
+        console.print(f"would delete {counts.messages} messages")
+        return
+    console.print(f"deleted {counts.messages} messages of {counts.conversations} conversations")
+    if counts.skipped:
+        console.print(f"{counts.skipped} conversations were being written to: run again for them")
 
 
 @app.command(cls=Command)

@@ -418,7 +418,8 @@ class MessagesRepository:
     @traced("messages")
     async def count(self, conversation_id: ConversationRef) -> int:
         """How many messages the conversation (by id or
-        :class:`~sessionstore.ContinuationId`) holds (kept on the row: no scan)."""
+        :class:`~sessionstore.ContinuationId`) holds (kept on the row: no scan), those
+        ``store.prune`` deleted included: it is the ``seq`` of the latest message."""
         row = await fetch_conversation(self._db, COUNT, conversation_id)
         return int(row["message_count"])
 

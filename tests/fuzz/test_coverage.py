@@ -23,6 +23,7 @@ COVERED: dict[str, set[str]] = {
         "messages",  # test_messages, test_write_behind
         "add_turn",  # test_add_turn, test_foreign_rows
         "purge_user",  # test_purge_user
+        "prune",  # test_prune (and test_prune_as_user)
         "enqueue_turn",  # test_write_behind
         "flush",  # test_write_behind, test_store_lifecycle
         "open",  # test_store_lifecycle
@@ -41,6 +42,7 @@ COVERED: dict[str, set[str]] = {
         "messages",
         "add_turn",
         "purge_user",
+        "prune",
         "user_id",
         "states",  # test_states runs on the store: the same repository class
     },

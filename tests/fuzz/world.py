@@ -69,6 +69,8 @@ PROPERTIES = (
     "sessions.list",
     "sessions.cleanup",
     "purge_user",
+    "prune",
+    "prune.as_user",
     "states",
     "conversations",
     "conversations.list",

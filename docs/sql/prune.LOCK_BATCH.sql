@@ -1,0 +1,29 @@
+
+WITH candidates AS (
+    SELECT c.id, least(c.message_count - $3 - oldest.seq + 1, $5) AS most
+    FROM conversations c
+    CROSS JOIN LATERAL (
+        SELECT m.seq, m.created_at FROM messages m
+        WHERE m.conversation_id = c.id ORDER BY m.seq LIMIT 1
+    ) oldest
+    WHERE c.id >= $1 AND (c.id > $1 OR $2)
+      AND oldest.seq <= c.message_count - $3
+      AND ((now() - $4::interval) IS NULL OR oldest.created_at < (now() - $4::interval))
+    ORDER BY c.id
+    LIMIT $5
+),
+considered AS (  -- most: how many may be due (every message the count rule lets go)
+    SELECT id FROM (
+        SELECT id, sum(most) OVER (ORDER BY id) - most AS before FROM candidates
+    ) r
+    WHERE before < $5
+),
+locked AS (
+    SELECT id FROM conversations WHERE id IN (SELECT id FROM considered)
+    ORDER BY id
+    FOR NO KEY UPDATE SKIP LOCKED
+)
+SELECT considered.id, locked.id IS NOT NULL AS locked
+FROM considered LEFT JOIN locked USING (id)
+ORDER BY considered.id
+

@@ -1,0 +1,286 @@
+"""Retention (``store.prune``): deleting each conversation's oldest messages in short
+batches, beside live traffic, without lowering the ``message_count`` that numbers the
+next append.
+
+Every writer that changes a conversation's messages (an append, ``pop``, ``clear``, the
+deletes of ``sessionstore.deletes``) locks the conversation's row first. A batch locks
+the conversations it will prune with ``FOR NO KEY UPDATE SKIP LOCKED``: it waits for
+nobody, and a conversation being written to right then is passed over, visited once more
+at the end of the run, and else left for the next run. Its delete is the next statement,
+whose snapshot (READ COMMITTED takes one per statement) holds every append committed
+before the lock; an append arriving meanwhile waits for this one short transaction and
+then takes the next ``seq``. Messages are taken with ``SKIP LOCKED`` too, and a
+conversation's only up to the first one another transaction holds (a message locked
+while its conversation is not is being deleted, by ``purge_user`` say, and waiting for it
+could deadlock with that delete).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, NamedTuple
+from uuid import UUID
+
+from . import validation as v
+from .db import Connection, Database
+from .errors import InvalidInputError
+from .models import PruneCounts
+from .rules import aged_prefix, created_before, prune_upto
+
+if TYPE_CHECKING:
+    from .store import SessionStore, UserView
+
+__all__ = ["MAX_BATCH_SIZE", "count_prunable", "prune"]
+
+logger = logging.getLogger("sessionstore")
+
+#: The most messages one batch deletes: a batch holds its conversations' locks (appends
+#: to them wait) until it commits.
+MAX_BATCH_SIZE = 10_000
+
+
+def _cutoff(older_than: str) -> str:
+    """Created before this is old (``older_than``: an interval parameter, NULL for no
+    age rule). now() is the transaction's start: both statements of a batch judge age
+    by the same instant."""
+    return f"(now() - {older_than}::interval)"
+
+
+def _lock(among: str = "") -> str:
+    """The first statement of a batch: from the cursor ($1 a conversation id, $2 whether
+    it is included) in id order, the conversations whose oldest stored message is due
+    ($3 keep_last, $4 older_than), as many as may hold $5 (the batch size) due messages
+    between them; each row says whether it was locked (else another transaction holds
+    it). ``among`` narrows the conversations (to those found busy before)."""
+    return f"""
+WITH candidates AS (
+    SELECT c.id, least({prune_upto("c.message_count", "$3")} - oldest.seq + 1, $5) AS most
+    FROM conversations c
+    CROSS JOIN LATERAL (
+        SELECT m.seq, m.created_at FROM messages m
+        WHERE m.conversation_id = c.id ORDER BY m.seq LIMIT 1
+    ) oldest
+    WHERE c.id >= $1 AND (c.id > $1 OR $2){among}
+      AND oldest.seq <= {prune_upto("c.message_count", "$3")}
+      AND {created_before("oldest.created_at", _cutoff("$4"))}
+    ORDER BY c.id
+    LIMIT $5
+),
+considered AS (  -- most: how many may be due (every message the count rule lets go)
+    SELECT id FROM (
+        SELECT id, sum(most) OVER (ORDER BY id) - most AS before FROM candidates
+    ) r
+    WHERE before < $5
+),
+locked AS (
+    SELECT id FROM conversations WHERE id IN (SELECT id FROM considered)
+    ORDER BY id
+    FOR NO KEY UPDATE SKIP LOCKED
+)
+SELECT considered.id, locked.id IS NOT NULL AS locked
+FROM considered LEFT JOIN locked USING (id)
+ORDER BY considered.id
+"""
+
+
+def _due(older_than: str) -> str:
+    """Columns of messages ``m`` and ``due``: whether the age rule lets each go (the
+    count rule is applied beside it, with :func:`prune_upto`)."""
+    due = aged_prefix(
+        "m.created_at", _cutoff(older_than), conversation="m.conversation_id", seq="m.seq"
+    )
+    return f"m.id, m.conversation_id, m.seq, {due} AS due"
+
+
+LOCK_BATCH = _lock()
+# The run's second visit to the conversations it found busy ($6).
+LOCK_AGAIN = _lock(" AND c.id = ANY($6::uuid[])")
+# The second statement: the due messages of the locked conversations ($1; $2 keep_last,
+# $3 older_than), at most $4, in (conversation, seq) order; the conversations'
+# total_tokens drop by theirs, message_count and last_message_at stay (see
+# SessionStore.prune).
+DELETE_BATCH = f"""
+WITH conv AS (
+    SELECT id, {prune_upto("message_count", "$2")} AS upto
+    FROM conversations WHERE id = ANY($1::uuid[])
+),
+oldest AS (
+    SELECT {_due("$3")}
+    FROM conv CROSS JOIN LATERAL (
+        SELECT id, conversation_id, seq, created_at FROM messages
+        WHERE conversation_id = conv.id AND seq <= conv.upto
+        ORDER BY seq
+        LIMIT $4
+    ) m
+),
+chosen AS (SELECT * FROM oldest WHERE due ORDER BY conversation_id, seq LIMIT $4),
+taken AS (
+    SELECT id FROM messages WHERE id IN (SELECT id FROM chosen) FOR UPDATE SKIP LOCKED
+),
+clear AS (  -- up to the first message another transaction holds: no gap is left
+    SELECT c.id, bool_and(t.id IS NOT NULL) OVER (
+        PARTITION BY c.conversation_id ORDER BY c.seq
+    ) AS clear
+    FROM chosen c LEFT JOIN taken t USING (id)
+),
+gone AS (
+    DELETE FROM messages WHERE id IN (SELECT id FROM clear WHERE clear)
+    RETURNING conversation_id, tokens
+),
+per_conv AS (
+    SELECT conversation_id, count(*) AS n, coalesce(sum(tokens), 0) AS tok
+    FROM gone GROUP BY conversation_id
+),
+counted AS (
+    UPDATE conversations c SET total_tokens = c.total_tokens - p.tok
+    FROM per_conv p WHERE c.id = p.conversation_id
+)
+SELECT coalesce(sum(n), 0)::integer AS messages,
+       coalesce(array_agg(conversation_id ORDER BY conversation_id), '{{}}') AS touched,
+       (SELECT conversation_id FROM chosen ORDER BY conversation_id DESC LIMIT 1) AS last,
+       (SELECT count(*) FROM chosen) = $4 AS full
+FROM per_conv
+"""
+# What a prune would delete now ($1 keep_last, $2 older_than): read-only, one statement.
+COUNT_DUE = f"""
+SELECT count(*) FROM (
+    SELECT {_due("$2")}, c.message_count
+    FROM conversations c JOIN messages m ON m.conversation_id = c.id
+) r
+WHERE due AND seq <= {prune_upto("message_count", "$1")}
+"""
+
+_FIRST = UUID(int=0)
+
+
+class _Rule(NamedTuple):
+    keep: int
+    older_than: timedelta | None
+
+
+def _rule(keep_last: object, older_than: object) -> _Rule:
+    if keep_last is None and older_than is None:
+        raise InvalidInputError(
+            "keep_last", "or older_than must be given (or both): prune needs a rule"
+        )
+    keep = 0 if keep_last is None else v.non_negative_int(keep_last, "keep_last")
+    age = None if older_than is None else v.duration(older_than, "older_than")
+    return _Rule(keep, age)
+
+
+class _Batch(NamedTuple):
+    considered: list[tuple[UUID, bool]]  # in id order; whether locked
+    deleted: int
+    touched: list[UUID]  # in id order
+    #: The last conversation the batch took messages of, if it took all it could: that
+    #: one may hold more.
+    full_at: UUID | None = None
+
+
+class _Run:
+    """One prune: its rule and running counts, and the conversations already counted
+    that a later batch may touch again (the last one of a full batch, which may hold
+    more; and those of them then found busy, visited again at the end)."""
+
+    def __init__(
+        self, db: Database, rule: _Rule, size: int, on_progress: Callable[[PruneCounts], None]
+    ) -> None:
+        self.db, self.rule, self.size, self.on_progress = db, rule, size, on_progress
+        self.counts = PruneCounts()
+        self.counted: set[UUID] = set()
+        self.counted_busy: set[UUID] = set()
+
+    async def sweep(self, among: Sequence[UUID] | None = None) -> list[UUID]:
+        """Batches from the first conversation to the last (of ``among``, if given);
+        return the conversations found busy."""
+        cursor, inclusive = _FIRST, True
+        busy: list[UUID] = []
+        while True:
+            work = functools.partial(self._batch, cursor, inclusive, among)
+            batch = await self.db.run(work, transaction=True)
+            if batch is None:
+                return busy
+            passed = [cid for cid, locked in batch.considered if not locked]
+            busy += passed
+            self.counted_busy.update(self.counted.intersection(passed))
+            fresh = [c for c in batch.touched if c not in self.counted]
+            self.counts = dataclasses.replace(
+                self.counts,
+                messages=self.counts.messages + batch.deleted,
+                conversations=self.counts.conversations + len(fresh),
+                batches=self.counts.batches + 1,
+            )
+            self.on_progress(self.counts)
+            self.counted = set(self.counted_busy)
+            if batch.full_at is None:
+                cursor, inclusive = batch.considered[-1][0], False
+            else:  # again from there, unless nothing of it could go (none goes then)
+                cursor, inclusive = batch.full_at, batch.full_at in batch.touched
+                if inclusive:
+                    self.counted.add(cursor)
+
+    async def _batch(
+        self, cursor: UUID, inclusive: bool, among: Sequence[UUID] | None, conn: Connection
+    ) -> _Batch | None:
+        rule = (self.rule.keep, self.rule.older_than, self.size)
+        if among is None:
+            rows = await conn.fetch(LOCK_BATCH, cursor, inclusive, *rule)
+        else:
+            rows = await conn.fetch(LOCK_AGAIN, cursor, inclusive, *rule, list(among))
+        if not rows:
+            return None
+        considered = [(r["id"], r["locked"]) for r in rows]
+        locked = [cid for cid, ok in considered if ok]
+        if not locked:
+            return _Batch(considered, 0, [])
+        row = await conn.fetchrow(DELETE_BATCH, locked, *rule)
+        assert row is not None  # the statement always returns one row
+        full_at = row["last"] if row["full"] else None
+        return _Batch(considered, row["messages"], list(row["touched"]), full_at)
+
+
+async def prune(
+    db: Database,
+    *,
+    keep_last: int | None = None,
+    older_than: timedelta | None = None,
+    batch_size: int = 1000,
+    on_progress: Callable[[PruneCounts], None] | None = None,
+) -> PruneCounts:
+    """:meth:`sessionstore.SessionStore.prune` on ``db``."""
+    rule = _rule(keep_last, older_than)
+    size = v.limit(batch_size, "batch_size", maximum=MAX_BATCH_SIZE)
+    report = v.callback(on_progress, "on_progress")
+    run = _Run(db, rule, size, report or (lambda _: None))
+    busy = await run.sweep()
+    if busy:
+        busy = await run.sweep(busy)
+    counts = dataclasses.replace(run.counts, skipped=len(busy))
+    if counts.messages or counts.skipped:
+        logger.info(
+            "prune deleted %d messages of %d conversations in %d batches; %d busy"
+            " conversations left for the next run",
+            counts.messages,
+            counts.conversations,
+            counts.batches,
+            counts.skipped,
+        )
+    return counts
+
+
+async def count_prunable(
+    store: SessionStore | UserView,
+    *,
+    keep_last: int | None = None,
+    older_than: timedelta | None = None,
+) -> int:
+    """How many messages ``store.prune(keep_last=..., older_than=...)`` would delete
+    now, in one read-only statement (under ``as_user``, of that user's conversations).
+    Checks its arguments as ``prune`` does. (The command line's ``prune --dry-run``.)"""
+    rule = _rule(keep_last, older_than)
+    db: Database = store._db
+    return int(await db.fetchval(COUNT_DUE, rule.keep, rule.older_than, retry=True))
