@@ -22,7 +22,7 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 from uuid import UUID
 
 from . import validation as v
@@ -30,9 +30,6 @@ from .db import Connection, Database
 from .errors import InvalidInputError
 from .models import PruneCounts
 from .rules import aged_prefix, created_before, prune_upto
-
-if TYPE_CHECKING:
-    from .store import SessionStore, UserView
 
 __all__ = ["MAX_BATCH_SIZE", "count_prunable", "prune"]
 
@@ -273,14 +270,8 @@ async def prune(
 
 
 async def count_prunable(
-    store: SessionStore | UserView,
-    *,
-    keep_last: int | None = None,
-    older_than: timedelta | None = None,
+    db: Database, *, keep_last: int | None = None, older_than: timedelta | None = None
 ) -> int:
-    """How many messages ``store.prune(keep_last=..., older_than=...)`` would delete
-    now, in one read-only statement (under ``as_user``, of that user's conversations).
-    Checks its arguments as ``prune`` does. (The command line's ``prune --dry-run``.)"""
+    """:meth:`sessionstore.SessionStore.count_prunable` on ``db``."""
     rule = _rule(keep_last, older_than)
-    db: Database = store._db
     return int(await db.fetchval(COUNT_DUE, rule.keep, rule.older_than, retry=True))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from argparse import Namespace
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, redirect_stderr
 from datetime import timedelta
@@ -18,7 +17,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from alembic.config import CommandLine
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -31,10 +29,11 @@ from ..embedded import embedded_server
 from ..errors import InvalidInputError, StoreUnavailableError
 from ..health import check
 from ..models import PruneCounts
-from ..prune import MAX_BATCH_SIZE, count_prunable
+from ..prune import MAX_BATCH_SIZE
 from ..store import connect
+from .alembic_line import WRITES_FILES, alembic_line, hide_urls, x_dsn
 from .durations import parse_duration
-from .help import Command, trim_alembic_help
+from .help import Command
 from .render import console, err_console, explain, fail, print_report, print_status
 
 __all__ = ["app", "main"]
@@ -155,35 +154,6 @@ def downgrade(
     console.print(f"downgraded {escape(redact_dsn(config.dsn) or '')} to {escape(revision)}")
 
 
-# Alembic commands that write files into the script directory: here that is the installed
-# package, which is not where an application's own migrations belong.
-_WRITES_FILES = frozenset({"init", "revision", "merge", "edit"})
-# Left out of `sessionstore alembic --help`: the refused commands, the templates only
-# `init` uses, the ini options this command ignores, and --raiseerr, which it always sets.
-_NOT_SHOWN = _WRITES_FILES | {"list_templates"}
-_NOT_SHOWN_OPTIONS = ("--config", "--name", "--raiseerr")
-
-
-def _hide_urls(text: str, arguments: list[str]) -> str:
-    """``text`` without the password of any URL among ``arguments`` (also after ``=``)."""
-    for argument in arguments:
-        head, _, rest = argument.partition("://")
-        if rest:
-            # dsn=postgresql://… or --dsn=postgresql://…: the URL starts after the "="
-            url = argument.split("=", 1)[1] if "=" in head else argument
-            text = hide_secrets(text, url)
-    return text
-
-
-def _x_dsn(options: Namespace) -> str | None:
-    """The value of ``-x dsn=...`` on Alembic's command line, if given."""
-    for argument in options.x or []:
-        key, _, value = str(argument).partition("=")
-        if key == "dsn":
-            return value
-    return None
-
-
 @app.command(
     "alembic",
     cls=Command,
@@ -199,15 +169,7 @@ def alembic_command(ctx: typer.Context, dsn: DsnOption = None) -> None:
     write revision files. The URL is found as for `migrate`: --dsn, else `-x dsn=...`,
     else the environment.
     """
-    line = CommandLine(prog="sessionstore alembic")
-    line.parser.description = (
-        "Alembic's command line on the revisions in the installed sessionstore package, "
-        "with no ini. The database URL: --dsn URL (before or after the command), else "
-        "-x dsn=URL, else SESSIONSTORE_DATABASE_URL (or DATABASE_URL). The commands that "
-        "write revision files (init, revision, merge, edit) are not available: keep your "
-        "own migrations in an Alembic environment of your own."
-    )
-    trim_alembic_help(line.parser, hidden_commands=_NOT_SHOWN, hidden_options=_NOT_SHOWN_OPTIONS)
+    line = alembic_line()
     said = io.StringIO()
     try:
         # argparse's errors quote the arguments (a URL after -x dsn=, a mistyped option's
@@ -219,15 +181,15 @@ def alembic_command(ctx: typer.Context, dsn: DsnOption = None) -> None:
     except SystemExit as exc:
         if not exc.code:
             raise
-        err_console.print(escape(_hide_urls(said.getvalue(), ctx.args).rstrip()))
+        err_console.print(escape(hide_urls(said.getvalue(), ctx.args).rstrip()))
         raise typer.Exit(2) from None
     name = options.cmd[0].__name__
-    if name in _WRITES_FILES:
+    if name in WRITES_FILES:
         fail(
             f"`alembic {name}` would write into the installed sessionstore package: keep "
             "your own migrations in an Alembic environment of your own."
         )
-    settings = _settings(dsn or _x_dsn(options))
+    settings = _settings(dsn or x_dsn(options))
     config = migrations.alembic_config(settings.dsn or "", cmd_opts=options)
     # Alembic's errors as one sentence like every other command's, not "FAILED:" and 255.
     options.raiseerr = True
@@ -331,7 +293,7 @@ def prune(
 
     async def go() -> PruneCounts:
         async with connect(config=config) as store:
-            due = await count_prunable(store, keep_last=keep_last, older_than=older_than)
+            due = await store.count_prunable(keep_last=keep_last, older_than=older_than)
             if dry_run or due == 0:
                 return PruneCounts(messages=due)
             with _deleting() as bar:

@@ -7,7 +7,7 @@ distinct sequence numbers and the counters never drift from the rows.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Unpack
 from uuid import UUID
 
@@ -23,13 +23,11 @@ from ..models import (
     MessageOptions,
     MessageRole,
     NewMessage,
-    PendingWrite,
     Role,
 )
 from ..rows import Columns, Row, members
 from ..rules import (
     accepts_turns,
-    batch_ordinal,
     bind,
     budget_floor,
     bump_conversation,
@@ -40,7 +38,6 @@ from ..rules import (
     seq_of,
 )
 from ..telemetry import traced
-from ..writebehind.items import MESSAGE_FIELDS, batch_arguments, fresh_rows
 from .conversations import (
     KEY,
     Keyed,
@@ -54,7 +51,6 @@ __all__ = [
     "MESSAGE",
     "NO_UPPER_BOUND",
     "MessagesRepository",
-    "write_messages",
 ]
 
 MESSAGE = Columns(Message, convert={"role": members(MessageRole)})
@@ -188,44 +184,6 @@ counted AS (
 )
 SELECT count(*) FROM gone
 """
-# Write-behind: appends to many conversations (named by id or by continuation id) in one
-# statement. Ids whose conversation does not exist come back as rejected.
-_BATCH_FIELDS = ("id", "conversation_id", "continuation_id", *MESSAGE_FIELDS)
-_BATCH_BUMP = bump_conversation("c", messages="p.n", tokens="p.tok", at="p.last_at")
-_BATCH_SEQ = seq_of(
-    "b.message_count", added="b.n", ordinal=batch_ordinal("f.conversation_id", "f.ord")
-)
-MESSAGE_BATCH = f"""{fresh_rows(_BATCH_FIELDS)},
-resolved AS (
-    SELECT f.id, coalesce(f.conversation_id, c.id) AS conversation_id, f.role, f.content,
-           f.metadata, f.tokens, f.enqueued_at, f.ord
-    FROM fresh f
-    LEFT JOIN conversations c
-           ON f.conversation_id IS NULL AND c.continuation_id = f.continuation_id
-),
-per_conv AS (
-    SELECT conversation_id, count(*)::integer AS n, coalesce(sum(tokens), 0) AS tok,
-           max(enqueued_at) AS last_at
-    FROM resolved WHERE conversation_id IS NOT NULL GROUP BY conversation_id
-),
-bumped AS (
-    UPDATE conversations c SET {_BATCH_BUMP}
-    FROM per_conv p
-    WHERE c.id = p.conversation_id
-    RETURNING c.id, c.message_count, p.n
-),
-ins AS (
-    INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens, created_at)
-    SELECT f.id, f.conversation_id, {_BATCH_SEQ}, f.role, f.content,
-           coalesce(f.metadata, '{{}}'::jsonb), f.tokens, f.enqueued_at
-    FROM resolved f JOIN bumped b ON b.id = f.conversation_id
-    RETURNING id
-)
-SELECT (SELECT count(*) FROM ins) AS inserted,
-       ARRAY(SELECT f.id FROM resolved f
-             WHERE NOT EXISTS (SELECT 1 FROM bumped b WHERE b.id = f.conversation_id)) AS rejected
-"""
-
 _MESSAGE_OPTIONS = MessageOptions.__optional_keys__
 #: ``before`` when none is given: above every ``seq`` (an integer column).
 NO_UPPER_BOUND = 2**31 - 1
@@ -233,14 +191,6 @@ NO_UPPER_BOUND = 2**31 - 1
 # always suffices (the conversation then exists), the third is slack.
 _TURN_ATTEMPTS = 3
 MAX_BATCH = 10_000
-
-
-async def write_messages(db: Database, batch: Sequence[PendingWrite]) -> dict[UUID, str]:
-    """Write a write-behind batch of ``messages.enqueue`` messages in one statement;
-    return the ids it could not write (their conversation does not exist)."""
-    row = await db.fetchrow(MESSAGE_BATCH, *batch_arguments(batch, _BATCH_FIELDS))
-    assert row is not None  # the statement always returns one row
-    return dict.fromkeys(row["rejected"], "conversation not found")
 
 
 class MessagesRepository:

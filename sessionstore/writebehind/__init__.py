@@ -6,7 +6,7 @@ background task makes it durable.
 - :mod:`.engine` — the ``Writer``: queue, batching, retries, splitting, flush and close;
   it is handed the function that writes a batch and knows no SQL (the batch statements
   live beside the operations they batch: ``turns.TURN_BATCH``,
-  ``repositories.messages.MESSAGE_BATCH``);
+  ``repositories.message_batch.MESSAGE_BATCH``);
 - :mod:`.readyourwrites` — the writer's unwritten messages by conversation, and how a
   read merges them after the stored ones;
 - :mod:`.spill` — the spill file ``close()`` writes and ``replay`` reads;

@@ -24,6 +24,7 @@ COVERED: dict[str, set[str]] = {
         "add_turn",  # test_add_turn, test_foreign_rows
         "purge_user",  # test_purge_user
         "prune",  # test_prune (and test_prune_as_user)
+        "count_prunable",  # test_prune (the dry run)
         "enqueue_turn",  # test_write_behind
         "flush",  # test_write_behind, test_store_lifecycle
         "open",  # test_store_lifecycle
@@ -43,6 +44,7 @@ COVERED: dict[str, set[str]] = {
         "add_turn",
         "purge_user",
         "prune",
+        "count_prunable",  # test_prune (the dry run)
         "user_id",
         "states",  # test_states runs on the store: the same repository class
     },

@@ -19,7 +19,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sessionstore import PruneCounts, SessionStore
-from sessionstore.prune import count_prunable
 
 from ..strategies import INT4_MAX, INTS, TTLS, WRONG_TYPES, int_verdict, ttl_verdict
 from .world import BAD, CALLBACKS, CASES, OMITTED, C, Expect, World, callback_verdict, fuzz
@@ -185,7 +184,7 @@ async def test_prune(
     before = await Stored.read(conn)
     if op == "count":
         prints = await world.fingerprint()
-        out = await world.attempt(lambda: count_prunable(world.api, **options), expect)
+        out = await world.attempt(lambda: world.api.count_prunable(**options), expect)
         assert await world.fingerprint() == prints, "the dry run's count wrote"
     else:
         progress: list[PruneCounts] = []

@@ -20,7 +20,7 @@ def test_the_catalog_finds_the_statements_of_every_layer() -> None:
         "turns.TURN_BATCH.sql",
         "repositories.messages.HISTORY.by_id.sql",
         "repositories.messages.HISTORY.by_continuation.sql",
-        "repositories.messages.MESSAGE_BATCH.sql",
+        "repositories.message_batch.MESSAGE_BATCH.sql",
         "db.scope.SET_USER_SCOPE.sql",
         "health.TABLE_STATE.sql",
     ):

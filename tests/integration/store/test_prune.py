@@ -29,7 +29,6 @@ from sessionstore import (
     Turn,
 )
 from sessionstore.db import Connection
-from sessionstore.prune import count_prunable
 
 from ...helpers import wait_for_lock_waiters
 
@@ -114,7 +113,7 @@ async def test_refusals_name_the_argument_before_anything_is_sent(
     if field in ("keep_last", "older_than"):  # the dry run's count checks the rule alike
         rule = {k: v for k, v in options.items() if k in ("keep_last", "older_than")}
         with pytest.raises(InvalidInputError) as info:
-            await count_prunable(store, **rule)
+            await store.count_prunable(**rule)
         assert info.value.field == field
 
 
@@ -137,7 +136,7 @@ async def test_keep_last_keeps_each_conversations_latest(
     exact = await _seed(conn, "exact", [OLD] * 10)
     long = [await _seed(conn, f"long-{i}", [OLD] * 25) for i in range(5)]
     before = {cid: await _counters(conn, cid) for cid in (empty, short, exact, *long)}
-    assert await count_prunable(store, keep_last=10) == 75
+    assert await store.count_prunable(keep_last=10) == 75
     progress: list[PruneCounts] = []
 
     counts = await store.prune(keep_last=10, batch_size=7, on_progress=progress.append)
@@ -159,7 +158,7 @@ async def test_keep_last_keeps_each_conversations_latest(
     assert await store.messages.count(long[0]) == 25  # the latest seq, beyond the rows
     assert [m.seq for m in await store.messages.history(long[0], limit=50)] == list(range(16, 26))
     assert await store.prune(keep_last=10) == PruneCounts()
-    assert await count_prunable(store, keep_last=10) == 0
+    assert await store.count_prunable(keep_last=10) == 0
 
 
 async def test_older_than_takes_only_a_run_of_old_messages_from_the_start(
@@ -171,7 +170,7 @@ async def test_older_than_takes_only_a_run_of_old_messages_from_the_start(
     old = await _seed(conn, "old", [OLD] * 4)
     young = await _seed(conn, "young", [NEW] * 4)
     old_counters = await _counters(conn, old)
-    assert await count_prunable(store, older_than=30 * DAYS) == 6
+    assert await store.count_prunable(older_than=30 * DAYS) == 6
 
     counts = await store.prune(older_than=30 * DAYS)
 
@@ -191,7 +190,7 @@ async def test_both_rules_take_what_both_let_go(
     all_old = await _seed(conn, "all-old", [OLD] * 10)
     half = await _seed(conn, "half", [OLD] * 5 + [NEW] * 5)
     all_new = await _seed(conn, "all-new", [NEW] * 10)
-    assert await count_prunable(store, keep_last=3, older_than=30 * DAYS) == 7 + 5
+    assert await store.count_prunable(keep_last=3, older_than=30 * DAYS) == 7 + 5
 
     counts = await store.prune(keep_last=3, older_than=30 * DAYS, batch_size=4)
 
@@ -480,8 +479,8 @@ async def test_a_user_prunes_only_their_own_conversations(supabase_store: Sessio
         await store.add_turn("bob-chat", "user", f"b{i}", session_id=bob_session.id)
         await store.add_turn("unbound", "user", f"u{i}")
     alice = store.as_user("alice")
-    assert await count_prunable(alice, keep_last=2) == 8
-    assert await count_prunable(store, keep_last=2) == 24
+    assert await alice.count_prunable(keep_last=2) == 8
+    assert await store.count_prunable(keep_last=2) == 24
 
     counts = await alice.prune(keep_last=2, batch_size=3)
 
