@@ -7,7 +7,7 @@ metadata object, in a session. Each run forks all of it (then half of it) into t
 session under a new continuation id; the fork is one transaction whose copy is one
 statement. Prints p50, min and max over the runs, and messages copied per second at the
 p50. For scale, the same copy as one plain INSERT ... SELECT on a direct connection
-(no fork row, no locks): the floor the server sets.
+(no fork row, no locks): the floor the server sets. The database is dropped after.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import statistics
 import time
+from urllib.parse import urlsplit
 
 import asyncpg
 from common import fresh_database
@@ -54,6 +55,17 @@ def _summary(name: str, seconds: list[float], copied: int) -> str:
 
 async def main(dsn: str, runs: int) -> None:
     target = await fresh_database(dsn, "fork")
+    try:
+        await _run(target, runs)
+    finally:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(f"DROP DATABASE {urlsplit(target).path.lstrip('/')} WITH (FORCE)")
+        finally:
+            await conn.close()
+
+
+async def _run(target: str, runs: int) -> None:
     async with sessionstore.connect(target) as store:
         s = await store.sessions.create("bench")
         source = await store.conversations.get_or_create("source", session_id=s.id)
