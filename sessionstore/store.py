@@ -32,7 +32,7 @@ from .repositories.message_batch import write_messages
 from .turns import accept_turn, write_turns
 from .views import UserView, _Scope
 from .writebehind.engine import Writer
-from .writebehind.repository import QueuedMessagesRepository
+from .writebehind.repository import QueuedConversationsRepository, QueuedMessagesRepository
 from .writebehind.spill import read_spill
 
 __all__ = ["SessionStore", "UserView", "connect"]  # UserView: its home is views.py
@@ -87,6 +87,7 @@ class SessionStore(_Scope):
             on_written=self._forget_sessions,
         )
         self.messages = QueuedMessagesRepository(self._db, self._writer, cache)
+        self.conversations = QueuedConversationsRepository(self._db, self._writer)
         self.config = config
 
     @property

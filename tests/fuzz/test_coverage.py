@@ -11,7 +11,10 @@ from sessionstore.repositories import (
     SessionsRepository,
     StatesRepository,
 )
-from sessionstore.writebehind.repository import QueuedMessagesRepository
+from sessionstore.writebehind.repository import (
+    QueuedConversationsRepository,
+    QueuedMessagesRepository,
+)
 
 # --- every public method is covered -------------------------------------------------------------
 
@@ -19,7 +22,7 @@ from sessionstore.writebehind.repository import QueuedMessagesRepository
 COVERED: dict[str, set[str]] = {
     "SessionStore": {
         "sessions",  # test_sessions_*
-        "conversations",  # test_conversations*
+        "conversations",  # test_conversations*, test_forks
         "messages",  # test_messages, test_write_behind
         "add_turn",  # test_add_turn, test_foreign_rows
         "purge_user",  # test_purge_user
@@ -68,6 +71,15 @@ COVERED: dict[str, set[str]] = {
         "get_by_continuation_id",
         "delete",
         "list_for_session",
+        "fork",  # test_forks (as_user: tests/integration/schema/test_fork_rls.py)
+    },
+    "QueuedConversationsRepository": {
+        "get_or_create",
+        "get",
+        "get_by_continuation_id",
+        "delete",
+        "list_for_session",
+        "fork",  # test_forks
     },
     "MessagesRepository": {"add", "add_many", "history", "count", "pop", "clear"},
     "StatesRepository": {"read", "write"},  # test_states
@@ -110,7 +122,8 @@ async def test_every_public_method_is_fuzzed() -> None:
         "SessionStore": store,
         "UserView": store.as_user("fuzz-user"),
         "SessionsRepository": store.sessions,
-        "ConversationsRepository": store.conversations,
+        "ConversationsRepository": store.as_user("fuzz-user").conversations,
+        "QueuedConversationsRepository": store.conversations,
         "MessagesRepository": store.as_user("fuzz-user").messages,
         "QueuedMessagesRepository": store.messages,
         "StatesRepository": store.states,
@@ -120,6 +133,7 @@ async def test_every_public_method_is_fuzzed() -> None:
         "UserView": UserView,
         "SessionsRepository": SessionsRepository,
         "ConversationsRepository": ConversationsRepository,
+        "QueuedConversationsRepository": QueuedConversationsRepository,
         "MessagesRepository": MessagesRepository,
         "QueuedMessagesRepository": QueuedMessagesRepository,
         "StatesRepository": StatesRepository,

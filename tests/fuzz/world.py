@@ -74,6 +74,7 @@ PROPERTIES = (
     "states",
     "conversations",
     "conversations.list",
+    "forks",
     "messages",
     "add_turn",
     "write_behind",
@@ -477,6 +478,10 @@ def check_conversation(conversation: Conversation, row: asyncpg.Record) -> None:
     assert conversation.message_count == row["message_count"]
     assert conversation.total_tokens == row["total_tokens"]
     assert conversation.last_message_at == row["last_message_at"]
+    assert (conversation.forked_from, conversation.forked_at_seq) == (
+        row["forked_from"],
+        row["forked_at_seq"],
+    )
     assert all(utc(t) for t in (conversation.created_at, conversation.last_message_at))
 
 

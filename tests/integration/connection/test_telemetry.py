@@ -119,6 +119,7 @@ async def test_a_span_per_public_call_named_and_attributed_by_the_conventions(
     await store.messages.count(c.id)
     await store.messages.pop(c.id)
     await store.messages.clear(c.id)
+    await store.conversations.fork(c.id, continuation_id="cont-fork", session_id=s.id)
     await store.conversations.delete(c.id)
     await store.sessions.complete(s.id)
     await store.sessions.count_expired()
@@ -145,6 +146,7 @@ async def test_a_span_per_public_call_named_and_attributed_by_the_conventions(
         "get conversations": 1,
         "get_by_continuation_id conversations": 1,
         "list_for_session conversations": 1,
+        "fork conversations": 1,  # one span, though the queued repository calls the other
         "delete conversations": 1,
         "add messages": 1,
         "add_many messages": 1,
