@@ -79,7 +79,7 @@ async def test_fire_and_forget_is_durable_at_shutdown(dsn: str, conn: asyncpg.Co
 
 
 async def test_history_sees_fire_and_forget_messages_of_a_new_conversation(dsn: str) -> None:
-    manager = await SessionManager.connect(dsn, max_delay=10.0, **store_overrides())
+    manager = await SessionManager.connect(dsn, max_delay=3600.0, **store_overrides())
     try:
         await manager.save_message_async("new", "user", "queued", fire_and_forget=True)
         history = await manager.get_conversation_history_async("new")

@@ -165,9 +165,9 @@ async def test_a_budgeted_context_read_again_after_a_race_is_still_budgeted(
 
 @pytest.fixture
 async def slow_writer(dsn: str) -> AsyncIterator[SessionStore]:
-    """A store whose writer holds messages until flush() (or 10 s)."""
+    """A store whose writer holds messages until flush() (or an hour: never within a test)."""
     async with sessionstore.connect(
-        dsn, max_delay=10.0, batch_size=10_000, **store_overrides()
+        dsn, max_delay=3600.0, batch_size=10_000, **store_overrides()
     ) as opened:
         yield opened
 

@@ -48,9 +48,9 @@ async def _open(dsn: str, **overrides: Any) -> AsyncIterator[Logged]:
 
 @pytest.fixture
 async def held(dsn: str) -> AsyncIterator[Logged]:
-    """A store whose writer holds what it collects for 10 s (unless flushed): the reply
+    """A store whose writer holds what it collects until flushed (or an hour): the reply
     is still queued when the next turn comes."""
-    async for logged in _open(dsn, max_delay=10.0, batch_size=10_000):
+    async for logged in _open(dsn, max_delay=3600.0, batch_size=10_000):
         yield logged
 
 
@@ -300,7 +300,7 @@ async def test_a_flush_behind_a_turn_that_holds_queued_messages_is_bounded(dsn: 
     """flush() while a direct turn holds queued messages (its ``after`` waits): the
     wait counts against ``write_deadline`` like a stuck batch, then WriteBehindError."""
     async with sessionstore.connect(
-        dsn, max_delay=10.0, write_deadline=1.0, **store_overrides()
+        dsn, max_delay=3600.0, write_deadline=1.0, **store_overrides()
     ) as store:
         session = await store.sessions.create("alice")
         await store.add_turn("held", "user", "U1", session_id=session.id)
