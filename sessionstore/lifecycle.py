@@ -39,7 +39,14 @@ SELECT {read_status("cur")} AS status, version FROM cur
 """
 
 Action = Literal[
-    "update", "record a turn on", "pause", "resume", "complete", "add a turn to", "extend"
+    "update",
+    "record a turn on",
+    "pause",
+    "resume",
+    "complete",
+    "add a turn to",
+    "extend",
+    "fork a conversation into",
 ]
 
 

@@ -148,7 +148,12 @@ class Session(BaseModel):
 
 
 class Conversation(BaseModel):
-    """A conversation, found by its ``continuation_id``; counters are kept on the row."""
+    """A conversation, found by its ``continuation_id``; counters are kept on the row.
+
+    A fork (``conversations.fork``) records its source in ``forked_from`` (``None`` once
+    the source is deleted) and the ``seq`` of the last message it copied in
+    ``forked_at_seq``; both are ``None`` for a conversation that is no fork.
+    """
 
     model_config = _FROZEN
 
@@ -162,6 +167,8 @@ class Conversation(BaseModel):
     message_count: int
     last_message_at: datetime | None
     total_tokens: int
+    forked_from: UUID | None
+    forked_at_seq: int | None
 
 
 class Message(BaseModel):

@@ -128,12 +128,24 @@ conversations = _entity(
     _counter("message_count"),
     Column("last_message_at", _tz()),
     _counter("total_tokens", BigInteger),
+    # A fork's source and the seq it was forked at (revision 0009).
+    _reference("forked_from", "conversations.id", "SET NULL", "conversations_forked_from_fkey"),
+    Column("forked_at_seq", Integer),
     UniqueConstraint("continuation_id", name="conversations_continuation_id_key"),
+    CheckConstraint("forked_at_seq >= 0", name="conversations_forked_at_seq_check"),
+    CheckConstraint(
+        "forked_from IS NULL OR forked_at_seq IS NOT NULL", name="conversations_fork_check"
+    ),
 )
 Index("idx_conversations_continuation_id", conversations.c.continuation_id)
 Index("idx_conversations_created_at", conversations.c.created_at.desc())
 Index("idx_conversations_session_id", conversations.c.session_id)
 _listing_index("idx_conversations_session_created", conversations, "session_id")
+Index(
+    "idx_conversations_forked_from",
+    conversations.c.forked_from,
+    postgresql_where=conversations.c.forked_from.isnot(None),
+)
 
 messages = Table(
     "messages",

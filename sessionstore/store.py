@@ -42,7 +42,7 @@ from .repositories.messages import write_messages
 from .repositories.states import StatesRepository
 from .turns import accept_turn, add_turn, write_turns
 from .writebehind.engine import Writer
-from .writebehind.repository import QueuedMessagesRepository
+from .writebehind.repository import QueuedConversationsRepository, QueuedMessagesRepository
 from .writebehind.spill import read_spill
 
 __all__ = ["SessionStore", "UserView", "connect"]
@@ -201,6 +201,7 @@ class SessionStore(_Scope):
             on_written=self._forget_sessions,
         )
         self.messages = QueuedMessagesRepository(self._db, self._writer, cache)
+        self.conversations = QueuedConversationsRepository(self._db, self._writer)
         self.config = config
 
     @property

@@ -413,6 +413,11 @@ def positive_int(value: object, field: str) -> int:
     return _int_in(value, field, 1, _INT4_MAX)
 
 
+def non_negative_int(value: object, field: str) -> int:
+    """An integer >= 0 that fits Postgres ``integer``."""
+    return _int_in(value, field, 0, _INT4_MAX)
+
+
 class Unset(enum.Enum):
     """Marks an argument the caller did not pass (``None`` can be a real value)."""
 

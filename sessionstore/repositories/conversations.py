@@ -7,10 +7,18 @@ from uuid import UUID
 
 from .. import validation as v
 from ..db import Connection, Database
-from ..errors import ConflictError, NotFoundError, PermissionDeniedError, translate_errors
-from ..models import ContinuationId, Conversation, ConversationRef, Page
+from ..errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+    translate_errors,
+)
+from ..lifecycle import TAKES_TURNS, Attempt, raise_session_miss
+from ..models import ContinuationId, Conversation, ConversationRef, Message, Page
 from ..pagination import decode_cursor, make_page
 from ..rows import Columns, Row, keyset_before
+from ..rules import accepts_turns, may_read
 from ..telemetry import traced
 
 __all__ = [
@@ -90,6 +98,93 @@ ORDER BY c.created_at DESC, c.id DESC
 # A concurrent creator can commit between our snapshot and our insert; the next
 # attempt then sees its row. Two attempts always suffice; the third is slack.
 _GET_OR_CREATE_ATTEMPTS = 3
+
+# Forks. The source is locked (FOR SHARE: appends, pops, clears and deletes wait; other
+# forks do not) in a statement of its own, after the session when one is named (like
+# every writer, so deletes stay total; see sessionstore.deletes), and copied by the next
+# statement, whose snapshot then holds every message written before the lock. (One
+# statement would copy from a snapshot taken before it waited for the lock: a pop and an
+# append committed meanwhile would tear the prefix.) $1 the source, $2 the session, $3
+# the fork's continuation id. ``named``: the source as the snapshot shows it, to tell a
+# source changed while waiting (retried) from a missing one; ``f``: what already holds
+# the continuation id (a resend's fork, or a conflict).
+_MAY_READ = may_read("session_id", "$2::uuid")
+LOCK_SOURCE = Keyed.of(f"""
+WITH live AS (SELECT id FROM sessions WHERE id = $2::uuid AND {accepts_turns()} FOR UPDATE),
+src AS (
+    SELECT id, message_count FROM conversations
+    WHERE {KEY} = $1 AND {_MAY_READ} AND ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM live))
+    FOR SHARE
+)
+SELECT named.id AS named_id, src.id AS source_id, src.message_count AS source_count,
+       $2::uuid IS NULL OR EXISTS (SELECT 1 FROM live) AS live,
+       f.id AS taken_id, f.forked_from, f.forked_at_seq, f.session_id AS taken_session
+FROM (SELECT 1) one
+LEFT JOIN conversations named
+       ON named.{KEY} = $1 AND {may_read("named.session_id", "$2::uuid")}
+LEFT JOIN src ON true
+LEFT JOIN conversations f ON f.continuation_id = $3
+""")
+# What holds continuation id $1, when the fork's insert met it.
+TAKEN = """
+SELECT id AS taken_id, forked_from, forked_at_seq, session_id AS taken_session
+FROM conversations WHERE continuation_id = $1
+"""
+# Every message column but the two the copy gets anew: a column added to messages (and
+# to Message) is carried by forks without a change here.
+_CARRIED = ", ".join(f for f in Message.model_fields if f not in ("id", "conversation_id"))
+# The fork ($1 the locked source, $2 continuation id, $3 session, $4 through_seq): the
+# source's title and metadata, counters as if its messages 1..$4 had been appended.
+CREATE_FORK = f"""
+INSERT INTO conversations AS c (continuation_id, session_id, title, metadata, message_count,
+                                total_tokens, last_message_at, forked_from, forked_at_seq)
+SELECT $2, $3::uuid, src.title, src.metadata, $4, coalesce(p.tokens, 0), p.last_at, src.id, $4
+FROM conversations src,
+     LATERAL (SELECT sum(tokens) AS tokens, max(created_at) AS last_at FROM messages
+              WHERE conversation_id = src.id AND seq <= $4) p
+WHERE src.id = $1
+ON CONFLICT (continuation_id) DO NOTHING
+RETURNING {CONVERSATION.select(alias="c")}"""
+# Under RLS the policies' subqueries see the statement's snapshot, which does not hold
+# the fork a CTE of the same statement created: the copy is a statement of its own there.
+# $1 the source, $2 the fork, $3 through_seq.
+COPY_MESSAGES = f"""
+INSERT INTO messages (conversation_id, {_CARRIED})
+SELECT $2, {_CARRIED} FROM messages WHERE conversation_id = $1 AND seq <= $3
+"""
+# The service path: the fork and its messages in one statement (one round trip however
+# many messages it copies).
+CREATE_FORK_AND_COPY = f"""
+WITH fork AS ({CREATE_FORK}
+),
+copied AS (
+    INSERT INTO messages (conversation_id, {_CARRIED})
+    SELECT fork.id, {", ".join("m." + f for f in _CARRIED.split(", "))}
+    FROM fork, messages m WHERE m.conversation_id = $1 AND m.seq <= $4
+)
+SELECT * FROM fork
+"""
+# A source that changed between the snapshot and the lock is read again; twice more
+# always suffices unless it keeps changing.
+_FORK_ATTEMPTS = 3
+
+
+def _taken(cid: str) -> ConflictError:
+    return ConflictError(
+        f"continuation_id {cid!r} is already taken by another conversation; nothing was written"
+    )
+
+
+def _resent(taken: Row, source: UUID | None, sid: UUID | None, upto: int | None) -> bool:
+    """Whether the conversation holding the fork's continuation id is this fork, made by
+    an earlier send of the same call: a fork of the same source, bound as asked, at the
+    same ``through_seq`` (any, when none was given)."""
+    return (
+        source is not None
+        and taken["forked_from"] == source
+        and (sid is None or taken["taken_session"] == sid)
+        and (upto is None or taken["forked_at_seq"] == upto)
+    )
 
 
 def conversation_named(conversation: UUID | ContinuationId) -> str:
@@ -180,6 +275,123 @@ class ConversationsRepository:
         """Delete the conversation (by id or :class:`~sessionstore.ContinuationId`) and
         its messages; ``NotFoundError`` if absent."""
         await fetch_conversation(self._db, DELETE_CONVERSATION, conversation_id, retry=False)
+
+    @traced("conversations")
+    async def fork(
+        self,
+        conversation_id: ConversationRef,
+        *,
+        continuation_id: str,
+        session_id: UUID | str | None = None,
+        through_seq: int | None = None,
+    ) -> Conversation:
+        """A new conversation ``continuation_id`` holding copies of the messages of the
+        conversation ``conversation_id`` (by id or :class:`~sessionstore.ContinuationId`)
+        up to and including ``seq`` ``through_seq`` (default: all it holds when the fork
+        is made) — "edit a message and regenerate", or a branch.
+
+        The copies keep their ``seq``, role, content, metadata, tokens and ``created_at``
+        (the time each message was first written: history stays truthful, and retention
+        by age treats a copy like its original); they get new ids. The fork takes the
+        source's title and metadata, records ``forked_from`` (the source's id) and
+        ``forked_at_seq`` (``through_seq``), and its counters are those of the copied
+        prefix: ``message_count`` is ``through_seq`` (the next message appended to it
+        gets ``through_seq + 1``, even where the prefix has gaps), ``total_tokens`` the
+        copies' tokens, ``last_message_at`` the latest copy's time. The source is not
+        changed; it may be deleted later (the fork stays, its ``forked_from`` becomes
+        ``None``). ``through_seq=0`` makes an empty fork.
+
+        With ``session_id`` the fork is bound to that session, which must take turns
+        (exist, be active and not expired: ``NotFoundError``, ``InvalidStateError``,
+        ``SessionExpiredError``, as ``add_turn``), and the source is read as that session
+        reads it: a source bound to another session, or to none, raises the same
+        ``NotFoundError`` as a missing one. The session's counters do not change (a fork
+        records no turn). Without ``session_id`` the fork is unbound, like
+        ``get_or_create``'s: no session owns it, so ``purge_user`` does not reach it, and
+        under ``as_user`` it is refused (``PermissionDeniedError``); a user forks their
+        own conversations into their own sessions only.
+
+        One transaction: the session (when named) and then the source are locked, so a
+        concurrent append, ``pop``, ``clear`` or delete of the source waits and the copy
+        is exactly the source's prefix at that moment; the copy is one statement,
+        however many messages (on the service path it also creates the fork). On the
+        service store, messages this process queued for write-behind are made durable
+        first (as ``messages.pop`` does), so the default fork holds every message
+        accepted before the call.
+
+        Refused, with nothing written: ``InvalidInputError`` for a malformed argument,
+        and (naming ``through_seq``) for a ``through_seq`` past the source's last
+        message — judged on the source as locked; ``NotFoundError`` for a missing or
+        unreadable source; the session's error; ``ConflictError`` if ``continuation_id``
+        is taken (the source's own included); ``PermissionDeniedError`` when the
+        continuation id belongs to a conversation the user cannot see (``as_user``).
+        Idempotent: a resend (say after ``StoreTimeoutError``) that finds the fork its
+        earlier send made — same source, session and ``through_seq``, or any
+        ``through_seq`` when none is given — returns it as it is now, whatever the
+        session's state; once the source is deleted a resend gets ``NotFoundError``.
+        """
+        ref = v.conversation(conversation_id)
+        cid = v.identifier(continuation_id, "continuation_id")
+        sid = None if session_id is None else v.uuid(session_id, "session_id")
+        upto = None if through_seq is None else v.non_negative_int(through_seq, "through_seq")
+        lock = LOCK_SOURCE.for_(ref)
+
+        async def work(conn: Connection) -> Conversation:
+            for _ in range(_FORK_ATTEMPTS):
+                row = await conn.fetchrow(lock, ref, sid, cid)
+                assert row is not None  # the statement always returns one row
+                taken: Row | None = row if row["taken_id"] is not None else None
+                known = row["source_id"] if row["live"] else row["named_id"]
+                if taken is not None and _resent(taken, known, sid, upto):
+                    found = await conn.fetchrow(GET.by_id, taken["taken_id"])
+                    if found is not None:
+                        return CONVERSATION.one(found)
+                    continue  # deleted since: fork anew
+                if not row["live"]:
+                    assert sid is not None  # without a session the gate is open
+                    if not await conn.fetchval(TAKES_TURNS, sid):
+                        await raise_session_miss(conn, Attempt(sid, "fork a conversation into"))
+                    continue  # it takes turns since the snapshot: send again
+                if row["source_id"] is None:
+                    if row["named_id"] is None:
+                        raise conversation_missing(ref)
+                    continue  # deleted or rebound while we waited for its lock
+                if taken is not None:
+                    raise _taken(cid)
+                count = row["source_count"]
+                through = count if upto is None else upto
+                if through > count:
+                    raise InvalidInputError(
+                        "through_seq", "must not be past the conversation's last message"
+                    )
+                made = await self._create(conn, row["source_id"], cid, sid, through)
+                if made is not None:
+                    return made
+                # The continuation id was taken after the snapshot, or is not visible.
+                taken = await conn.fetchrow(TAKEN, cid)
+                if taken is None:
+                    raise PermissionDeniedError(
+                        f"conversation {cid!r} exists but is not visible to this user"
+                    )
+                if not _resent(taken, row["source_id"], sid, upto):
+                    raise _taken(cid)
+            raise ConflictError(f"{conversation_named(ref)} kept changing; nothing was written")
+
+        return await self._db.run(work, transaction=True, retry=True)
+
+    async def _create(
+        self, conn: Connection, source: UUID, cid: str, sid: UUID | None, through: int
+    ) -> Conversation | None:
+        """The fork of the locked ``source`` with its messages; ``None`` if ``cid`` is
+        taken."""
+        if not self._db.rls_scoped:
+            row = await conn.fetchrow(CREATE_FORK_AND_COPY, source, cid, sid, through)
+            return None if row is None else CONVERSATION.one(row)
+        row = await conn.fetchrow(CREATE_FORK, source, cid, sid, through)
+        if row is None:
+            return None
+        await conn.execute(COPY_MESSAGES, source, row["id"], through)
+        return CONVERSATION.one(row)
 
     @traced("conversations")
     async def get_by_continuation_id(self, continuation_id: str) -> Conversation:

@@ -11,5 +11,6 @@ background task makes it durable.
   read merges them after the stored ones;
 - :mod:`.spill` — the spill file ``close()`` writes and ``replay`` reads;
 - :mod:`.repository` — ``QueuedMessagesRepository``: the messages repository with
-  ``enqueue`` and read-your-writes.
+  ``enqueue`` and read-your-writes; ``QueuedConversationsRepository``, whose ``fork``
+  waits for the queued messages.
 """

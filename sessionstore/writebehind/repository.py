@@ -1,5 +1,6 @@
 """The queued messages repository: :class:`~sessionstore.repositories.MessagesRepository`
-plus write-behind appends (``enqueue``) and read-your-writes on ``history``."""
+plus write-behind appends (``enqueue``) and read-your-writes on ``history``; and the
+conversations repository whose ``fork`` sees every message accepted before it."""
 
 from __future__ import annotations
 
@@ -11,8 +12,16 @@ from .. import validation as v
 from ..cache import SessionCache
 from ..db import Database
 from ..errors import NotFoundError, WriteBehindError
-from ..models import ContinuationId, ConversationRef, Message, MessageOptions, PendingWrite, Role
-from ..repositories.conversations import conversation_missing
+from ..models import (
+    ContinuationId,
+    Conversation,
+    ConversationRef,
+    Message,
+    MessageOptions,
+    PendingWrite,
+    Role,
+)
+from ..repositories.conversations import ConversationsRepository, conversation_missing
 from ..repositories.messages import (
     HISTORY_WITH_WAITING,
     MESSAGE,
@@ -23,7 +32,7 @@ from .engine import Writer
 from .items import accept, by_ticket
 from .readyourwrites import as_messages, merged
 
-__all__ = ["QueuedMessagesRepository"]
+__all__ = ["QueuedConversationsRepository", "QueuedMessagesRepository"]
 
 _MESSAGE_OPTIONS = MessageOptions.__optional_keys__
 
@@ -123,9 +132,7 @@ class QueuedMessagesRepository(MessagesRepository):
         return await super().clear(conversation_id)
 
     async def _settle(self, conversation_id: ConversationRef) -> None:
-        v.conversation(conversation_id)  # bad input is refused before waiting
-        if self._writer.pending:
-            await self._writer.flush()
+        await _settle(self._writer, conversation_id)
 
     def _pending(
         self, conversation_id: ConversationRef, role: Role, content: str, options: MessageOptions
@@ -168,3 +175,41 @@ class QueuedMessagesRepository(MessagesRepository):
         item = self._pending(conversation_id, role, content, options)
         self._writer.put_nowait(item)
         return item.id
+
+
+async def _settle(writer: Writer, conversation_id: ConversationRef) -> None:
+    """Make every message ``writer`` holds durable, before a call that must see them all."""
+    v.conversation(conversation_id)  # bad input is refused before waiting
+    if writer.pending:
+        await writer.flush()
+
+
+class QueuedConversationsRepository(ConversationsRepository):
+    """:class:`ConversationsRepository` on the service path, beside the write-behind
+    queue: a fork first makes this process's queued messages durable."""
+
+    def __init__(self, db: Database, writer: Writer) -> None:
+        super().__init__(db)
+        self._writer = writer
+
+    @traced("conversations")
+    async def fork(
+        self,
+        conversation_id: ConversationRef,
+        *,
+        continuation_id: str,
+        session_id: UUID | str | None = None,
+        through_seq: int | None = None,
+    ) -> Conversation:
+        """:meth:`ConversationsRepository.fork`, after this process's write-behind
+        messages are durable (as for ``messages.pop``): a fork holds every message
+        accepted before the call, and a ``through_seq`` read from ``history`` (which
+        shows queued messages) names a stored message. ``WriteBehindError`` if they
+        cannot be written within ``write_deadline`` (nothing is forked then)."""
+        await _settle(self._writer, conversation_id)
+        return await super().fork(
+            conversation_id,
+            continuation_id=continuation_id,
+            session_id=session_id,
+            through_seq=through_seq,
+        )

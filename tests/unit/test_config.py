@@ -177,6 +177,8 @@ def test_from_trusted_equals_model_construct() -> None:
                 "message_count": 0,
                 "last_message_at": None,
                 "total_tokens": 0,
+                "forked_from": uuid4(),
+                "forked_at_seq": 3,
             },
         ),
     ]
