@@ -18,6 +18,7 @@ from sessionstore import (
     Message,
     NotFoundError,
     SessionStore,
+    turn_context,
 )
 
 from ...conftest import store_overrides
@@ -253,3 +254,28 @@ async def test_queued_messages_read_after_the_view(slow_writer: SessionStore) ->
     turn = await store.add_turn("q", "user", "m7", context=10)
     assert turn.context is not None
     assert _names(turn.context) == ["S", "m3", "queued-1", "queued-2", "m7"]
+
+
+async def test_a_turn_after_a_compaction_reads_its_context_once(
+    store: SessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uncontended, the turn's own statement returns the view and the snapshot check
+    accepts it (summaries among the seqs fill their places): the context is not read
+    again — here a second read would fail."""
+    await _chat(store, "c", 5, tokens=1)
+    conv = ContinuationId("c")
+    await store.messages.compact(conv, through_seq=2, summary="S1")
+    await store.messages.add(conv, "user", "m7", tokens=1)
+    await store.messages.compact(conv, through_seq=2, summary="S2")  # S1 superseded
+    monkeypatch.setattr(turn_context, "CONTEXT", "SELECT no_such_column")
+    for size, budget, expected in [
+        (50, None, ["S2", "m3", "m4", "m5", "m7", "t"]),
+        (3, None, ["m5", "m7", "t"]),
+        (50, 3, ["m5", "m7", "t"]),  # a budget cut inside the later messages
+        (6, None, ["S2", "m3", "m4", "m5", "m7", "t"]),
+    ]:
+        turn = await store.add_turn("c", "user", "t", tokens=1, context=size, context_tokens=budget)
+        assert turn.context is not None
+        assert _names(turn.context)[-1] == "t"
+        assert _names(turn.context) == expected
+        await store.messages.pop(conv)
