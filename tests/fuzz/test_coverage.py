@@ -65,7 +65,7 @@ COVERED: dict[str, set[str]] = {
         "delete",
         "list_for_session",
     },
-    "MessagesRepository": {"add", "add_many", "history", "count", "pop", "clear"},
+    "MessagesRepository": {"add", "add_many", "history", "count", "pop", "clear", "compact"},
     "StatesRepository": {"read", "write"},  # test_states
     "QueuedMessagesRepository": {
         "add",
@@ -74,6 +74,7 @@ COVERED: dict[str, set[str]] = {
         "count",
         "pop",
         "clear",
+        "compact",  # test_compaction
         "enqueue",
         "enqueue_nowait",
     },
