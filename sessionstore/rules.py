@@ -239,7 +239,8 @@ def compacted_view(
         {also}
         UNION ALL
         SELECT {columns("e")}, e.covers_through FROM messages e
-        WHERE e.id = {summary} AND fl.f = 0 AND e.covers_through < {upper}{where}
+        WHERE e.id = {summary} AND e.conversation_id = {conversation} AND fl.f = 0
+          AND e.covers_through < {upper}{where}
     ) u
     WINDOW w AS (ORDER BY u.pos DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"""
 

@@ -37,7 +37,8 @@ LEFT JOIN LATERAL (
         
         UNION ALL
         SELECT e.id AS id, e.conversation_id AS conversation_id, e.seq AS seq, e.role AS role, e.content AS content, e.metadata AS metadata, e.tokens AS tokens, CASE WHEN e.created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN e.created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE e.created_at END AS created_at, e.covers_through AS covers_through, e.covers_through FROM messages e
-        WHERE e.id = g.id AND fl.f = 0 AND e.covers_through < $3 AND g.id IS NOT NULL
+        WHERE e.id = g.id AND e.conversation_id = c.id AND fl.f = 0
+          AND e.covers_through < $3 AND g.id IS NOT NULL
     ) u
     WINDOW w AS (ORDER BY u.pos DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)) x
     WHERE x.k <= $2 AND ($5::integer IS NULL OR x.running <= $5::integer)) v
