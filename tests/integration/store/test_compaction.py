@@ -20,6 +20,7 @@ from sessionstore import (
     SessionStore,
     turn_context,
 )
+from sessionstore.integrations.common import latest
 
 from ...conftest import store_overrides
 
@@ -279,3 +280,15 @@ async def test_a_turn_after_a_compaction_reads_its_context_once(
         assert _names(turn.context)[-1] == "t"
         assert _names(turn.context) == expected
         await store.messages.pop(conv)
+
+
+async def test_the_adapters_read_a_compacted_view_once(store: SessionStore) -> None:
+    """The framework adapters page backwards by seq: a full page that starts with the
+    summary is the view's first (paging on from its seq would read the view again)."""
+    await _chat(store, "c", 4)
+    conv = ContinuationId("c")
+    await store.messages.compact(conv, through_seq=2, summary="S")
+    await store.messages.add(conv, "user", "m6")
+    for first_page in (1, 3, 4, 50):
+        read = await latest(store, conv, None, first_page=first_page)
+        assert _names(read) == ["S", "m3", "m4", "m6"]
