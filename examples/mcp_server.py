@@ -317,7 +317,9 @@ async def get_history(
 ) -> CallToolResult:
     """The latest `limit` messages (1 to 100; those before seq `before`), oldest first, of
     the session's conversation continuation_id. Another session's conversation reads as
-    not found."""
+    not found. After a compaction the history starts with the summary (it says the last
+    seq it covers, which is where `before` places it): a page that starts with it is the
+    first."""
     history = await _store(ctx).messages.history(
         ContinuationId(continuation_id), limit=limit, before=before, session_id=session_id
     )
