@@ -177,3 +177,63 @@ async def test_as_user_compacts_only_their_own(supabase_store: SessionStore) -> 
     assert _names(turn.context) == ["S", "m3", "m5"]
     every = await supabase_store.messages.history(ContinuationId("mine"), include_compacted=True)
     assert _names(every) == ["m1", "m2", "m3", "S", "m5"]
+
+
+async def test_compactions_beside_chat_loops_lose_nothing(store: SessionStore) -> None:
+    """Four clients take turns with a context while another compacts again and again
+    (some deleting): every turn is stored, every context is a view (at most one summary,
+    first, then later messages in order, ending with the turn), and the counters and the
+    final view agree with the rows."""
+    sessions = [await store.sessions.create(f"u{n}") for n in range(4)]
+    await store.conversations.get_or_create("c")
+
+    compactions: list[asyncio.Future[Message]] = []
+
+    async def compact(k: int) -> Message:
+        count = await store.messages.count(_CONV)
+        return await store.messages.compact(
+            _CONV, through_seq=max(count - 2, 1), summary=f"S{k}", delete_originals=k % 3 == 2
+        )
+
+    async def chat(n: int) -> list[Message]:
+        turns = []
+        for k in range(15):
+            turn = await store.add_turn(
+                "c", "user", f"c{n}-{k}", session_id=None, tokens=1, context=8
+            )
+            if n == 0:  # a compaction starts beside every turn of the first client
+                compactions.append(asyncio.ensure_future(compact(k)))
+            assert turn.context is not None
+            seen = turn.context[:-1]
+            assert turn.context[-1].id == turn.message.id
+            if seen and seen[0].covers_through is not None:
+                assert all(m.seq > seen[0].covers_through for m in seen[1:])
+                seen = seen[1:]
+            assert all(m.covers_through is None for m in seen)
+            seqs = [m.seq for m in seen]
+            assert seqs == sorted(seqs)
+            assert all(s < turn.message.seq for s in seqs)
+            turns.append(turn.message)
+        return turns
+
+    results = await asyncio.wait_for(asyncio.gather(*(chat(n) for n in range(len(sessions)))), 60)
+    outcomes = await asyncio.wait_for(asyncio.gather(*compactions, return_exceptions=True), 60)
+    refused = [o for o in outcomes if not isinstance(o, Message)]
+    # a compaction refused only because a racing one had covered more
+    assert all(isinstance(o, InvalidInputError) and o.field == "through_seq" for o in refused)
+    assert len(refused) < len(outcomes)
+    written = [m for turns in results for m in turns]
+    every = await store.messages.history(_CONV, limit=1000, include_compacted=True)
+    stored = {m.id for m in every}
+    conv = await store.conversations.get(_CONV)
+    assert conv.total_tokens == sum(m.tokens or 0 for m in every)
+    assert conv.message_count == every[-1].seq
+    summaries = [m for m in every if m.covers_through is not None]
+    assert conv.compacted_through == summaries[-1].covers_through
+    through = summaries[-1].covers_through
+    assert through is not None
+    # every turn is stored unless a deleting compaction covered it
+    assert all(m.id in stored or m.seq <= through for m in written)
+    view = await store.messages.history(_CONV, limit=1000)
+    later = [m for m in every if m.covers_through is None and m.seq > through]
+    assert [m.id for m in view] == [summaries[-1].id, *(m.id for m in later)]
