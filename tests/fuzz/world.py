@@ -476,6 +476,7 @@ def check_conversation(conversation: Conversation, row: asyncpg.Record) -> None:
     assert conversation.message_count == row["message_count"]
     assert conversation.total_tokens == row["total_tokens"]
     assert conversation.last_message_at == row["last_message_at"]
+    assert conversation.compacted_through == row["compacted_through"]
     assert all(utc(t) for t in (conversation.created_at, conversation.last_message_at))
 
 
