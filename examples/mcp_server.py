@@ -8,9 +8,10 @@ client closes the connection or the process gets SIGTERM/SIGINT.
 
 A client creates a session, then passes its ``session_id`` and a ``continuation_id``
 between tool calls. A conversation belongs to the session that first appended to it:
-``append_message`` and ``get_history`` require the ``session_id``, and another session's
-conversation is refused (appending: it belongs to another session; reading: not found,
-the same answer as for a conversation that does not exist). The session id is what lets
+``append_message``, ``get_history`` and ``compact`` require the ``session_id``, and
+another session's conversation is refused (appending: it belongs to another session;
+reading and compacting: not found, the same answer as for a conversation that does not
+exist). The session id is what lets
 a client in: hand it only to the client whose session it is.
 
 Every argument is checked here, before the SDK's own validation (whose text quotes the
@@ -71,10 +72,14 @@ RANGES: Mapping[str, tuple[int, int]] = {
     "ttl_seconds": (1, MAX_TTL_SECONDS),
     "tokens": (0, 2**31 - 1),
     "context": (0, MAX_PAGE),
+    "context_tokens": (1, 2**31 - 1),
+    "through_seq": (1, 2**31 - 1),
     "limit": (1, MAX_PAGE),
     "before": (1, 2**31 - 1),
 }
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+#: The arguments that carry a message's text (limited to MAX_CONTENT_BYTES).
+_CONTENTS = frozenset({"content", "summary"})
 
 _closed: anyio.Event | None = None  # set once the lifespan has closed the store (see serve)
 _exit_code = 0
@@ -152,16 +157,19 @@ def check_arguments(tool: Tool, arguments: Mapping[str, object]) -> dict[str, An
         if kind is str:
             if not isinstance(value, str):
                 raise Refused(f"{name}: must be a string")
-            if name == "content":
+            if name in _CONTENTS:
                 # characters first: a string too long by characters is never encoded
                 # (surrogatepass: a lone surrogate is sessionstore's to refuse, by name)
                 too_long = len(value) > MAX_CONTENT_BYTES
                 if too_long or len(value.encode(errors="surrogatepass")) > MAX_CONTENT_BYTES:
                     raise Refused(
-                        f"content: must be at most {MAX_CONTENT_BYTES} bytes as UTF-8 (256 KiB)"
+                        f"{name}: must be at most {MAX_CONTENT_BYTES} bytes as UTF-8 (256 KiB)"
                     )
             elif len(value) > MAX_TEXT:
                 raise Refused(f"{name}: must be at most {MAX_TEXT} characters")
+        elif kind is bool:
+            if not isinstance(value, bool):
+                raise Refused(f"{name}: must be true or false")
         else:
             assert kind is int
             if not isinstance(value, int) or isinstance(value, bool):
@@ -234,8 +242,12 @@ def _session(s: Session) -> dict[str, Any]:
 
 
 def _message(m: Message, *fields: str) -> dict[str, Any]:
+    """``fields`` of ``m``; a summary (see ``compact``) also says the last seq it covers."""
     shown = {"seq": m.seq, "role": m.role.value, "content": m.content, "tokens": m.tokens}
-    return {name: shown[name] for name in fields}
+    picked = {name: shown[name] for name in fields}
+    if m.covers_through is not None:
+        picked["covers_through"] = m.covers_through
+    return picked
 
 
 @mcp.checked_tool
@@ -268,12 +280,16 @@ async def append_message(
     ctx: Ctx,
     tokens: int | None = None,
     context: int = 20,
+    context_tokens: int | None = None,
 ) -> CallToolResult:
     """Append a message (content at most 256 KiB as UTF-8) to the session's conversation
     continuation_id, created on first use and then the session's alone; a conversation
     of another session is refused. Returns the new message's message_id and seq and the
     latest `context` messages before it (0 to 100), oldest first; not the appended
-    content, which the caller has."""
+    content, which the caller has. With context_tokens, only the latest of those that
+    fit, with the new message, in that many tokens (a message without a token count
+    counts one per four characters). After a compaction the context starts with the
+    summary (it says the last seq it covers) when everything after it fits."""
     turn = await _store(ctx).add_turn(
         continuation_id,
         role,
@@ -281,6 +297,7 @@ async def append_message(
         session_id=session_id,
         tokens=tokens,
         context=context + 1 if context else None,  # + 1: the new message, left out
+        context_tokens=context_tokens if context else None,  # no context: nothing to fit
     )
     earlier = [m for m in turn.context or [] if m.id != turn.message.id]
     return _answer(
@@ -300,11 +317,49 @@ async def get_history(
 ) -> CallToolResult:
     """The latest `limit` messages (1 to 100; those before seq `before`), oldest first, of
     the session's conversation continuation_id. Another session's conversation reads as
-    not found."""
+    not found. After a compaction the history starts with the summary (it says the last
+    seq it covers, which is where `before` places it): a page that starts with it is the
+    first."""
     history = await _store(ctx).messages.history(
         ContinuationId(continuation_id), limit=limit, before=before, session_id=session_id
     )
     return _answer({"messages": [_message(m, "seq", "role", "content", "tokens") for m in history]})
+
+
+@mcp.checked_tool
+async def compact(
+    session_id: str,
+    continuation_id: str,
+    through_seq: int,
+    summary: str,
+    ctx: Ctx,
+    tokens: int | None = None,
+    delete_originals: bool = False,
+) -> CallToolResult:
+    """Record a summary (at most 256 KiB as UTF-8) of the session's conversation
+    continuation_id up to seq through_seq: from then on the context and the history
+    start with it, followed by the messages after through_seq. It may not go past the
+    latest message nor cover less than an earlier summary. With delete_originals the
+    messages it covers are deleted. Returns the summary's message_id and seq."""
+    store = _store(ctx)
+    # The session's own conversation, or the answer get_history gives for another's.
+    seen = await store.messages.history(
+        ContinuationId(continuation_id), limit=1, session_id=session_id
+    )
+    written = await store.messages.compact(
+        seen[0].conversation_id if seen else ContinuationId(continuation_id),
+        through_seq=through_seq,
+        summary=summary,
+        tokens=tokens,
+        delete_originals=delete_originals,
+    )
+    return _answer(
+        {
+            "message_id": str(written.id),
+            "seq": written.seq,
+            "covers_through": written.covers_through,
+        }
+    )
 
 
 @mcp.checked_tool

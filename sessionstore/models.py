@@ -163,6 +163,11 @@ class Conversation(BaseModel):
     A fork (``conversations.fork``) records its source in ``forked_from`` (``None`` once
     the source is deleted) and the ``seq`` of the last message it copied in
     ``forked_at_seq``; both are ``None`` for a conversation that is no fork.
+
+    ``compacted_through``: the ``covers_through`` of its live summary (see
+    ``messages.compact``), ``None`` for a conversation never compacted. ``message_count``
+    stays the ``seq`` of its latest message (summaries included), and ``total_tokens`` the
+    sum of the token counts of the messages it holds.
     """
 
     model_config = _FROZEN
@@ -179,10 +184,15 @@ class Conversation(BaseModel):
     total_tokens: int
     forked_from: UUID | None
     forked_at_seq: int | None
+    compacted_through: int | None
 
 
 class Message(BaseModel):
-    """One message; ``seq`` is its 1-based position in the conversation, in append order."""
+    """One message; ``seq`` is its 1-based position in the conversation, in append order.
+
+    A summary (``messages.compact``) is a message whose ``covers_through`` is set: the last
+    ``seq`` it stands for; ``None`` on every other message.
+    """
 
     model_config = _FROZEN
 
@@ -194,6 +204,7 @@ class Message(BaseModel):
     metadata: dict[str, Any]
     tokens: int | None
     created_at: datetime
+    covers_through: int | None
 
 
 T = TypeVar("T")

@@ -29,7 +29,7 @@ from . import validation as v
 from .db import Connection, Database
 from .errors import InvalidInputError
 from .models import PruneCounts
-from .rules import aged_prefix, created_before, prune_upto
+from .rules import aged_prefix, created_before, latest_summary, prune_upto
 
 __all__ = ["MAX_BATCH_SIZE", "count_prunable", "prune"]
 
@@ -59,7 +59,8 @@ WITH candidates AS (
     FROM conversations c
     CROSS JOIN LATERAL (
         SELECT m.seq, m.created_at FROM messages m
-        WHERE m.conversation_id = c.id ORDER BY m.seq LIMIT 1
+        WHERE m.conversation_id = c.id AND {_not_live_summary("m.id", "c.id")}
+        ORDER BY m.seq LIMIT 1
     ) oldest
     WHERE c.id >= $1 AND (c.id > $1 OR $2){among}
       AND oldest.seq <= {prune_upto("c.message_count", "$3")}
@@ -82,6 +83,14 @@ SELECT considered.id, locked.id IS NOT NULL AS locked
 FROM considered LEFT JOIN locked USING (id)
 ORDER BY considered.id
 """
+
+
+def _not_live_summary(message: str, conversation: str) -> str:
+    """The message is not its conversation's live summary (see ``messages.compact``): a
+    prune never deletes that one, which stands for everything compacted. Messages it
+    covers, and older summaries, go as any other. The rules of a prune apply to the
+    conversation's other messages as if the summary were not there."""
+    return f"{message} IS DISTINCT FROM (SELECT ls.id FROM ({latest_summary(conversation)}) ls)"
 
 
 def _due(older_than: str) -> str:
@@ -110,6 +119,7 @@ oldest AS (
     FROM conv CROSS JOIN LATERAL (
         SELECT id, conversation_id, seq, created_at FROM messages
         WHERE conversation_id = conv.id AND seq <= conv.upto
+          AND {_not_live_summary("id", "conv.id")}
         ORDER BY seq
         LIMIT $4
     ) m
@@ -146,7 +156,11 @@ FROM per_conv
 COUNT_DUE = f"""
 SELECT count(*) FROM (
     SELECT {_due("$2")}, c.message_count
-    FROM conversations c JOIN messages m ON m.conversation_id = c.id
+    FROM conversations c
+    CROSS JOIN LATERAL (
+        SELECT (SELECT ls.id FROM ({latest_summary("c.id")}) ls) AS summary_id
+    ) live
+    JOIN messages m ON m.conversation_id = c.id AND m.id IS DISTINCT FROM live.summary_id
 ) r
 WHERE due AND seq <= {prune_upto("message_count", "$1")}
 """

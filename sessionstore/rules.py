@@ -9,7 +9,7 @@ none) and the SQL expressions it combines (parameters such as ``"$3"`` or column
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol, TypeVar
 
@@ -24,14 +24,18 @@ __all__ = [
     "bump_conversation",
     "bump_session",
     "cleanup_due",
+    "compacted_view",
     "counted_tokens",
     "created_before",
     "drop_latest",
     "effective_status",
     "estimated_tokens",
+    "kept",
+    "latest_summary",
     "may_read",
     "may_write",
     "not_past_expiry",
+    "position",
     "prune_upto",
     "read_status",
     "seq_of",
@@ -174,7 +178,7 @@ def estimated_tokens(tokens: int | None, content: str) -> int:
     return tokens if tokens is not None else -(-len(content) // _CHARS_PER_TOKEN)
 
 
-def budget_floor(*, conversation: str, upper: str, limit: str, budget: str) -> str:
+def budget_floor(*, conversation: str, upper: str, limit: str, budget: str, where: str = "") -> str:
     """A token budget as a bound on ``seq``: the latest messages of ``conversation`` with
     ``seq < upper`` (at most ``limit`` of them) that fit in ``budget`` tokens are those
     with ``seq`` above this expression — a run ending at the latest, cut before the first
@@ -182,16 +186,99 @@ def budget_floor(*, conversation: str, upper: str, limit: str, budget: str) -> s
     0 when they all fit, or when ``budget`` is NULL (no budget: nothing is read then).
 
     The scan stops at the first message past the budget: a large conversation costs no
-    more than a small one. ``budget`` below 0 cuts before the latest message."""
+    more than a small one. ``budget`` below 0 cuts before the latest message. ``where``
+    (``AND …`` over the message's columns) narrows the messages counted (those of a
+    compacted view: :func:`compacted_view`)."""
     return f"""(CASE WHEN {budget} IS NULL THEN 0 ELSE coalesce((
         SELECT b.seq FROM (
             SELECT seq, sum({counted_tokens()}) OVER (
                 ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
             ) AS running
-            FROM messages WHERE conversation_id = {conversation} AND seq < {upper}
+            FROM messages WHERE conversation_id = {conversation} AND seq < {upper}{where}
             ORDER BY seq DESC LIMIT {limit}
         ) b WHERE b.running > {budget} ORDER BY b.seq DESC LIMIT 1
     ), 0) END)"""
+
+
+def compacted_view(
+    *,
+    conversation: str,
+    upper: str,
+    limit: str,
+    budget: str,
+    summary: str,
+    through: str,
+    columns: Callable[[str], str],
+    prefix: str = "",
+    where: str = "",
+    also: str = "",
+) -> str:
+    """The rows of a compacted conversation's view below ``upper``: its live summary
+    (the message ``summary``, standing for every ``seq`` up to ``through``) then every
+    message that is no summary with ``seq`` above ``through``, in that order (``pos``:
+    ``through`` for the summary, ``seq`` for the others) — the latest ``limit`` of them
+    that fit in ``budget`` (NULL: none) tokens, a run ending at the latest, as
+    :func:`budget_floor` cuts a plain conversation. The summary is the oldest element:
+    kept only if every later message is and it fits after them.
+
+    ``columns(alias)`` is the select list (names with ``prefix``) the rows carry, plus
+    ``pos``; ``where`` (``AND …`` over alias ``e``) narrows the messages read; ``also``
+    (``UNION ALL SELECT …, pos``) adds rows counted among the latest (a turn's queued
+    messages, newer than every stored one). The summary is compared with ``upper`` by
+    its position, the others by ``seq``.
+    """
+    scope = f" AND seq > {through} AND covers_through IS NULL"
+    floor = budget_floor(
+        conversation=conversation, upper=upper, limit=limit, budget=budget, where=scope
+    )
+    tokens = counted_tokens(f"u.{prefix}tokens", f"u.{prefix}content")
+    return f"""SELECT u.*, count(*) OVER w AS k, sum({tokens}) OVER w AS running
+    FROM (SELECT {floor} AS f) fl
+    CROSS JOIN LATERAL (
+        (SELECT {columns("e")}, e.seq AS pos FROM messages e
+         WHERE e.conversation_id = {conversation} AND e.seq < {upper}
+           AND e.seq > greatest({through}, fl.f) AND e.covers_through IS NULL{where}
+         ORDER BY e.seq DESC LIMIT {limit})
+        {also}
+        UNION ALL
+        SELECT {columns("e")}, e.covers_through FROM messages e
+        WHERE e.id = {summary} AND e.conversation_id = {conversation} AND fl.f = 0
+          AND e.covers_through < {upper}{where}
+    ) u
+    WINDOW w AS (ORDER BY u.pos DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"""
+
+
+def kept(view: str, *, limit: str, budget: str) -> str:
+    """The rows of :func:`compacted_view` ``view`` that make the cut (as ``x``)."""
+    return f"""SELECT x.* FROM ({view}) x
+    WHERE x.k <= {limit} AND ({budget} IS NULL OR x.running <= {budget})"""
+
+
+def latest_summary(conversation: str, *, before: str | None = None, where: str = "") -> str:
+    """A query of the live summary of ``conversation`` (its ``id`` and ``covers_through``
+    as ``through``): its latest summary, or with ``before`` its latest with a lower
+    ``seq`` (the live one when the message at ``before`` was appended). Compactions are
+    serialised by the conversation's lock, append, and never cover less than the one
+    before: the latest summary is the live one. One probe of the partial index.
+    ``where``: ``AND …`` conditions (a one-time switch)."""
+    bound = "" if before is None else f" AND s.seq < {before}"
+    return f"""SELECT s.id, s.covers_through AS through FROM messages s
+    WHERE s.conversation_id = {conversation} AND s.covers_through IS NOT NULL{bound}{where}
+    ORDER BY s.seq DESC LIMIT 1"""
+
+
+def position(message: _Placed) -> int:
+    """Where a message stands in a compacted view: a summary at the last ``seq`` it
+    covers (before every message it is followed by), any other message at its ``seq``."""
+    through = message.covers_through
+    return message.seq if through is None else through
+
+
+class _Placed(Protocol):
+    @property
+    def seq(self) -> int: ...
+    @property
+    def covers_through(self) -> int | None: ...
 
 
 class _Counted(Protocol):

@@ -131,11 +131,14 @@ conversations = _entity(
     # A fork's source and the seq it was forked at (revision 0009).
     _reference("forked_from", "conversations.id", "SET NULL", "conversations_forked_from_fkey"),
     Column("forked_at_seq", Integer),
+    # The live summary's covers_through (revision 0010).
+    Column("compacted_through", Integer),
     UniqueConstraint("continuation_id", name="conversations_continuation_id_key"),
     CheckConstraint("forked_at_seq >= 0", name="conversations_forked_at_seq_check"),
     CheckConstraint(
         "forked_from IS NULL OR forked_at_seq IS NOT NULL", name="conversations_fork_check"
     ),
+    CheckConstraint("compacted_through >= 1", name="conversations_compacted_through_check"),
 )
 Index("idx_conversations_continuation_id", conversations.c.continuation_id)
 Index("idx_conversations_created_at", conversations.c.created_at.desc())
@@ -158,10 +161,21 @@ messages = Table(
     _now("created_at"),
     Column("seq", Integer, nullable=False),
     Column("tokens", Integer),
+    # Set on a summary: the last seq it stands for (revision 0010).
+    Column("covers_through", Integer),
     CheckConstraint("tokens >= 0", name="messages_tokens_check"),
+    CheckConstraint(
+        "covers_through >= 1 AND covers_through < seq", name="messages_covers_through_check"
+    ),
     UniqueConstraint("conversation_id", "seq", name="uq_messages_conversation_seq"),
 )
 Index("idx_messages_created_at", messages.c.created_at)
+Index(
+    "idx_messages_summaries",
+    messages.c.conversation_id,
+    messages.c.seq,
+    postgresql_where=messages.c.covers_through.isnot(None),
+)
 
 # Google ADK's state in its three scopes (sessionstore.integrations.adk; revision 0008).
 adk_session_states = Table(

@@ -13,7 +13,15 @@ from .repositories.conversations import CONVERSATION
 from .repositories.messages import MESSAGE
 from .repositories.sessions import SESSION
 from .rows import Row
-from .rules import budget_floor, counted_tokens, estimated_tokens
+from .rules import (
+    budget_floor,
+    compacted_view,
+    counted_tokens,
+    estimated_tokens,
+    kept,
+    latest_summary,
+    position,
+)
 
 __all__ = ["CONTEXT", "read_context", "with_context"]
 
@@ -40,7 +48,9 @@ def with_context(turn: str, limit: str, budget: str, *, queued: bool) -> str:
     """``turn`` (a turn statement) that also returns, as further rows, the up to ``limit``
     (a parameter) messages before the turn's own that fit, with it, in ``budget`` (a
     parameter, NULL for none) tokens; with ``queued``, those the statement wrote itself
-    (CTE ``earlier``) among them."""
+    (CTE ``earlier``) among them. After a compaction they are the compacted view before
+    the turn (:func:`~sessionstore.rules.compacted_view`), and the seqs of the summaries
+    among them come as rows of their own (``m_id`` null) for :func:`read_context`."""
     left = f"({budget}::integer - {counted_tokens('t.m_tokens', 't.m_content')})"
     if queued:  # the messages it wrote are not in the snapshot: cut the union in memory
         floor = "0"
@@ -48,9 +58,10 @@ def with_context(turn: str, limit: str, budget: str, *, queued: bool) -> str:
         floor = budget_floor(
             conversation="t.m_conversation_id", upper="t.m_seq", limit=limit, budget=left
         )
-    rows = f"""SELECT {MESSAGE.select(prefix="m_", alias="e")}, NOT (e.xmax = '0'::xid) AS touched
+    rows = f"""SELECT {_context_columns("e")}
     FROM messages e
     WHERE e.conversation_id = t.m_conversation_id AND e.seq < t.m_seq AND e.seq > {floor}
+      AND g.id IS NULL
     ORDER BY e.seq DESC
     LIMIT {limit}"""
     if queued:
@@ -60,30 +71,85 @@ def with_context(turn: str, limit: str, budget: str, *, queued: bool) -> str:
         ) AS running FROM (
             ({rows})
             UNION ALL
-            SELECT earlier.*, false FROM earlier
+            SELECT earlier.*, false FROM earlier WHERE g.id IS NULL
         ) u
         ORDER BY u.m_seq DESC
         LIMIT {limit}
     ) b
     WHERE {left} IS NULL OR b.running <= {left}"""
+    view = compacted_view(
+        conversation="t.m_conversation_id",
+        upper="t.m_seq",
+        limit=limit,
+        budget="NULL::integer" if queued else left,
+        summary="g.id",
+        through="g.through",
+        columns=_context_columns,
+        prefix="m_",
+        where=" AND g.id IS NOT NULL",
+        also="UNION ALL SELECT earlier.*, false, earlier.m_seq FROM earlier WHERE g.id IS NOT NULL"
+        if queued
+        else "",
+    )
     return f"""{turn}
 UNION ALL
 SELECT {", ".join("e.m_" + name for name in MESSAGE.names)}, {_NO_TURN_COLUMNS}, e.touched
 FROM {_TURN_AT}
+LEFT JOIN LATERAL (
+    {latest_summary("t.m_conversation_id", before="t.m_seq")}
+) g ON true
 CROSS JOIN LATERAL (
-    {rows}
+    ({rows})
+    UNION ALL
+    SELECT {", ".join("v.m_" + name for name in MESSAGE.names)}, v.touched
+    FROM ({kept(view, limit=limit, budget=left)}) v
+    UNION ALL
+    SELECT {_HIDDEN} FROM messages h
+    WHERE h.conversation_id = t.m_conversation_id AND h.covers_through IS NOT NULL
+      AND h.seq > g.through AND h.seq < t.m_seq
 ) e
 """
 
 
+def _context_columns(alias: str) -> str:
+    """A context row's columns: the message (``m_``) and whether a remover touched it."""
+    return f"{MESSAGE.select(prefix='m_', alias=alias)}, NOT ({alias}.xmax = '0'::xid) AS touched"
+
+
+# The summaries among the context's seqs, as rows of their own: only their seq (and
+# whether a remover touched them) is read, for the snapshot check in read_context.
+_HIDDEN = (
+    ", ".join("h.seq" if name == "seq" else "NULL" for name in MESSAGE.names)
+    + ", NOT (h.xmax = '0'::xid)"
+)
+
+
 # The context read again (see ADD_TURN_CONTEXT): the latest $2 messages before seq $3
-# within $4 tokens (NULL: no budget).
+# within $4 tokens (NULL: no budget), of the view as it was when the turn was appended
+# (the latest summary before it, and what follows), in any order.
+_context_view = compacted_view(
+    conversation="$1",
+    upper="$3",
+    limit="$2",
+    budget="$4::integer",
+    summary="g.id",
+    through="g.through",
+    columns=lambda alias: MESSAGE.select(alias=alias),
+    where=" AND g.id IS NOT NULL",
+)
 CONTEXT = f"""
-SELECT {MESSAGE.select()} FROM messages
-WHERE conversation_id = $1 AND seq < $3
-  AND seq > {budget_floor(conversation="$1", upper="$3", limit="$2", budget="$4::integer")}
-ORDER BY seq DESC
-LIMIT $2
+SELECT m.* FROM (SELECT 1) one
+LEFT JOIN LATERAL ({latest_summary("$1", before="$3")}) g ON true
+CROSS JOIN LATERAL (
+    (SELECT {MESSAGE.select()} FROM messages
+     WHERE conversation_id = $1 AND seq < $3 AND g.id IS NULL
+       AND seq > {budget_floor(conversation="$1", upper="$3", limit="$2", budget="$4::integer")}
+     ORDER BY seq DESC
+     LIMIT $2)
+    UNION ALL
+    SELECT {", ".join("v." + name for name in MESSAGE.names)}
+    FROM ({kept(_context_view, limit="$2", budget="$4::integer")}) v
+) m
 """
 
 
@@ -101,22 +167,23 @@ async def read_context(
     if size == 1 or (left is not None and left < 0):
         return [new]  # alone: nothing before it could be picked, whatever the snapshot
     extra = [r for r in rows if r["c_id"] is None]
-    earlier = sorted((MESSAGE.one(r, "m_") for r in extra), key=_seq)
+    earlier = sorted((MESSAGE.one(r, "m_") for r in extra if r["m_id"] is not None), key=position)
     # The snapshot is the stored conversation if it shows a run of messages ending right
     # before the turn's, none removed since: later appends than the snapshot's would
     # leave a gap there (they come right before the turn's), and a removal (pop, clear,
-    # prune) marks the rows it removed. Fewer rows than asked then means no more were
-    # stored, or the budget cut them. No rows at all can also be a snapshot that misses
-    # every earlier message: read again (also when the latest was removed: no run).
-    seqs = [m.seq for m in earlier]
-    if (
-        (earlier and seqs == list(range(new.seq - len(seqs), new.seq))) or new.seq == 1
-    ) and not any(r["touched"] for r in extra):
+    # prune, a deleting compaction) marks the rows it removed. Summaries the view does
+    # not show still fill their seq in the run (they come as rows without an id); a
+    # compaction committed after the snapshot leaves its summary's seq a gap. Fewer rows
+    # than asked then means no more were stored, or the budget cut them. No rows at all
+    # can also be a snapshot that misses every earlier message: read again (also when
+    # the latest was removed: no run).
+    seqs = {m.seq for m in earlier}
+    if seqs:
+        lowest = min(seqs)
+        seqs |= {r["m_seq"] for r in extra if r["m_id"] is None and r["m_seq"] >= lowest}
+    run = bool(earlier) and seqs == set(range(new.seq - len(seqs), new.seq))
+    if (run or new.seq == 1) and not any(r["touched"] for r in extra):
         return [*earlier, new]
     with translate_errors():
         again = await conn.fetch(CONTEXT, new.conversation_id, size - 1, new.seq, left)
-    return [*MESSAGE.many(again)[::-1], new]
-
-
-def _seq(message: Message) -> int:
-    return message.seq
+    return [*sorted(MESSAGE.many(again), key=position), new]

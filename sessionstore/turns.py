@@ -320,6 +320,10 @@ async def add_turn(
     or fails they go back to the writer, which writes or sets them aside as it would
     have; a resend that finds its message stored gives them back too.
 
+    The context (``context``, ``context_tokens``) of a compacted conversation is its
+    view before the turn (see ``messages.history``): the live summary, kept only when
+    every later message fits, then the later messages.
+
     ``after`` (for the framework adapters) runs in the same transaction once the turn
     is written or found: what it writes commits with the turn or not at all.
     """

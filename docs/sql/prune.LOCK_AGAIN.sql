@@ -4,7 +4,10 @@ WITH candidates AS (
     FROM conversations c
     CROSS JOIN LATERAL (
         SELECT m.seq, m.created_at FROM messages m
-        WHERE m.conversation_id = c.id ORDER BY m.seq LIMIT 1
+        WHERE m.conversation_id = c.id AND m.id IS DISTINCT FROM (SELECT ls.id FROM (SELECT s.id, s.covers_through AS through FROM messages s
+    WHERE s.conversation_id = c.id AND s.covers_through IS NOT NULL
+    ORDER BY s.seq DESC LIMIT 1) ls)
+        ORDER BY m.seq LIMIT 1
     ) oldest
     WHERE c.id >= $1 AND (c.id > $1 OR $2) AND c.id = ANY($6::uuid[])
       AND oldest.seq <= c.message_count - $3

@@ -1,4 +1,4 @@
 
-INSERT INTO messages (conversation_id, seq, role, content, metadata, tokens, created_at)
-SELECT $2, seq, role, content, metadata, tokens, created_at FROM messages WHERE conversation_id = $1 AND seq <= $3
+INSERT INTO messages (conversation_id, seq, role, content, metadata, tokens, created_at, covers_through)
+SELECT $2, seq, role, content, metadata, tokens, created_at, covers_through FROM messages WHERE conversation_id = $1 AND seq <= $3
 

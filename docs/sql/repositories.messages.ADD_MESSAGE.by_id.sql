@@ -3,5 +3,5 @@ WITH conv AS (UPDATE conversations SET message_count = message_count + 1, total_
 INSERT INTO messages (conversation_id, seq, role, content, metadata, tokens)
 SELECT conv.id, conv.message_count - 1 + u.ord, u.role, u.content, coalesce(u.metadata, '{}'::jsonb), u.tokens
 FROM conv, (SELECT $2::message_role AS role, $3::text AS content, $4::jsonb AS metadata, $5::integer AS tokens, 1 AS ord) AS u
-RETURNING id AS id, conversation_id AS conversation_id, seq AS seq, role AS role, content AS content, metadata AS metadata, tokens AS tokens, CASE WHEN created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE created_at END AS created_at
+RETURNING id AS id, conversation_id AS conversation_id, seq AS seq, role AS role, content AS content, metadata AS metadata, tokens AS tokens, CASE WHEN created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE created_at END AS created_at, covers_through AS covers_through
 

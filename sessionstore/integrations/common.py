@@ -103,6 +103,7 @@ async def latest(
         if (
             len(page) < size
             or page[0].seq <= 1
+            or page[0].covers_through is not None  # a compacted view's first: its summary
             or (want is not None and held >= want)
             or (enough is not None and enough(page))
         ):

@@ -18,7 +18,7 @@ from ..lifecycle import TAKES_TURNS, Attempt, raise_session_miss
 from ..models import ContinuationId, Conversation, ConversationRef, Message, Page
 from ..pagination import decode_cursor, make_page
 from ..rows import Columns, Row, keyset_before
-from ..rules import accepts_turns, may_read
+from ..rules import accepts_turns, latest_summary, may_read
 from ..telemetry import traced
 
 __all__ = [
@@ -134,11 +134,14 @@ FROM conversations WHERE continuation_id = $1
 # to Message) is carried by forks without a change here.
 _CARRIED = ", ".join(f for f in Message.model_fields if f not in ("id", "conversation_id"))
 # The fork ($1 the locked source, $2 continuation id, $3 session, $4 through_seq): the
-# source's title and metadata, counters as if its messages 1..$4 had been appended.
+# source's title and metadata, counters as if its messages 1..$4 had been appended, and
+# the compaction of that prefix (its latest summary's, which the copy carries).
 CREATE_FORK = f"""
 INSERT INTO conversations AS c (continuation_id, session_id, title, metadata, message_count,
-                                total_tokens, last_message_at, forked_from, forked_at_seq)
-SELECT $2, $3::uuid, src.title, src.metadata, $4, coalesce(p.tokens, 0), p.last_at, src.id, $4
+                                total_tokens, last_message_at, forked_from, forked_at_seq,
+                                compacted_through)
+SELECT $2, $3::uuid, src.title, src.metadata, $4, coalesce(p.tokens, 0), p.last_at, src.id, $4,
+       (SELECT s.through FROM ({latest_summary("src.id", before="$4 + 1")}) s)
 FROM conversations src,
      LATERAL (SELECT sum(tokens) AS tokens, max(created_at) AS last_at FROM messages
               WHERE conversation_id = src.id AND seq <= $4) p

@@ -21,23 +21,13 @@ from ..models import (
     ConversationRef,
     Message,
     MessageOptions,
-    MessageRole,
     NewMessage,
     Role,
 )
-from ..rows import Columns, Row, members
-from ..rules import (
-    accepts_turns,
-    bind,
-    budget_floor,
-    bump_conversation,
-    bump_session,
-    drop_latest,
-    may_read,
-    may_write,
-    seq_of,
-)
+from ..rows import Row
+from ..rules import drop_latest
 from ..telemetry import traced
+from .compaction import Compaction
 from .conversations import (
     KEY,
     Keyed,
@@ -45,6 +35,9 @@ from .conversations import (
     conversation_named,
     fetch_conversation,
 )
+from .message_sql import MESSAGE, append_statement, history_statement
+
+_COLUMNS = MESSAGE.select()
 
 __all__ = [
     "HISTORY_WITH_WAITING",
@@ -53,56 +46,15 @@ __all__ = [
     "MessagesRepository",
 ]
 
-MESSAGE = Columns(Message, convert={"role": members(MessageRole)})
-_COLUMNS = MESSAGE.select()
-
-
-def _append(added: str, tokens: str, rows: str, *, session: str | None = None) -> Keyed:
-    """A message append: ``rows`` (with columns role, content, metadata, tokens, ord)
-    added to conversation ``$1`` after bumping its counters, in one statement.
-
-    With ``session`` (a parameter and the next one: the sliding interval) the append is
-    a turn of that session: it must take turns (locked first, like every writer), the
-    conversation must be its own or unbound (then bound to it), and the session counts
-    one turn and ``tokens``. Otherwise nothing matches and nothing is written.
-    """
-    bump = bump_conversation("", messages=added, tokens=tokens, at="now()")
-    seq = seq_of("conv.message_count", added=added, ordinal="u.ord")
-    insert = f"""INSERT INTO messages (conversation_id, seq, role, content, metadata, tokens)
-SELECT conv.id, {seq}, u.role, u.content, coalesce(u.metadata, '{{}}'::jsonb), u.tokens
-FROM conv, {rows}
-RETURNING {_COLUMNS}"""
-    if session is None:
-        return Keyed.of(f"""
-WITH conv AS (UPDATE conversations SET {bump} WHERE {KEY} = $1 RETURNING id, message_count)
-{insert}
-""")
-    sid = f"{session}::uuid"
-    slide = f"${int(session[1:]) + 1}"
-    return Keyed.of(f"""
-WITH live AS (SELECT id FROM sessions WHERE id = {sid} AND {accepts_turns()} FOR UPDATE),
-conv AS (
-    UPDATE conversations SET session_id = {bind("session_id", sid)}, {bump}
-    WHERE {KEY} = $1 AND EXISTS (SELECT 1 FROM live) AND {may_write("session_id", sid)}
-    RETURNING id, message_count
-),
-sess AS (
-    UPDATE sessions SET {bump_session("", turns="1", tokens=tokens, slide=slide)}
-    WHERE id = (SELECT id FROM live) AND EXISTS (SELECT 1 FROM conv)
-)
-{insert}
-""")
-
-
 _MANY_ROWS = (
     "unnest($4::message_role[], $5::text[], $6::jsonb[], $7::integer[])"
     " WITH ORDINALITY AS u(role, content, metadata, tokens, ord)"
 )
-ADD_MANY = _append("$2", "$3", _MANY_ROWS)
+ADD_MANY = append_statement("$2", "$3", _MANY_ROWS)
 # $8 the session, $9 its sliding interval.
-ADD_MANY_IN_SESSION = _append("$2", "$3", _MANY_ROWS, session="$8")
+ADD_MANY_IN_SESSION = append_statement("$2", "$3", _MANY_ROWS, session="$8")
 # One message without arrays (the common call stays cheap).
-ADD_MESSAGE = _append(
+ADD_MESSAGE = append_statement(
     "1",
     "coalesce($5::integer, 0)",
     "(SELECT $2::message_role AS role, $3::text AS content, $4::jsonb AS metadata,"
@@ -110,45 +62,16 @@ ADD_MESSAGE = _append(
 )
 
 
-def _history(session: str, budget: str, extra: str = "") -> Keyed:
-    """The latest ``$2`` messages with ``seq < $3`` of conversation ``$1`` that fit in
-    ``budget`` (a parameter, NULL for none) tokens, oldest first, and ``extra`` columns
-    of the conversation ``c`` on every row. Zero rows: no such conversation. One all-null
-    message: a conversation without messages (or none within the budget).
-
-    ``session`` (a parameter, NULL for none) is the session reading. Without ``extra``
-    a conversation it may not read gives zero rows, like a missing one (the rows keep
-    exactly the message columns: ``Columns.many``'s fast path). With ``extra`` the rows
-    also say whether it may (``readable``), and a conversation it may not read gives the
-    all-null message: none of its content leaves the server either way.
-    """
-    readable = may_read("c.session_id", f"{session}::uuid")
-    if extra:  # the check in the row, and on the messages read
-        extra, where, messages = f", {readable} AS readable{extra}", "", f" AND {readable}"
-    else:  # the check on the conversation: no row, no messages read
-        where, messages = f" AND {readable}", ""
-    floor = budget_floor(conversation="c.id", upper="$3", limit="$2", budget=f"{budget}::integer")
-    return Keyed.of(f"""
-SELECT m.*{extra} FROM conversations c
-LEFT JOIN LATERAL (
-    SELECT {_COLUMNS} FROM messages
-    WHERE conversation_id = c.id AND seq < $3 AND seq > {floor}{messages}
-    ORDER BY seq DESC
-    LIMIT $2
-) m ON true
-WHERE c.{KEY} = $1{where}
-ORDER BY m.seq
-""")
-
-
-# $4 the reading session (NULL: any), $5 the token budget (NULL: none).
-HISTORY = _history("$4", "$5")
+# $4 the reading session (NULL: any), $5 the token budget (NULL: none), $6 whether to
+# read every stored message (compacted ones and superseded summaries too).
+HISTORY = history_statement("$4", "$5", "$6::boolean")
 # For a process with waiting write-behind messages: also whether the session ($5) may
 # read it, the conversation's keys and count, and which of the waiting ids ($4) are
-# stored by now; $6 the token budget.
-HISTORY_WITH_WAITING = _history(
+# stored by now; $6 the token budget, $7 whether to read every stored message.
+HISTORY_WITH_WAITING = history_statement(
     "$5",
     "$6",
+    "$7::boolean",
     ", c.id AS conv_id, c.continuation_id AS conv_continuation, c.message_count AS conv_count,"
     " ARRAY(SELECT s.id FROM messages s WHERE s.id = ANY($4::uuid[])) AS stored",
 )
@@ -173,13 +96,22 @@ WITH gone AS (
     )
     RETURNING {_COLUMNS}
 ),
-counted AS (UPDATE conversations SET {_DROP} FROM gone WHERE conversations.id = $1)
+counted AS (
+    UPDATE conversations SET {_DROP},
+        -- the live summary popped: the one before it is live again (if still stored)
+        compacted_through = CASE WHEN gone.covers_through IS NULL THEN compacted_through
+            ELSE (SELECT p.covers_through FROM messages p
+                  WHERE p.conversation_id = $1 AND p.covers_through IS NOT NULL
+                    AND p.seq < gone.seq ORDER BY p.seq DESC LIMIT 1) END
+    FROM gone WHERE conversations.id = $1
+)
 SELECT * FROM gone
 """
 CLEAR = """
 WITH gone AS (DELETE FROM messages WHERE conversation_id = $1 RETURNING 1),
 counted AS (
-    UPDATE conversations SET message_count = 0, total_tokens = 0, last_message_at = NULL
+    UPDATE conversations
+    SET message_count = 0, total_tokens = 0, last_message_at = NULL, compacted_through = NULL
     WHERE id = $1
 )
 SELECT count(*) FROM gone
@@ -193,7 +125,7 @@ _TURN_ATTEMPTS = 3
 MAX_BATCH = 10_000
 
 
-class MessagesRepository:
+class MessagesRepository(Compaction):
     """Messages: durable appends, history by sequence number, counts."""
 
     def __init__(self, db: Database, cache: SessionCache | None = None) -> None:
@@ -209,8 +141,8 @@ class MessagesRepository:
         **options: Unpack[MessageOptions],
     ) -> Message:
         """Append one message; it is committed when this returns. The conversation is
-        named by its id or its :class:`~sessionstore.ContinuationId`. The keyword options
-        (:class:`~sessionstore.MessageOptions`): ``metadata``, ``tokens``.
+        named by its id or its :class:`~sessionstore.ContinuationId`. ``options``:
+        ``metadata``, ``tokens`` (see :class:`~sessionstore.MessageOptions`).
 
         ``NotFoundError`` if the conversation does not exist (nothing is written).
         """
@@ -316,8 +248,18 @@ class MessagesRepository:
         before: int | None = None,
         session_id: UUID | str | None = None,
         max_tokens: int | None = None,
+        include_compacted: bool = False,
     ) -> list[Message]:
         """The latest ``limit`` messages (with ``seq < before`` if given), oldest first.
+
+        A compacted conversation (see :meth:`compact`) reads as its live summary followed
+        by every message after the ``seq`` it covers that is no summary, in ``seq`` order
+        (appended before or after the compaction): the summary is the oldest message
+        returned, so ``limit`` and ``max_tokens`` keep it only when every later message
+        is kept and it fits after them, and ``before`` compares it by the last ``seq`` it
+        covers (a page starting with the summary is the first page). With
+        ``include_compacted=True`` every stored message is read in ``seq`` order:
+        the messages a summary covers (unless deleted) and superseded summaries too.
 
         With ``max_tokens`` (an integer from 1 to 2³¹−1), only the latest of those whose
         tokens sum to at most ``max_tokens``: a run ending at the latest message, cut
@@ -346,7 +288,8 @@ class MessagesRepository:
         upper = NO_UPPER_BOUND if before is None else v.positive_int(before, "before")
         sid = None if session_id is None else v.uuid(session_id, "session_id")
         budget = None if max_tokens is None else v.positive_int(max_tokens, "max_tokens")
-        return await self._page(cid, size, upper, sid, budget)
+        everything = v.flag(include_compacted, "include_compacted")
+        return await self._page(cid, size, upper, sid, budget, everything)
 
     async def _page(
         self,
@@ -355,10 +298,12 @@ class MessagesRepository:
         upper: int,
         sid: UUID | None,
         budget: int | None,
+        everything: bool = False,
     ) -> list[Message]:
         """:meth:`history` once its arguments are checked (the write-behind repository
         adds the queued messages here)."""
-        rows = await self._db.fetch(HISTORY.for_(cid), cid, size, upper, sid, budget, retry=True)
+        query = HISTORY.for_(cid)
+        rows = await self._db.fetch(query, cid, size, upper, sid, budget, everything, retry=True)
         if not rows:  # missing, or not this session's
             raise conversation_missing(cid)
         if rows[0]["id"] is None:  # the one all-null row of a conversation without messages
@@ -368,8 +313,7 @@ class MessagesRepository:
     @traced("messages")
     async def count(self, conversation_id: ConversationRef) -> int:
         """How many messages the conversation (by id or
-        :class:`~sessionstore.ContinuationId`) holds (kept on the row: no scan), those
-        ``store.prune`` deleted included: it is the ``seq`` of the latest message."""
+        :class:`~sessionstore.ContinuationId`) holds (kept on the row: no scan)."""
         row = await fetch_conversation(self._db, COUNT, conversation_id)
         return int(row["message_count"])
 

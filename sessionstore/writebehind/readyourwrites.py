@@ -111,6 +111,7 @@ def as_messages(
                 "metadata": {} if item.metadata is None else json.loads(item.metadata),
                 "tokens": item.tokens,
                 "created_at": item.enqueued_at,
+                "covers_through": None,
             },
         )
         for n, item in enumerate(waiting, start=1)
@@ -120,6 +121,8 @@ def as_messages(
 def merged(
     stored: list[Message], waiting: list[Message], *, limit: int, before: int, budget: int | None
 ) -> list[Message]:
-    """The latest ``limit`` of ``stored`` then ``waiting`` with ``seq < before``, within
+    """The latest ``limit`` of ``stored`` (a page already read below ``before``: its
+    live summary, if any, first) then ``waiting`` with ``seq < before``, within
     ``budget`` tokens (see :func:`~sessionstore.rules.within_budget`)."""
-    return within_budget([m for m in [*stored, *waiting] if m.seq < before][-limit:], budget)
+    later = [m for m in waiting if m.seq < before]
+    return within_budget([*stored, *later][-limit:], budget)

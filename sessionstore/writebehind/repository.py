@@ -52,6 +52,7 @@ class QueuedMessagesRepository(MessagesRepository):
         upper: int,
         sid: UUID | None,
         budget: int | None,
+        everything: bool = False,
     ) -> list[Message]:
         """:meth:`MessagesRepository.history`, with read-your-writes: messages this process
         accepted for write-behind and has not yet made durable are included, after the
@@ -65,17 +66,20 @@ class QueuedMessagesRepository(MessagesRepository):
         """
         index = self._writer.pending
         if not index:
-            return await super()._page(ref, size, upper, sid, budget)
+            return await super()._page(ref, size, upper, sid, budget, everything)
         query = HISTORY_WITH_WAITING.for_(ref)
+        given = (size, upper)
         with index.reading() as mark:
             waiting = index.matching(ref)
             ids = [w.id for w in waiting]
-            rows = await self._db.fetch(query, ref, size, upper, ids, sid, budget, retry=True)
+            rows = await self._db.fetch(
+                query, ref, *given, ids, sid, budget, everything, retry=True
+            )
             if not rows:
                 if not waiting:
                     raise conversation_missing(ref)
                 await self._created_by_queue(ref)
-                return await super()._page(ref, size, upper, sid, budget)
+                return await super()._page(ref, size, upper, sid, budget, everything)
             if not rows[0]["readable"]:  # not this session's: refused like a missing one
                 raise conversation_missing(ref)
             head = rows[0]
@@ -89,7 +93,9 @@ class QueuedMessagesRepository(MessagesRepository):
             if any(w.id not in known for w in more):
                 waiting = sorted({w.id: w for w in [*waiting, *more]}.values(), key=by_ticket)
                 ids = [w.id for w in waiting]
-                rows = await self._db.fetch(query, ref, size, upper, ids, sid, budget, retry=True)
+                rows = await self._db.fetch(
+                    query, ref, *given, ids, sid, budget, everything, retry=True
+                )
                 if not rows:  # deleted in between (a bound conversation stays this session's)
                     raise conversation_missing(ref)
                 head = rows[0]
@@ -132,6 +138,7 @@ class QueuedMessagesRepository(MessagesRepository):
         return await super().clear(conversation_id)
 
     async def _settle(self, conversation_id: ConversationRef) -> None:
+        """Make this process's write-behind messages durable first (``compact``, too)."""
         await _settle(self._writer, conversation_id)
 
     def _pending(

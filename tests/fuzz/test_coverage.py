@@ -81,7 +81,7 @@ COVERED: dict[str, set[str]] = {
         "list_for_session",
         "fork",  # test_forks
     },
-    "MessagesRepository": {"add", "add_many", "history", "count", "pop", "clear"},
+    "MessagesRepository": {"add", "add_many", "history", "count", "pop", "clear", "compact"},
     "StatesRepository": {"read", "write"},  # test_states
     "QueuedMessagesRepository": {
         "add",
@@ -90,6 +90,7 @@ COVERED: dict[str, set[str]] = {
         "count",
         "pop",
         "clear",
+        "compact",  # test_compaction
         "enqueue",
         "enqueue_nowait",
     },

@@ -76,6 +76,7 @@ PROPERTIES = (
     "conversations.list",
     "forks",
     "messages",
+    "compaction",
     "add_turn",
     "write_behind",
     "as_user",
@@ -482,6 +483,7 @@ def check_conversation(conversation: Conversation, row: asyncpg.Record) -> None:
         row["forked_from"],
         row["forked_at_seq"],
     )
+    assert conversation.compacted_through == row["compacted_through"]
     assert all(utc(t) for t in (conversation.created_at, conversation.last_message_at))
 
 
@@ -492,6 +494,7 @@ def check_message(message: Message, row: asyncpg.Record) -> None:
     assert message.content == row["content"], "content differs"
     assert same_json(json.loads(row["metadata"]), message.metadata), "message metadata differs"
     assert message.tokens == row["tokens"]
+    assert message.covers_through == row["covers_through"]
     assert utc(message.created_at)
 
 
@@ -623,6 +626,32 @@ def within_tokens(newest_first: Sequence[Any], budget: object) -> list[Any]:
             break
         kept.append(row)
     return kept
+
+
+def compacted_view(
+    rows: Sequence[Any], compacted_through: int | None, *, everything: bool = False
+) -> list[tuple[int, Any]]:
+    """The oracle of the view a read shows of a conversation's message rows (in ``seq``
+    order), with their positions: after a compaction (``compacted_through`` set) the
+    live summary — the latest row with ``covers_through`` — at the position of the last
+    ``seq`` it covers, then every row without ``covers_through`` after that ``seq``;
+    otherwise, or with ``everything``, every row at its ``seq``."""
+    summaries = [r for r in rows if r["covers_through"] is not None]
+    if everything or compacted_through is None or not summaries:
+        return [(r["seq"], r) for r in rows]
+    live = summaries[-1]
+    through = live["covers_through"]
+    later = [(r["seq"], r) for r in rows if r["covers_through"] is None and r["seq"] > through]
+    return [(through, live), *later]
+
+
+def latest_of_view(
+    view: Sequence[tuple[int, Any]], *, limit: int, before: int, budget: object
+) -> list[Any]:
+    """The rows a read of ``view`` returns, oldest first: those placed before ``before``,
+    the latest ``limit`` of them, then cut to ``budget`` (see :func:`within_tokens`)."""
+    placed = [row for pos, row in view if pos < before][-limit:]
+    return within_tokens(placed[::-1], budget)[::-1]
 
 
 def limit_verdict(value: object, maximum: int = 1000) -> Verdict:

@@ -221,7 +221,10 @@ async def test_a_session_neither_reads_nor_writes_another_s_conversation(
 SECRET = "SECRET-VALUE"
 TTL_RANGE = "ttl_seconds: must be between 1 and 315360000"
 TOO_BIG = "content: must be at most 262144 bytes as UTF-8 (256 KiB)"
-APPEND_TAKES = " (it takes session_id, continuation_id, role, content, tokens, context)"
+APPEND_TAKES = (
+    " (it takes session_id, continuation_id, role, content, tokens, context, context_tokens)"
+)
+THROUGH_RANGE = "through_seq: must be between 1 and 2147483647"
 
 
 def _session_args(**given: object) -> dict[str, object]:
@@ -231,6 +234,10 @@ def _session_args(**given: object) -> dict[str, object]:
 def _append_args(**given: object) -> dict[str, object]:
     """append_message's arguments (session "S": the test's session) with ``given``."""
     return {"session_id": "S", "continuation_id": "c", "role": "user", "content": SECRET, **given}
+
+
+def _compact_args(**given: object) -> dict[str, object]:
+    return {"session_id": "S", "continuation_id": "c", "through_seq": 1, "summary": "s", **given}
 
 
 def _history_args(**given: object) -> dict[str, object]:
@@ -263,6 +270,19 @@ REFUSED: list[tuple[str, dict[str, object], str]] = [
     ("append_message", _append_args(content=SECRET * 30_000), TOO_BIG),
     ("append_message", _append_args(content="é" * (128 * 1024 + 1)), TOO_BIG),  # bytes count
     ("append_message", _append_args(content="x" * 10 * 2**20), TOO_BIG),
+    ("append_message", _append_args(context_tokens=0),
+     "context_tokens: must be between 1 and 2147483647"),
+    ("append_message", _append_args(context_tokens="8000"), "context_tokens: must be an integer"),
+    ("compact", _compact_args(through_seq=0), THROUGH_RANGE),
+    ("compact", _compact_args(through_seq="3"), "through_seq: must be an integer"),
+    ("compact", _compact_args(through_seq=None), "through_seq: is required"),
+    ("compact", _compact_args(summary=[SECRET]), "summary: must be a string"),
+    ("compact", _compact_args(summary=SECRET * 30_000),
+     "summary: must be at most 262144 bytes as UTF-8 (256 KiB)"),
+    ("compact", _compact_args(delete_originals="yes"), "delete_originals: must be true or false"),
+    ("compact", _compact_args(delete_originals=1), "delete_originals: must be true or false"),
+    ("compact", {k: v for k, v in _compact_args().items() if k != "session_id"},
+     "session_id: is required"),
     ("get_history", _history_args(limit=5.0), "limit: must be an integer"),
     ("get_history", _history_args(limit=0), "limit: must be between 1 and 100"),
     ("get_history", _history_args(continuation_id={"$ne": SECRET}),
@@ -322,3 +342,59 @@ async def test_the_size_limit_is_in_the_tool_description_and_a_reply_carries_eac
     assert _ok(second)["context"] == [{"seq": 1, "role": "user", "content": big}]
     assert [m["content"] for m in _ok(history)["messages"]] == [big, "ok"]
     assert len(_text(history)) < len(json.dumps(big)) + 1000
+
+
+async def test_a_long_conversation_is_budgeted_and_compacted(
+    mcp_client: Connect, conn: asyncpg.Connection
+) -> None:
+    """Item 5 of issue 23: append_message(context_tokens=) and the compact tool, which
+    requires the conversation's own session."""
+    async with mcp_client() as client:
+        sid = _ok(await client.call_tool("create_session", {"user_id": "u"}))["session_id"]
+        other = _ok(await client.call_tool("create_session", {"user_id": "v"}))["session_id"]
+        for n in range(1, 6):
+            said = {"continuation_id": "long", "role": "user", "content": f"m{n}", "tokens": 10}
+            _ok(await client.call_tool("append_message", {**said, "session_id": sid}))
+        ask = {"session_id": sid, "continuation_id": "long", "role": "user", "content": "q"}
+        budgeted = _ok(
+            await client.call_tool("append_message", {**ask, "tokens": 1, "context_tokens": 25})
+        )
+        before = await row_counts(conn)
+        stolen = await client.call_tool(
+            "compact",
+            {"session_id": other, "continuation_id": "long", "through_seq": 2, "summary": "x"},
+        )
+        missing = await client.call_tool(
+            "compact",
+            {"session_id": other, "continuation_id": "nobody", "through_seq": 2, "summary": "x"},
+        )
+        past = await client.call_tool(
+            "compact",
+            {"session_id": sid, "continuation_id": "long", "through_seq": 99, "summary": "x"},
+        )
+        assert await row_counts(conn) == before
+        summary = _ok(
+            await client.call_tool(
+                "compact",
+                {
+                    "session_id": sid,
+                    "continuation_id": "long",
+                    "through_seq": 4,
+                    "summary": "S",
+                    "tokens": 3,
+                    "delete_originals": True,
+                },
+            )
+        )
+        after = _ok(await client.call_tool("append_message", {**ask, "content": "r"}))
+        history = _ok(
+            await client.call_tool("get_history", {"session_id": sid, "continuation_id": "long"})
+        )
+    assert [m["content"] for m in budgeted["context"]] == ["m4", "m5"]  # 1 + 20 fit 25
+    assert _error_text(stolen) == _error_text(missing).replace("nobody", "long")
+    assert _error_text(past) == "through_seq: is past the conversation's last message"
+    assert (summary["seq"], summary["covers_through"]) == (7, 4)
+    assert after["context"][0] == {"seq": 7, "role": "system", "content": "S", "covers_through": 4}
+    assert [m["content"] for m in after["context"]] == ["S", "m5", "q"]
+    assert [m["content"] for m in history["messages"]] == ["S", "m5", "q", "r"]
+    assert await conn.fetchval("SELECT count(*) FROM messages") == 4  # m1..m4 deleted

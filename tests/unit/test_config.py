@@ -146,6 +146,7 @@ def test_from_trusted_equals_model_construct() -> None:
                 "metadata": {"a": 1},
                 "tokens": None,
                 "created_at": now,
+                "covers_through": None,
             },
         ),
         (
@@ -179,6 +180,7 @@ def test_from_trusted_equals_model_construct() -> None:
                 "total_tokens": 0,
                 "forked_from": uuid4(),
                 "forked_at_seq": 3,
+                "compacted_through": 2,
             },
         ),
     ]

@@ -1,0 +1,1 @@
+SELECT id, message_count, compacted_through FROM conversations WHERE continuation_id = $1 FOR UPDATE

@@ -1,0 +1,118 @@
+"""The select list messages are read with, and the append and history statements'
+builders (the statements themselves are :mod:`sessionstore.repositories.messages`')."""
+
+from __future__ import annotations
+
+from ..models import Message, MessageRole
+from ..rows import Columns, members
+from ..rules import (
+    accepts_turns,
+    bind,
+    budget_floor,
+    bump_conversation,
+    bump_session,
+    compacted_view,
+    kept,
+    latest_summary,
+    may_read,
+    may_write,
+    seq_of,
+)
+from .conversations import KEY, Keyed
+
+__all__ = ["MESSAGE", "append_statement", "history_statement"]
+
+MESSAGE = Columns(Message, convert={"role": members(MessageRole)})
+_COLUMNS = MESSAGE.select()
+# The message columns of a compacted view's rows (alias ``v``).
+_KEPT = ", ".join(f"v.{name}" for name in MESSAGE.names)
+
+
+def append_statement(added: str, tokens: str, rows: str, *, session: str | None = None) -> Keyed:
+    """A message append: ``rows`` (with columns role, content, metadata, tokens, ord)
+    added to conversation ``$1`` after bumping its counters, in one statement.
+
+    With ``session`` (a parameter and the next one: the sliding interval) the append is
+    a turn of that session: it must take turns (locked first, like every writer), the
+    conversation must be its own or unbound (then bound to it), and the session counts
+    one turn and ``tokens``. Otherwise nothing matches and nothing is written.
+    """
+    bump = bump_conversation("", messages=added, tokens=tokens, at="now()")
+    seq = seq_of("conv.message_count", added=added, ordinal="u.ord")
+    insert = f"""INSERT INTO messages (conversation_id, seq, role, content, metadata, tokens)
+SELECT conv.id, {seq}, u.role, u.content, coalesce(u.metadata, '{{}}'::jsonb), u.tokens
+FROM conv, {rows}
+RETURNING {_COLUMNS}"""
+    if session is None:
+        return Keyed.of(f"""
+WITH conv AS (UPDATE conversations SET {bump} WHERE {KEY} = $1 RETURNING id, message_count)
+{insert}
+""")
+    sid = f"{session}::uuid"
+    slide = f"${int(session[1:]) + 1}"
+    return Keyed.of(f"""
+WITH live AS (SELECT id FROM sessions WHERE id = {sid} AND {accepts_turns()} FOR UPDATE),
+conv AS (
+    UPDATE conversations SET session_id = {bind("session_id", sid)}, {bump}
+    WHERE {KEY} = $1 AND EXISTS (SELECT 1 FROM live) AND {may_write("session_id", sid)}
+    RETURNING id, message_count
+),
+sess AS (
+    UPDATE sessions SET {bump_session("", turns="1", tokens=tokens, slide=slide)}
+    WHERE id = (SELECT id FROM live) AND EXISTS (SELECT 1 FROM conv)
+)
+{insert}
+""")
+
+
+def history_statement(session: str, budget: str, everything: str, extra: str = "") -> Keyed:
+    """The latest ``$2`` messages with ``seq < $3`` of conversation ``$1`` that fit in
+    ``budget`` (a parameter, NULL for none) tokens, oldest first, and ``extra`` columns
+    of the conversation ``c`` on every row. Zero rows: no such conversation. One all-null
+    message: a conversation without messages (or none within the budget).
+
+    A compacted conversation (unless ``everything``, a boolean parameter) reads as its
+    view (:func:`~sessionstore.rules.compacted_view`: the live summary, then the later
+    messages; ``$3`` bounds positions); one never compacted takes the plain path alone
+    (the view's arm is switched off by a one-time filter).
+
+    ``session`` (a parameter, NULL for none) is the session reading. Without ``extra``
+    a conversation it may not read gives zero rows, like a missing one (the rows keep
+    exactly the message columns: ``Columns.many``'s fast path). With ``extra`` the rows
+    also say whether it may (``readable``), and a conversation it may not read gives the
+    all-null message: none of its content leaves the server either way.
+    """
+    readable = may_read("c.session_id", f"{session}::uuid")
+    if extra:  # the check in the row, and on the messages read
+        extra, where, messages = f", {readable} AS readable{extra}", "", f" AND {readable}"
+    else:  # the check on the conversation: no row, no messages read
+        where, messages = f" AND {readable}", ""
+    tokens = f"{budget}::integer"
+    floor = budget_floor(conversation="c.id", upper="$3", limit="$2", budget=tokens)
+    view = compacted_view(
+        conversation="c.id",
+        upper="$3",
+        limit="$2",
+        budget=tokens,
+        summary="g.id",
+        through="g.through",
+        columns=lambda alias: MESSAGE.select(alias=alias),
+        where=f"{messages} AND g.id IS NOT NULL",
+    )
+    return Keyed.of(f"""
+SELECT m.*{extra} FROM conversations c
+LEFT JOIN LATERAL (
+    {latest_summary("c.id", where=f" AND c.compacted_through IS NOT NULL AND NOT {everything}")}
+) g ON true
+LEFT JOIN LATERAL (
+    (SELECT {_COLUMNS} FROM messages
+     WHERE conversation_id = c.id AND seq < $3 AND seq > {floor}{messages} AND g.id IS NULL
+     ORDER BY seq DESC
+     LIMIT $2)
+    UNION ALL
+    SELECT {_KEPT} FROM ({kept(view, limit="$2", budget=tokens)}) v
+) m ON true
+WHERE c.{KEY} = $1{where}
+ORDER BY CASE WHEN g.id IS NOT NULL AND m.covers_through IS NOT NULL
+         THEN m.covers_through ELSE m.seq END
+""")
