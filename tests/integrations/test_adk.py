@@ -21,7 +21,7 @@ from google.adk.errors import StaleSessionError
 from google.adk.errors.already_exists_error import AlreadyExistsError
 from google.adk.errors.session_not_found_error import SessionNotFoundError
 from google.adk.events.event import Event
-from google.adk.events.event_actions import EventActions
+from google.adk.events.event_actions import EventActions, EventCompaction
 from google.adk.models.base_llm import BaseLlm
 from google.adk.models.llm_request import LlmRequest
 from google.adk.models.llm_response import LlmResponse
@@ -1012,3 +1012,31 @@ async def test_the_service_hooks_into_the_turn_only_for_a_state_delta(
     stored = await service.get_session(app_name=APP, user_id=ALICE, session_id=session.id)
     assert stored is not None
     assert stored.state == {"k": 1, "user:u": 2}
+
+
+async def test_compaction_events_round_trip(service: SessionStoreSessionService) -> None:
+    """ADK's own compaction (``EventsCompactionConfig``) appends an event whose
+    ``actions.compaction`` holds the summary of a time range; ADK applies it when it
+    builds the next request, so the event must come back exactly as appended."""
+    session = await service.create_session(app_name=APP, user_id=ALICE, session_id="compact")
+    base = 1_800_000_000.0
+    for i in range(3):
+        await service.append_event(session, _event(text=f"m{i}", timestamp=base + i))
+    summary = types.Content(role="model", parts=[types.Part(text="m0 to m2, in short")])
+    compaction = _event(
+        "summariser",
+        timestamp=base + 3,
+        actions=EventActions(
+            compaction=EventCompaction(
+                start_timestamp=base, end_timestamp=base + 2, compacted_content=summary
+            )
+        ),
+    )
+    await service.append_event(session, compaction)
+    await service.append_event(session, _event(text="m3", timestamp=base + 4))
+    got = await service.get_session(app_name=APP, user_id=ALICE, session_id="compact")
+    assert got is not None
+    assert got.events == session.events
+    stored = next(e for e in got.events if e.actions.compaction is not None)
+    assert stored.actions.compaction == compaction.actions.compaction
+    assert stored.id == compaction.id
