@@ -84,12 +84,14 @@ async def latest(
     *,
     first_page: int | None = None,
     enough: Callable[[list[Message]], bool] | None = None,
+    include_compacted: bool = False,
 ) -> list[Message]:
     """The latest ``want`` messages (all of them when ``None``), oldest first, read in
     pages of up to 1,000 backwards from the end; ``first_page`` sizes the first page
     (when fewer are likely needed) and ``enough(page)`` stops early once a page reaches
     back far enough. ``NotFoundError`` if the conversation does not exist. Pages are
-    separate reads, not one snapshot."""
+    separate reads, not one snapshot. ``include_compacted``: every stored message, not
+    the compacted view (see ``messages.history``)."""
     if want == 0:
         return []
     pages: list[list[Message]] = []
@@ -97,7 +99,9 @@ async def latest(
     size = first_page or (v.MAX_LIMIT if want is None else min(want, v.MAX_LIMIT))
     before: int | None = None
     while True:
-        page = await scope.messages.history(ref, limit=size, before=before)
+        page = await scope.messages.history(
+            ref, limit=size, before=before, include_compacted=include_compacted
+        )
         pages.append(page)
         held += len(page)
         if (

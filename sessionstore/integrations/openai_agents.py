@@ -431,6 +431,8 @@ def _facts(item: dict[str, Any]) -> dict[str, str]:
 
 
 def _decode(message: Message) -> TResponseInputItem | None:
+    if message.covers_through is not None:  # a summary (messages.compact): plain text
+        return cast(TResponseInputItem, {"role": message.role.value, "content": message.content})
     try:
         item = json.loads(message.content)
     except ValueError:

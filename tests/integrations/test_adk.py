@@ -1040,3 +1040,28 @@ async def test_compaction_events_round_trip(service: SessionStoreSessionService)
     stored = next(e for e in got.events if e.actions.compaction is not None)
     assert stored.actions.compaction == compaction.actions.compaction
     assert stored.id == compaction.id
+
+
+async def test_a_sessionstore_compaction_hides_no_adk_event(
+    service: SessionStoreSessionService, store: SessionStore
+) -> None:
+    """ADK compacts with events of its own: a sessionstore compaction of the session's
+    conversation (not ADK's concept) leaves every event readable, and the summary, which
+    is no event, is not one."""
+    session = await service.create_session(app_name=APP, user_id=ALICE, session_id="hidden")
+    base = 1_800_000_000.0
+    for i in range(4):
+        await service.append_event(session, _event(text=f"m{i}", timestamp=base + i))
+    conv = ContinuationId(continuation_id(APP, ALICE, "hidden"))
+    await store.messages.compact(conv, through_seq=3, summary="m0 to m2")
+    got = await service.get_session(app_name=APP, user_id=ALICE, session_id="hidden")
+    assert got is not None
+    assert [_text(e.content) for e in got.events if e.content] == ["m0", "m1", "m2", "m3"]
+    recent = await service.get_session(
+        app_name=APP,
+        user_id=ALICE,
+        session_id="hidden",
+        config=GetSessionConfig(num_recent_events=2),
+    )
+    assert recent is not None
+    assert [_text(e.content) for e in recent.events if e.content] == ["m2", "m3"]

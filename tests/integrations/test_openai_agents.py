@@ -347,6 +347,24 @@ async def test_limit_semantics(store: SessionStore) -> None:
     assert await defaulted.get_items(4) == items[-4:]
 
 
+async def test_a_compacted_session_reads_the_summary_then_what_follows(
+    store: SessionStore,
+) -> None:
+    """After ``messages.compact`` of the session's conversation, ``get_items`` counts
+    items as before over the compacted view: the summary (plain text, read as an input
+    message of its role) then the items after it."""
+    session = SessionStoreSession("compacted", store)
+    items = _numbered(5)
+    await session.add_items(items)
+    await store.messages.compact(
+        session.continuation_id, through_seq=3, summary="items 1-3, in short"
+    )
+    summary = {"role": "system", "content": "items 1-3, in short"}
+    assert await session.get_items() == [summary, *items[3:]]
+    assert await session.get_items(2) == items[3:]
+    assert await session.get_items(3) == [summary, *items[3:]]
+
+
 async def test_get_items_pages_past_one_thousand(store: SessionStore) -> None:
     """More items than one history page (1,000): all of them, in order, without gaps."""
     session = SessionStoreSession("long", store)

@@ -50,7 +50,7 @@ async def history(
     recent = None if config is None else config.num_recent_events
     after = None if config is None else config.after_timestamp
     if recent == 0:
-        last = await scope.messages.history(key.ref, limit=1)
+        last = await scope.messages.history(key.ref, limit=1, include_compacted=True)
         return [], last[-1] if last else None
     stamps: list[float] = []
 
@@ -73,7 +73,11 @@ async def history(
         first = min(recent + 1, _PAGE)  # one more than asked: usually settles in one read
     elif after is not None:
         first = _FIRST_FILTERED_PAGE
-    messages = await latest(scope, key.ref, None, first_page=first, enough=enough)
+    # ADK compacts with events of its own (actions.compaction, kept as appended):
+    # every stored event is read, whatever a sessionstore compaction would hide.
+    messages = await latest(
+        scope, key.ref, None, first_page=first, enough=enough, include_compacted=True
+    )
     return messages, messages[-1] if messages else None
 
 
