@@ -111,25 +111,38 @@ async def test_the_check_is_in_the_read_s_one_round_trip(dsn: str) -> None:
 
 
 async def test_queued_messages_of_another_session_are_not_read(
-    slow_writer: SessionStore, conn: asyncpg.Connection
+    slow_writer: SessionStore, conn: asyncpg.Connection, admin_dsn: str
 ) -> None:
     store = slow_writer
     alice = await store.sessions.create("u1")
     bob = await store.sessions.create("u1")
     stored = await store.add_turn("bob-chat", "user", "stored secret", session_id=bob.id)
     bobs = stored.conversation.id
-    await store.enqueue_turn("bob-chat", "assistant", "queued secret", session_id=bob.id)
-    await store.messages.enqueue(bobs, "user", "queued by id")
-    # only in the queue: enqueue_turn to a new continuation id
-    await store.enqueue_turn("bob-new", "user", "queued only", session_id=bob.id)
-    assert store.stats().queued + store.stats().in_flight == 3
+    # The writer starts a batch at once when the next message is of another kind (a turn,
+    # then a plain message): held on Bob's rows, no batch can commit while they are read.
+    holder = await asyncpg.connect(admin_dsn)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", bob.id)
+            await holder.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", bobs)
+            await store.enqueue_turn("bob-chat", "assistant", "queued secret", session_id=bob.id)
+            await store.messages.enqueue(bobs, "user", "queued by id")
+            # only in the queue: enqueue_turn to a new continuation id
+            await store.enqueue_turn("bob-new", "user", "queued only", session_id=bob.id)
+            assert store.stats().queued + store.stats().in_flight == 3
 
-    for ref in (ContinuationId("bob-chat"), bobs):
-        await _refusal(store.messages.history(ref, session_id=alice.id))
-        own = await store.messages.history(ref, session_id=bob.id)
-        assert [m.content for m in own] == ["stored secret", "queued secret", "queued by id"]
-    stored_count = "SELECT count(*) FROM messages WHERE conversation_id = $1"
-    assert await conn.fetchval(stored_count, bobs) == 1  # the rest still queued
+            for ref in (ContinuationId("bob-chat"), bobs):
+                await _refusal(store.messages.history(ref, session_id=alice.id))
+                own = await store.messages.history(ref, session_id=bob.id)
+                assert [m.content for m in own] == [
+                    "stored secret",
+                    "queued secret",
+                    "queued by id",
+                ]
+            stored_count = "SELECT count(*) FROM messages WHERE conversation_id = $1"
+            assert await conn.fetchval(stored_count, bobs) == 1  # the rest still queued
+    finally:
+        await holder.close()
 
     await _refusal(store.messages.history(ContinuationId("bob-new"), session_id=alice.id))
     own = await store.messages.history(ContinuationId("bob-new"), session_id=bob.id)
