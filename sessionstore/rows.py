@@ -127,14 +127,15 @@ class Columns(Generic[M]):
         return self._build(getter(row))
 
     def many(self, rows: Sequence[Row]) -> list[M]:
-        """Models from rows of one result holding exactly these columns (no prefix).
+        """Models from rows of one result holding these columns (no prefix), perhaps
+        followed by others.
 
-        The names are checked once per result; when they are these columns in this order
-        (as :meth:`select` lists them), each row's values are taken in order, which is
-        several times cheaper than a lookup by name per field.
+        The names are checked once per result; when the row starts with these columns in
+        this order (as :meth:`select` lists them), each row's values are taken in order,
+        which is several times cheaper than a lookup by name per field.
         """
         if not rows:
             return []
-        if tuple(rows[0].keys()) != self.names:
+        if tuple(rows[0].keys())[: len(self.names)] != self.names:
             return [self.one(row) for row in rows]
         return [self._build(row.values()) for row in rows]

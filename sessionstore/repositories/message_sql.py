@@ -20,7 +20,7 @@ from ..rules import (
 )
 from .conversations import KEY, Keyed
 
-__all__ = ["MESSAGE", "append_statement", "history_statement"]
+__all__ = ["MESSAGE", "append_statement", "history_statement", "stored_history_statement"]
 
 MESSAGE = Columns(Message, convert={"role": members(MessageRole)})
 _COLUMNS = MESSAGE.select()
@@ -115,4 +115,26 @@ LEFT JOIN LATERAL (
 WHERE c.{KEY} = $1{where}
 ORDER BY CASE WHEN g.id IS NOT NULL AND m.covers_through IS NOT NULL
          THEN m.covers_through ELSE m.seq END
+""")
+
+
+def stored_history_statement(session: str, budget: str) -> Keyed:
+    """The latest ``$2`` stored messages with ``seq < $3`` of conversation ``$1`` that
+    fit in ``budget`` tokens, oldest first, whatever a compaction covers — and on every
+    row, after the message columns, the conversation's ``compacted_through``
+    (``conv_compacted``): when it is NULL this is also the conversation's view, and the
+    plain statement spares the compacted view's plan (about half the server's time per
+    read). Zero rows: no such conversation, or one ``session`` (NULL: any) may not read.
+    One all-null message: none stored (or none within the budget)."""
+    floor = budget_floor(conversation="c.id", upper="$3", limit="$2", budget=f"{budget}::integer")
+    return Keyed.of(f"""
+SELECT m.*, c.compacted_through AS conv_compacted FROM conversations c
+LEFT JOIN LATERAL (
+    SELECT {_COLUMNS} FROM messages
+    WHERE conversation_id = c.id AND seq < $3 AND seq > {floor}
+    ORDER BY seq DESC
+    LIMIT $2
+) m ON true
+WHERE c.{KEY} = $1 AND {may_read("c.session_id", f"{session}::uuid")}
+ORDER BY m.seq
 """)

@@ -35,7 +35,12 @@ from .conversations import (
     conversation_named,
     fetch_conversation,
 )
-from .message_sql import MESSAGE, append_statement, history_statement
+from .message_sql import (
+    MESSAGE,
+    append_statement,
+    history_statement,
+    stored_history_statement,
+)
 
 _COLUMNS = MESSAGE.select()
 
@@ -65,6 +70,9 @@ ADD_MESSAGE = append_statement(
 # $4 the reading session (NULL: any), $5 the token budget (NULL: none), $6 whether to
 # read every stored message (compacted ones and superseded summaries too).
 HISTORY = history_statement("$4", "$5", "$6::boolean")
+# Every stored message ($4 the reading session, $5 the token budget), and whether the
+# conversation is compacted: the read of a conversation not known to be compacted.
+STORED_HISTORY = stored_history_statement("$4", "$5")
 # For a process with waiting write-behind messages: also whether the session ($5) may
 # read it, the conversation's keys and count, and which of the waiting ids ($4) are
 # stored by now; $6 the token budget, $7 whether to read every stored message.
@@ -125,12 +133,27 @@ _TURN_ATTEMPTS = 3
 MAX_BATCH = 10_000
 
 
+class _KnownCompacted(set[UUID | ContinuationId]):
+    """A set of conversation keys that forgets everything once it holds 10,000: memory
+    stays bounded, and a forgotten conversation costs one more round trip once."""
+
+    _MOST = 10_000
+
+    def add(self, key: UUID | ContinuationId) -> None:
+        if len(self) >= self._MOST:
+            self.clear()
+        super().add(key)
+
+
 class MessagesRepository(Compaction):
     """Messages: durable appends, history by sequence number, counts."""
 
     def __init__(self, db: Database, cache: SessionCache | None = None) -> None:
         self._db = db
         self._cache = cache
+        # Conversations met compacted (by the key they were read by): read by the view's
+        # statement at once. Never "not compacted": that is checked on every read.
+        self._compacted = _KnownCompacted()
 
     @traced("messages")
     async def add(
@@ -301,10 +324,22 @@ class MessagesRepository(Compaction):
         everything: bool = False,
     ) -> list[Message]:
         """:meth:`history` once its arguments are checked (the write-behind repository
-        adds the queued messages here)."""
+        adds the queued messages here).
+
+        A conversation not known to be compacted is read by the plain statement, which
+        also says whether it is: if so (then only) the compacted view is read, a second
+        round trip the first time this repository meets that conversation."""
+        if everything or cid not in self._compacted:
+            query = STORED_HISTORY.for_(cid)
+            rows = await self._db.fetch(query, cid, size, upper, sid, budget, retry=True)
+            if not rows:  # missing, or not this session's
+                raise conversation_missing(cid)
+            if everything or rows[0]["conv_compacted"] is None:
+                return [] if rows[0]["id"] is None else MESSAGE.many(rows)
+            self._compacted.add(cid)
         query = HISTORY.for_(cid)
-        rows = await self._db.fetch(query, cid, size, upper, sid, budget, everything, retry=True)
-        if not rows:  # missing, or not this session's
+        rows = await self._db.fetch(query, cid, size, upper, sid, budget, False, retry=True)
+        if not rows:
             raise conversation_missing(cid)
         if rows[0]["id"] is None:  # the one all-null row of a conversation without messages
             return []
