@@ -224,7 +224,7 @@ async def test_a_fork_carries_the_compaction_of_its_prefix(store: SessionStore) 
 async def slow_writer(dsn: str) -> AsyncIterator[SessionStore]:
     """A store whose writer holds messages until flush() (or 10 s)."""
     async with sessionstore.connect(
-        dsn, max_delay=10.0, batch_size=10_000, **store_overrides()
+        dsn, max_delay=3600.0, batch_size=10_000, **store_overrides()
     ) as opened:
         yield opened
 
@@ -313,3 +313,23 @@ async def test_prune_never_deletes_the_live_summary(store: SessionStore) -> None
     assert appended.seq == 10  # numbering goes on
     assert [m.content for m in await store.messages.history(conv.id)] == ["s2", "m10"]
     assert await store.count_prunable(keep_last=1) == 0  # the summary is not counted
+
+
+async def test_a_compaction_by_another_process_shows_at_the_next_read(
+    store: SessionStore, dsn: str
+) -> None:
+    """A repository reads a conversation it has not seen compacted with the plain
+    statement, which also says whether it is: a compaction committed by another process
+    in between shows at the very next read, and a clear afterwards reads as plain."""
+    await _chat(store, "elsewhere", 4)
+    conv = ContinuationId("elsewhere")
+    assert _names(await store.messages.history(conv)) == ["m1", "m2", "m3", "m4"]
+    async with sessionstore.connect(dsn, **store_overrides()) as other:
+        await other.messages.compact(conv, through_seq=3, summary="S")
+    assert _names(await store.messages.history(conv)) == ["S", "m4"]
+    assert _names(await store.messages.history(conv)) == ["S", "m4"]  # known: one read
+    assert len(await store.messages.history(conv, include_compacted=True)) == 5
+    async with sessionstore.connect(dsn, **store_overrides()) as other:
+        await other.messages.clear(conv)
+        await other.messages.add(conv, "user", "fresh")
+    assert _names(await store.messages.history(conv)) == ["fresh"]
