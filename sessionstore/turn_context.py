@@ -60,7 +60,7 @@ def with_context(turn: str, limit: str, budget: str, *, queued: bool) -> str:
         ) AS running FROM (
             ({rows})
             UNION ALL
-            SELECT earlier.*, false FROM earlier
+            SELECT earlier.*, NULL::boolean FROM earlier  -- NULL: written by the statement
         ) u
         ORDER BY u.m_seq DESC
         LIMIT {limit}
@@ -108,10 +108,16 @@ async def read_context(
     # prune) marks the rows it removed. Fewer rows than asked then means no more were
     # stored, or the budget cut them. No rows at all can also be a snapshot that misses
     # every earlier message: read again (also when the latest was removed: no run).
+    # The statement's own queued messages come right before the turn's, so a run made of
+    # them alone says nothing of the snapshot: an append committed after it lands right
+    # before them, and a budget cut there hides the gap. Unless the limit cut the rows,
+    # such a run must start at seq 1.
     seqs = [m.seq for m in earlier]
-    if (
-        (earlier and seqs == list(range(new.seq - len(seqs), new.seq))) or new.seq == 1
-    ) and not any(r["touched"] for r in extra):
+    own_only = all(r["touched"] is None for r in extra) and len(extra) < size - 1
+    complete = bool(earlier) and seqs == list(range(new.seq - len(seqs), new.seq))
+    if complete and own_only and seqs[0] > 1:
+        complete = False
+    if (complete or new.seq == 1) and not any(r["touched"] for r in extra):
         return [*earlier, new]
     with translate_errors():
         again = await conn.fetch(CONTEXT, new.conversation_id, size - 1, new.seq, left)
