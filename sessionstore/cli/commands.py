@@ -266,7 +266,9 @@ def prune(
     dsn: DsnOption = None,
     keep_last: Annotated[
         int | None,
-        typer.Option(min=0, metavar="N", help="Keep each conversation's latest N messages."),
+        typer.Option(
+            min=0, max=2**31 - 1, metavar="N", help="Keep each conversation's latest N messages."
+        ),
     ] = None,
     older_than: Annotated[
         timedelta | None,
