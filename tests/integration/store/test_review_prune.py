@@ -23,6 +23,6 @@ async def test_an_async_on_progress_is_refused_not_silently_never_awaited(
 
     for view in (store, store.as_user("someone")):
         with pytest.raises(InvalidInputError) as info:
-            await view.prune(keep_last=0, on_progress=progress)
+            await view.prune(keep_last=0, on_progress=progress)  # type: ignore[arg-type]
         assert info.value.field == "on_progress"
     assert await conn.fetchval("SELECT count(*) FROM messages") == 3
