@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+from uuid import UUID
+
 import asyncpg
 import pytest
 
 from sessionstore import InvalidInputError, PruneCounts, SessionStore
+from sessionstore.prune import LOCK_BATCH
 
 
 async def test_an_async_on_progress_is_refused_not_silently_never_awaited(
@@ -26,3 +31,38 @@ async def test_an_async_on_progress_is_refused_not_silently_never_awaited(
             await view.prune(keep_last=0, on_progress=progress)  # type: ignore[arg-type]
         assert info.value.field == "on_progress"
     assert await conn.fetchval("SELECT count(*) FROM messages") == 3
+
+
+def _rows_read(plan: dict[str, Any], relation: str) -> int:
+    """The rows the plan's nodes over ``relation`` returned, over all their loops."""
+    here = 0
+    if plan.get("Relation Name") == relation:
+        here = int(plan["Actual Rows"]) * int(plan["Actual Loops"])
+    return here + sum(_rows_read(child, relation) for child in plan.get("Plans", []))
+
+
+async def test_one_batch_reads_a_bounded_window_of_conversations(
+    conn: asyncpg.Connection,
+) -> None:
+    """A batch's first statement looks for conversations with due messages from the
+    cursor on. Where none is due (a large table of short conversations under
+    ``keep_last``), it must not read every remaining conversation in one statement: that
+    statement grows with the table (about 1 s per 300,000 conversations here) until it
+    exceeds ``command_timeout`` (30 s by default), and then every run fails at the same
+    place, the cursor starting again from the first conversation each time."""
+    await conn.execute(
+        """
+        WITH c AS (
+            INSERT INTO conversations (continuation_id, message_count, total_tokens)
+            SELECT 'c-' || g, 1, 1 FROM generate_series(1, 30000) g RETURNING id
+        )
+        INSERT INTO messages (conversation_id, seq, role, content, tokens)
+        SELECT c.id, 1, 'user', 'm', 1 FROM c
+        """
+    )
+    await conn.execute("ANALYZE conversations, messages")
+    explained = await conn.fetchval(  # nothing is due: it locks nothing
+        "EXPLAIN (ANALYZE, FORMAT JSON) " + LOCK_BATCH, UUID(int=0), True, 5, None, 100
+    )
+    plan = json.loads(explained)[0]["Plan"]
+    assert _rows_read(plan, "conversations") <= 10_000
