@@ -66,3 +66,47 @@ async def test_one_batch_reads_a_bounded_window_of_conversations(
     )
     plan = json.loads(explained)[0]["Plan"]
     assert _rows_read(plan, "conversations") <= 10_000
+
+
+async def test_due_conversations_far_apart_are_all_found(
+    store: SessionStore, conn: asyncpg.Connection, admin_dsn: str
+) -> None:
+    """Conversations with due messages thousands of conversations apart (more than one
+    statement looks at), one of them busy: each is found, the counts are exact."""
+    await conn.execute(
+        """
+        WITH c AS (
+            INSERT INTO conversations (continuation_id, message_count, total_tokens)
+            SELECT 'c-' || g, 1, 1 FROM generate_series(1, 6500) g RETURNING id
+        )
+        INSERT INTO messages (conversation_id, seq, role, content, tokens)
+        SELECT c.id, 1, 'user', 'm', 1 FROM c
+        """
+    )
+    ids = [r["id"] for r in await conn.fetch("SELECT id FROM conversations ORDER BY id")]
+    due = [ids[0], ids[2100], ids[4300], ids[4301], ids[6499]]
+    await conn.execute(
+        "INSERT INTO messages (conversation_id, seq, role, content, tokens)"
+        " SELECT c, g, 'user', 'm', 1 FROM unnest($1::uuid[]) c, generate_series(2, 5) g",
+        due,
+    )
+    await conn.execute(
+        "UPDATE conversations SET message_count = 5, total_tokens = 5 WHERE id = ANY($1)", due
+    )
+    busy = await asyncpg.connect(admin_dsn)
+    try:
+        async with busy.transaction():
+            await busy.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", due[2])
+            counts = await store.prune(keep_last=1, batch_size=3)
+    finally:
+        await busy.close()
+    assert (counts.messages, counts.conversations, counts.skipped) == (16, 4, 1)
+    left = await conn.fetch(
+        "SELECT conversation_id, min(seq) AS first FROM messages"
+        " WHERE conversation_id = ANY($1) GROUP BY 1",
+        due,
+    )
+    assert {r["conversation_id"]: r["first"] for r in left} == {
+        c: (1 if c == due[2] else 5) for c in due
+    }
+    assert await store.prune(keep_last=1) == PruneCounts(messages=4, conversations=1, batches=1)
