@@ -33,6 +33,21 @@ async def test_an_async_on_progress_is_refused_not_silently_never_awaited(
     assert await conn.fetchval("SELECT count(*) FROM messages") == 3
 
 
+async def _short_conversations(conn: asyncpg.Connection, n: int) -> None:
+    """``n`` conversations of one message each (of 1 token)."""
+    await conn.execute(
+        """
+        WITH c AS (
+            INSERT INTO conversations (continuation_id, message_count, total_tokens)
+            SELECT 'c-' || g, 1, 1 FROM generate_series(1, $1::integer) g RETURNING id
+        )
+        INSERT INTO messages (conversation_id, seq, role, content, tokens)
+        SELECT c.id, 1, 'user', 'm', 1 FROM c
+        """,
+        n,
+    )
+
+
 def _rows_read(plan: dict[str, Any], relation: str) -> int:
     """The rows the plan's nodes over ``relation`` returned, over all their loops."""
     here = 0
@@ -50,16 +65,7 @@ async def test_one_batch_reads_a_bounded_window_of_conversations(
     statement grows with the table (about 1 s per 300,000 conversations here) until it
     exceeds ``command_timeout`` (30 s by default), and then every run fails at the same
     place, the cursor starting again from the first conversation each time."""
-    await conn.execute(
-        """
-        WITH c AS (
-            INSERT INTO conversations (continuation_id, message_count, total_tokens)
-            SELECT 'c-' || g, 1, 1 FROM generate_series(1, 30000) g RETURNING id
-        )
-        INSERT INTO messages (conversation_id, seq, role, content, tokens)
-        SELECT c.id, 1, 'user', 'm', 1 FROM c
-        """
-    )
+    await _short_conversations(conn, 30_000)
     await conn.execute("ANALYZE conversations, messages")
     explained = await conn.fetchval(  # nothing is due: it locks nothing
         "EXPLAIN (ANALYZE, FORMAT JSON) " + LOCK_BATCH, UUID(int=0), True, 5, None, 100
@@ -73,16 +79,7 @@ async def test_due_conversations_far_apart_are_all_found(
 ) -> None:
     """Conversations with due messages thousands of conversations apart (more than one
     statement looks at), one of them busy: each is found, the counts are exact."""
-    await conn.execute(
-        """
-        WITH c AS (
-            INSERT INTO conversations (continuation_id, message_count, total_tokens)
-            SELECT 'c-' || g, 1, 1 FROM generate_series(1, 6500) g RETURNING id
-        )
-        INSERT INTO messages (conversation_id, seq, role, content, tokens)
-        SELECT c.id, 1, 'user', 'm', 1 FROM c
-        """
-    )
+    await _short_conversations(conn, 6_500)
     ids = [r["id"] for r in await conn.fetch("SELECT id FROM conversations ORDER BY id")]
     due = [ids[0], ids[2100], ids[4300], ids[4301], ids[6499]]
     await conn.execute(
