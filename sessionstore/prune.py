@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -38,6 +39,9 @@ logger = logging.getLogger("sessionstore")
 #: The most messages one batch deletes: a batch holds its conversations' locks (appends
 #: to them wait) until it commits.
 MAX_BATCH_SIZE = 10_000
+#: The most conversations one batch's first statement looks at: where few are due, the
+#: search for them goes on in the next statement, so no statement grows with the table.
+SCAN_WINDOW = 2_000
 
 
 def _cutoff(older_than: str) -> str:
@@ -49,21 +53,28 @@ def _cutoff(older_than: str) -> str:
 
 def _lock(among: str = "") -> str:
     """The first statement of a batch: from the cursor ($1 a conversation id, $2 whether
-    it is included) in id order, the conversations whose oldest stored message is due
-    ($3 keep_last, $4 older_than), as many as may hold $5 (the batch size) due messages
-    between them; each row says whether it was locked (else another transaction holds
-    it). ``among`` narrows the conversations (to those found busy before)."""
+    it is included) in id order, among the next :data:`SCAN_WINDOW` conversations, those
+    whose oldest stored message is due ($3 keep_last, $4 older_than), as many as may hold
+    $5 (the batch size) due messages between them; each row says whether it was locked
+    (else another transaction holds it). With none, one row of nulls but ``scanned_to``:
+    the last conversation looked at, if the window was full (more may follow). ``among``
+    narrows the conversations (to those found busy before)."""
     return f"""
-WITH candidates AS (
+WITH scanned AS (  -- bounded: a table of conversations with nothing due is read in steps
+    SELECT id, message_count FROM conversations
+    WHERE id >= $1 AND (id > $1 OR $2){among}
+    ORDER BY id
+    LIMIT {SCAN_WINDOW}
+),
+candidates AS (
     SELECT c.id, least({prune_upto("c.message_count", "$3")} - oldest.seq + 1, $5) AS most
-    FROM conversations c
+    FROM scanned c
     CROSS JOIN LATERAL (
         SELECT m.seq, m.created_at FROM messages m
         WHERE m.conversation_id = c.id AND {_not_live_summary("m.id", "c.id")}
         ORDER BY m.seq LIMIT 1
     ) oldest
-    WHERE c.id >= $1 AND (c.id > $1 OR $2){among}
-      AND oldest.seq <= {prune_upto("c.message_count", "$3")}
+    WHERE oldest.seq <= {prune_upto("c.message_count", "$3")}
       AND {created_before("oldest.created_at", _cutoff("$4"))}
     ORDER BY c.id
     LIMIT $5
@@ -79,9 +90,15 @@ locked AS (
     ORDER BY id
     FOR NO KEY UPDATE SKIP LOCKED
 )
-SELECT considered.id, locked.id IS NOT NULL AS locked
-FROM considered LEFT JOIN locked USING (id)
-ORDER BY considered.id
+SELECT r.id, r.locked,
+       CASE WHEN r.id IS NULL AND (SELECT count(*) FROM scanned) = {SCAN_WINDOW}
+            THEN (SELECT id FROM scanned ORDER BY id DESC LIMIT 1) END AS scanned_to
+FROM (SELECT 1) one
+LEFT JOIN (
+    SELECT considered.id, locked.id IS NOT NULL AS locked
+    FROM considered LEFT JOIN locked USING (id)
+) r ON true
+ORDER BY r.id
 """
 
 
@@ -104,7 +121,7 @@ def _due(older_than: str) -> str:
 
 LOCK_BATCH = _lock()
 # The run's second visit to the conversations it found busy ($6).
-LOCK_AGAIN = _lock(" AND c.id = ANY($6::uuid[])")
+LOCK_AGAIN = _lock(" AND id = ANY($6::uuid[])")
 # The second statement: the due messages of the locked conversations ($1; $2 keep_last,
 # $3 older_than), at most $4, in (conversation, seq) order; the conversations'
 # total_tokens drop by theirs, message_count and last_message_at stay (see
@@ -190,6 +207,8 @@ class _Batch(NamedTuple):
     #: The last conversation the batch took messages of, if it took all it could: that
     #: one may hold more.
     full_at: UUID | None = None
+    #: With nothing considered: the last conversation looked at (more may follow).
+    scanned_to: UUID | None = None
 
 
 class _Run:
@@ -215,6 +234,9 @@ class _Run:
             batch = await self.db.run(work, transaction=True)
             if batch is None:
                 return busy
+            if batch.scanned_to is not None:  # nothing due in that window: look further
+                cursor, inclusive = batch.scanned_to, False
+                continue
             passed = [cid for cid, locked in batch.considered if not locked]
             busy += passed
             self.counted_busy.update(self.counted.intersection(passed))
@@ -242,8 +264,12 @@ class _Run:
             rows = await conn.fetch(LOCK_BATCH, cursor, inclusive, *rule)
         else:
             rows = await conn.fetch(LOCK_AGAIN, cursor, inclusive, *rule, list(among))
-        if not rows:
-            return None
+        if rows[0]["id"] is None:  # none due among the conversations looked at
+            return (
+                None
+                if rows[0]["scanned_to"] is None
+                else _Batch([], 0, [], None, rows[0]["scanned_to"])
+            )
         considered = [(r["id"], r["locked"]) for r in rows]
         locked = [cid for cid, ok in considered if ok]
         if not locked:
@@ -266,6 +292,8 @@ async def prune(
     rule = _rule(keep_last, older_than)
     size = v.limit(batch_size, "batch_size", maximum=MAX_BATCH_SIZE)
     report = v.callback(on_progress, "on_progress")
+    if inspect.iscoroutinefunction(report):  # called, never awaited: it would report nothing
+        raise InvalidInputError("on_progress", "must be a plain function, not a coroutine function")
     run = _Run(db, rule, size, report or (lambda _: None))
     busy = await run.sweep()
     if busy:

@@ -71,7 +71,7 @@ def with_context(turn: str, limit: str, budget: str, *, queued: bool) -> str:
         ) AS running FROM (
             ({rows})
             UNION ALL
-            SELECT earlier.*, false FROM earlier WHERE g.id IS NULL
+            SELECT earlier.*, NULL::boolean FROM earlier WHERE g.id IS NULL  -- NULL: its own
         ) u
         ORDER BY u.m_seq DESC
         LIMIT {limit}
@@ -87,7 +87,10 @@ def with_context(turn: str, limit: str, budget: str, *, queued: bool) -> str:
         columns=_context_columns,
         prefix="m_",
         where=" AND g.id IS NOT NULL",
-        also="UNION ALL SELECT earlier.*, false, earlier.m_seq FROM earlier WHERE g.id IS NOT NULL"
+        also=(
+            "UNION ALL SELECT earlier.*, NULL::boolean, earlier.m_seq FROM earlier"
+            " WHERE g.id IS NOT NULL"
+        )
         if queued
         else "",
     )
@@ -176,12 +179,18 @@ async def read_context(
     # compaction committed after the snapshot leaves its summary's seq a gap. Fewer rows
     # than asked then means no more were stored, or the budget cut them. No rows at all
     # can also be a snapshot that misses every earlier message: read again (also when
-    # the latest was removed: no run).
+    # the latest was removed: no run). The statement's own queued messages (``touched``
+    # NULL) come right before the turn's, so a run made of them alone says nothing of
+    # the snapshot: an append committed after it lands right before them, and a budget
+    # cut there hides the gap. Unless the limit cut the rows, such a run must start at 1.
     seqs = {m.seq for m in earlier}
     if seqs:
         lowest = min(seqs)
         seqs |= {r["m_seq"] for r in extra if r["m_id"] is None and r["m_seq"] >= lowest}
     run = bool(earlier) and seqs == set(range(new.seq - len(seqs), new.seq))
+    own_only = all(r["touched"] is None for r in extra) and len(extra) < size - 1
+    if run and own_only and min(seqs) > 1:
+        run = False
     if (run or new.seq == 1) and not any(r["touched"] for r in extra):
         return [*earlier, new]
     with translate_errors():

@@ -90,7 +90,7 @@ CROSS JOIN LATERAL (
     ORDER BY e.seq DESC
     LIMIT $16)
             UNION ALL
-            SELECT earlier.*, false FROM earlier WHERE g.id IS NULL
+            SELECT earlier.*, NULL::boolean FROM earlier WHERE g.id IS NULL  -- NULL: its own
         ) u
         ORDER BY u.m_seq DESC
         LIMIT $16
@@ -113,7 +113,7 @@ CROSS JOIN LATERAL (
          WHERE e.conversation_id = t.m_conversation_id AND e.seq < t.m_seq
            AND e.seq > greatest(g.through, fl.f) AND e.covers_through IS NULL AND g.id IS NOT NULL
          ORDER BY e.seq DESC LIMIT $16)
-        UNION ALL SELECT earlier.*, false, earlier.m_seq FROM earlier WHERE g.id IS NOT NULL
+        UNION ALL SELECT earlier.*, NULL::boolean, earlier.m_seq FROM earlier WHERE g.id IS NOT NULL
         UNION ALL
         SELECT e.id AS m_id, e.conversation_id AS m_conversation_id, e.seq AS m_seq, e.role AS m_role, e.content AS m_content, e.metadata AS m_metadata, e.tokens AS m_tokens, CASE WHEN e.created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN e.created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE e.created_at END AS m_created_at, e.covers_through AS m_covers_through, NOT (e.xmax = '0'::xid) AS touched, e.covers_through FROM messages e
         WHERE e.id = g.id AND e.conversation_id = t.m_conversation_id AND fl.f = 0

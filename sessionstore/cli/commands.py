@@ -266,7 +266,9 @@ def prune(
     dsn: DsnOption = None,
     keep_last: Annotated[
         int | None,
-        typer.Option(min=0, metavar="N", help="Keep each conversation's latest N messages."),
+        typer.Option(
+            min=0, max=2**31 - 1, metavar="N", help="Keep each conversation's latest N messages."
+        ),
     ] = None,
     older_than: Annotated[
         timedelta | None,
@@ -293,11 +295,13 @@ def prune(
 
     async def go() -> PruneCounts:
         async with connect(config=config) as store:
-            due = await store.count_prunable(keep_last=keep_last, older_than=older_than)
-            if dry_run or due == 0:
+            if dry_run:
+                due = await store.count_prunable(keep_last=keep_last, older_than=older_than)
                 return PruneCounts(messages=due)
+            # No count first: it is one statement over every message, which on a large
+            # store outlasts command_timeout; the batches are short whatever the size.
             with _deleting() as bar:
-                task = bar.add_task("prune", total=due)
+                task = bar.add_task("prune", total=None)
                 return await store.prune(
                     keep_last=keep_last,
                     older_than=older_than,
