@@ -193,8 +193,8 @@ def translate(exc: BaseException) -> SessionStoreError | None:
     if isinstance(exc, TimeoutError):  # before OSError, of which it is a subclass
         return StoreTimeoutError(
             "operation timed out on the client and was cancelled, but it may have been "
-            "committed: its outcome is unknown (add_turn with the same message_id is safe "
-            "to send again)"
+            "committed: its outcome is unknown (a turn or compaction sent again with the "
+            "same message_id, or a fork with the same arguments, returns what was stored)"
         )
     if isinstance(exc, ConnectionRefusedError | socket.gaierror):
         # Only connecting raises these (a pool opening a connection for a caller): the
