@@ -56,7 +56,7 @@ from summary import (
 
 import sessionstore
 from sessionstore.embedded import embedded_server
-from sessionstore.repositories.messages import ADD_MESSAGE, HISTORY
+from sessionstore.repositories.messages import ADD_MESSAGE, STORED_HISTORY
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "docs" / "benchmarks.png"
@@ -132,7 +132,9 @@ async def history_scaling(dsn: str, reads: int) -> list[dict[str, Any]]:
             await _latencies(lambda c: store.messages.history(c, limit=50), convs, 200)  # warm
             ours = await _latencies(lambda c: store.messages.history(c, limit=50), convs, reads)
             raw = await _latencies(
-                lambda c: pool.fetch(HISTORY.by_id, c, 50, 2**31 - 1, None), convs, reads
+                lambda c: pool.fetch(STORED_HISTORY.by_id, c, 50, 2**31 - 1, None, None),
+                convs,
+                reads,
             )
             (o50, o99), (r50, r99) = _pct(ours), _pct(raw)
             rows.append(
@@ -280,18 +282,20 @@ def pgbench_ceiling(
             "$7": "NULL",
             "$8": "NULL::uuid",
             "$9": str((context or 1) - 1),
+            "$10": "NULL::integer",
         }
         sql = ADD_TURN if context is None else ADD_TURN_CONTEXT
-        for key in sorted(values, reverse=True):
+        for key in sorted(values, key=lambda k: (len(k), k), reverse=True):  # $10 before $1
             sql = sql.replace(key, values[key])
         return _one_line(sql) + ";"
 
     history = (
         _one_line(
-            HISTORY.by_id.replace("$1", ":conv")
+            STORED_HISTORY.by_id.replace("$1", ":conv")
             .replace("$2", "20")
             .replace("$3", "2147483647")
             .replace("$4", "NULL::uuid")
+            .replace("$5", "NULL::integer")
         )
         + ";"
     )
