@@ -123,7 +123,7 @@ class AddTurnOptions(TurnOptions, total=False):
     context_tokens: int | None
     """With ``context`` (or alone: then up to 1,000 messages), only the latest messages
     whose tokens sum to at most ``context_tokens`` (1 to 2³¹−1), this one included — alone
-    if it exceeds the budget. A message without a token count counts ⌈characters / 4⌉.
+    if it exceeds the budget. A message without a token count counts ⌈UTF-8 bytes / 4⌉.
     Chosen in the same statement (see ``messages.history``'s ``max_tokens``)."""
 
 

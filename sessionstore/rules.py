@@ -158,24 +158,28 @@ def cleanup_due(alias: str = "") -> str:
     return f"{at} IS NOT NULL AND {at} < now() AND {_col(alias, 'status')} <> 'completed'"
 
 
-# A message stored without a token count still costs tokens: it is counted as one token
-# per four characters, rounded up (characters as PostgreSQL's char_length and Python's
-# len count them: code points). Never free, so an unknown message cannot slip past a
-# budget.
-_CHARS_PER_TOKEN = 4
+# A message stored without a token count still costs tokens: one per four bytes of its
+# UTF-8 text, rounded up. Never free, so an unknown message cannot slip past a budget.
+# Bytes, not characters: PostgreSQL counts characters by the database's encoding (on a
+# SQL_ASCII database char_length counts bytes), while the UTF-8 length is the same in
+# SQL and in memory on every database a client writes UTF-8 to; and a character of a
+# non-Latin script costs a model more than a Latin letter does.
+_BYTES_PER_TOKEN = 4
 
 
 def counted_tokens(tokens: str = "tokens", content: str = "content") -> str:
     """The tokens a message (its ``tokens`` and ``content`` columns) counts for in a
-    budget: its token count, or, stored without one, ⌈characters / 4⌉.
+    budget: its token count, or, stored without one, ⌈UTF-8 bytes / 4⌉.
     :func:`estimated_tokens` is the same rule in memory."""
-    per = _CHARS_PER_TOKEN
-    return f"coalesce({tokens}, (char_length({content}) + {per - 1}) / {per})"
+    per = _BYTES_PER_TOKEN
+    return f"coalesce({tokens}, (octet_length({content}) + {per - 1}) / {per})"
 
 
 def estimated_tokens(tokens: int | None, content: str) -> int:
     """:func:`counted_tokens` for a message in memory."""
-    return tokens if tokens is not None else -(-len(content) // _CHARS_PER_TOKEN)
+    if tokens is not None:
+        return tokens
+    return -(-len(content.encode("utf-8")) // _BYTES_PER_TOKEN)
 
 
 def budget_floor(*, conversation: str, upper: str, limit: str, budget: str, where: str = "") -> str:

@@ -9,7 +9,7 @@ LEFT JOIN LATERAL (
     (SELECT id AS id, conversation_id AS conversation_id, seq AS seq, role AS role, content AS content, metadata AS metadata, tokens AS tokens, CASE WHEN created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE created_at END AS created_at, covers_through AS covers_through FROM messages
      WHERE conversation_id = c.id AND seq < $3 AND seq > (CASE WHEN $5::integer IS NULL THEN 0 ELSE coalesce((
         SELECT b.seq FROM (
-            SELECT seq, sum(coalesce(tokens, (char_length(content) + 3) / 4)) OVER (
+            SELECT seq, sum(coalesce(tokens, (octet_length(content) + 3) / 4)) OVER (
                 ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
             ) AS running
             FROM messages WHERE conversation_id = c.id AND seq < $3
@@ -19,10 +19,10 @@ LEFT JOIN LATERAL (
      ORDER BY seq DESC
      LIMIT $2)
     UNION ALL
-    SELECT v.id, v.conversation_id, v.seq, v.role, v.content, v.metadata, v.tokens, v.created_at, v.covers_through FROM (SELECT x.* FROM (SELECT u.*, count(*) OVER w AS k, sum(coalesce(u.tokens, (char_length(u.content) + 3) / 4)) OVER w AS running
+    SELECT v.id, v.conversation_id, v.seq, v.role, v.content, v.metadata, v.tokens, v.created_at, v.covers_through FROM (SELECT x.* FROM (SELECT u.*, count(*) OVER w AS k, sum(coalesce(u.tokens, (octet_length(u.content) + 3) / 4)) OVER w AS running
     FROM (SELECT (CASE WHEN $5::integer IS NULL THEN 0 ELSE coalesce((
         SELECT b.seq FROM (
-            SELECT seq, sum(coalesce(tokens, (char_length(content) + 3) / 4)) OVER (
+            SELECT seq, sum(coalesce(tokens, (octet_length(content) + 3) / 4)) OVER (
                 ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
             ) AS running
             FROM messages WHERE conversation_id = c.id AND seq < $3 AND seq > g.through AND covers_through IS NULL

@@ -8,7 +8,7 @@ CROSS JOIN LATERAL (
      WHERE conversation_id = $1 AND seq < $3 AND g.id IS NULL
        AND seq > (CASE WHEN $4::integer IS NULL THEN 0 ELSE coalesce((
         SELECT b.seq FROM (
-            SELECT seq, sum(coalesce(tokens, (char_length(content) + 3) / 4)) OVER (
+            SELECT seq, sum(coalesce(tokens, (octet_length(content) + 3) / 4)) OVER (
                 ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
             ) AS running
             FROM messages WHERE conversation_id = $1 AND seq < $3
@@ -19,10 +19,10 @@ CROSS JOIN LATERAL (
      LIMIT $2)
     UNION ALL
     SELECT v.id, v.conversation_id, v.seq, v.role, v.content, v.metadata, v.tokens, v.created_at, v.covers_through
-    FROM (SELECT x.* FROM (SELECT u.*, count(*) OVER w AS k, sum(coalesce(u.tokens, (char_length(u.content) + 3) / 4)) OVER w AS running
+    FROM (SELECT x.* FROM (SELECT u.*, count(*) OVER w AS k, sum(coalesce(u.tokens, (octet_length(u.content) + 3) / 4)) OVER w AS running
     FROM (SELECT (CASE WHEN $4::integer IS NULL THEN 0 ELSE coalesce((
         SELECT b.seq FROM (
-            SELECT seq, sum(coalesce(tokens, (char_length(content) + 3) / 4)) OVER (
+            SELECT seq, sum(coalesce(tokens, (octet_length(content) + 3) / 4)) OVER (
                 ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
             ) AS running
             FROM messages WHERE conversation_id = $1 AND seq < $3 AND seq > g.through AND covers_through IS NULL

@@ -59,29 +59,29 @@ LEFT JOIN LATERAL (
 CROSS JOIN LATERAL (
     (SELECT e.id AS m_id, e.conversation_id AS m_conversation_id, e.seq AS m_seq, e.role AS m_role, e.content AS m_content, e.metadata AS m_metadata, e.tokens AS m_tokens, CASE WHEN e.created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN e.created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE e.created_at END AS m_created_at, e.covers_through AS m_covers_through, NOT (e.xmax = '0'::xid) AS touched
     FROM messages e
-    WHERE e.conversation_id = t.m_conversation_id AND e.seq < t.m_seq AND e.seq > (CASE WHEN ($10::integer - coalesce(t.m_tokens, (char_length(t.m_content) + 3) / 4)) IS NULL THEN 0 ELSE coalesce((
+    WHERE e.conversation_id = t.m_conversation_id AND e.seq < t.m_seq AND e.seq > (CASE WHEN ($10::integer - coalesce(t.m_tokens, (octet_length(t.m_content) + 3) / 4)) IS NULL THEN 0 ELSE coalesce((
         SELECT b.seq FROM (
-            SELECT seq, sum(coalesce(tokens, (char_length(content) + 3) / 4)) OVER (
+            SELECT seq, sum(coalesce(tokens, (octet_length(content) + 3) / 4)) OVER (
                 ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
             ) AS running
             FROM messages WHERE conversation_id = t.m_conversation_id AND seq < t.m_seq
             ORDER BY seq DESC LIMIT $9
-        ) b WHERE b.running > ($10::integer - coalesce(t.m_tokens, (char_length(t.m_content) + 3) / 4)) ORDER BY b.seq DESC LIMIT 1
+        ) b WHERE b.running > ($10::integer - coalesce(t.m_tokens, (octet_length(t.m_content) + 3) / 4)) ORDER BY b.seq DESC LIMIT 1
     ), 0) END)
       AND g.id IS NULL
     ORDER BY e.seq DESC
     LIMIT $9)
     UNION ALL
     SELECT v.m_id, v.m_conversation_id, v.m_seq, v.m_role, v.m_content, v.m_metadata, v.m_tokens, v.m_created_at, v.m_covers_through, v.touched
-    FROM (SELECT x.* FROM (SELECT u.*, count(*) OVER w AS k, sum(coalesce(u.m_tokens, (char_length(u.m_content) + 3) / 4)) OVER w AS running
-    FROM (SELECT (CASE WHEN ($10::integer - coalesce(t.m_tokens, (char_length(t.m_content) + 3) / 4)) IS NULL THEN 0 ELSE coalesce((
+    FROM (SELECT x.* FROM (SELECT u.*, count(*) OVER w AS k, sum(coalesce(u.m_tokens, (octet_length(u.m_content) + 3) / 4)) OVER w AS running
+    FROM (SELECT (CASE WHEN ($10::integer - coalesce(t.m_tokens, (octet_length(t.m_content) + 3) / 4)) IS NULL THEN 0 ELSE coalesce((
         SELECT b.seq FROM (
-            SELECT seq, sum(coalesce(tokens, (char_length(content) + 3) / 4)) OVER (
+            SELECT seq, sum(coalesce(tokens, (octet_length(content) + 3) / 4)) OVER (
                 ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
             ) AS running
             FROM messages WHERE conversation_id = t.m_conversation_id AND seq < t.m_seq AND seq > g.through AND covers_through IS NULL
             ORDER BY seq DESC LIMIT $9
-        ) b WHERE b.running > ($10::integer - coalesce(t.m_tokens, (char_length(t.m_content) + 3) / 4)) ORDER BY b.seq DESC LIMIT 1
+        ) b WHERE b.running > ($10::integer - coalesce(t.m_tokens, (octet_length(t.m_content) + 3) / 4)) ORDER BY b.seq DESC LIMIT 1
     ), 0) END) AS f) fl
     CROSS JOIN LATERAL (
         (SELECT e.id AS m_id, e.conversation_id AS m_conversation_id, e.seq AS m_seq, e.role AS m_role, e.content AS m_content, e.metadata AS m_metadata, e.tokens AS m_tokens, CASE WHEN e.created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN e.created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE e.created_at END AS m_created_at, e.covers_through AS m_covers_through, NOT (e.xmax = '0'::xid) AS touched, e.seq AS pos FROM messages e
@@ -95,7 +95,7 @@ CROSS JOIN LATERAL (
           AND e.covers_through < t.m_seq AND g.id IS NOT NULL
     ) u
     WINDOW w AS (ORDER BY u.pos DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)) x
-    WHERE x.k <= $9 AND (($10::integer - coalesce(t.m_tokens, (char_length(t.m_content) + 3) / 4)) IS NULL OR x.running <= ($10::integer - coalesce(t.m_tokens, (char_length(t.m_content) + 3) / 4)))) v
+    WHERE x.k <= $9 AND (($10::integer - coalesce(t.m_tokens, (octet_length(t.m_content) + 3) / 4)) IS NULL OR x.running <= ($10::integer - coalesce(t.m_tokens, (octet_length(t.m_content) + 3) / 4)))) v
     UNION ALL
     SELECT NULL, NULL, h.seq, NULL, NULL, NULL, NULL, NULL, NULL, NOT (h.xmax = '0'::xid) FROM messages h
     WHERE h.conversation_id = t.m_conversation_id AND h.covers_through IS NOT NULL

@@ -289,7 +289,7 @@ class MessagesRepository(Compaction):
         before the first one that would overflow the budget (an older, smaller message
         past the cut is not picked up), so the result may be empty when the latest
         message alone is larger. A message stored without a token count counts
-        ⌈characters / 4⌉ tokens, never none. Chosen in the same statement: only the
+        ⌈UTF-8 bytes / 4⌉ tokens, never none. Chosen in the same statement: only the
         messages returned leave the server, and the server stops reading at the cut.
 
         The conversation is named by its id or its :class:`~sessionstore.ContinuationId`

@@ -607,14 +607,14 @@ LIMITS = st.one_of(st.integers(1, 4), INTS)
 
 
 def own_tokens(row: Any) -> int:
-    """What a message row counts in a token budget: its tokens, else ⌈characters / 4⌉."""
+    """What a message row counts in a token budget: its tokens, else ⌈UTF-8 bytes / 4⌉."""
     tokens = row["tokens"]
-    return int(tokens) if tokens is not None else math.ceil(len(row["content"]) / 4)
+    return int(tokens) if tokens is not None else math.ceil(len(row["content"].encode("utf-8")) / 4)
 
 
 def within_tokens(newest_first: Sequence[Any], budget: object) -> list[Any]:
     """The oracle of a token budget over message rows (newest first): the newest of
-    them whose tokens — ⌈characters / 4⌉ for a row stored without a count — sum to at
+    them whose tokens — ⌈UTF-8 bytes / 4⌉ for a row stored without a count — sum to at
     most ``budget``, cut at the first that would overflow it. ``None``: all."""
     if budget is None:
         return list(newest_first)

@@ -1,6 +1,6 @@
 """Token budgets: ``history(max_tokens=)`` and ``add_turn(context_tokens=)`` return the
 latest messages whose tokens fit, a run ending at the latest; a message stored without a
-token count counts ⌈characters / 4⌉, the same in SQL and in memory; the turn's own message
+token count counts ⌈UTF-8 bytes / 4⌉, the same in SQL and in memory; the turn's own message
 is always in its context — also when the context is read again after a race, and with
 messages this process still holds for write-behind."""
 
@@ -53,11 +53,13 @@ async def test_history_keeps_the_latest_run_that_fits(store: SessionStore) -> No
 async def test_a_message_without_a_token_count_is_never_free(store: SessionStore) -> None:
     session = await store.sessions.create("alice")
     await store.add_turn("estimated", "user", "a" * 40, session_id=session.id)  # 10
-    await store.add_turn("estimated", "user", "é🎉" * 3, session_id=session.id)  # 6 chars: 2
+    # 6 characters, 18 bytes of UTF-8: 5 (by characters it would be 2)
+    await store.add_turn("estimated", "user", "é🎉" * 3, session_id=session.id)
     await store.add_turn("estimated", "user", "", session_id=session.id)  # nothing to count
-    assert await _seqs(store, "estimated", max_tokens=2) == [2, 3]
-    assert await _seqs(store, "estimated", max_tokens=11) == [2, 3]
-    assert await _seqs(store, "estimated", max_tokens=12) == [1, 2, 3]
+    assert await _seqs(store, "estimated", max_tokens=4) == [3]
+    assert await _seqs(store, "estimated", max_tokens=5) == [2, 3]
+    assert await _seqs(store, "estimated", max_tokens=14) == [2, 3]
+    assert await _seqs(store, "estimated", max_tokens=15) == [1, 2, 3]
 
 
 @pytest.mark.parametrize("field", ["max_tokens"])
@@ -112,10 +114,10 @@ async def test_the_estimate_is_the_same_in_sql_and_in_memory(
     store: SessionStore, contents: list[str]
 ) -> None:
     """A budget of exactly the messages' estimated sum returns them all, one token less
-    drops the oldest: the server's ⌈characters / 4⌉ is the one computed here."""
+    drops the oldest: the server's ⌈UTF-8 bytes / 4⌉ is the one computed here."""
     conv = await store.conversations.get_or_create(f"est-{len(contents)}-{id(contents)}")
     await store.messages.add_many(conv.id, [("user", text) for text in contents])
-    counts = [math.ceil(len(text) / 4) for text in contents]
+    counts = [math.ceil(len(text.encode("utf-8")) / 4) for text in contents]
     total = sum(counts)
     if total == 0:
         return  # an all-empty conversation fits any budget; nothing to tell apart
