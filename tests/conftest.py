@@ -214,6 +214,18 @@ async def store(dsn: str) -> AsyncIterator[SessionStore]:
 
 
 @pytest.fixture
+async def slow_writer(dsn: str) -> AsyncIterator[SessionStore]:
+    """An open store whose writer holds what it collects until flush() (or an hour: never
+    within a test, however loaded the machine), so read-your-writes and the queued-turn
+    handover are observable. A batch still starts at once when a message of another kind
+    follows (a turn, then a plain message): hold the rows to keep such a batch back."""
+    async with sessionstore.connect(
+        dsn, max_delay=3600.0, batch_size=10_000, **store_overrides()
+    ) as opened:
+        yield opened
+
+
+@pytest.fixture
 async def conn(admin_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     """A direct connection to this test's database, for checking what was written."""
     connection = await asyncpg.connect(admin_dsn, statement_cache_size=0)

@@ -4,7 +4,6 @@ that returns its context in the same round trip (issue 14, items 1 and 2)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from uuid import UUID
 
 import asyncpg
@@ -141,16 +140,6 @@ async def test_concurrent_turns_each_see_a_gapless_context(store: SessionStore) 
         for seqs in contexts:
             assert seqs == list(range(max(seqs[-1] - 4, 1), seqs[-1] + 1))
     assert await store.messages.count(ContinuationId("busy")) == 100
-
-
-@pytest.fixture
-async def slow_writer(dsn: str) -> AsyncIterator[SessionStore]:
-    """A store whose writer holds messages until flush() (or an hour: never within a
-    test, however loaded the machine): read-your-writes is then observable."""
-    async with sessionstore.connect(
-        dsn, max_delay=3600.0, batch_size=10_000, **store_overrides()
-    ) as opened:
-        yield opened
 
 
 async def test_history_reads_this_process_s_queued_messages_in_final_order(

@@ -6,7 +6,6 @@ Refusals, resends, counters, ``delete_originals``, pop and clear after a compact
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -218,15 +217,6 @@ async def test_a_fork_carries_the_compaction_of_its_prefix(store: SessionStore) 
     turn = await store.add_turn("whole", "user", "m6", context=10)
     assert turn.context is not None
     assert _names(turn.context) == ["S1", "m3", "m4", "m6"]
-
-
-@pytest.fixture
-async def slow_writer(dsn: str) -> AsyncIterator[SessionStore]:
-    """A store whose writer holds messages until flush() (or 10 s)."""
-    async with sessionstore.connect(
-        dsn, max_delay=3600.0, batch_size=10_000, **store_overrides()
-    ) as opened:
-        yield opened
 
 
 async def test_queued_messages_read_after_the_view(slow_writer: SessionStore) -> None:

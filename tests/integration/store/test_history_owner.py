@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 from uuid import UUID
 
 import asyncpg
@@ -19,17 +18,6 @@ from sessionstore import ContinuationId, InvalidInputError, NotFoundError, Sessi
 from ...conftest import store_overrides
 
 MISSING = "0190a5c4-0000-7000-8000-000000000000"
-
-
-@pytest.fixture
-async def slow_writer(dsn: str) -> AsyncIterator[SessionStore]:
-    """A store whose writer holds messages until flush() (or an hour: never within a
-    test, however loaded the machine): queued messages are then merged into history
-    (read-your-writes)."""
-    async with sessionstore.connect(
-        dsn, max_delay=3600.0, batch_size=10_000, **store_overrides()
-    ) as opened:
-        yield opened
 
 
 async def _refusal(call: object) -> str:

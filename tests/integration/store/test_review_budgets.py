@@ -4,25 +4,12 @@ committed between the turn's snapshot and its locks."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest
 
-import sessionstore
 from sessionstore import ContinuationId, SessionStore
 
-from ...conftest import store_overrides
 from ...helpers import wait_for_lock_waiters
-
-
-@pytest.fixture
-async def slow_writer(dsn: str) -> AsyncIterator[SessionStore]:
-    """A store whose writer holds messages until flush() (or an hour: never within a test)."""
-    async with sessionstore.connect(
-        dsn, max_delay=3600.0, batch_size=10_000, **store_overrides()
-    ) as opened:
-        yield opened
 
 
 async def test_a_budgeted_context_after_queued_messages_keeps_an_append_raced_in_before_them(

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import sessionstore
 from sessionstore import ContinuationId, InvalidInputError, SessionStore
 
-from ...conftest import store_overrides
 from ...helpers import wait_for_lock_waiters
 
 
@@ -163,15 +160,6 @@ async def test_a_budgeted_context_read_again_after_a_race_is_still_budgeted(
     assert turn.context is not None
     # stored: m1 2, m2 2, m3-big 4, NEW 1 — within 6: m3-big and NEW (m2 would make 7)
     assert [m.content for m in turn.context] == ["m3-big", "NEW"]
-
-
-@pytest.fixture
-async def slow_writer(dsn: str) -> AsyncIterator[SessionStore]:
-    """A store whose writer holds messages until flush() (or an hour: never within a test)."""
-    async with sessionstore.connect(
-        dsn, max_delay=3600.0, batch_size=10_000, **store_overrides()
-    ) as opened:
-        yield opened
 
 
 async def test_budgets_count_the_messages_still_queued(slow_writer: SessionStore) -> None:

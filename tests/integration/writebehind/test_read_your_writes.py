@@ -5,25 +5,12 @@ that writes the queued messages commits in the middle of the read."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
 import pytest
 
-import sessionstore
 from sessionstore import ContinuationId, SessionStore
-
-from ...conftest import store_overrides
-
-
-@pytest.fixture
-async def slow_writer(dsn: str) -> AsyncIterator[SessionStore]:
-    """A store whose writer holds messages until flush() (or an hour: never within a test)."""
-    async with sessionstore.connect(
-        dsn, max_delay=3600.0, batch_size=10_000, **store_overrides()
-    ) as opened:
-        yield opened
 
 
 class _FlushAfterFirstRead:
