@@ -119,7 +119,12 @@ class AddTurnOptions(TurnOptions, total=False):
     original) all return the one stored turn, under ``as_user`` too."""
     context: int | None
     """Also return the conversation's latest ``context`` messages (1 to 1,000), this one
-    included, oldest first, as :attr:`Turn.context` — in the same round trip."""
+    included, oldest first, as :attr:`Turn.context` — in the same round trip. The
+    messages before this one are the stored conversation at one instant: a run ending
+    right before it. When another client's write raced the turn, they are read again
+    (a second round trip) after the turn committed; if by then this message itself was
+    removed (``pop``, ``clear``), they are what was stored before it then, so the run may
+    end short of it. A context never holds another message removed before it was read."""
     context_tokens: int | None
     """With ``context`` (or alone: then up to 1,000 messages), only the latest messages
     whose tokens sum to at most ``context_tokens`` (1 to 2³¹−1), this one included — alone

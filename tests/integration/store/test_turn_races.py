@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from sessionstore import ContinuationId, SessionStore, Turn
+from sessionstore.repositories.messages import POP
 
 from ...conftest import as_supabase_postgres
 from ...helpers import wait_for_lock_waiters
@@ -92,12 +93,63 @@ async def test_a_context_never_holds_messages_cleared_while_the_turn_waited(
     assert [m.content for m in turn.context] == await _stored(store, "cleared")
 
 
-async def test_under_load_every_context_ends_with_its_turn_and_is_gapless(
+async def test_a_context_read_again_after_its_turn_was_popped_holds_no_removed_message(
+    store: SessionStore, admin_dsn: str
+) -> None:
+    """The race CI's PgBouncer run met under load, driven step by step: a turn whose
+    statement waited (an append committed meanwhile, so its context must be read again),
+    and, between its commit and that second read, a client pops the turn's message and
+    the append. The context is the stored run before the turn's seq at the second read
+    — no removed message but the turn's own — not a run with a hole (the load test's
+    claim that every context ends right before its turn was wrong in this case)."""
+    session_id = await _conversation(store, "undone")
+    name = ContinuationId("undone")
+    conversation = await store.conversations.get_by_continuation_id(name)
+    assert conversation is not None
+    holder, watcher = await asyncpg.connect(admin_dsn), await asyncpg.connect(admin_dsn)
+    remover = await asyncpg.connect(admin_dsn)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", session_id)
+            task = asyncio.create_task(
+                store.add_turn(name, "user", "NEW", session_id=session_id, context=10)
+            )
+            await wait_for_lock_waiters(watcher, 1)
+            await store.messages.add(name, "assistant", "m4")  # the snapshot misses it
+            removal = remover.transaction()
+            await removal.start()
+            # Queued behind the turn's statement, granted once it commits; the second
+            # read then waits behind it.
+            locked = asyncio.create_task(
+                remover.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+            )
+            await wait_for_lock_waiters(watcher, 2)
+        await asyncio.wait_for(locked, 10)
+        await wait_for_lock_waiters(watcher, 1)  # the second read
+        assert not task.done()
+        for gone in ("NEW", "m4"):
+            row = await remover.fetchrow(POP, conversation.id)
+            assert row is not None
+            assert row["content"] == gone
+        await removal.commit()
+        turn = await asyncio.wait_for(task, 10)
+    finally:
+        for conn in (holder, watcher, remover):
+            await conn.close()
+    assert turn.message.seq == 5
+    assert turn.context is not None
+    assert [m.content for m in turn.context] == ["m1", "m2", "m3", "NEW"]
+    assert await _stored(store, "undone") == ["m1", "m2", "m3"]
+
+
+async def test_under_load_every_context_is_a_stored_run_ending_with_its_turn(
     store: SessionStore,
 ) -> None:
     """Turns with a context beside pops and appends of the same conversation: every
-    context ends with the turn's own message and numbers the messages before it without
-    a gap (it was the stored conversation when it was read)."""
+    context ends with the turn's own message, and the messages before it are a run
+    without a gap (the stored conversation when it was read) — ending right before the
+    turn's seq whenever the turn's message was never removed (see the test above for
+    one that was)."""
     session = await store.sessions.create("alice")
     name = ContinuationId("busy")
     await store.add_turn(name, "user", "first", session_id=session.id)
@@ -120,12 +172,18 @@ async def test_under_load_every_context_ends_with_its_turn_and_is_gapless(
                 await store.messages.add(name, "assistant", f"churn-{n}")
 
     await asyncio.gather(*(chat(c) for c in range(3)), churn())
+    kept = {m.id for m in await store.messages.history(name, limit=1000)}
     assert len(contexts) == 90
     for turn, seqs in contexts:
         assert turn.context is not None
         assert turn.context[-1].id == turn.message.id
-        assert seqs == list(range(seqs[0], seqs[-1] + 1))
-        assert len(seqs) == min(6, turn.message.seq)
+        before = seqs[:-1]
+        assert before == list(range(seqs[0], seqs[0] + len(before)))
+        if turn.message.id in kept:
+            assert seqs == list(range(seqs[0], seqs[-1] + 1))
+            assert len(seqs) == min(6, turn.message.seq)
+        else:
+            assert all(seq < turn.message.seq for seq in before)
 
 
 @pytest.mark.parametrize("scope", ["service", "user"])
