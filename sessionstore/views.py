@@ -15,6 +15,7 @@ from .models import AddTurnOptions, AfterTurn, PruneCounts, PurgeCounts, Role, T
 from .prune import count_prunable, prune
 from .purge import purge_user
 from .repositories import ConversationsRepository, MessagesRepository, SessionsRepository
+from .repositories.checkpoints import CheckpointsRepository
 from .repositories.states import StatesRepository
 from .turns import add_turn
 from .writebehind.engine import Writer
@@ -39,6 +40,9 @@ class _Scope:
         self.sessions = SessionsRepository(db, cache)
         self.conversations = ConversationsRepository(db)
         self.states = StatesRepository(db)
+        # LangGraph's threads and checkpoints, for the checkpointer in
+        # sessionstore.integrations.langgraph, which checks every argument first.
+        self._checkpoints = CheckpointsRepository(db, self.sessions)
         self._writer: Writer | None = None  # write-behind: the service store's only
 
     async def add_turn(
