@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import logging
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -291,9 +290,7 @@ async def prune(
     """:meth:`sessionstore.SessionStore.prune` on ``db``."""
     rule = _rule(keep_last, older_than)
     size = v.limit(batch_size, "batch_size", maximum=MAX_BATCH_SIZE)
-    report = v.callback(on_progress, "on_progress")
-    if inspect.iscoroutinefunction(report):  # called, never awaited: it would report nothing
-        raise InvalidInputError("on_progress", "must be a plain function, not a coroutine function")
+    report = v.progress(on_progress)
     run = _Run(db, rule, size, report or (lambda _: None))
     busy = await run.sweep()
     if busy:

@@ -111,7 +111,7 @@ async def purge_user(
     """
     uid = v.identifier(user_id, "user_id")
     size = v.limit(batch_size, "batch_size", maximum=100_000)
-    on_progress = v.callback(on_progress, "on_progress")
+    on_progress = v.progress(on_progress)
     counts = PurgeCounts()
 
     def report(**totals: int) -> None:

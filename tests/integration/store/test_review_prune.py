@@ -33,6 +33,27 @@ async def test_an_async_on_progress_is_refused_not_silently_never_awaited(
     assert await conn.fetchval("SELECT count(*) FROM messages") == 3
 
 
+async def test_purge_and_cleanup_refuse_an_async_on_progress_too(
+    store: SessionStore, conn: asyncpg.Connection
+) -> None:
+    """The same rule for ``purge_user`` and ``cleanup_expired``, which took a coroutine
+    function and never awaited it: refused naming ``on_progress``, nothing deleted."""
+    session = await store.sessions.create("gone")
+    await store.add_turn("c", "user", "m", session_id=session.id)
+    await conn.execute("UPDATE sessions SET expires_at = now() - interval '1 hour'")
+
+    async def progress(count: object) -> None:
+        del count  # pragma: no cover - never awaited
+
+    with pytest.raises(InvalidInputError) as purge:
+        await store.purge_user("gone", on_progress=progress)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError) as cleanup:
+        await store.sessions.cleanup_expired(on_progress=progress)  # type: ignore[arg-type]
+    assert purge.value.field == cleanup.value.field == "on_progress"
+    assert await conn.fetchval("SELECT count(*) FROM sessions") == 1
+    assert await conn.fetchval("SELECT count(*) FROM messages") == 1
+
+
 async def _short_conversations(conn: asyncpg.Connection, n: int) -> None:
     """``n`` conversations of one message each (of 1 token)."""
     await conn.execute(
