@@ -9,8 +9,11 @@ from uuid import UUID
 import asyncpg
 import pytest
 
+import sessionstore
 from sessionstore import InvalidInputError, PruneCounts, SessionStore
-from sessionstore.prune import LOCK_BATCH
+from sessionstore.prune import COUNT_DUE, LOCK_BATCH, SCAN_WINDOW
+
+from ...conftest import store_overrides
 
 
 async def test_an_async_on_progress_is_refused_not_silently_never_awaited(
@@ -128,3 +131,23 @@ async def test_due_conversations_far_apart_are_all_found(
         c: (1 if c == due[2] else 5) for c in due
     }
     assert await store.prune(keep_last=1) == PruneCounts(messages=4, conversations=1, batches=1)
+
+
+async def test_the_dry_run_counts_in_bounded_windows(dsn: str, conn: asyncpg.Connection) -> None:
+    """``count_prunable`` was one statement over every message (a very large store
+    outlasted ``command_timeout``): it now counts ``SCAN_WINDOW`` conversations per
+    statement, and the windows add up to what the prune then deletes."""
+    queries: list[str] = []
+
+    async def configure(connection: asyncpg.Connection) -> None:
+        connection.add_query_logger(lambda record: queries.append(record.query))
+
+    await _short_conversations(conn, SCAN_WINDOW + 500)
+    async with sessionstore.connect(dsn, configure=configure, **store_overrides()) as store:
+        await store.add_turn("long", "user", "a", tokens=1)
+        await store.add_turn("long", "user", "b", tokens=1)
+        queries.clear()
+        assert await store.count_prunable(keep_last=1) == 1  # only "long" has one beyond
+        assert sum(q == COUNT_DUE for q in queries) == 2  # 2,000 then 501 conversations
+        assert await store.count_prunable(keep_last=0) == SCAN_WINDOW + 502
+        assert (await store.prune(keep_last=0)).messages == SCAN_WINDOW + 502
