@@ -27,7 +27,7 @@ What maps where:
   cannot be written (``ConflictError``).
 
 Round trips: ``aput``, ``aput_writes`` and ``aget_tuple`` take one each (``aput`` and
-``aput_writes`` two or three on a thread's first write, which creates it), ``alist``
+``aput_writes`` three or four on a thread's first write, which creates it), ``alist``
 one, and nothing holds a lock in the process: calls run concurrently on the store's pool,
 behind a transaction pooler too. The synchronous methods are not offered (use the
 graph's async API: ``ainvoke``, ``astream``).
