@@ -13,7 +13,7 @@
    framework whose packages are not installed);
 6. the chat loop across a network (bench/rtt.py): every system through a latency proxy
    at RTT 0, 1 and 5 ms;
-7. LangGraph checkpointers (bench/langgraph.py): one chat graph on SessionStoreSaver and
+7. LangGraph checkpointers (bench/checkpointers.py): one chat graph on SessionStoreSaver and
    on AsyncPostgresSaver, on loopback and at 5 ms RTT (skipped with a note when
    langgraph-checkpoint-postgres is not installed).
 
@@ -396,13 +396,13 @@ history, in both stores), append the reply. The built-in stores: OpenAI Agents
 def langgraph_workload(
     dsn: str, threads: int, turns: int
 ) -> tuple[list[dict[str, Any]], str, str | None]:
-    """bench/langgraph.py in a process of its own (its name would shadow the langgraph
-    package here, where bench/ is on sys.path), with its lock-free AsyncPostgresSaver as a
-    control: its rows, its doc section, and a note if it was skipped."""
+    """bench/checkpointers.py in a process of its own (LangGraph's runtime stays out of
+    the other benchmarks' process), with its lock-free AsyncPostgresSaver as a control:
+    its rows, its doc section, and a note if it was skipped."""
     out = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "bench" / "langgraph.py"),
+            str(ROOT / "bench" / "checkpointers.py"),
             "--dsn",
             dsn,
             "--threads",
@@ -580,7 +580,7 @@ def main() -> None:
     parser.add_argument("--rtts", default="0,1,5", help="round-trip times for bench/rtt.py, ms")
     parser.add_argument("--rtt-turns", type=int, default=10)
     parser.add_argument(
-        "--langgraph-turns", type=int, default=5, help="bench/langgraph.py's turns per thread"
+        "--langgraph-turns", type=int, default=5, help="bench/checkpointers.py's turns per thread"
     )
     parser.add_argument(
         "--only-frameworks",

@@ -150,7 +150,7 @@ def summary(
         lines += [
             "",
             "A LangGraph chat graph, 50 threads at once, on sessionstore's checkpointer and on"
-            " langgraph-checkpoint-postgres's, same pool size (bench/langgraph.py; the control"
+            " langgraph-checkpoint-postgres's, same pool size (bench/checkpointers.py; the control"
             " is `AsyncPostgresSaver` with its per-instance lock removed):",
             "",
             "| RTT | `AsyncPostgresSaver` | `SessionStoreSaver` | turns/s ratio | p99 ratio"

@@ -1,7 +1,7 @@
 """LangGraph checkpointers: the same chat graph on sessionstore's SessionStoreSaver and
 on langgraph-checkpoint-postgres's AsyncPostgresSaver, both on one PostgreSQL, in one run.
 
-    python bench/langgraph.py --dsn URL [--threads 50 --turns 5 --rounds 2 --rtts 0,5]
+    python bench/checkpointers.py --dsn URL [--threads 50 --turns 5 --rounds 2 --rtts 0,5]
 
 The graph: a chat agent (``StateGraph(MessagesState)``, one node calling a fake chat
 model that answers at once, no network). A turn: one ``ainvoke`` with one user message on
@@ -26,42 +26,28 @@ and ``memory``, LangGraph's InMemorySaver: the graph's own cost, no database.
 
 from __future__ import annotations
 
-import contextlib
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import re
+import signal
+import statistics
 import sys
-from pathlib import Path
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, nullcontext
+from typing import Any
+from urllib.parse import urlsplit
 
-HERE = Path(__file__).resolve().parent
-# This file is named like the package it measures, and a script's own directory is on
-# sys.path: there this module would be found for `import langgraph` wherever bench/ stood,
-# since a module beats a namespace package (which langgraph is) on any sys.path entry.
-# So the package is imported once with bench/ off sys.path; bench/'s modules come after.
-_PATH = sys.path[:]
-sys.path[:] = [p for p in _PATH if Path(p or ".").resolve() != HERE]
-with contextlib.suppress(ImportError):  # missing() names it
-    import langgraph  # noqa: F401
-sys.path[:] = _PATH
+import asyncpg
+from common import fresh_database
+from latency import LatencyProxy
+from rtt import through, upstream_of
 
-import argparse  # noqa: E402  (after the path fix above, like every import below)
-import asyncio  # noqa: E402
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import signal  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from collections import Counter  # noqa: E402
-from collections.abc import AsyncIterator, Awaitable, Callable  # noqa: E402
-from contextlib import asynccontextmanager, nullcontext  # noqa: E402
-from typing import Any  # noqa: E402
-from urllib.parse import urlsplit  # noqa: E402
-
-import asyncpg  # noqa: E402
-from common import fresh_database  # noqa: E402
-from latency import LatencyProxy  # noqa: E402
-from rtt import through, upstream_of  # noqa: E402
-
-import sessionstore  # noqa: E402
+import sessionstore
 
 SAVERS = ["sessionstore", "postgres"]
 #: The checkpointer calls counted per turn (LangGraph calls them on the saver object).
@@ -182,7 +168,7 @@ async def postgres_unlocked_saver(dsn: str, pool: int) -> AsyncIterator[Opened]:
     of its own (safe here: the lock guards a shared connection or pipeline, and a pool
     has neither)."""
     async with postgres_saver(dsn, pool) as (saver, configs):
-        saver.lock = contextlib.nullcontext()
+        saver.lock = nullcontext()
         yield saver, configs
 
 
