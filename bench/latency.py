@@ -7,7 +7,8 @@ machines this project runs on, so the delay is made here, in user space.
 It runs as a process of its own (``LatencyProxy`` starts one), so its CPU never counts as
 the benchmarked client's. It also counts what clients send: statements (``Query`` and
 ``Execute`` messages) and round trips (``Query`` and ``Sync``), between SIGUSR1 (start)
-and SIGUSR2 (stop); on SIGTERM it prints the counts as one JSON line and exits.
+and SIGUSR2 (stop), and each statement's SQL; on SIGTERM it prints the counts as one
+JSON line and exits.
 
 Each connection gets one thread per direction that reads and stamps chunks and one that
 sends each chunk when it is due: blocking sockets and ``time.sleep`` keep the delay to
@@ -38,20 +39,23 @@ _SSL, _GSSENC, _CANCEL = 80877103, 80877104, 80877102
 
 
 class Counts:
-    """Statements and round trips clients sent, counted only while ``on``."""
+    """Statements and round trips clients sent, counted only while ``on``; and how often
+    each statement's text was run (``by_statement``, SQL with whitespace collapsed)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.on = False
         self.statements = 0
         self.round_trips = 0
+        self.by_statement: collections.Counter[str] = collections.Counter()
 
-    def add(self, kind: bytes) -> None:
+    def add(self, kind: bytes, sql: str | None = None) -> None:
         if not self.on:
             return
         with self.lock:
             if kind in (b"Q", b"E"):
                 self.statements += 1
+                self.by_statement[" ".join((sql or "?").split())] += 1
             if kind in (b"Q", b"S"):
                 self.round_trips += 1
 
@@ -59,13 +63,37 @@ class Counts:
 COUNTS = Counts()
 
 
+def _cstring(body: bytes, start: int = 0) -> tuple[str, int]:
+    """The NUL-terminated string at ``start`` of a message body, and where the next begins."""
+    end = body.index(b"\0", start)
+    return body[start:end].decode(errors="replace"), end + 1
+
+
 class _Frontend:
     """Splits one client's byte stream into PostgreSQL protocol messages (by their
-    length fields) and counts them; nothing is changed or held back."""
+    length fields) and counts them; nothing is changed or held back. It follows Parse
+    (statement name → SQL) and Bind (portal → statement) so that an Execute is counted
+    under its SQL, whether the statement was prepared while counting or before."""
 
     def __init__(self) -> None:
         self.buffer = b""
         self.started = False
+        self.prepared: dict[str, str] = {}
+        self.portals: dict[str, str] = {}
+
+    def sql(self, kind: bytes, body: bytes) -> str | None:
+        """Follow ``kind``'s message; the SQL it runs, if it runs one."""
+        if kind == b"Q":
+            return _cstring(body)[0]
+        if kind == b"P":
+            name, at = _cstring(body)
+            self.prepared[name] = _cstring(body, at)[0]
+        elif kind == b"B":
+            portal, at = _cstring(body)
+            self.portals[portal] = _cstring(body, at)[0]
+        elif kind == b"E":
+            return self.prepared.get(self.portals.get(_cstring(body)[0], ""), "?")
+        return None
 
     def feed(self, data: bytes) -> None:
         self.buffer += data
@@ -84,8 +112,8 @@ class _Frontend:
             kind, (length,) = self.buffer[:1], struct.unpack("!i", self.buffer[1:5])
             if len(self.buffer) < 1 + length:
                 return
-            self.buffer = self.buffer[1 + length :]
-            COUNTS.add(kind)
+            body, self.buffer = self.buffer[5 : 1 + length], self.buffer[1 + length :]
+            COUNTS.add(kind, self.sql(kind, body))
 
 
 def _pipe(
@@ -173,7 +201,11 @@ def serve(upstream: str, one_way: float, port: int = 0) -> None:
 
     def report(signum: int, frame: FrameType | None) -> None:
         with COUNTS.lock:
-            line = {"statements": COUNTS.statements, "round_trips": COUNTS.round_trips}
+            line = {
+                "statements": COUNTS.statements,
+                "round_trips": COUNTS.round_trips,
+                "by_statement": dict(COUNTS.by_statement.most_common()),
+            }
         print(json.dumps(line), flush=True)
         os._exit(0)  # the forwarding threads are daemons; nothing to clean up
 
@@ -202,8 +234,9 @@ class LatencyProxy:
             str(rtt_ms),
         ]
         self._process: subprocess.Popen[str] | None = None
-        #: After exit: the statements and round trips counted while counting was on.
-        self.counts: dict[str, int] = {}
+        #: After exit: the statements and round trips counted while counting was on, and
+        #: ``by_statement``: each statement's SQL and how often it ran.
+        self.counts: dict[str, Any] = {}
 
     @property
     def pid(self) -> int:

@@ -12,7 +12,10 @@
    store against sessionstore's adapter (bench/frameworks.py; skipped with a note per
    framework whose packages are not installed);
 6. the chat loop across a network (bench/rtt.py): every system through a latency proxy
-   at RTT 0, 1 and 5 ms.
+   at RTT 0, 1 and 5 ms;
+7. LangGraph checkpointers (bench/checkpointers.py): one chat graph on SessionStoreSaver and
+   on AsyncPostgresSaver, on loopback and at 5 ms RTT (skipped with a note when
+   langgraph-checkpoint-postgres is not installed).
 
 Prints the tables and rewrites the generated parts of docs/benchmarks.md (its summary
 and its tables), docs/benchmarks.png and docs/benchmarks-rtt.png, and the README's
@@ -390,6 +393,39 @@ history, in both stores), append the reply. The built-in stores: OpenAI Agents
     return rows, section
 
 
+def langgraph_workload(
+    dsn: str, threads: int, turns: int
+) -> tuple[list[dict[str, Any]], str, str | None]:
+    """bench/checkpointers.py in a process of its own (LangGraph's runtime stays out of
+    the other benchmarks' process), with its lock-free AsyncPostgresSaver as a control:
+    its rows, its doc section, and a note if it was skipped."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "checkpointers.py"),
+            "--dsn",
+            dsn,
+            "--threads",
+            str(threads),
+            "--turns",
+            str(turns),
+            "--savers",
+            "sessionstore,postgres,postgres-unlocked",
+            "--json",
+        ],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    for row in result["rows"]:
+        print(json.dumps(row), flush=True)
+    skipped = result.get("skipped")
+    if skipped:
+        print(skipped, flush=True)
+    return result["rows"], result["section"] or f"{skipped}\n", skipped
+
+
 def chart(rows: list[dict[str, Any]]) -> None:
     import matplotlib
 
@@ -420,6 +456,7 @@ def write_doc(
     loop_ceiling: dict[str, Any] | None,
     frameworks: str,
     network: str,
+    langgraph: str = "",
 ) -> str:
     t = [
         "| implementation | turns/s | p50 ms | p95 ms | p99 ms | client CPU s | peak RSS MiB"
@@ -510,6 +547,7 @@ asyncpg sending the identical statement with the same arguments (10 tasks, pool 
 
 {frameworks}
 {network}
+{langgraph}
 ### Where sessionstore's client CPU goes (cProfile, turn workload, by own time)
 
 ```
@@ -542,9 +580,17 @@ def main() -> None:
     parser.add_argument("--rtts", default="0,1,5", help="round-trip times for bench/rtt.py, ms")
     parser.add_argument("--rtt-turns", type=int, default=10)
     parser.add_argument(
+        "--langgraph-turns", type=int, default=5, help="bench/checkpointers.py's turns per thread"
+    )
+    parser.add_argument(
         "--only-frameworks",
         action="store_true",
         help="run only the framework comparison and print its table (docs untouched)",
+    )
+    parser.add_argument(
+        "--only-langgraph",
+        action="store_true",
+        help="run only the LangGraph checkpointers and print their table (docs untouched)",
     )
     args = parser.parse_args()
     started = time.perf_counter()
@@ -560,6 +606,9 @@ def main() -> None:
         if args.only_frameworks:
             print(framework_workload(dsn, args.clients, args.framework_turns)[1])
             return
+        if args.only_langgraph:
+            print(langgraph_workload(dsn, args.clients, args.langgraph_turns)[1])
+            return
         turns = turn_workload(dsn, args.clients, args.turns)
         ceiling = pgbench_ceiling(dsn, args.clients, 10)
         loop_ceiling = pgbench_ceiling(dsn, args.clients, 10, chat_loop=True)
@@ -571,12 +620,17 @@ def main() -> None:
 
         rtts = [float(x) for x in args.rtts.split(",")]
         rtt_rows, rtt_overhead, rtt_skipped = rtt.run(dsn, rtts, args.clients, args.rtt_turns)
+        graph_rows, graph_section, _ = langgraph_workload(dsn, args.clients, args.langgraph_turns)
     chart(turns)
     rtt.chart(rtt_rows, ROOT / "docs" / "benchmarks-rtt.png")
     network = rtt.section(rtt_rows, rtt_overhead, rtt_skipped, args.clients, args.rtt_turns)
-    body = write_doc(env, turns, hist, add, prof, ceiling, loop_ceiling, frameworks, network)
+    body = write_doc(
+        env, turns, hist, add, prof, ceiling, loop_ceiling, frameworks, network, graph_section
+    )
     replace_between(
-        DOC, SUMMARY, summary(env, turns, ceiling, loop_ceiling, framework_rows, rtt_rows)
+        DOC,
+        SUMMARY,
+        summary(env, turns, ceiling, loop_ceiling, framework_rows, rtt_rows, graph_rows),
     )
     replace_between(README, COMPARISON, comparison(env, framework_rows, rtt_rows))
     print(body)

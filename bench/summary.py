@@ -57,6 +57,7 @@ def summary(
     loop_ceiling: dict[str, Any] | None,
     framework_rows: list[dict[str, Any]],
     rtt_rows: list[dict[str, Any]],
+    langgraph_rows: list[dict[str, Any]] | None = None,
 ) -> str:
     """docs/benchmarks.md's summary, from this run's rows."""
     by = {r["impl"]: r for r in turns}
@@ -142,6 +143,35 @@ def summary(
                 f" | {number(ours['turns_per_s'])} turns/s, p99 {number(ours['p99_ms'])} ms"
                 f" | {round(ours['turns_per_s'] / own['turns_per_s'], 2)}×"
                 f" | {cpu[0]} → {cpu[1]} ms |"
+            )
+    graph = {(r["rtt_ms"], r["saver"]): r for r in langgraph_rows or []}
+    rtts = sorted({rtt for rtt, saver in graph if saver == "sessionstore"})
+    if rtts:
+        lines += [
+            "",
+            "A LangGraph chat graph, 50 threads at once, on sessionstore's checkpointer and on"
+            " langgraph-checkpoint-postgres's, same pool size (bench/checkpointers.py; the control"
+            " is `AsyncPostgresSaver` with its per-instance lock removed):",
+            "",
+            "| RTT | `AsyncPostgresSaver` | `SessionStoreSaver` | turns/s ratio | p99 ratio"
+            " | turns/s ratio to the control |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for rtt in rtts:
+            mine = graph[(rtt, "sessionstore")]
+            peer = graph.get((rtt, "postgres"))
+            control = graph.get((rtt, "postgres-unlocked"))
+            if peer is None:
+                continue
+            to_control = (
+                f"{round(mine['turns_per_s'] / control['turns_per_s'], 2)}×" if control else "—"
+            )
+            lines.append(
+                f"| {rtt:g} ms | {number(peer['turns_per_s'])} turns/s,"
+                f" p99 {number(peer['p99_ms'])} ms"
+                f" | {number(mine['turns_per_s'])} turns/s, p99 {number(mine['p99_ms'])} ms"
+                f" | {round(mine['turns_per_s'] / peer['turns_per_s'], 2)}×"
+                f" | {round(peer['p99_ms'] / mine['p99_ms'], 2)}× lower | {to_control} |"
             )
     return "\n".join(lines)
 

@@ -22,7 +22,7 @@ import logging
 import secrets
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from uuid import UUID
 
@@ -311,10 +311,10 @@ async def _remove(store: SessionStore, users: list[str]) -> PurgeCounts:
     for user in users:
         counts = await store.purge_user(user)
         total = PurgeCounts(
-            sessions=total.sessions + counts.sessions,
-            conversations=total.conversations + counts.conversations,
-            messages=total.messages + counts.messages,
-            user_states=total.user_states + counts.user_states,
+            **{
+                f.name: getattr(total, f.name) + getattr(counts, f.name)
+                for f in fields(PurgeCounts)
+            }
         )
     return total
 

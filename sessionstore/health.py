@@ -20,6 +20,10 @@ TABLES = (
     "adk_session_states",
     "adk_app_states",
     "adk_user_states",
+    "langgraph_threads",
+    "langgraph_checkpoints",
+    "langgraph_blobs",
+    "langgraph_writes",
     "alembic_version",
 )
 #: The roles Supabase's API switches to for the anon and user keys.
@@ -37,6 +41,13 @@ EXPECTED_POLICIES = {
     "adk_session_states": {"adk_session_states_own", "adk_session_states_service_role_all"},
     "adk_app_states": {"adk_app_states_read", "adk_app_states_service_role_all"},
     "adk_user_states": {"adk_user_states_own", "adk_user_states_service_role_all"},
+    "langgraph_threads": {"langgraph_threads_own", "langgraph_threads_service_role_all"},
+    "langgraph_checkpoints": {
+        "langgraph_checkpoints_own",
+        "langgraph_checkpoints_service_role_all",
+    },
+    "langgraph_blobs": {"langgraph_blobs_own", "langgraph_blobs_service_role_all"},
+    "langgraph_writes": {"langgraph_writes_own", "langgraph_writes_service_role_all"},
     "alembic_version": set(),  # row-level security with no policy: no API role sees a row
 }
 

@@ -294,6 +294,9 @@ class PurgeCounts:
     messages: int = 0
     #: Rows of user-scoped framework state (Google ADK's ``user:`` state, every app).
     user_states: int = 0
+    #: LangGraph checkpoints of the user's threads (``sessionstore.integrations.langgraph``;
+    #: their blobs and pending writes go too, uncounted).
+    checkpoints: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import logging
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -169,17 +168,24 @@ SELECT coalesce(sum(n), 0)::integer AS messages,
        (SELECT count(*) FROM chosen) = $4 AS full
 FROM per_conv
 """
-# What a prune would delete now ($1 keep_last, $2 older_than): read-only, one statement.
+# What a prune would delete now ($1 keep_last, $2 older_than) among the next
+# SCAN_WINDOW conversations after $3 in id order (a statement per window, so none grows
+# with the table), and the last conversation counted.
 COUNT_DUE = f"""
-SELECT count(*) FROM (
-    SELECT {_due("$2")}, c.message_count
-    FROM conversations c
-    CROSS JOIN LATERAL (
-        SELECT (SELECT ls.id FROM ({latest_summary("c.id")}) ls) AS summary_id
-    ) live
-    JOIN messages m ON m.conversation_id = c.id AND m.id IS DISTINCT FROM live.summary_id
-) r
-WHERE due AND seq <= {prune_upto("message_count", "$1")}
+WITH scanned AS (
+    SELECT id, message_count FROM conversations WHERE id > $3 ORDER BY id LIMIT {SCAN_WINDOW}
+)
+SELECT (SELECT count(*) FROM (
+            SELECT {_due("$2")}, c.message_count
+            FROM scanned c
+            CROSS JOIN LATERAL (
+                SELECT (SELECT ls.id FROM ({latest_summary("c.id")}) ls) AS summary_id
+            ) live
+            JOIN messages m ON m.conversation_id = c.id AND m.id IS DISTINCT FROM live.summary_id
+        ) r
+        WHERE due AND seq <= {prune_upto("message_count", "$1")}) AS due,
+       (SELECT count(*) FROM scanned) AS scanned,
+       (SELECT id FROM scanned ORDER BY id DESC LIMIT 1) AS last
 """
 
 _FIRST = UUID(int=0)
@@ -291,9 +297,7 @@ async def prune(
     """:meth:`sessionstore.SessionStore.prune` on ``db``."""
     rule = _rule(keep_last, older_than)
     size = v.limit(batch_size, "batch_size", maximum=MAX_BATCH_SIZE)
-    report = v.callback(on_progress, "on_progress")
-    if inspect.iscoroutinefunction(report):  # called, never awaited: it would report nothing
-        raise InvalidInputError("on_progress", "must be a plain function, not a coroutine function")
+    report = v.progress(on_progress)
     run = _Run(db, rule, size, report or (lambda _: None))
     busy = await run.sweep()
     if busy:
@@ -316,4 +320,11 @@ async def count_prunable(
 ) -> int:
     """:meth:`sessionstore.SessionStore.count_prunable` on ``db``."""
     rule = _rule(keep_last, older_than)
-    return int(await db.fetchval(COUNT_DUE, rule.keep, rule.older_than, retry=True))
+    total, after = 0, _FIRST
+    while True:
+        row = await db.fetchrow(COUNT_DUE, rule.keep, rule.older_than, after, retry=True)
+        assert row is not None  # the statement always returns one row
+        total += int(row["due"])
+        if row["scanned"] < SCAN_WINDOW:
+            return total
+        after = row["last"]

@@ -1,5 +1,6 @@
-"""Deleting everything of one user — sessions, their conversations and messages, and the
-user-scoped state agent frameworks keep (``adk_user_states``) — in
+"""Deleting everything of one user — sessions, their conversations and messages, the
+LangGraph checkpoints of their sessions' threads, and the user-scoped state agent
+frameworks keep (``adk_user_states``) — in
 bounded batches, so that a user with a long history never holds locks for long and
 everyone else's writes keep going."""
 
@@ -59,6 +60,29 @@ SELECT (SELECT count(*) FROM messages_gone) AS messages,
        (SELECT count(*) FROM sessions_gone) AS sessions
 """
 _SESSION_BATCH_FIELDS = ("messages", "conversations", "sessions")
+# LangGraph's checkpoints of the user's threads, a batch at a time (the threads go with
+# their sessions, ON DELETE CASCADE, once little is left under them).
+_USER_THREADS = """
+    SELECT t.thread_id FROM sessions s JOIN langgraph_threads t ON t.session_id = s.id
+    WHERE s.user_id = $1"""
+PURGE_CHECKPOINT_WRITES = f"""
+DELETE FROM langgraph_writes WHERE (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) IN (
+    SELECT thread_id, checkpoint_ns, checkpoint_id, task_id, idx FROM langgraph_writes
+    WHERE thread_id IN ({_USER_THREADS}) LIMIT $2
+)
+"""
+PURGE_CHECKPOINT_BLOBS = f"""
+DELETE FROM langgraph_blobs WHERE (thread_id, checkpoint_ns, channel, version) IN (
+    SELECT thread_id, checkpoint_ns, channel, version FROM langgraph_blobs
+    WHERE thread_id IN ({_USER_THREADS}) LIMIT $2
+)
+"""
+PURGE_CHECKPOINTS = f"""
+DELETE FROM langgraph_checkpoints WHERE (thread_id, checkpoint_ns, checkpoint_id) IN (
+    SELECT thread_id, checkpoint_ns, checkpoint_id FROM langgraph_checkpoints
+    WHERE thread_id IN ({_USER_THREADS}) LIMIT $2
+)
+"""
 # Session-scoped state goes with its session (ON DELETE CASCADE); user-scoped state is
 # keyed by the user alone.
 PURGE_USER_STATES = """
@@ -76,8 +100,9 @@ async def purge_user(
     on_progress: Callable[[PurgeCounts], None] | None = None,
 ) -> PurgeCounts:
     """Delete every session of ``user_id`` with its conversations and messages (and the
-    user's framework state), at most ``batch_size`` sessions, conversations or messages
-    per statement; ``on_progress`` gets the running counts.
+    LangGraph checkpoints of its threads, and the user's framework state), at most
+    ``batch_size`` sessions, conversations, messages or checkpoint rows per statement;
+    ``on_progress`` gets the running counts.
 
     Total: what a concurrent turn writes to the user's sessions before their batch is
     deleted goes with them (and is counted); a turn after that finds its session gone
@@ -86,7 +111,7 @@ async def purge_user(
     """
     uid = v.identifier(user_id, "user_id")
     size = v.limit(batch_size, "batch_size", maximum=100_000)
-    on_progress = v.callback(on_progress, "on_progress")
+    on_progress = v.progress(on_progress)
     counts = PurgeCounts()
 
     def report(**totals: int) -> None:
@@ -100,6 +125,11 @@ async def purge_user(
 
     for field, query in (("messages", PURGE_MESSAGES), ("conversations", PURGE_CONVERSATIONS)):
         await delete_in_batches(db, query, uid, size=size, on_progress=running(field))
+    for query in (PURGE_CHECKPOINT_WRITES, PURGE_CHECKPOINT_BLOBS):
+        await delete_in_batches(db, query, uid, size=size)
+    await delete_in_batches(
+        db, PURGE_CHECKPOINTS, uid, size=size, on_progress=running("checkpoints")
+    )
 
     deleted = PurgeCounts()  # by the session batches, committed or not
 

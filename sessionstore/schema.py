@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     Constraint,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     Table,
@@ -31,6 +33,10 @@ __all__ = [
     "adk_session_states",
     "adk_user_states",
     "conversations",
+    "langgraph_blobs",
+    "langgraph_checkpoints",
+    "langgraph_threads",
+    "langgraph_writes",
     "message_role",
     "messages",
     "metadata",
@@ -202,4 +208,87 @@ adk_user_states = Table(
     Column("user_id", Text, nullable=False),
     *_state(),
     PrimaryKeyConstraint("app_name", "user_id", name="adk_user_states_pkey"),
+)
+
+# The LangGraph checkpointer's tables (sessionstore.integrations.langgraph; revision 0011).
+langgraph_threads = Table(
+    "langgraph_threads",
+    metadata,
+    Column("thread_id", Text, primary_key=True),
+    Column(
+        "session_id",
+        UUID(as_uuid=True),
+        ForeignKey("sessions.id", ondelete="CASCADE", name="langgraph_threads_session_id_fkey"),
+    ),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+)
+Index("idx_langgraph_threads_session_id", langgraph_threads.c.session_id)
+
+
+def _thread(table: str) -> list[Column[str]]:
+    return [
+        Column(
+            "thread_id",
+            Text,
+            ForeignKey(
+                "langgraph_threads.thread_id",
+                ondelete="CASCADE",
+                name=f"{table}_thread_id_fkey",
+            ),
+            nullable=False,
+        ),
+        Column("checkpoint_ns", Text, nullable=False, server_default=text("''")),
+    ]
+
+
+langgraph_checkpoints = Table(
+    "langgraph_checkpoints",
+    metadata,
+    *_thread("langgraph_checkpoints"),
+    Column("checkpoint_id", Text, nullable=False),
+    Column("parent_checkpoint_id", Text),
+    Column("type", Text, nullable=False),
+    Column("checkpoint", LargeBinary, nullable=False),
+    Column("channel_versions", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("delta", Boolean, nullable=False, server_default=text("false")),
+    PrimaryKeyConstraint(
+        "thread_id", "checkpoint_ns", "checkpoint_id", name="langgraph_checkpoints_pkey"
+    ),
+)
+Index(
+    "idx_langgraph_checkpoints_run_id",
+    langgraph_checkpoints.c.metadata["run_id"].astext,
+)
+langgraph_blobs = Table(
+    "langgraph_blobs",
+    metadata,
+    *_thread("langgraph_blobs"),
+    Column("channel", Text, nullable=False),
+    Column("version", Text, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("blob", LargeBinary),
+    PrimaryKeyConstraint(
+        "thread_id", "checkpoint_ns", "channel", "version", name="langgraph_blobs_pkey"
+    ),
+)
+langgraph_writes = Table(
+    "langgraph_writes",
+    metadata,
+    *_thread("langgraph_writes"),
+    Column("checkpoint_id", Text, nullable=False),
+    Column("task_id", Text, nullable=False),
+    Column("task_path", Text, nullable=False, server_default=text("''")),
+    Column("idx", Integer, nullable=False),
+    Column("channel", Text, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("blob", LargeBinary, nullable=False),
+    PrimaryKeyConstraint(
+        "thread_id",
+        "checkpoint_ns",
+        "checkpoint_id",
+        "task_id",
+        "idx",
+        name="langgraph_writes_pkey",
+    ),
 )

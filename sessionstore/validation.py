@@ -7,6 +7,7 @@ and returns the value in the form the SQL needs. Pure functions, no I/O.
 from __future__ import annotations
 
 import enum
+import inspect
 import json
 import math
 import sys
@@ -407,6 +408,15 @@ def callback(value: C | None, field: str) -> C | None:
     if value is not None and not callable(value):
         raise InvalidInputError(field, f"must be callable or None, got {_shape(value)}")
     return value
+
+
+def progress(value: C | None, field: str = "on_progress") -> C | None:
+    """A progress callback: a plain callable or ``None``. A coroutine function is refused:
+    it would be called and never awaited, so it would report nothing."""
+    checked = callback(value, field)
+    if inspect.iscoroutinefunction(checked):
+        raise InvalidInputError(field, "must be a plain function, not a coroutine function")
+    return checked
 
 
 def claims(value: object, field: str = "claims") -> dict[str, object]:

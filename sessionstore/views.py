@@ -15,6 +15,7 @@ from .models import AddTurnOptions, AfterTurn, PruneCounts, PurgeCounts, Role, T
 from .prune import count_prunable, prune
 from .purge import purge_user
 from .repositories import ConversationsRepository, MessagesRepository, SessionsRepository
+from .repositories.checkpoints import CheckpointsRepository
 from .repositories.states import StatesRepository
 from .turns import add_turn
 from .writebehind.engine import Writer
@@ -39,6 +40,9 @@ class _Scope:
         self.sessions = SessionsRepository(db, cache)
         self.conversations = ConversationsRepository(db)
         self.states = StatesRepository(db)
+        # LangGraph's threads and checkpoints, for the checkpointer in
+        # sessionstore.integrations.langgraph, which checks every argument first.
+        self._checkpoints = CheckpointsRepository(db, self.sessions)
         self._writer: Writer | None = None  # write-behind: the service store's only
 
     async def add_turn(
@@ -184,10 +188,11 @@ class _Scope:
     async def count_prunable(
         self, *, keep_last: int | None = None, older_than: timedelta | None = None
     ) -> int:
-        """How many messages :meth:`prune` with these arguments would delete now, in one
-        read-only statement (under ``as_user``, of that user's conversations); the
-        arguments are checked as ``prune`` checks them. ``sessionstore prune --dry-run``
-        prints it."""
+        """How many messages :meth:`prune` with these arguments would delete now (under
+        ``as_user``, of that user's conversations); the arguments are checked as
+        ``prune`` checks them. ``sessionstore prune --dry-run`` prints it. Read-only,
+        counted 2,000 conversations per statement (no statement grows with the table),
+        so the total is the sum of several moments, not one snapshot."""
         return await count_prunable(self._db, keep_last=keep_last, older_than=older_than)
 
 

@@ -149,3 +149,7 @@ class Database:
     async def fetchval(self, query: str, *args: Any, retry: bool = False) -> Any:
         """The first column of the first row of ``query``."""
         return await self.run(lambda conn: conn.fetchval(query, *args), retry=retry)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        """Run ``query`` for its effect; its status (``"DELETE 3"``)."""
+        return await self.run(lambda conn: conn.execute(query, *args))

@@ -312,7 +312,7 @@ class SessionsRepository:
         """
         size = v.limit(batch_size, "batch_size", maximum=100_000)
         cascade = v.flag(delete_conversations, "delete_conversations")
-        on_progress = v.callback(on_progress, "on_progress")
+        on_progress = v.progress(on_progress)
 
         async def batch(conn: Connection) -> int:
             _, row = await lock_then_delete(

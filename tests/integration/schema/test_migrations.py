@@ -64,6 +64,10 @@ async def test_upgrade_downgrade_upgrade(empty_dsn: str) -> None:
         "table:adk_session_states",
         "table:adk_app_states",
         "table:adk_user_states",
+        "table:langgraph_threads",
+        "table:langgraph_checkpoints",
+        "table:langgraph_blobs",
+        "table:langgraph_writes",
         "type:message_role",
         "function:update_updated_at_column",
         "function:update_sessions_updated_at",
@@ -131,6 +135,14 @@ async def test_rls_policies_triggers_and_cleanup_function(conn: asyncpg.Connecti
         ("adk_app_states", "adk_app_states_service_role_all"),
         ("adk_user_states", "adk_user_states_own"),
         ("adk_user_states", "adk_user_states_service_role_all"),
+        ("langgraph_threads", "langgraph_threads_own"),
+        ("langgraph_threads", "langgraph_threads_service_role_all"),
+        ("langgraph_checkpoints", "langgraph_checkpoints_own"),
+        ("langgraph_checkpoints", "langgraph_checkpoints_service_role_all"),
+        ("langgraph_blobs", "langgraph_blobs_own"),
+        ("langgraph_blobs", "langgraph_blobs_service_role_all"),
+        ("langgraph_writes", "langgraph_writes_own"),
+        ("langgraph_writes", "langgraph_writes_service_role_all"),
     }
     triggers = {
         r[0] for r in await conn.fetch("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")

@@ -9,8 +9,11 @@ from uuid import UUID
 import asyncpg
 import pytest
 
+import sessionstore
 from sessionstore import InvalidInputError, PruneCounts, SessionStore
-from sessionstore.prune import LOCK_BATCH
+from sessionstore.prune import COUNT_DUE, LOCK_BATCH, SCAN_WINDOW
+
+from ...conftest import store_overrides
 
 
 async def test_an_async_on_progress_is_refused_not_silently_never_awaited(
@@ -31,6 +34,27 @@ async def test_an_async_on_progress_is_refused_not_silently_never_awaited(
             await view.prune(keep_last=0, on_progress=progress)  # type: ignore[arg-type]
         assert info.value.field == "on_progress"
     assert await conn.fetchval("SELECT count(*) FROM messages") == 3
+
+
+async def test_purge_and_cleanup_refuse_an_async_on_progress_too(
+    store: SessionStore, conn: asyncpg.Connection
+) -> None:
+    """The same rule for ``purge_user`` and ``cleanup_expired``, which took a coroutine
+    function and never awaited it: refused naming ``on_progress``, nothing deleted."""
+    session = await store.sessions.create("gone")
+    await store.add_turn("c", "user", "m", session_id=session.id)
+    await conn.execute("UPDATE sessions SET expires_at = now() - interval '1 hour'")
+
+    async def progress(count: object) -> None:
+        del count  # pragma: no cover - never awaited
+
+    with pytest.raises(InvalidInputError) as purge:
+        await store.purge_user("gone", on_progress=progress)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError) as cleanup:
+        await store.sessions.cleanup_expired(on_progress=progress)  # type: ignore[arg-type]
+    assert purge.value.field == cleanup.value.field == "on_progress"
+    assert await conn.fetchval("SELECT count(*) FROM sessions") == 1
+    assert await conn.fetchval("SELECT count(*) FROM messages") == 1
 
 
 async def _short_conversations(conn: asyncpg.Connection, n: int) -> None:
@@ -107,3 +131,23 @@ async def test_due_conversations_far_apart_are_all_found(
         c: (1 if c == due[2] else 5) for c in due
     }
     assert await store.prune(keep_last=1) == PruneCounts(messages=4, conversations=1, batches=1)
+
+
+async def test_the_dry_run_counts_in_bounded_windows(dsn: str, conn: asyncpg.Connection) -> None:
+    """``count_prunable`` was one statement over every message (a very large store
+    outlasted ``command_timeout``): it now counts ``SCAN_WINDOW`` conversations per
+    statement, and the windows add up to what the prune then deletes."""
+    queries: list[str] = []
+
+    async def configure(connection: asyncpg.Connection) -> None:
+        connection.add_query_logger(lambda record: queries.append(record.query))
+
+    await _short_conversations(conn, SCAN_WINDOW + 500)
+    async with sessionstore.connect(dsn, configure=configure, **store_overrides()) as store:
+        await store.add_turn("long", "user", "a", tokens=1)
+        await store.add_turn("long", "user", "b", tokens=1)
+        queries.clear()
+        assert await store.count_prunable(keep_last=1) == 1  # only "long" has one beyond
+        assert sum(q == COUNT_DUE for q in queries) == 2  # 2,000 then 501 conversations
+        assert await store.count_prunable(keep_last=0) == SCAN_WINDOW + 502
+        assert (await store.prune(keep_last=0)).messages == SCAN_WINDOW + 502

@@ -1,0 +1,1 @@
+DELETE FROM langgraph_threads WHERE thread_id = $1
