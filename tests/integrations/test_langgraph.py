@@ -28,11 +28,11 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 from langgraph.types import Checkpointer, Command, StateSnapshot, interrupt
 from pydantic import Field
-from sessionstore.integrations.langgraph import SessionStoreSaver
 from typing_extensions import override
 
 import sessionstore
-from sessionstore import ConflictError, NotFoundError, PermissionDeniedError, SessionStore
+from sessionstore import ConflictError, NotFoundError, SessionStore
+from sessionstore.integrations.langgraph import SessionStoreSaver
 
 from ..conftest import store_overrides
 from ..servers import TestServer
@@ -189,8 +189,9 @@ async def test_a_tool_using_agent_keeps_every_turn_of_its_thread(
 ) -> None:
     """Three invocations of a tool-calling agent on one thread: the state read back holds
     every message in order, the model saw the whole conversation each turn, and the
-    state history lists every checkpoint newest first, each the child of the next —
-    the same history LangGraph's own in-memory saver keeps for the same run."""
+    state history lists every checkpoint newest first, each the child of the next (and
+    pages with ``limit`` and ``before``, filters on metadata) — the same history
+    LangGraph's own in-memory saver keeps for the same run."""
     session = await store.sessions.create("u1")
     config = _config("trip", session.id)
     model = ScriptedModel(script=_weather_script())
@@ -230,6 +231,10 @@ async def test_a_tool_using_agent_keeps_every_turn_of_its_thread(
     assert [s.config async for s in graph.aget_state_history(config, limit=3)] == [
         s.config for s in history[:3]
     ]
+    earlier = graph.aget_state_history(config, before=history[2].config, limit=2)
+    assert [s.config async for s in earlier] == [s.config for s in history[3:5]]
+    inputs = graph.aget_state_history(config, filter={"source": "input"})
+    assert [s.metadata["step"] async for s in inputs if s.metadata is not None] == [9, 4, -1]
 
     reference = _agent(ScriptedModel(script=_weather_script()), InMemorySaver())
     expected = await _three_turns(reference, config)
@@ -412,7 +417,7 @@ async def test_under_rls_a_user_cannot_read_or_write_another_users_thread(
         }
         with pytest.raises(NotFoundError):  # Alice's session is absent to Bob
             await bobs.ainvoke(_say("let me in", 2), _config("alice-plans", alice_session.id))
-        with pytest.raises(PermissionDeniedError):  # the thread is taken, by no one he sees
+        with pytest.raises(ConflictError):  # the thread is taken, by a session he cannot see
             await bobs.ainvoke(_say("let me in", 3), _config("alice-plans", bob_session.id))
         await bob_saver.adelete_thread("alice-plans")  # invisible: nothing to delete
         assert await _graph_rows(conn) == before
