@@ -303,7 +303,8 @@ class PurgeCounts:
 class PruneCounts:
     """What ``prune`` did: the ``messages`` it deleted, the ``conversations`` they were
     in, the short transactions (``batches``) it took, and the conversations it found
-    busy on every visit (``skipped``: written to right then; left for the next run)."""
+    busy on every visit, the last one waiting 500 ms for it (``skipped``: held longer;
+    left for the next run)."""
 
     messages: int = 0
     conversations: int = 0

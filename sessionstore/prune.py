@@ -27,7 +27,7 @@ from uuid import UUID
 
 from . import validation as v
 from .db import Connection, Database
-from .errors import InvalidInputError
+from .errors import InvalidInputError, SessionStoreError
 from .models import PruneCounts
 from .rules import aged_prefix, created_before, latest_summary, prune_upto
 
@@ -50,14 +50,15 @@ def _cutoff(older_than: str) -> str:
     return f"(now() - {older_than}::interval)"
 
 
-def _lock(among: str = "") -> str:
+def _lock(among: str = "", *, wait: bool = False) -> str:
     """The first statement of a batch: from the cursor ($1 a conversation id, $2 whether
     it is included) in id order, among the next :data:`SCAN_WINDOW` conversations, those
     whose oldest stored message is due ($3 keep_last, $4 older_than), as many as may hold
     $5 (the batch size) due messages between them; each row says whether it was locked
     (else another transaction holds it). With none, one row of nulls but ``scanned_to``:
     the last conversation looked at, if the window was full (more may follow). ``among``
-    narrows the conversations (to those found busy before)."""
+    narrows the conversations (to those found busy before); ``wait``: the locks are
+    waited for (within the transaction's ``lock_timeout``), not skipped."""
     return f"""
 WITH scanned AS (  -- bounded: a table of conversations with nothing due is read in steps
     SELECT id, message_count FROM conversations
@@ -87,7 +88,7 @@ considered AS (  -- most: how many may be due (every message the count rule lets
 locked AS (
     SELECT id FROM conversations WHERE id IN (SELECT id FROM considered)
     ORDER BY id
-    FOR NO KEY UPDATE SKIP LOCKED
+    FOR NO KEY UPDATE{"" if wait else " SKIP LOCKED"}
 )
 SELECT r.id, r.locked,
        CASE WHEN r.id IS NULL AND (SELECT count(*) FROM scanned) = {SCAN_WINDOW}
@@ -121,6 +122,13 @@ def _due(older_than: str) -> str:
 LOCK_BATCH = _lock()
 # The run's second visit to the conversations it found busy ($6).
 LOCK_AGAIN = _lock(" AND id = ANY($6::uuid[])")
+# The last visit, to one conversation still busy: its lock waited for, at most BUSY_WAIT.
+LOCK_WAITING = _lock(" AND id = ANY($6::uuid[])", wait=True)
+WAIT_FOR_LOCKS = "SELECT set_config('lock_timeout', $1, true)"
+#: How long the last visit to a conversation found busy twice waits for its lock: a turn
+#: holds it for one statement, so a conversation written to without pause is taken
+#: between two turns.
+BUSY_WAIT_MS = 500
 # The second statement: the due messages of the locked conversations ($1; $2 keep_last,
 # $3 older_than), at most $4, in (conversation, seq) order; the conversations'
 # total_tokens drop by theirs, message_count and last_message_at stay (see
@@ -230,14 +238,20 @@ class _Run:
         self.counted: set[UUID] = set()
         self.counted_busy: set[UUID] = set()
 
-    async def sweep(self, among: Sequence[UUID] | None = None) -> list[UUID]:
+    async def sweep(self, among: Sequence[UUID] | None = None, *, wait: bool = False) -> list[UUID]:
         """Batches from the first conversation to the last (of ``among``, if given);
-        return the conversations found busy."""
+        return the conversations found busy. ``wait``: their locks are waited for, at
+        most :data:`BUSY_WAIT_MS` each statement; one still held then is busy."""
         cursor, inclusive = _FIRST, True
         busy: list[UUID] = []
         while True:
-            work = functools.partial(self._batch, cursor, inclusive, among)
-            batch = await self.db.run(work, transaction=True)
+            work = functools.partial(self._batch, cursor, inclusive, among, wait)
+            try:
+                batch = await self.db.run(work, transaction=True)
+            except SessionStoreError as exc:
+                if not wait or exc.sqlstate != "55P03" or among is None:
+                    raise
+                return list(among)  # still held after the wait: left for the next run
             if batch is None:
                 return busy
             if batch.scanned_to is not None:  # nothing due in that window: look further
@@ -263,11 +277,19 @@ class _Run:
                     self.counted.add(cursor)
 
     async def _batch(
-        self, cursor: UUID, inclusive: bool, among: Sequence[UUID] | None, conn: Connection
+        self,
+        cursor: UUID,
+        inclusive: bool,
+        among: Sequence[UUID] | None,
+        wait: bool,
+        conn: Connection,
     ) -> _Batch | None:
         rule = (self.rule.keep, self.rule.older_than, self.size)
         if among is None:
             rows = await conn.fetch(LOCK_BATCH, cursor, inclusive, *rule)
+        elif wait:
+            await conn.fetchval(WAIT_FOR_LOCKS, f"{BUSY_WAIT_MS}ms")
+            rows = await conn.fetch(LOCK_WAITING, cursor, inclusive, *rule, list(among))
         else:
             rows = await conn.fetch(LOCK_AGAIN, cursor, inclusive, *rule, list(among))
         if rows[0]["id"] is None:  # none due among the conversations looked at
@@ -302,6 +324,9 @@ async def prune(
     busy = await run.sweep()
     if busy:
         busy = await run.sweep(busy)
+    # Found busy twice: written to without pause. Each is waited for, one at a time, so
+    # that one held for long delays the others by at most BUSY_WAIT_MS.
+    busy = [held for cid in busy for held in await run.sweep([cid], wait=True)]
     counts = dataclasses.replace(run.counts, skipped=len(busy))
     if counts.messages or counts.skipped:
         logger.info(

@@ -159,10 +159,10 @@ class _Scope:
         In batches of at most ``batch_size`` messages, each its own short transaction,
         beside live traffic: a conversation being written to (an append, ``pop``,
         ``clear`` or delete holding it) is passed over rather than waited for, visited
-        again at the end, and if still busy then left for the next run
-        (``PruneCounts.skipped``). An append meeting a batch waits for it, then takes the
-        next ``seq``; nothing written concurrently is lost. ``on_progress`` gets the
-        running counts after each batch.
+        again at the end, then once more waiting at most 500 ms for it (one at a time);
+        one held longer is left for the next run (``PruneCounts.skipped``). An append
+        meeting a batch waits for it, then takes the next ``seq``; nothing written
+        concurrently is lost. ``on_progress`` gets the running counts after each batch.
 
         After a prune ``message_count`` is unchanged: it is the ``seq`` of the latest
         message appended, and the next append takes the one after it; ``messages.count``

@@ -230,6 +230,26 @@ async def test_numbering_continues_after_a_prune_and_pop_takes_the_latest(
 # ---------------------------------------------------------------- races, deterministic
 
 
+async def test_a_conversation_busy_on_both_visits_is_taken_when_its_writer_lets_go(
+    store: SessionStore, conn: asyncpg.Connection, holder: asyncpg.Connection, admin_dsn: str
+) -> None:
+    """A conversation written to without pause was always skipped (SKIP LOCKED on both
+    visits; bench/prune.py: 7 of 8 busy conversations left). The last visit now waits for
+    its lock, at most BUSY_WAIT_MS: a writer that commits meanwhile lets it be pruned."""
+    held = await _seed(conn, "held", [OLD] * 6)
+    watcher = await asyncpg.connect(admin_dsn)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", held)
+            pruning = asyncio.create_task(store.prune(keep_last=2))
+            await wait_for_lock_waiters(watcher, 1)  # the last visit, waiting
+        counts = await asyncio.wait_for(pruning, 10)
+    finally:
+        await watcher.close()
+    assert (counts.messages, counts.conversations, counts.skipped) == (4, 1, 0)
+    assert await _seqs(conn, held) == [5, 6]
+
+
 @pytest.fixture
 async def holder(admin_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     """A second direct connection, to hold locks while the store works."""
@@ -246,8 +266,9 @@ async def test_a_conversation_being_written_is_passed_over_not_waited_for(
     store: SessionStore, conn: asyncpg.Connection, holder: asyncpg.Connection, lock: str, busy: bool
 ) -> None:
     """Writers hold their conversation (FOR UPDATE: pop, clear; FOR NO KEY UPDATE: an
-    append's update): a prune passes it over and the next run takes it. The foreign key
-    of a plain insert holds FOR KEY SHARE, which does not conflict: pruned, no waiting."""
+    append's update): a prune passes it over, waits for it at most BUSY_WAIT_MS at the
+    end, and the next run takes one held longer. The foreign key of a plain insert holds
+    FOR KEY SHARE, which does not conflict: pruned, no waiting."""
     held = await _seed(conn, "held", [OLD] * 6)
     free = await _seed(conn, "free", [OLD] * 6)
     async with holder.transaction():
