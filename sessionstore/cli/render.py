@@ -62,13 +62,18 @@ def _explain(exc: BaseException, dsn: str | None) -> str:
             f"Authentication failed for {where}: check the user name and password in "
             "the URL (--dsn or SESSIONSTORE_DATABASE_URL)."
         )
-    # No SQLSTATE, or a connection-class one: the server never answered the request.
+    # No SQLSTATE, or a connection-class one: the server never answered the request. (A
+    # connection attempt that hangs is a StoreUnavailableError too.)
     silent = error is not None and (error.sqlstate or "08").startswith("08")
-    if isinstance(error, StoreUnavailableError | StoreTimeoutError) and silent:
+    if isinstance(error, StoreUnavailableError) and silent:
         return (
             f"Could not reach {where}: is the server running, and are host, port and "
             f"database in the URL right? ({error})"
         )
+    if isinstance(error, StoreTimeoutError):
+        # Connected, then a statement outlasted command_timeout (or the server's
+        # statement_timeout): the server is up, perhaps busy or the work large.
+        return f"{where} was reached but did not answer in time: {error}"
     if isinstance(error, AdoptionError):
         return str(error)
     if error is not None:

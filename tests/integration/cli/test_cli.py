@@ -12,6 +12,7 @@ import sqlalchemy.exc
 from typer.testing import CliRunner, Result
 
 import sessionstore
+from sessionstore import StoreUnavailableError
 from sessionstore.cli import app, explain
 from sessionstore.migrations import head_revision, pending_revisions
 
@@ -328,3 +329,21 @@ async def test_alembic_argument_errors_do_not_show_the_password(arguments: list[
     assert result.exit_code == 2
     assert "S3cretPW" not in result.output
     assert "postgresql://u:***@h:5432/db" in text(result)
+
+
+def test_a_timeout_on_a_live_server_is_not_called_unreachable() -> None:
+    """A statement that outlasted command_timeout (the client cancelled it) or the
+    server's statement_timeout was explained as "Could not reach ... is the server
+    running": the server had answered the connection, so that sent people looking in
+    the wrong place."""
+    dsn = "postgresql://app:pw@h:5432/db"
+    client = explain(TimeoutError(), dsn)
+    server = explain(
+        asyncpg.QueryCanceledError("canceling statement due to statement timeout"), dsn
+    )
+    for message in (client, server):
+        assert message.startswith("postgresql://app:***@h:5432/db was reached but did not answer")
+        assert "Could not reach" not in message
+    assert "outcome is unknown" in client
+    hung = explain(StoreUnavailableError("could not connect to h: no answer"), dsn)
+    assert hung.startswith("Could not reach postgresql://app:***@h:5432/db")
