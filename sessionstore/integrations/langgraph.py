@@ -354,23 +354,36 @@ def _strings(values: object, field: str) -> list[str]:
 
 
 def _metadata_json(value: object, field: str) -> str:
-    """Metadata as jsonb text: JSON values only, no NUL in any string (jsonb has none)."""
+    """Metadata as jsonb text: JSON values only, no NUL in any string (jsonb has none),
+    nested and sized within the store's bounds for metadata."""
     if not isinstance(value, Mapping):
         raise InvalidInputError(field, "must be a mapping")
-    pending: list[object] = [value]
+    # Depth-first with its depth, so that a cycle or a hostile depth is refused within
+    # MAX_METADATA_DEPTH steps (json.dumps would recurse out of the stack, and a cycle
+    # kept this walk going forever); values shared along many paths are counted on each,
+    # as json.dumps writes them, so the walk ends within the size bound too.
+    pending: list[tuple[object, int]] = [(value, 1)]
+    visited = 0
     while pending:
-        item = pending.pop()
+        item, depth = pending.pop()
+        visited += 1
+        if visited > v.MAX_METADATA_BYTES:
+            raise InvalidInputError(field, f"must be at most {v.MAX_METADATA_BYTES} bytes as JSON")
         if isinstance(item, str) and "\x00" in item:
             raise InvalidInputError(field, "must not contain NUL (\\x00) characters")
-        if isinstance(item, Mapping):
-            pending.extend(item.keys())
-            pending.extend(item.values())
-        elif isinstance(item, list | tuple):
-            pending.extend(item)
+        if not isinstance(item, Mapping | list | tuple):
+            continue
+        if depth > v.MAX_METADATA_DEPTH:
+            raise InvalidInputError(field, f"nests deeper than {v.MAX_METADATA_DEPTH} levels")
+        children = [*item.keys(), *item.values()] if isinstance(item, Mapping) else item
+        pending.extend((child, depth + 1) for child in children)
     try:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(
             field, f"must hold JSON values only: {type(exc).__name__}"
         ) from None
-    return str(v.text(text, field))
+    checked = str(v.text(text, field))  # a lone surrogate: refused before encoding
+    if len(checked) > v.MAX_METADATA_BYTES or len(checked.encode()) > v.MAX_METADATA_BYTES:
+        raise InvalidInputError(field, f"must be at most {v.MAX_METADATA_BYTES} bytes as JSON")
+    return checked

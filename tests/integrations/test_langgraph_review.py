@@ -21,6 +21,7 @@ from langgraph.checkpoint.base import Checkpoint, empty_checkpoint
 import sessionstore
 from sessionstore import (
     ConflictError,
+    InvalidInputError,
     NotFoundError,
     SessionStore,
 )
@@ -91,6 +92,47 @@ async def test_keep_latest_keeps_the_writes_of_a_checkpoint_not_saved_yet(
 
 
 # --- hostile input ---------------------------------------------------------------------
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"x": value}
+    return value
+
+
+def _cyclic() -> dict[str, Any]:
+    value: dict[str, Any] = {"a": 1}
+    value["self"] = value
+    return value
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [_nested(5_000), _cyclic(), {"big": "x" * (9 * 1024 * 1024)}],
+    ids=["deep", "cyclic", "huge"],
+)
+async def test_hostile_metadata_and_filters_are_refused_naming_them(
+    store: SessionStore, conn: asyncpg.Connection, hostile: dict[str, Any]
+) -> None:
+    """Too deep (the encoder's recursion), a cycle (the NUL scan looped forever, the
+    event loop with it) or larger than metadata may be anywhere in the store: refused as
+    ``InvalidInputError`` naming the argument, nothing sent."""
+    saver = SessionStoreSaver(store)
+    session = await store.sessions.create("alice")
+    before = await _rows(conn)
+    checkpoint = _checkpoint(["a"])
+    versions = dict(checkpoint["channel_versions"])
+    metadata: Any = {"source": "loop", "step": 1, "x": hostile}
+    with pytest.raises(InvalidInputError) as refused:
+        await asyncio.wait_for(
+            saver.aput(_config("t", session.id), checkpoint, metadata, versions), WAIT
+        )
+    assert refused.value.field == "metadata"
+    with pytest.raises(InvalidInputError) as refused:
+        await asyncio.wait_for(anext(saver.alist(None, filter={"x": hostile})), WAIT)
+    assert refused.value.field == "filter"
+    assert await _rows(conn) == before
 
 
 async def test_hostile_thread_ids_and_namespaces_stay_data(
