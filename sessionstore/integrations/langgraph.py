@@ -123,7 +123,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             checkpoint_ns=None if namespace is None else v.text(namespace, "checkpoint_ns"),
             checkpoint_id=_optional_id(configurable.get("checkpoint_id"), "checkpoint_id"),
             metadata=None if filter is None else _metadata_json(filter, "filter"),
-            before=None if before is None else _optional_id(get_checkpoint_id(before), "before"),
+            before=None if before is None else _before(before),
             limit=None if limit is None else v.non_negative_int(limit, "limit"),
         )
         for stored in rows:
@@ -345,6 +345,16 @@ def _namespace(config: RunnableConfig) -> str:
 
 def _optional_id(value: object, field: str) -> str | None:
     return None if value is None else v.identifier(value, field)
+
+
+def _before(config: object) -> str:
+    # A before naming no checkpoint: AsyncPostgresSaver lists nothing, InMemorySaver
+    # everything; refused rather than guessed.
+    configurable = config.get("configurable") if isinstance(config, Mapping) else None
+    checkpoint_id = configurable.get("checkpoint_id") if isinstance(configurable, Mapping) else None
+    if checkpoint_id is None:
+        raise InvalidInputError("before", "must be a config naming a checkpoint_id")
+    return v.identifier(checkpoint_id, "before")
 
 
 def _strings(values: object, field: str) -> list[str]:

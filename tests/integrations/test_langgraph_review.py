@@ -135,6 +135,18 @@ async def test_hostile_metadata_and_filters_are_refused_naming_them(
     assert await _rows(conn) == before
 
 
+@pytest.mark.parametrize("before", [{}, {"configurable": {}}, "t"], ids=repr)
+async def test_a_malformed_before_is_refused_naming_it(store: SessionStore, before: Any) -> None:
+    """``before`` without a checkpoint id: AsyncPostgresSaver lists nothing (``< NULL``),
+    the saver listed everything, or raised a ``KeyError``."""
+    saver = SessionStoreSaver(store)
+    session = await store.sessions.create("alice")
+    await _put(saver, _config("t", session.id), ["a"])
+    with pytest.raises(InvalidInputError) as refused:
+        [t async for t in saver.alist(_config("t"), before=before)]
+    assert refused.value.field == "before"
+
+
 async def test_hostile_thread_ids_and_namespaces_stay_data(
     store: SessionStore, conn: asyncpg.Connection
 ) -> None:
