@@ -71,6 +71,9 @@ from .common import Scope
 __all__ = ["SessionStoreSaver"]
 
 _STRATEGIES = ("keep_latest", "delete")
+# A btree entry holds at most 2704 bytes (a third of a page): the text of a row's primary
+# key, with room for the entry's and its columns' headers and alignment, stays below this.
+_MAX_KEY_BYTES = 2600
 # Metadata keys a DeltaChannel leaves on the checkpoints of its threads.
 _DELTA_KEYS = ("counters_since_delta_snapshot", "delta_writes_versioned")
 
@@ -154,6 +157,13 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             for channel, version in new_versions.items()
             if channel in values
         ]
+        _fit_key(thread_id=thread_id, checkpoint_ns=namespace, **{"checkpoint.id": checkpoint_id})
+        for blob in blobs:
+            _fit_key(
+                thread_id=thread_id,
+                checkpoint_ns=namespace,
+                new_versions=blob.channel + blob.version,
+            )
         stored_metadata = get_serializable_checkpoint_metadata(config, metadata)
         delta = any(isinstance(value, _DeltaSnapshot) for value in values.values()) or any(
             key in stored_metadata for key in _DELTA_KEYS
@@ -193,6 +203,10 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         checkpoint_id = _optional_id(get_checkpoint_id(config), "checkpoint_id")
         if checkpoint_id is None:
             raise InvalidInputError("checkpoint_id", "writes need the checkpoint they belong to")
+        task = v.identifier(task_id, "task_id")
+        _fit_key(
+            thread_id=thread_id, checkpoint_ns=namespace, checkpoint_id=checkpoint_id, task_id=task
+        )
         rows = [
             Write(WRITES_IDX_MAP.get(channel, idx), channel, *self.serde.dumps_typed(value))
             for idx, (channel, value) in enumerate(writes)
@@ -202,7 +216,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             session_id,
             namespace,
             checkpoint_id,
-            v.identifier(task_id, "task_id"),
+            task,
             str(v.text(task_path, "task_path")),
             rows,
             replace=all(channel in WRITES_IDX_MAP for channel, _ in writes),
@@ -345,6 +359,18 @@ def _namespace(config: RunnableConfig) -> str:
 
 def _optional_id(value: object, field: str) -> str | None:
     return None if value is None else v.identifier(value, field)
+
+
+def _fit_key(**parts: str) -> None:
+    """Refuse, naming its longest part, a primary key the index could not hold (the
+    server would refuse the row, after it was sent)."""
+    sizes = {field: len(text.encode("utf-8", "surrogatepass")) for field, text in parts.items()}
+    if sum(sizes.values()) > _MAX_KEY_BYTES:
+        longest = max(sizes, key=sizes.__getitem__)
+        raise InvalidInputError(
+            longest,
+            f"too long: {' + '.join(parts)} must be at most {_MAX_KEY_BYTES} bytes as UTF-8",
+        )
 
 
 def _before(config: object) -> str:

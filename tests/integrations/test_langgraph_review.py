@@ -5,6 +5,7 @@ Supabase's real grants, and what AsyncPostgresSaver does that the saver must too
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -145,6 +146,37 @@ async def test_a_malformed_before_is_refused_naming_it(store: SessionStore, befo
     with pytest.raises(InvalidInputError) as refused:
         [t async for t in saver.alist(_config("t"), before=before)]
     assert refused.value.field == "before"
+
+
+async def test_a_namespace_too_long_for_the_keys_is_refused_before_it_is_sent(
+    store: SessionStore, conn: asyncpg.Connection
+) -> None:
+    """A checkpoint namespace (the subgraph path) is part of every key; one the index
+    cannot hold is refused naming it, not sent to fail there — and so is a writes' key
+    whose parts each fit alone but not together."""
+    saver = SessionStoreSaver(store)
+    session = await store.sessions.create("alice")
+    rng = random.Random(24)
+    namespace = "".join(chr(rng.randrange(0x4E00, 0x9FFF)) for _ in range(1_000))
+    before = await _rows(conn)
+    with pytest.raises(InvalidInputError) as refused:
+        await _put(saver, _config("t", session.id, checkpoint_ns=namespace), ["a"])
+    assert refused.value.field == "checkpoint_ns"
+    assert await _rows(conn) == before
+    # Each part within its own bound, the writes' key (thread, namespace, checkpoint,
+    # task) beyond the index's.
+    thread = "".join(chr(rng.randrange(0x10000, 0x10FFFF)) for _ in range(200))
+    task = "".join(chr(rng.randrange(0x10000, 0x10FFFF)) for _ in range(255))
+    namespace = namespace[:300]
+    stored = await _put(saver, _config(thread, session.id, checkpoint_ns=namespace), ["a"])
+    before = await _rows(conn)
+    writes_to: RunnableConfig = {
+        "configurable": {**stored["configurable"], "session_id": str(session.id)}
+    }
+    with pytest.raises(InvalidInputError) as refused:
+        await saver.aput_writes(writes_to, [("messages", ["w"])], task)
+    assert refused.value.field == "task_id"
+    assert await _rows(conn) == before
 
 
 async def test_hostile_thread_ids_and_namespaces_stay_data(
