@@ -66,7 +66,7 @@ slid AS (
 )
 SELECT EXISTS (SELECT 1 FROM saved) AS saved, {_VERDICT}
 """
-# $8: whether every write is a special one (an error, an interrupt...), which a retried
+# $11: whether every write is a special one (an error, an interrupt...), which a retried
 # task writes again in place; other writes are kept as first written.
 PUT_WRITES = f"""
 WITH {_GATE},

@@ -5,10 +5,11 @@ Supabase's real grants, and what AsyncPostgresSaver does that the saver must too
 from __future__ import annotations
 
 import asyncio
+import operator
 import random
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any, TypedDict
 from uuid import UUID
 
 import asyncpg
@@ -18,6 +19,7 @@ pytest.importorskip("langgraph.checkpoint.base")
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import Checkpoint, empty_checkpoint
+from langgraph.graph import END, START, StateGraph
 
 import sessionstore
 from sessionstore import (
@@ -434,3 +436,54 @@ async def test_sliding_expiry_moves_under_as_user_too(
         assert session.expires_at is not None
         assert after.expires_at is not None
         assert after.expires_at > session.expires_at
+
+
+# --- a fork that reuses a version number -------------------------------------------------
+
+
+class _State(TypedDict):
+    items: Annotated[list[str], operator.add]
+
+
+async def test_a_fork_from_an_old_checkpoint_keeps_both_branches_values(
+    store: SessionStore,
+) -> None:
+    """update_state from an old checkpoint gives the channel the same version number
+    the newer branch already stored (one above the old one); the random tail of
+    get_next_version keeps the two values apart (blobs are stored once per version)."""
+    saver = SessionStoreSaver(store)
+    session = await store.sessions.create("alice")
+
+    def step(state: _State) -> dict[str, list[str]]:
+        return {"items": ["step"]}
+
+    builder = StateGraph(_State)
+    builder.add_node("step", step)
+    builder.add_edge(START, "step")
+    builder.add_edge("step", END)
+    graph = builder.compile(checkpointer=saver)
+    config: RunnableConfig = {"configurable": {"thread_id": "t", "session_id": str(session.id)}}
+    await graph.ainvoke({"items": ["a"]}, config)
+    await graph.ainvoke({"items": ["b"]}, config)
+    states = [s async for s in graph.aget_state_history(config)]
+    old = next(s for s in states if s.values.get("items") == ["a", "step"])
+    history = [t async for t in saver.alist({"configurable": {"thread_id": "t"}})]
+    main = await graph.aget_state(config)
+    forked = await graph.aupdate_state(
+        {"configurable": {**old.config["configurable"], "session_id": str(session.id)}},
+        {"items": ["fork"]},
+    )
+    fork_tuple = await saver.aget_tuple(forked)
+    assert fork_tuple is not None
+    fork_version = str(fork_tuple.checkpoint["channel_versions"]["items"])
+    main_versions = {
+        str(t.checkpoint["channel_versions"]["items"])
+        for t in history
+        if "items" in t.checkpoint["channel_versions"]
+    }
+    same_number = {v for v in main_versions if v.split(".")[0] == fork_version.split(".")[0]}
+    assert same_number, (fork_version, main_versions)  # the number is reused...
+    assert fork_version not in main_versions  # ...the version is not
+    assert (await graph.aget_state(forked)).values["items"] == ["a", "step", "fork"]
+    assert (await graph.aget_state(main.config)).values["items"] == ["a", "step", "b", "step"]
+    assert (await graph.aget_state(old.config)).values["items"] == ["a", "step"]
