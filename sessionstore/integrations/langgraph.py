@@ -71,6 +71,9 @@ from .common import Scope
 __all__ = ["SessionStoreSaver"]
 
 _STRATEGIES = ("keep_latest", "delete")
+# A btree entry holds at most 2704 bytes (a third of a page): the text of a row's primary
+# key, with room for the entry's and its columns' headers and alignment, stays below this.
+_MAX_KEY_BYTES = 2600
 # Metadata keys a DeltaChannel leaves on the checkpoints of its threads.
 _DELTA_KEYS = ("counters_since_delta_snapshot", "delta_writes_versioned")
 
@@ -123,7 +126,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             checkpoint_ns=None if namespace is None else v.text(namespace, "checkpoint_ns"),
             checkpoint_id=_optional_id(configurable.get("checkpoint_id"), "checkpoint_id"),
             metadata=None if filter is None else _metadata_json(filter, "filter"),
-            before=None if before is None else _optional_id(get_checkpoint_id(before), "before"),
+            before=None if before is None else _before(before),
             limit=None if limit is None else v.non_negative_int(limit, "limit"),
         )
         for stored in rows:
@@ -154,6 +157,13 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             for channel, version in new_versions.items()
             if channel in values
         ]
+        _fit_key(thread_id=thread_id, checkpoint_ns=namespace, **{"checkpoint.id": checkpoint_id})
+        for blob in blobs:
+            _fit_key(
+                thread_id=thread_id,
+                checkpoint_ns=namespace,
+                new_versions=blob.channel + blob.version,
+            )
         stored_metadata = get_serializable_checkpoint_metadata(config, metadata)
         delta = any(isinstance(value, _DeltaSnapshot) for value in values.values()) or any(
             key in stored_metadata for key in _DELTA_KEYS
@@ -193,6 +203,10 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         checkpoint_id = _optional_id(get_checkpoint_id(config), "checkpoint_id")
         if checkpoint_id is None:
             raise InvalidInputError("checkpoint_id", "writes need the checkpoint they belong to")
+        task = v.identifier(task_id, "task_id")
+        _fit_key(
+            thread_id=thread_id, checkpoint_ns=namespace, checkpoint_id=checkpoint_id, task_id=task
+        )
         rows = [
             Write(WRITES_IDX_MAP.get(channel, idx), channel, *self.serde.dumps_typed(value))
             for idx, (channel, value) in enumerate(writes)
@@ -202,7 +216,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             session_id,
             namespace,
             checkpoint_id,
-            v.identifier(task_id, "task_id"),
+            task,
             str(v.text(task_path, "task_path")),
             rows,
             replace=all(channel in WRITES_IDX_MAP for channel, _ in writes),
@@ -347,6 +361,28 @@ def _optional_id(value: object, field: str) -> str | None:
     return None if value is None else v.identifier(value, field)
 
 
+def _fit_key(**parts: str) -> None:
+    """Refuse, naming its longest part, a primary key the index could not hold (the
+    server would refuse the row, after it was sent)."""
+    sizes = {field: len(text.encode("utf-8", "surrogatepass")) for field, text in parts.items()}
+    if sum(sizes.values()) > _MAX_KEY_BYTES:
+        longest = max(sizes, key=sizes.__getitem__)
+        raise InvalidInputError(
+            longest,
+            f"too long: {' + '.join(parts)} must be at most {_MAX_KEY_BYTES} bytes as UTF-8",
+        )
+
+
+def _before(config: object) -> str:
+    # A before naming no checkpoint: AsyncPostgresSaver lists nothing, InMemorySaver
+    # everything; refused rather than guessed.
+    configurable = config.get("configurable") if isinstance(config, Mapping) else None
+    checkpoint_id = configurable.get("checkpoint_id") if isinstance(configurable, Mapping) else None
+    if checkpoint_id is None:
+        raise InvalidInputError("before", "must be a config naming a checkpoint_id")
+    return v.identifier(checkpoint_id, "before")
+
+
 def _strings(values: object, field: str) -> list[str]:
     if isinstance(values, str | bytes) or not isinstance(values, Sequence):
         raise InvalidInputError(field, "must be a sequence of ids, not a single one")
@@ -354,23 +390,36 @@ def _strings(values: object, field: str) -> list[str]:
 
 
 def _metadata_json(value: object, field: str) -> str:
-    """Metadata as jsonb text: JSON values only, no NUL in any string (jsonb has none)."""
+    """Metadata as jsonb text: JSON values only, no NUL in any string (jsonb has none),
+    nested and sized within the store's bounds for metadata."""
     if not isinstance(value, Mapping):
         raise InvalidInputError(field, "must be a mapping")
-    pending: list[object] = [value]
+    # Depth-first with its depth, so that a cycle or a hostile depth is refused within
+    # MAX_METADATA_DEPTH steps (json.dumps would recurse out of the stack, and a cycle
+    # kept this walk going forever); values shared along many paths are counted on each,
+    # as json.dumps writes them, so the walk ends within the size bound too.
+    pending: list[tuple[object, int]] = [(value, 1)]
+    visited = 0
     while pending:
-        item = pending.pop()
+        item, depth = pending.pop()
+        visited += 1
+        if visited > v.MAX_METADATA_BYTES:
+            raise InvalidInputError(field, f"must be at most {v.MAX_METADATA_BYTES} bytes as JSON")
         if isinstance(item, str) and "\x00" in item:
             raise InvalidInputError(field, "must not contain NUL (\\x00) characters")
-        if isinstance(item, Mapping):
-            pending.extend(item.keys())
-            pending.extend(item.values())
-        elif isinstance(item, list | tuple):
-            pending.extend(item)
+        if not isinstance(item, Mapping | list | tuple):
+            continue
+        if depth > v.MAX_METADATA_DEPTH:
+            raise InvalidInputError(field, f"nests deeper than {v.MAX_METADATA_DEPTH} levels")
+        children = [*item.keys(), *item.values()] if isinstance(item, Mapping) else item
+        pending.extend((child, depth + 1) for child in children)
     try:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(
             field, f"must hold JSON values only: {type(exc).__name__}"
         ) from None
-    return str(v.text(text, field))
+    checked = str(v.text(text, field))  # a lone surrogate: refused before encoding
+    if len(checked) > v.MAX_METADATA_BYTES or len(checked.encode()) > v.MAX_METADATA_BYTES:
+        raise InvalidInputError(field, f"must be at most {v.MAX_METADATA_BYTES} bytes as JSON")
+    return checked

@@ -66,7 +66,7 @@ slid AS (
 )
 SELECT EXISTS (SELECT 1 FROM saved) AS saved, {_VERDICT}
 """
-# $8: whether every write is a special one (an error, an interrupt...), which a retried
+# $11: whether every write is a special one (an error, an interrupt...), which a retried
 # task writes again in place; other writes are kept as first written.
 PUT_WRITES = f"""
 WITH {_GATE},
@@ -192,7 +192,9 @@ SELECT count(*) FROM checkpoints_gone
 # keep_latest: a thread that uses a LangGraph DeltaChannel keeps its history (its
 # channels are rebuilt from it); the others keep the latest checkpoint of each
 # namespace, with its writes. The threads are locked first, so that a checkpoint a run
-# commits meanwhile is either seen as the latest or waits for the prune.
+# commits meanwhile is either seen as the latest or waits for the prune. Only the writes
+# of the checkpoints deleted go: a run saves a step's writes in the background, and they
+# can commit before the checkpoint they belong to (as AsyncPostgresSaver's prune knows).
 LOCK_THREADS = """
 SELECT thread_id FROM langgraph_threads WHERE thread_id = ANY($1::text[])
 ORDER BY thread_id FOR UPDATE
@@ -211,12 +213,12 @@ checkpoints_gone AS (
     DELETE FROM langgraph_checkpoints c
     WHERE c.thread_id = ANY($1::text[])
       AND (c.thread_id, c.checkpoint_ns, c.checkpoint_id) NOT IN (SELECT * FROM kept)
-    RETURNING 1
+    RETURNING c.thread_id, c.checkpoint_ns, c.checkpoint_id
 ),
 writes_gone AS (
-    DELETE FROM langgraph_writes w
-    WHERE w.thread_id = ANY($1::text[])
-      AND (w.thread_id, w.checkpoint_ns, w.checkpoint_id) NOT IN (SELECT * FROM kept)
+    DELETE FROM langgraph_writes w USING checkpoints_gone g
+    WHERE w.thread_id = g.thread_id AND w.checkpoint_ns = g.checkpoint_ns
+      AND w.checkpoint_id = g.checkpoint_id
 )
 SELECT count(*) FROM checkpoints_gone
 """
