@@ -42,7 +42,7 @@ class _Scope:
         self.states = StatesRepository(db)
         # LangGraph's threads and checkpoints, for the checkpointer in
         # sessionstore.integrations.langgraph, which checks every argument first.
-        self._checkpoints = CheckpointsRepository(db, self.sessions)
+        self._checkpoints = CheckpointsRepository(db)
         self._writer: Writer | None = None  # write-behind: the service store's only
 
     async def add_turn(

@@ -28,8 +28,10 @@ What maps where:
 
 Round trips: ``aput``, ``aput_writes`` and ``aget_tuple`` take one each (``aput`` and
 ``aput_writes`` three or four on a thread's first write, which creates it), ``alist``
-one, and nothing holds a lock in the process: calls run concurrently on the store's pool,
-behind a transaction pooler too. The synchronous methods are not offered (use the
+one — on the service path; under ``as_user`` each call is a transaction of its own
+(``BEGIN``, the user's claims, the statement, ``COMMIT``), as every call under row-level
+security is. Nothing holds a lock in the process: calls run concurrently on the store's
+pool, behind a transaction pooler too. The synchronous methods are not offered (use the
 graph's async API: ``ainvoke``, ``astream``).
 
 Extended capabilities: ``adelete_for_runs`` (checkpoints whose metadata has the

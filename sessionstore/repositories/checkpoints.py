@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from ..db import Connection, Database
-from ..errors import ConflictError
+from ..errors import ConflictError, NotFoundError
 from ..lifecycle import require_live
 from ..rows import Row
 from ..rules import accepts_turns
-from .sessions import SessionsRepository
+from .sessions import GET_SESSION, SESSION
 
 __all__ = ["Blob", "CheckpointsRepository", "StoredCheckpoint", "StoredWrite", "Write"]
 
@@ -297,9 +297,8 @@ class CheckpointsRepository:
     threads of their own sessions); it is not public API: the saver checks every
     argument before it gets here, and this class holds the SQL."""
 
-    def __init__(self, db: Database, sessions: SessionsRepository) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
-        self._sessions = sessions
 
     async def put(
         self,
@@ -388,7 +387,12 @@ class CheckpointsRepository:
             raise ConflictError(f"thread {thread_id!r} belongs to another session")
         owner = session_id if session_id is not None else bound
         if owner is not None:
-            require_live(await self._sessions.get(owner), "write checkpoints to")
+            # Read past the session cache: the statement just found the session not
+            # live, and a cached copy may not know that yet.
+            row = await self._db.fetchrow(GET_SESSION, owner, retry=True)
+            if row is None:
+                raise NotFoundError(f"session {owner} not found")
+            require_live(SESSION.one(row), "write checkpoints to")
         if not known:
             await self._db.execute(CREATE_THREAD, thread_id, session_id)
         elif bound is None and session_id is not None:

@@ -323,3 +323,27 @@ async def test_bad_input_is_refused_naming_it_before_anything_is_sent(
             continue
         assert named == field, call
         assert await _rows(conn) == before, f"{call} wrote before refusing"
+
+
+async def test_a_stale_session_cache_does_not_hide_why_a_write_is_refused(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """The statement finds the session paused while this process's session cache still
+    holds it active (another process paused it; its notification not yet here): the
+    refusal is InvalidStateError, read past the cache — it was ConflictError ("belongs
+    to another session") after three attempts."""
+    overrides = {**store_overrides(), "cache_size": 100, "cache_ttl": 60.0}
+    async with sessionstore.connect(dsn, **overrides) as store:
+        saver = SessionStoreSaver(store)
+        session = await store.sessions.create("alice")
+        await _put(saver, "t", session.id, ["a"])
+        assert (await store.sessions.get(session.id)).status.value == "active"  # cached
+        async with conn.transaction():
+            # As from another process whose notification has not arrived (no trigger).
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            await conn.execute("UPDATE sessions SET status = 'paused' WHERE id = $1", session.id)
+        assert (await store.sessions.get(session.id)).status.value == "active"  # still
+        before = await _rows(conn)
+        with pytest.raises(InvalidStateError):
+            await _put(saver, "t", session.id, ["a", "b"])
+        assert await _rows(conn) == before
