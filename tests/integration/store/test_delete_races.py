@@ -23,7 +23,7 @@ import sessionstore
 from sessionstore import NotFoundError, SessionStore, UserView
 
 from ...conftest import as_supabase_postgres, store_overrides
-from ...helpers import wait_for_lock_waiters
+from ...helpers import eventually, wait_for_lock_waiters
 from ...servers import TestServer
 
 # What a turn that lost the race may raise: its session is gone.
@@ -297,6 +297,7 @@ async def test_session_deletes_under_random_racing_turns_leave_nothing(
         outcomes = await _settle(*calls)
         _no_unexpected(outcomes)
         left = await _leftovers(conn, sid)
+        assert left["sessions"] == 0, f"trial {trial}: the cleaner never took the session"
         leaked += left["detached"] + left["bound"]
         await conn.execute("DELETE FROM conversations WHERE session_id IS NULL")
     assert leaked == 0
@@ -325,11 +326,16 @@ async def test_purges_under_random_racing_turns_leave_nothing(
 
 
 async def _expire_and_clean(store: SessionStore, conn: asyncpg.Connection, sid: UUID) -> None:
+    """Expire the session, then clean until it is gone. A turn in flight may hold its row
+    (the cleaner skips it): on a loaded machine for longer than 100 quick attempts took,
+    so the bound is time (10 s), not a count."""
     await conn.execute("UPDATE sessions SET expires_at = clock_timestamp() WHERE id = $1", sid)
-    for _ in range(100):  # bounded: until the expired session is gone
+
+    async def gone() -> bool:
         await store.sessions.cleanup_expired(delete_conversations=True)
-        if not await conn.fetchval("SELECT count(*) FROM sessions WHERE id = $1", sid):
-            return
+        return not await conn.fetchval("SELECT count(*) FROM sessions WHERE id = $1", sid)
+
+    await eventually(gone, what="the expired session cleaned up", every=0.002)
 
 
 async def test_cleanup_under_random_racing_turns_leaves_nothing(
@@ -355,6 +361,7 @@ async def test_cleanup_under_random_racing_turns_leaves_nothing(
             ):
                 raise outcome
         left = await _leftovers(conn, sid)
+        assert left["sessions"] == 0, f"trial {trial}: the cleaner never took the session"
         leaked += left["detached"] + left["bound"]
         await conn.execute("DELETE FROM conversations WHERE session_id IS NULL")
     assert leaked == 0
