@@ -10,7 +10,7 @@ pytest.importorskip("google.adk")
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -46,9 +46,8 @@ from sessionstore.integrations.adk import SessionStoreSessionService, continuati
 from sessionstore.migrations import downgrade, head_revision, upgrade
 from sessionstore.repositories.states import StateDeltas, write_states
 
-from ..conftest import as_supabase_postgres, store_overrides
+from ..conftest import store_overrides
 from ..helpers import expire
-from ..servers import TestServer
 
 APP = "travel-desk"
 ALICE = "6f1c1a52-0000-4000-8000-00000000a11c"
@@ -679,18 +678,6 @@ async def test_an_expired_session_refuses_events_and_reads_as_absent(
     assert got == again
     with pytest.raises(sessionstore.NotFoundError):
         await store.sessions.get(conv.session_id)
-
-
-@pytest.fixture
-async def supabase(
-    pg_server: TestServer, supabase_database: str
-) -> AsyncIterator[tuple[SessionStore, asyncpg.Connection]]:
-    conn = await asyncpg.connect(pg_server.admin_dsn_for(supabase_database))
-    async with sessionstore.connect(
-        as_supabase_postgres(pg_server.dsn_for(supabase_database)), **store_overrides()
-    ) as store:
-        yield store, conn
-    await conn.close()
 
 
 async def _adk_rows(conn: asyncpg.Connection) -> list[Any]:

@@ -333,18 +333,6 @@ async def test_a_session_deleted_after_copy_thread_takes_both_threads(
 # --- row-level security, with Supabase's real grants ------------------------------------
 
 
-@pytest.fixture
-async def supabase(
-    pg_server: TestServer, supabase_database: str
-) -> AsyncIterator[tuple[SessionStore, asyncpg.Connection]]:
-    conn = await asyncpg.connect(pg_server.admin_dsn_for(supabase_database))
-    async with sessionstore.connect(
-        as_supabase_postgres(pg_server.dsn_for(supabase_database)), **store_overrides()
-    ) as store:
-        yield store, conn
-    await conn.close()
-
-
 async def _threads_of_both(store: SessionStore) -> tuple[SessionStoreSaver, UUID, UUID]:
     alice = SessionStoreSaver(store.as_user(ALICE))
     bob = SessionStoreSaver(store.as_user(BOB))
