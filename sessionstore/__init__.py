@@ -3,10 +3,12 @@ kept in PostgreSQL over asyncpg."""
 
 from . import _version
 from .config import StoreConfig
+from .crypto import KeyProvider, MasterKey
 from .db import init_connection
 from .errors import (
     AuthenticationError,
     ConflictError,
+    EncryptionError,
     InvalidInputError,
     InvalidStateError,
     NotFoundError,
@@ -53,9 +55,12 @@ __all__ = [
     "ContinuationId",
     "Conversation",
     "ConversationRef",
+    "EncryptionError",
     "FailedWrite",
     "InvalidInputError",
     "InvalidStateError",
+    "KeyProvider",
+    "MasterKey",
     "Message",
     "MessageOptions",
     "MessageRole",

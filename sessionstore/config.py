@@ -12,6 +12,7 @@ of pydantic's ``ValidationError``.
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Iterator
 from datetime import timedelta
@@ -19,10 +20,11 @@ from pathlib import Path
 from ssl import SSLContext, create_default_context
 from typing import Any, Literal, Self
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .crypto import KEY_BYTES, master_key
 from .dsn import check_dsn, is_postgres_url, redact_dsn
 from .errors import InvalidInputError
 from .validation import ttl
@@ -135,6 +137,8 @@ class StoreConfig(BaseSettings):
     max_pending: int = Field(default=10_000, ge=1)
     write_deadline: float = Field(default=30.0, gt=0)
     spill_path: Path | None = None
+    encryption_key: SecretStr | None = Field(default=None, repr=False)
+    key_cache_ttl: float = Field(default=60.0, ge=0)
 
     @classmethod
     def settings_customise_sources(
@@ -209,6 +213,26 @@ class StoreConfig(BaseSettings):
     def _check_ttl(cls, value: timedelta | None) -> timedelta | None:
         # A session's ttl rule; InvalidInputError is a ValueError, which pydantic reports.
         return None if value is None else ttl(value, "default_ttl")
+
+    @field_validator("encryption_key", mode="before")
+    @classmethod
+    def _read_key(cls, value: Any) -> Any:
+        # Raw key bytes as base64 text; then checked: 32 bytes, else one sentence that
+        # quotes nothing (hide_input_in_errors keeps pydantic quiet too).
+        if isinstance(value, bytes | bytearray):
+            value = (
+                base64.b64encode(value).decode()
+                if len(value) == KEY_BYTES
+                else value.decode("ascii", "replace")
+            )
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise ValueError("must be 32 bytes, or base64 of 32 bytes")
+        master_key(value)
+        return value
 
     @field_validator("ssl_root_cert")
     @classmethod

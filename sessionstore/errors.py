@@ -29,6 +29,7 @@ __all__ = [
     "AdoptionError",
     "AuthenticationError",
     "ConflictError",
+    "EncryptionError",
     "InvalidInputError",
     "InvalidStateError",
     "NotFoundError",
@@ -120,6 +121,13 @@ class WriteBehindError(SessionStoreError):
         super().__init__(message)
         self.unwritten = unwritten
         self.spill_path = spill_path
+
+
+class EncryptionError(SessionStoreError):
+    """Encrypted data could not be read or written: its data key is gone (the user was
+    purged, so rows restored from a copy stay unreadable), the ciphertext was not written
+    for the row it is on, or no configured master key opens its data key. The message
+    names no key and quotes nothing that was encrypted."""
 
 
 class AdoptionError(SessionStoreError):

@@ -24,6 +24,7 @@ TABLES = (
     "langgraph_checkpoints",
     "langgraph_blobs",
     "langgraph_writes",
+    "sessionstore_keys",
     "alembic_version",
 )
 #: The roles Supabase's API switches to for the anon and user keys.
@@ -48,6 +49,7 @@ EXPECTED_POLICIES = {
     },
     "langgraph_blobs": {"langgraph_blobs_own", "langgraph_blobs_service_role_all"},
     "langgraph_writes": {"langgraph_writes_own", "langgraph_writes_service_role_all"},
+    "sessionstore_keys": set(),  # no policy, and no privilege for any API role
     "alembic_version": set(),  # row-level security with no policy: no API role sees a row
 }
 

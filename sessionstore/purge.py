@@ -16,6 +16,10 @@ from .models import PurgeCounts
 
 __all__ = ["purge_user"]
 
+# Encryption at rest: the user's data key goes first, on the service path (no API role
+# may touch the keys). From then on nothing the key sealed can be read, here or in any
+# copy of the database, even if the purge stops half-way.
+DESTROY_KEY = "DELETE FROM sessionstore_keys WHERE user_id = $1 RETURNING key_id"
 # Messages first, then conversations, then sessions: each step deletes rows whose
 # children are already gone, so no batch cascades into an unbounded delete.
 PURGE_MESSAGES = """
@@ -98,6 +102,7 @@ async def purge_user(
     *,
     batch_size: int = 1000,
     on_progress: Callable[[PurgeCounts], None] | None = None,
+    destroy_key: bool = True,
 ) -> PurgeCounts:
     """Delete every session of ``user_id`` with its conversations and messages (and the
     LangGraph checkpoints of its threads, and the user's framework state), at most
@@ -108,11 +113,19 @@ async def purge_user(
     deleted goes with them (and is counted); a turn after that finds its session gone
     and writes nothing. The last batches also delete what turns wrote since the earlier
     ones, which is all they may hold beyond ``batch_size`` sessions.
+
+    With ``destroy_key`` the user's data key (encryption at rest) is deleted first,
+    whether or not this store encrypts: what it sealed reads as ``EncryptionError``
+    from then on, copies of the database included.
     """
     uid = v.identifier(user_id, "user_id")
     size = v.limit(batch_size, "batch_size", maximum=100_000)
     on_progress = v.progress(on_progress)
     counts = PurgeCounts()
+    if destroy_key:
+        gone = {row["key_id"] for row in await db.service.fetch(DESTROY_KEY, uid)}
+        if db.keys is not None:
+            db.keys.forget(gone)
 
     def report(**totals: int) -> None:
         nonlocal counts

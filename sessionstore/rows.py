@@ -72,7 +72,8 @@ def members(kind: type[E]) -> Callable[[str], E]:
 
 class Columns(Generic[M]):
     """The columns ``model`` is built from: one per field, named like the field, in the
-    fields' order (or ``names``, when given).
+    fields' order (or ``names``, when given), then the ``hidden`` columns: selected, and
+    read by the caller from the row, not into the model.
 
     ``computed`` maps a name to a function of the table alias that returns the SQL
     expression producing it; ``convert`` maps a name to a function applied to its value
@@ -86,9 +87,11 @@ class Columns(Generic[M]):
         *names: str,
         computed: Mapping[str, Callable[[str], str]] | None = None,
         convert: Mapping[str, Callable[[Any], Any]] | None = None,
+        hidden: Sequence[str] = (),
     ) -> None:
         self.model = model
-        self.names = names or tuple(model.model_fields)
+        self._mapped = names or tuple(model.model_fields)
+        self.names = (*self._mapped, *hidden)
         self._computed = dict(computed or {})
         fields = model.model_fields
         self._times = frozenset(
@@ -113,7 +116,7 @@ class Columns(Generic[M]):
     def _build(self, values: tuple[Any, ...] | Any) -> M:
         # once per row: kept to C-level builtins (strict=False: one() and many() have
         # already matched the values to the names)
-        fields = dict(zip(self.names, values, strict=False))
+        fields = dict(zip(self._mapped, values, strict=False))
         for name, convert in self._convert_items:
             fields[name] = convert(fields[name])
         return from_trusted(self.model, fields)

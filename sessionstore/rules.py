@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol, TypeVar
 
+from .crypto import SEALED_OVERHEAD
 from .models import SessionStatus
 
 __all__ = [
@@ -167,12 +168,17 @@ def cleanup_due(alias: str = "") -> str:
 _BYTES_PER_TOKEN = 4
 
 
-def counted_tokens(tokens: str = "tokens", content: str = "content") -> str:
-    """The tokens a message (its ``tokens`` and ``content`` columns) counts for in a
-    budget: its token count, or, stored without one, ⌈UTF-8 bytes / 4⌉.
-    :func:`estimated_tokens` is the same rule in memory."""
+def counted_tokens(
+    tokens: str = "tokens", content: str = "content", sealed: str = "content_sealed"
+) -> str:
+    """The tokens a message (its ``tokens``, ``content`` and ``content_sealed`` columns)
+    counts for in a budget: its token count, or, stored without one, ⌈UTF-8 bytes / 4⌉.
+    :func:`estimated_tokens` is the same rule in memory. A sealed content's bytes are
+    its sealed length less :data:`~sessionstore.crypto.SEALED_OVERHEAD` (AES-GCM keeps
+    the length), so budgets need no key."""
     per = _BYTES_PER_TOKEN
-    return f"coalesce({tokens}, (octet_length({content}) + {per - 1}) / {per})"
+    size = f"coalesce(octet_length({sealed}) - {SEALED_OVERHEAD}, octet_length({content}))"
+    return f"coalesce({tokens}, ({size} + {per - 1}) / {per})"
 
 
 def estimated_tokens(tokens: int | None, content: str) -> int:
@@ -235,7 +241,7 @@ def compacted_view(
     floor = budget_floor(
         conversation=conversation, upper=upper, limit=limit, budget=budget, where=scope
     )
-    tokens = counted_tokens(f"u.{prefix}tokens", f"u.{prefix}content")
+    tokens = counted_tokens(f"u.{prefix}tokens", f"u.{prefix}content", f"u.{prefix}content_sealed")
     return f"""SELECT u.*, count(*) OVER w AS k, sum({tokens}) OVER w AS running
     FROM (SELECT {floor} AS f) fl
     CROSS JOIN LATERAL (

@@ -41,6 +41,7 @@ __all__ = [
     "messages",
     "metadata",
     "sessions",
+    "sessionstore_keys",
 ]
 
 metadata = MetaData()
@@ -169,6 +170,9 @@ messages = Table(
     Column("tokens", Integer),
     # Set on a summary: the last seq it stands for (revision 0010).
     Column("covers_through", Integer),
+    # Encryption at rest: the sealed content and metadata (revision 0012).
+    Column("content_sealed", LargeBinary),
+    Column("metadata_sealed", LargeBinary),
     CheckConstraint("tokens >= 0", name="messages_tokens_check"),
     CheckConstraint(
         "covers_through >= 1 AND covers_through < seq", name="messages_covers_through_check"
@@ -181,6 +185,20 @@ Index(
     messages.c.conversation_id,
     messages.c.seq,
     postgresql_where=messages.c.covers_through.isnot(None),
+)
+
+# Encryption at rest: each user's data key, wrapped by the master key (revision 0012).
+sessionstore_keys = Table(
+    "sessionstore_keys",
+    metadata,
+    Column("key_id", UUID(as_uuid=True), primary_key=True),
+    Column("user_id", Text),
+    Column("wrapped", LargeBinary, nullable=False),
+    Column("master_key_id", Text, nullable=False),
+    _now("created_at"),
+    UniqueConstraint(
+        "user_id", name="sessionstore_keys_user_id_key", postgresql_nulls_not_distinct=True
+    ),
 )
 
 # Google ADK's state in its three scopes (sessionstore.integrations.adk; revision 0008).

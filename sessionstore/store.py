@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, Unpack
@@ -16,8 +16,10 @@ from . import telemetry
 from . import validation as v
 from .cache import SessionCache
 from .config import StoreConfig
+from .crypto import KeyProvider, master_key
 from .db import Database, Pool
-from .errors import InvalidInputError
+from .errors import EncryptionError, InvalidInputError
+from .keyring import KeyRing
 from .models import (
     ConfigureCallback,
     FailedWrite,
@@ -62,6 +64,7 @@ class SessionStore(_Scope):
         configure: ConfigureCallback | None = None,
         on_write_error: OnWriteError | None = None,
         pool: asyncpg.Pool | None = None,
+        key_provider: KeyProvider | None = None,
     ) -> None:
         self._pool = Pool(config, configure=configure, pool=pool)
         # The listener opens a connection of its own: it needs a DSN (a given pool may
@@ -75,6 +78,13 @@ class SessionStore(_Scope):
             size=config.cache_size, ttl=config.cache_ttl, invalidation=invalidation
         )
         super().__init__(Database(self._pool), cache)
+        if key_provider is not None and config.encryption_key is not None:
+            raise InvalidInputError("key_provider", "give encryption_key or key_provider, not both")
+        if config.encryption_key is not None:
+            key_provider = master_key(config.encryption_key.get_secret_value())
+        if key_provider is not None:
+            key_provider = master_key(key_provider, "key_provider")
+            self._db.keys = KeyRing(self._db, key_provider, ttl=config.key_cache_ttl)
         self._session_cache = cache
         self._writer = Writer(
             self._write_batch,
@@ -186,6 +196,34 @@ class SessionStore(_Scope):
         return item.id
 
     @telemetry.traced(kind="internal")
+    async def rotate_master_key(
+        self,
+        new: str | bytes | KeyProvider,
+        *,
+        batch_size: int = 1000,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Re-wrap every user's data key with the master key ``new`` (32 bytes, base64
+        of them, or a :class:`~sessionstore.KeyProvider`), ``batch_size`` keys per
+        transaction; return how many were re-wrapped. Messages are not touched.
+
+        From the call on this store wraps new data keys with ``new`` and opens keys
+        wrapped by either. Other processes must be able to open both while it runs
+        (``MasterKey(new, old)``, or ``previous`` keys in your provider); once every
+        process holds ``new``, run it again (it re-wraps what others wrapped meanwhile,
+        and only that), then retire the old key. ``EncryptionError`` if this store was
+        opened without a key.
+        """
+        provider = master_key(new, "new")
+        size = v.limit(batch_size, "batch_size", maximum=100_000)
+        on_progress = v.progress(on_progress)
+        if self._db.keys is None:
+            raise EncryptionError(
+                "this store has no encryption key: open it with the current one to rotate"
+            )
+        return await self._db.keys.rotate(provider, batch_size=size, on_progress=on_progress)
+
+    @telemetry.traced(kind="internal")
     async def replay(self, path: Path | str) -> int:
         """Write the messages a failed ``close()`` spilled to ``path``; return how many.
 
@@ -236,6 +274,7 @@ def connect(
     configure: ConfigureCallback | None = None,
     on_write_error: OnWriteError | None = None,
     pool: asyncpg.Pool | None = None,
+    key_provider: KeyProvider | None = None,
     **overrides: Any,
 ) -> SessionStore:
     """A :class:`SessionStore` for ``dsn``; ``await`` it or use it with ``async with``.
@@ -256,6 +295,12 @@ def connect(
     optional: with one, the session cache's listener connects with it; without, cache
     entries live ``cache_ttl``; the environment's database URLs are not read then.
     ``configure`` cannot be combined with ``pool``.
+
+    Encryption at rest: ``encryption_key`` (a setting: 32 bytes or base64 of them;
+    ``SESSIONSTORE_ENCRYPTION_KEY``) or ``key_provider`` (a
+    :class:`~sessionstore.KeyProvider`, e.g. backed by a KMS) seals every message's
+    content and metadata written from then on with its user's data key (see
+    ``docs/security.md``). Messages stored in clear keep reading.
     """
     if dsn is not None:
         overrides["dsn"] = dsn
@@ -267,4 +312,10 @@ def connect(
         merged = merged.model_copy(update={"dsn": None})
     else:
         merged = StoreConfig.load(config, **overrides)
-    return SessionStore(merged, configure=configure, on_write_error=on_write_error, pool=pool)
+    return SessionStore(
+        merged,
+        configure=configure,
+        on_write_error=on_write_error,
+        pool=pool,
+        key_provider=key_provider,
+    )

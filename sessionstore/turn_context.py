@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .db import Connection
+from .db import Connection, Database
 from .errors import translate_errors
 from .models import Message
 from .repositories.conversations import CONVERSATION
+from .repositories.message_sql import read_messages
 from .repositories.messages import MESSAGE
 from .repositories.sessions import SESSION
 from .rows import Row
@@ -37,8 +38,9 @@ __all__ = ["CONTEXT", "read_context", "with_context"]
 #   0 on a row nobody removed): ``touched``.
 # The queued messages written by the statement itself are not in its snapshot: their
 # rows come from the insert's RETURNING.
-_TURN_AT = """(SELECT m_conversation_id, m_seq, m_tokens, m_content FROM msg
-  UNION ALL SELECT m_conversation_id, m_seq, m_tokens, m_content FROM stored) AS t"""
+_TURN_AT = """(SELECT m_conversation_id, m_seq, m_tokens, m_content, m_content_sealed FROM msg
+  UNION ALL SELECT m_conversation_id, m_seq, m_tokens, m_content, m_content_sealed FROM stored
+) AS t"""
 _NO_TURN_COLUMNS = ", ".join(
     ["NULL"] * (len(CONVERSATION.names) + len(SESSION.names) + 1)  # + stored_in
 )
@@ -51,7 +53,9 @@ def with_context(turn: str, limit: str, budget: str, *, queued: bool) -> str:
     (CTE ``earlier``) among them. After a compaction they are the compacted view before
     the turn (:func:`~sessionstore.rules.compacted_view`), and the seqs of the summaries
     among them come as rows of their own (``m_id`` null) for :func:`read_context`."""
-    left = f"({budget}::integer - {counted_tokens('t.m_tokens', 't.m_content')})"
+    left = (
+        f"({budget}::integer - {counted_tokens('t.m_tokens', 't.m_content', 't.m_content_sealed')})"
+    )
     if queued:  # the messages it wrote are not in the snapshot: cut the union in memory
         floor = "0"
     else:
@@ -66,7 +70,7 @@ def with_context(turn: str, limit: str, budget: str, *, queued: bool) -> str:
     LIMIT {limit}"""
     if queued:
         rows = f"""SELECT {", ".join("b.m_" + name for name in MESSAGE.names)}, b.touched FROM (
-        SELECT u.*, sum({counted_tokens("u.m_tokens", "u.m_content")}) OVER (
+        SELECT u.*, sum({counted_tokens("u.m_tokens", "u.m_content", "u.m_content_sealed")}) OVER (
             ORDER BY u.m_seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
         ) AS running FROM (
             ({rows})
@@ -157,7 +161,12 @@ CROSS JOIN LATERAL (
 
 
 async def read_context(
-    conn: Connection, new: Message, rows: Sequence[Row], size: int, budget: int | None
+    db: Database,
+    conn: Connection,
+    new: Message,
+    rows: Sequence[Row],
+    size: int,
+    budget: int | None,
 ) -> list[Message]:
     """The turn's context: the statement's extra rows, or — if its snapshot may be out of
     date (a gap in seq, or a row some remover has touched) — the messages before the
@@ -170,7 +179,8 @@ async def read_context(
     if size == 1 or (left is not None and left < 0):
         return [new]  # alone: nothing before it could be picked, whatever the snapshot
     extra = [r for r in rows if r["c_id"] is None]
-    earlier = sorted((MESSAGE.one(r, "m_") for r in extra if r["m_id"] is not None), key=position)
+    found = await read_messages(db, [r for r in extra if r["m_id"] is not None], "m_")
+    earlier = sorted(found, key=position)
     # The snapshot is the stored conversation if it shows a run of messages ending right
     # before the turn's, none removed since: later appends than the snapshot's would
     # leave a gap there (they come right before the turn's), and a removal (pop, clear,
@@ -195,4 +205,4 @@ async def read_context(
         return [*earlier, new]
     with translate_errors():
         again = await conn.fetch(CONTEXT, new.conversation_id, size - 1, new.seq, left)
-    return [*sorted(MESSAGE.many(again), key=position), new]
+    return [*sorted(await read_messages(db, again), key=position), new]

@@ -18,9 +18,19 @@ from uuid import UUID
 from . import validation as v
 from .db import Connection, Database
 from .errors import ConflictError, PermissionDeniedError, translate_errors
+from .keyring import Owner, seal_message, sealed_batch
 from .lifecycle import TAKES_TURNS, Attempt, raise_session_miss
-from .models import AddTurnOptions, AfterTurn, PendingWrite, Role, Turn, TurnOptions
+from .models import (
+    AddTurnOptions,
+    AfterTurn,
+    ContinuationId,
+    PendingWrite,
+    Role,
+    Turn,
+    TurnOptions,
+)
 from .repositories.conversations import CONVERSATION
+from .repositories.message_sql import read_message
 from .repositories.messages import MESSAGE
 from .repositories.sessions import SESSION
 from .rules import (
@@ -34,23 +44,30 @@ from .rules import (
 )
 from .turn_context import read_context, with_context
 from .writebehind.engine import Writer
-from .writebehind.items import MESSAGE_FIELDS, accept, batch_arguments, fresh_rows
+from .writebehind.items import MESSAGE_FIELDS, SEALED_FIELDS, accept, fresh_rows, uuid7
 
 __all__ = ["accept_turn", "add_turn", "write_turns"]
 
 _TOKENS = "coalesce($6::integer, 0)"
+
+
 # The messages this process queued for the conversation before the turn (the chat loop's
 # reply, written behind), $9-$15: ids, roles, contents, metadata, tokens, accept times,
 # whether each counts as a turn on the session. Ids already stored are skipped (a retry),
 # probed by primary key as in a batch.
-_QUEUED = """
+def _queued(sealed: int) -> str:
+    """The queued messages' CTEs; ``$sealed`` and the next: their sealed contents and
+    metadata (encryption at rest)."""
+    return f"""
 queued_stored AS (
     SELECT id FROM messages WHERE id = ANY($9::uuid[])
 ),
 queued AS (
     SELECT u.* FROM unnest($9::uuid[], $10::message_role[], $11::text[], $12::jsonb[],
-                           $13::integer[], $14::timestamptz[], $15::boolean[])
-        WITH ORDINALITY AS u(id, role, content, metadata, tokens, enqueued_at, counts, ord)
+                           $13::integer[], $14::timestamptz[], $15::boolean[],
+                           ${sealed}::bytea[], ${sealed + 1}::bytea[])
+        WITH ORDINALITY AS u(id, role, content, metadata, tokens, enqueued_at, counts,
+                             content_sealed, metadata_sealed, ord)
     WHERE NOT EXISTS (SELECT 1 FROM queued_stored s WHERE s.id = u.id)
 ),
 q AS (
@@ -59,22 +76,28 @@ q AS (
            coalesce(sum(tokens) FILTER (WHERE counts), 0) AS q_turn_tokens
     FROM queued
 ),"""
+
+
 _EARLIER_SEQ = seq_of(
     "conv.c_message_count", added="(q.q_n + 1)", ordinal=batch_ordinal("conv.c_id", "u.ord")
 )
 _EARLIER = f"""
 earlier AS (  -- the queued messages, before the turn's own, in accept order
-    INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens, created_at)
+    INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens, created_at,
+                          content_sealed, metadata_sealed)
     SELECT u.id, conv.c_id, {_EARLIER_SEQ}, u.role, u.content,
-           coalesce(u.metadata, '{{}}'::jsonb), u.tokens, u.enqueued_at
+           coalesce(u.metadata, '{{}}'::jsonb), u.tokens, u.enqueued_at, u.content_sealed,
+           u.metadata_sealed
     FROM queued u CROSS JOIN conv CROSS JOIN q
     RETURNING {MESSAGE.select(prefix="m_")}
 ),"""
 
 
-def _add_turn(*, queued: bool) -> str:
+def _add_turn(*, queued: bool, sealed: int) -> str:
     """ADD_TURN, or (``queued``) the same turn preceded by this process's queued messages,
-    counted by the same rules in the same statement."""
+    counted by the same rules in the same statement. ``$sealed`` and the next: the
+    turn's sealed content and metadata; with ``queued``, the two after: the queued
+    messages' (encryption at rest; NULL in clear)."""
     if queued:
         source, added = "gate CROSS JOIN q", ("1 + q.q_n", f"{_TOKENS} + q.q_tokens")
         bumped = ("EXCLUDED.message_count", "EXCLUDED.total_tokens")
@@ -87,7 +110,7 @@ WITH stored AS (  -- the same message id already written: a resend after a timeo
     SELECT {MESSAGE.select(prefix="m_", alias="m")}, c.continuation_id AS stored_in
     FROM messages m JOIN conversations c ON c.id = m.conversation_id
     WHERE m.id = $8::uuid
-),{_QUEUED if queued else ""}
+),{_queued(sealed + 2) if queued else ""}
 live AS (
     SELECT id FROM sessions
     WHERE id = $2 AND {accepts_turns()} AND NOT EXISTS (SELECT 1 FROM stored)
@@ -114,10 +137,12 @@ sess AS (
     RETURNING {SESSION.select(prefix="s_")}
 ),{_EARLIER if queued else ""}
 msg AS (
-    INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens)
+    INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens,
+                          content_sealed, metadata_sealed)
     SELECT coalesce($8::uuid, gen_random_uuid()), conv.c_id,
            {seq_of("conv.c_message_count", added="1", ordinal="1")},
-           $3::message_role, $4, coalesce($5::jsonb, '{{}}'::jsonb), $6::integer
+           $3::message_role, $4, coalesce($5::jsonb, '{{}}'::jsonb), $6::integer,
+           ${sealed}::bytea, ${sealed + 1}::bytea
     FROM conv
     RETURNING {MESSAGE.select(prefix="m_")}
 )
@@ -134,19 +159,23 @@ LEFT JOIN sessions s ON s.id = $2
 
 
 # $1 continuation id, $2 session id, $3-$6 the message, $7 the sliding interval, $8 the
-# caller's message id. The session is locked first (like every writer), then the
-# conversation; the session's counters move only if the conversation accepted the
-# message (ownership), so nothing is written unless everything is.
-ADD_TURN = _add_turn(queued=False)
-# ADD_TURN after this process's queued messages of the conversation (see _QUEUED): they
-# take the seqs before the turn's, and count on the conversation and (each turn of the
-# turn's session) on the session, all under the turn's gate: nothing is written if the
-# turn is refused.
-ADD_TURN_AFTER_QUEUED = _add_turn(queued=True)
+# caller's message id, $9-$10 the sealed content and metadata. The session is locked
+# first (like every writer), then the conversation; the session's counters move only if
+# the conversation accepted the message (ownership), so nothing is written unless
+# everything is.
+ADD_TURN = _add_turn(queued=False, sealed=9)
+# ADD_TURN after this process's queued messages of the conversation ($9-$15, see
+# _queued; $16-$19 the sealed columns): they take the seqs before the turn's, and count
+# on the conversation and (each turn of the turn's session) on the session, all under
+# the turn's gate: nothing is written if the turn is refused.
+ADD_TURN_AFTER_QUEUED = _add_turn(queued=True, sealed=16)
 
-# The turns that also return their context (see :mod:`sessionstore.turn_context`).
-ADD_TURN_CONTEXT = with_context(ADD_TURN, "$9", "$10", queued=False)
-ADD_TURN_AFTER_QUEUED_CONTEXT = with_context(ADD_TURN_AFTER_QUEUED, "$16", "$17", queued=True)
+# The turns that also return their context (see :mod:`sessionstore.turn_context`): the
+# context's two parameters come before the sealed columns.
+ADD_TURN_CONTEXT = with_context(_add_turn(queued=False, sealed=11), "$9", "$10", queued=False)
+ADD_TURN_AFTER_QUEUED_CONTEXT = with_context(
+    _add_turn(queued=True, sealed=18), "$16", "$17", queued=True
+)
 # Why a turn matched nothing: the session refused it, or else the conversation did.
 OWNER = "SELECT session_id FROM conversations WHERE continuation_id = $1"
 
@@ -163,9 +192,10 @@ ON CONFLICT (continuation_id) DO NOTHING
 
 # ADD_TURN for many turns at once (write-behind), with the same rules: a turn whose
 # session is missing, expired or not active, or whose conversation belongs to another
-# session, is refused and nothing of it written. $9: the sliding interval.
+# session, is refused and nothing of it written. $9-$10: the sealed columns, $11: the
+# sliding interval.
 _BATCH_FIELDS = ("id", "continuation_id", "session_id", *MESSAGE_FIELDS)
-_BATCH_SESSION = bump_session("s", turns="p.n", tokens="p.tok", slide="$9")
+_BATCH_SESSION = bump_session("s", turns="p.n", tokens="p.tok", slide="$11")
 _BATCH_CONVERSATION = bump_conversation(
     "c",
     messages="EXCLUDED.message_count",
@@ -175,7 +205,7 @@ _BATCH_CONVERSATION = bump_conversation(
 _BATCH_SEQ = seq_of(
     "conv.message_count", added="p.n", ordinal=batch_ordinal("a.continuation_id", "a.ord")
 )
-TURN_BATCH = f"""{fresh_rows(_BATCH_FIELDS)},
+TURN_BATCH = f"""{fresh_rows((*_BATCH_FIELDS, *SEALED_FIELDS))},
 live AS (  -- the batch's sessions that take turns, locked first like every writer
     SELECT s.id FROM sessions s
     WHERE s.id IN (SELECT session_id FROM fresh) AND {accepts_turns("s")}
@@ -214,9 +244,11 @@ written AS (
     SELECT a.*, conv.id AS conversation_id FROM accepted a JOIN conv USING (continuation_id)
 ),
 ins AS (
-    INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens, created_at)
+    INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens, created_at,
+                          content_sealed, metadata_sealed)
     SELECT a.id, a.conversation_id, {_BATCH_SEQ}, a.role, a.content,
-           coalesce(a.metadata, '{{}}'::jsonb), a.tokens, a.enqueued_at
+           coalesce(a.metadata, '{{}}'::jsonb), a.tokens, a.enqueued_at, a.content_sealed,
+           a.metadata_sealed
     FROM written a
     JOIN conv ON conv.continuation_id = a.continuation_id
     JOIN per_conv p ON p.continuation_id = a.continuation_id
@@ -337,15 +369,38 @@ async def add_turn(
     if size is None and budget is not None:
         size = v.MAX_LIMIT  # a budget alone: as many messages as a context may hold
     bound = db.config.command_timeout or db.config.connect_timeout
+    owner: Owner = ("conversation", ContinuationId(cont)) if sid is None else ("session", sid)
+    if mid is None and db.keys is not None:
+        mid = uuid7()  # sealed, the message is bound to its id: it needs one before sending
+    text, meta, sealed, sealed_meta = await seal_message(
+        db.keys, owner, mid or uuid7(), message.content, message.metadata
+    )
     earlier = [] if queue is None else await queue.claim(cont, sid, within=bound)
-    arguments: tuple[object, ...] = (cont, sid, *message, db.config.sliding_interval, mid)
+    arguments: tuple[object, ...] = (
+        cont,
+        sid,
+        message.role,
+        text,
+        meta,
+        message.tokens,
+        db.config.sliding_interval,
+        mid,
+    )
     query = ADD_TURN if size is None else ADD_TURN_CONTEXT
+    sealing: tuple[object, ...] = (sealed, sealed_meta)
     if earlier:
         query = ADD_TURN_AFTER_QUEUED if size is None else ADD_TURN_AFTER_QUEUED_CONTEXT
-        fields = [[getattr(i, f) for i in earlier] for f in ("id", *MESSAGE_FIELDS)]
-        arguments = (*arguments, *fields, [i.session_id is not None for i in earlier])
+        try:
+            fields = await sealed_batch(db.keys, earlier, ("id", *MESSAGE_FIELDS))
+        except BaseException:
+            assert queue is not None
+            await queue.settle(earlier, durable=False)
+            raise
+        arguments = (*arguments, *fields[:-2], [i.session_id is not None for i in earlier])
+        sealing = (*sealing, *fields[-2:])
     if size is not None:
         arguments = (*arguments, size - 1, budget)
+    arguments = (*arguments, *sealing)
     written = False
 
     async def work(conn: Connection) -> Turn:
@@ -358,10 +413,10 @@ async def add_turn(
         if row is None:
             assert sid is not None  # without a session the statement always writes
             await _explain_refusal(conn, cont, sid, scoped=db.rls_scoped)
-        new = MESSAGE.one(row, "m_")
+        new = await read_message(db, row, "m_")
         context = None
         if size is not None:
-            context = await read_context(conn, new, rows, size, budget)
+            context = await read_context(db, conn, new, rows, size, budget)
         turn = Turn.model_construct(
             message=new,
             conversation=CONVERSATION.one(row, "c_"),
@@ -410,7 +465,7 @@ async def write_turns(db: Database, batch: Sequence[PendingWrite]) -> dict[UUID,
     """Write a write-behind batch of turns in one statement; return the ids it refused:
     their session is missing, not active or expired, or their conversation belongs to
     another session."""
-    arguments = batch_arguments(batch, _BATCH_FIELDS)
+    arguments = await sealed_batch(db.keys, batch, _BATCH_FIELDS)
     row = await db.fetchrow(TURN_BATCH, *arguments, db.config.sliding_interval)
     assert row is not None  # the statement always returns one row
     refused = dict.fromkeys(row["refused_by_session"], "session not found, not active or expired")

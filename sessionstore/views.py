@@ -129,11 +129,24 @@ class _Scope:
         keep going); return the counts. ``on_progress`` gets the running counts.
 
         Under ``as_user`` the policies apply: a user can purge only their own data.
+
+        First of all the user's data key (encryption at rest) is destroyed: their
+        encrypted messages are unreadable from then on, in every copy of the database.
         """
-        counts = await purge_user(self._db, user_id, batch_size=batch_size, on_progress=on_progress)
+        counts = await purge_user(
+            self._db,
+            user_id,
+            batch_size=batch_size,
+            on_progress=on_progress,
+            destroy_key=self._may_destroy_key(user_id),
+        )
         if counts.sessions and self._cache is not None:
             self._cache.clear()
         return counts
+
+    def _may_destroy_key(self, user_id: str) -> bool:
+        """Whether a purge of ``user_id`` from here may destroy their data key."""
+        return True
 
     @telemetry.traced()
     async def prune(
@@ -215,3 +228,7 @@ class UserView(_Scope):
         super().__init__(db)
         self.messages = MessagesRepository(db)
         self.user_id = user_id
+
+    def _may_destroy_key(self, user_id: str) -> bool:
+        # The key is deleted on the service path: a user may erase only their own.
+        return user_id == self.user_id

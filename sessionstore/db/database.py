@@ -8,7 +8,7 @@ Each statement takes at most ``command_timeout`` on the client (and
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
@@ -23,6 +23,9 @@ from ..retry import READS, retrying
 from .connection import Connection
 from .pool import Pool
 from .scope import enter_user_scope
+
+if TYPE_CHECKING:
+    from ..keyring import KeyRing
 
 __all__ = ["Database"]
 
@@ -60,19 +63,26 @@ class Database:
     ``statement_timeout`` on the server.
     """
 
-    def __init__(self, pool: Pool, claims: str | None = None) -> None:
+    def __init__(self, pool: Pool, claims: str | None = None, keys: KeyRing | None = None) -> None:
         self.pool = pool
         self.config = pool.config
         self._claims = claims
+        #: The data keys, when encryption at rest is on (set once by the store).
+        self.keys = keys
 
     @property
     def rls_scoped(self) -> bool:
         """Whether operations run under row-level security, each in its own transaction."""
         return self._claims is not None
 
+    @property
+    def service(self) -> Database:
+        """The same pool as the connecting role (what no API role may do: the data keys)."""
+        return self if self._claims is None else Database(self.pool, None, self.keys)
+
     def as_user(self, claims: str) -> Database:
         """The same pool, with every operation run as the user the JWT ``claims`` name."""
-        return Database(self.pool, claims)
+        return Database(self.pool, claims, self.keys)
 
     async def _once(self, work: Callable[[Connection], Awaitable[T]], transaction: bool) -> T:
         async with self.pool.acquire() as conn:

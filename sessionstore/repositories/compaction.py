@@ -14,17 +14,18 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from .. import validation as v
 from ..db import Connection, Database
 from ..errors import ConflictError, InvalidInputError
+from ..keyring import seal_message
 from ..models import ConversationRef, Message, Role
 from ..rows import Row
 from ..rules import bump_conversation, seq_of
 from ..telemetry import traced
 from .conversations import KEY, Keyed, conversation_missing
-from .message_sql import MESSAGE
+from .message_sql import MESSAGE, read_message
 
 __all__ = ["COMPACT", "LOCK_FOR_COMPACTION", "Compaction", "compact"]
 
@@ -36,7 +37,8 @@ LOCK_FOR_COMPACTION = Keyed.of(
 def _compact_sql() -> str:
     """The compaction of the locked conversation $1: $2 the message id (NULL: a new one),
     $3 through_seq, $4-$7 the summary's role, content, metadata and tokens, $8 whether
-    to delete what it covers. One row: the summary written (``m_`` columns), or the
+    to delete what it covers, $9-$10 its sealed content and metadata (encryption at
+    rest; NULL in clear). One row: the summary written (``m_`` columns), or the
     message already stored under $2 (``s_``), or neither (refused: nothing written)."""
     new, old = MESSAGE.select(prefix="m_"), MESSAGE.select(prefix="s_", alias="m")
     deleted = "(SELECT coalesce(sum(tokens), 0) FROM doomed)"
@@ -63,10 +65,10 @@ conv AS (
 ),
 ins AS (
     INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens,
-                          covers_through)
+                          covers_through, content_sealed, metadata_sealed)
     SELECT coalesce($2::uuid, gen_random_uuid()), $1,
            {seq_of("conv.message_count", added="1", ordinal="1")}, $4::message_role, $5,
-           coalesce($6::jsonb, '{{}}'::jsonb), $7::integer, $3
+           coalesce($6::jsonb, '{{}}'::jsonb), $7::integer, $3, $9::bytea, $10::bytea
     FROM conv
     RETURNING {new}
 )
@@ -112,17 +114,25 @@ async def compact(
     mid = None if message_id is None else v.uuid(message_id, "message_id")
     delete = v.flag(delete_originals, "delete_originals")
     await settle(cid)
+    if mid is None and db.keys is not None:
+        mid = uuid4()  # sealed, the summary is bound to its id: it needs one before sending
+    text, meta, sealed, sealed_meta = await seal_message(
+        db.keys, ("conversation", cid), mid or uuid4(), new.content, new.metadata
+    )
+    stored_as = (new.role, text, meta, new.tokens)
 
     async def work(conn: Connection) -> Message:
         locked = await conn.fetchrow(LOCK_FOR_COMPACTION.for_(cid), cid)
         if locked is None:
             raise conversation_missing(cid)
-        row: Row | None = await conn.fetchrow(COMPACT, locked["id"], mid, through, *new, delete)
+        row: Row | None = await conn.fetchrow(
+            COMPACT, locked["id"], mid, through, *stored_as, delete, sealed, sealed_meta
+        )
         assert row is not None  # the statement always returns one row
         if row["m_id"] is not None:
-            return MESSAGE.one(row, "m_")
+            return await read_message(db, row, "m_")
         if row["s_id"] is not None:
-            stored = MESSAGE.one(row, "s_")
+            stored = await read_message(db, row, "s_")
             if _same(stored, locked["id"], through, new):
                 return stored  # a resend: the compaction it asked for is done
             raise ConflictError(

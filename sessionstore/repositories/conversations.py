@@ -9,11 +9,13 @@ from .. import validation as v
 from ..db import Connection, Database
 from ..errors import (
     ConflictError,
+    EncryptionError,
     InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
     translate_errors,
 )
+from ..keyring import Owner
 from ..lifecycle import TAKES_TURNS, Attempt, raise_session_miss
 from ..models import ContinuationId, Conversation, ConversationRef, Message, Page
 from ..pagination import decode_cursor, make_page
@@ -132,7 +134,10 @@ FROM conversations WHERE continuation_id = $1
 """
 # Every message column but the two the copy gets anew: a column added to messages (and
 # to Message) is carried by forks without a change here.
-_CARRIED = ", ".join(f for f in Message.model_fields if f not in ("id", "conversation_id"))
+_CARRIED = ", ".join(
+    [f for f in Message.model_fields if f not in ("id", "conversation_id")]
+    + ["content_sealed", "metadata_sealed"]
+)
 # The fork ($1 the locked source, $2 continuation id, $3 session, $4 through_seq): the
 # source's title and metadata, counters as if its messages 1..$4 had been appended, and
 # the compaction of that prefix (its latest summary's, which the copy carries).
@@ -152,8 +157,12 @@ RETURNING {CONVERSATION.select(alias="c")}"""
 # the fork a CTE of the same statement created: the copy is a statement of its own there.
 # $1 the source, $2 the fork, $3 through_seq.
 COPY_MESSAGES = f"""
-INSERT INTO messages (conversation_id, {_CARRIED})
-SELECT $2, {_CARRIED} FROM messages WHERE conversation_id = $1 AND seq <= $3
+WITH copied AS (
+    INSERT INTO messages (conversation_id, {_CARRIED})
+    SELECT $2, {_CARRIED} FROM messages WHERE conversation_id = $1 AND seq <= $3
+    RETURNING content_sealed
+)
+SELECT EXISTS (SELECT 1 FROM copied WHERE content_sealed IS NOT NULL) AS sealed_copies
 """
 # The service path: the fork and its messages in one statement (one round trip however
 # many messages it copies).
@@ -164,8 +173,22 @@ copied AS (
     INSERT INTO messages (conversation_id, {_CARRIED})
     SELECT fork.id, {", ".join("m." + f for f in _CARRIED.split(", "))}
     FROM fork, messages m WHERE m.conversation_id = $1 AND m.seq <= $4
+    RETURNING content_sealed
 )
-SELECT * FROM fork
+SELECT *, EXISTS (SELECT 1 FROM copied WHERE content_sealed IS NOT NULL) AS sealed_copies
+FROM fork
+"""
+# Encryption at rest binds a sealed value to its message's id: the copies' are sealed
+# again, for their own ids (and the fork's owner), in the fork's transaction.
+SEALED_COPIES = """
+SELECT f.id AS fork_id, s.id AS source_id, s.content_sealed, s.metadata_sealed
+FROM messages f JOIN messages s ON s.conversation_id = $1 AND s.seq = f.seq
+WHERE f.conversation_id = $2 AND f.content_sealed IS NOT NULL
+"""
+RESEAL = """
+UPDATE messages m SET content_sealed = u.content_sealed, metadata_sealed = u.metadata_sealed
+FROM unnest($1::uuid[], $2::bytea[], $3::bytea[]) AS u(id, content_sealed, metadata_sealed)
+WHERE m.id = u.id
 """
 # A source that changed between the snapshot and the lock is read again; twice more
 # always suffices unless it keeps changing.
@@ -387,13 +410,25 @@ class ConversationsRepository:
     ) -> Conversation | None:
         """The fork of the locked ``source`` with its messages; ``None`` if ``cid`` is
         taken."""
+        sealed = False
         if not self._db.rls_scoped:
             row = await conn.fetchrow(CREATE_FORK_AND_COPY, source, cid, sid, through)
-            return None if row is None else CONVERSATION.one(row)
-        row = await conn.fetchrow(CREATE_FORK, source, cid, sid, through)
+            sealed = row is not None and row["sealed_copies"]
+        else:
+            row = await conn.fetchrow(CREATE_FORK, source, cid, sid, through)
+            if row is not None:
+                sealed = await conn.fetchval(COPY_MESSAGES, source, row["id"], through)
         if row is None:
             return None
-        await conn.execute(COPY_MESSAGES, source, row["id"], through)
+        if sealed:
+            copies = await conn.fetch(SEALED_COPIES, source, row["id"])
+            if self._db.keys is None:
+                raise EncryptionError(
+                    "the conversation's messages are encrypted and this store has no"
+                    " encryption key: a fork needs it (nothing was written)"
+                )
+            owner: Owner = None if sid is None else ("session", sid)
+            await conn.execute(RESEAL, *await self._db.keys.reseal(copies, owner))
         return CONVERSATION.one(row)
 
     @traced("conversations")

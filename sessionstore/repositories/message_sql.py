@@ -3,8 +3,12 @@ builders (the statements themselves are :mod:`sessionstore.repositories.messages
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from ..db import Database
+from ..errors import EncryptionError
 from ..models import Message, MessageRole
-from ..rows import Columns, members
+from ..rows import Columns, Row, members
 from ..rules import (
     accepts_turns,
     bind,
@@ -20,17 +24,30 @@ from ..rules import (
 )
 from .conversations import KEY, Keyed
 
-__all__ = ["MESSAGE", "append_statement", "history_statement", "stored_history_statement"]
+__all__ = [
+    "MESSAGE",
+    "append_statement",
+    "history_statement",
+    "read_message",
+    "read_messages",
+    "stored_history_statement",
+]
 
-MESSAGE = Columns(Message, convert={"role": members(MessageRole)})
+# The sealed columns ride along unmapped: read_messages opens them (encryption at rest).
+MESSAGE = Columns(
+    Message,
+    convert={"role": members(MessageRole)},
+    hidden=("content_sealed", "metadata_sealed"),
+)
 _COLUMNS = MESSAGE.select()
 # The message columns of a compacted view's rows (alias ``v``).
 _KEPT = ", ".join(f"v.{name}" for name in MESSAGE.names)
 
 
 def append_statement(added: str, tokens: str, rows: str, *, session: str | None = None) -> Keyed:
-    """A message append: ``rows`` (with columns role, content, metadata, tokens, ord)
-    added to conversation ``$1`` after bumping its counters, in one statement.
+    """A message append: ``rows`` (with columns role, content, metadata, tokens, id
+    (NULL: a new one), content_sealed, metadata_sealed, ord) added to conversation
+    ``$1`` after bumping its counters, in one statement.
 
     With ``session`` (a parameter and the next one: the sliding interval) the append is
     a turn of that session: it must take turns (locked first, like every writer), the
@@ -39,8 +56,10 @@ def append_statement(added: str, tokens: str, rows: str, *, session: str | None 
     """
     bump = bump_conversation("", messages=added, tokens=tokens, at="now()")
     seq = seq_of("conv.message_count", added=added, ordinal="u.ord")
-    insert = f"""INSERT INTO messages (conversation_id, seq, role, content, metadata, tokens)
-SELECT conv.id, {seq}, u.role, u.content, coalesce(u.metadata, '{{}}'::jsonb), u.tokens
+    insert = f"""INSERT INTO messages
+    (id, conversation_id, seq, role, content, metadata, tokens, content_sealed, metadata_sealed)
+SELECT coalesce(u.id, gen_random_uuid()), conv.id, {seq}, u.role, u.content,
+       coalesce(u.metadata, '{{}}'::jsonb), u.tokens, u.content_sealed, u.metadata_sealed
 FROM conv, {rows}
 RETURNING {_COLUMNS}"""
     if session is None:
@@ -138,3 +157,27 @@ LEFT JOIN LATERAL (
 WHERE c.{KEY} = $1 AND {may_read("c.session_id", f"{session}::uuid")}
 ORDER BY m.seq
 """)
+
+
+async def read_messages(db: Database, rows: Sequence[Row], prefix: str = "") -> list[Message]:
+    """The messages of ``rows`` (columns named with ``prefix``), sealed ones opened.
+
+    ``EncryptionError`` for a sealed message when ``db`` has no keys (the store was
+    opened without ``encryption_key``), or when its key is gone or it does not belong on
+    its row."""
+    messages = MESSAGE.many(rows) if not prefix else [MESSAGE.one(r, prefix) for r in rows]
+    content, metadata = prefix + "content_sealed", prefix + "metadata_sealed"
+    sealed = [(i, r[content], r[metadata]) for i, r in enumerate(rows) if r[content] is not None]
+    if not sealed:
+        return messages
+    if db.keys is None:
+        raise EncryptionError(
+            "messages here are encrypted and this store has no encryption key:"
+            " open it with encryption_key= or key_provider= (SESSIONSTORE_ENCRYPTION_KEY)"
+        )
+    return await db.keys.open(messages, sealed)
+
+
+async def read_message(db: Database, row: Row, prefix: str = "") -> Message:
+    """:func:`read_messages` of one row."""
+    return (await read_messages(db, [row], prefix))[0]

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Unpack
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from .. import validation as v
 from ..cache import SessionCache
 from ..db import Connection, Database
 from ..errors import ConflictError, InvalidInputError
+from ..keyring import Owner, seal_message
 from ..lifecycle import TAKES_TURNS, Attempt, raise_session_miss
 from ..models import (
     ContinuationId,
@@ -39,6 +40,8 @@ from .message_sql import (
     MESSAGE,
     append_statement,
     history_statement,
+    read_message,
+    read_messages,
     stored_history_statement,
 )
 
@@ -51,19 +54,23 @@ __all__ = [
     "MessagesRepository",
 ]
 
+# $8-$10: the ids, and (encryption at rest) the sealed contents and metadata.
 _MANY_ROWS = (
-    "unnest($4::message_role[], $5::text[], $6::jsonb[], $7::integer[])"
-    " WITH ORDINALITY AS u(role, content, metadata, tokens, ord)"
+    "unnest($4::message_role[], $5::text[], $6::jsonb[], $7::integer[], $8::uuid[],"
+    " $9::bytea[], $10::bytea[])"
+    " WITH ORDINALITY AS u(role, content, metadata, tokens, id, content_sealed,"
+    " metadata_sealed, ord)"
 )
 ADD_MANY = append_statement("$2", "$3", _MANY_ROWS)
-# $8 the session, $9 its sliding interval.
-ADD_MANY_IN_SESSION = append_statement("$2", "$3", _MANY_ROWS, session="$8")
-# One message without arrays (the common call stays cheap).
+# $11 the session, $12 its sliding interval.
+ADD_MANY_IN_SESSION = append_statement("$2", "$3", _MANY_ROWS, session="$11")
+# One message without arrays (the common call stays cheap); $6-$8 as $8-$10 above.
 ADD_MESSAGE = append_statement(
     "1",
     "coalesce($5::integer, 0)",
     "(SELECT $2::message_role AS role, $3::text AS content, $4::jsonb AS metadata,"
-    " $5::integer AS tokens, 1 AS ord) AS u",
+    " $5::integer AS tokens, $6::uuid AS id, $7::bytea AS content_sealed,"
+    " $8::bytea AS metadata_sealed, 1 AS ord) AS u",
 )
 
 
@@ -171,10 +178,24 @@ class MessagesRepository(Compaction):
         """
         cid = v.conversation(conversation_id)
         fields = v.message(role, content, options, _MESSAGE_OPTIONS)
-        row = await self._db.fetchrow(ADD_MESSAGE.for_(cid), cid, *fields)
+        mid = uuid4()
+        text, meta, sealed, sealed_meta = await seal_message(
+            self._db.keys, ("conversation", cid), mid, fields.content, fields.metadata
+        )
+        row = await self._db.fetchrow(
+            ADD_MESSAGE.for_(cid),
+            cid,
+            fields.role,
+            text,
+            meta,
+            fields.tokens,
+            mid,
+            sealed,
+            sealed_meta,
+        )
         if row is None:
             raise conversation_missing(cid)
-        return MESSAGE.one(row)
+        return await read_message(self._db, row)
 
     @traced("messages")
     async def add_many(
@@ -222,7 +243,28 @@ class MessagesRepository(Compaction):
             raise InvalidInputError(
                 "messages", f"tokens must sum to at most {NO_UPPER_BOUND} in one append"
             )
-        arguments = (cid, len(roles), total, roles, contents, metas, counts)
+        ids = [uuid4() for _ in roles]
+        sealed: list[bytes | None] = [None] * len(ids)
+        sealed_metas: list[bytes | None] = [None] * len(ids)
+        if self._db.keys is not None:
+            owner: Owner = ("conversation", cid) if sid is None else ("session", sid)
+            sealed_c, sealed_m = await self._db.keys.seal_many(
+                [(owner, i, c or "", m) for i, c, m in zip(ids, contents, metas, strict=True)]
+            )
+            sealed, sealed_metas = list(sealed_c), list(sealed_m)
+            contents, metas = [""] * len(ids), [None] * len(ids)
+        arguments = (
+            cid,
+            len(roles),
+            total,
+            roles,
+            contents,
+            metas,
+            counts,
+            ids,
+            sealed,
+            sealed_metas,
+        )
         if sid is None:
             rows = await self._db.fetch(ADD_MANY.for_(cid), *arguments)
             if not rows:
@@ -231,7 +273,7 @@ class MessagesRepository(Compaction):
             rows = await self._db.run(self._turn_of(sid, arguments))
             if self._cache is not None:
                 self._cache.discard(sid)
-        return sorted(MESSAGE.many(rows), key=lambda m: m.seq)
+        return sorted(await read_messages(self._db, rows), key=lambda m: m.seq)
 
     def _turn_of(
         self, sid: UUID, arguments: tuple[Any, ...]
@@ -335,7 +377,7 @@ class MessagesRepository(Compaction):
             if not rows:  # missing, or not this session's
                 raise conversation_missing(cid)
             if everything or rows[0]["conv_compacted"] is None:
-                return [] if rows[0]["id"] is None else MESSAGE.many(rows)
+                return [] if rows[0]["id"] is None else await read_messages(self._db, rows)
             self._compacted.add(cid)
         query = HISTORY.for_(cid)
         rows = await self._db.fetch(query, cid, size, upper, sid, budget, False, retry=True)
@@ -343,7 +385,7 @@ class MessagesRepository(Compaction):
             raise conversation_missing(cid)
         if rows[0]["id"] is None:  # the one all-null row of a conversation without messages
             return []
-        return MESSAGE.many(rows)
+        return await read_messages(self._db, rows)
 
     @traced("messages")
     async def count(self, conversation_id: ConversationRef) -> int:
@@ -368,7 +410,7 @@ class MessagesRepository(Compaction):
             if locked is None:
                 raise conversation_missing(cid)
             row = await conn.fetchrow(POP, locked)
-            return None if row is None else MESSAGE.one(row)
+            return None if row is None else await read_message(self._db, row)
 
         return await self._db.run(work, transaction=True)
 

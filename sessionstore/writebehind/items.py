@@ -25,16 +25,21 @@ else:
 
 __all__ = [
     "MESSAGE_FIELDS",
+    "SEALED_FIELDS",
     "accept",
     "batch_arguments",
     "by_ticket",
     "failure_reason",
     "fresh_rows",
+    "uuid7",
 ]
 
 #: The fields of a pending write that make its message, in the order batch statements
 #: take them (after ``id`` and how the conversation is named).
 MESSAGE_FIELDS = ("role", "content", "metadata", "tokens", "enqueued_at")
+#: The sealed columns a batch statement takes after its fields (encryption at rest; see
+#: :func:`sessionstore.keyring.sealed_batch`).
+SEALED_FIELDS = ("content_sealed", "metadata_sealed")
 
 
 def accept(
@@ -114,6 +119,8 @@ _SQL_TYPES = {
     "metadata": "jsonb",
     "tokens": "integer",
     "enqueued_at": "timestamptz",
+    "content_sealed": "bytea",
+    "metadata_sealed": "bytea",
 }
 
 

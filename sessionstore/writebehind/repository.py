@@ -22,11 +22,8 @@ from ..models import (
     Role,
 )
 from ..repositories.conversations import ConversationsRepository, conversation_missing
-from ..repositories.messages import (
-    HISTORY_WITH_WAITING,
-    MESSAGE,
-    MessagesRepository,
-)
+from ..repositories.message_sql import read_messages
+from ..repositories.messages import HISTORY_WITH_WAITING, MessagesRepository
 from ..telemetry import traced, traced_sync
 from .engine import Writer
 from .items import accept, by_ticket
@@ -101,7 +98,7 @@ class QueuedMessagesRepository(MessagesRepository):
                 head = rows[0]
             stored = set(head["stored"])
             later = [w for w in waiting if w.id not in stored]
-        durable = [] if head["id"] is None else [MESSAGE.one(row) for row in rows]
+        durable = [] if head["id"] is None else await read_messages(self._db, rows)
         return merged(
             durable,
             as_messages(later, head["conv_id"], head["conv_count"]),

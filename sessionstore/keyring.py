@@ -1,0 +1,369 @@
+"""The data keys of encryption at rest: one per user, wrapped by the master key, in
+``sessionstore_keys`` (revision 0012), and the sealing of messages with them.
+
+Which key seals a message: that of the user owning the session the write names, else the
+session the conversation is bound to; a conversation bound to no session is no user's,
+and its messages are sealed with the key of no user (``user_id`` NULL). The key a value
+was sealed with is named in the value itself, so reading never asks who owns what.
+
+Keys are read and created on the service path (the connecting role), even for a store
+under ``as_user``: no API role can read ``sessionstore_keys``. Unwrapped keys stay in
+this process for ``key_cache_ttl`` seconds; ``purge_user`` destroys a user's key and
+forgets it at once here, other processes within that time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+from uuid import UUID, uuid4
+
+from . import jsonb
+from .crypto import ChainedProvider, DataKey, KeyProvider, sealed_key_id
+from .errors import EncryptionError
+from .models import ContinuationId, Message, PendingWrite
+from .rows import Row
+from .writebehind.items import batch_arguments
+
+if TYPE_CHECKING:
+    from .db import Connection, Database
+
+__all__ = [
+    "KeyRing",
+    "Owner",
+    "Sealed",
+    "content_place",
+    "metadata_place",
+    "owner_of",
+    "seal_message",
+    "sealed_batch",
+    "sealed_columns",
+]
+
+#: Who a write belongs to: a session (by id), a conversation (by id or continuation id,
+#: its session's user then), or nobody.
+Owner = tuple[str, UUID | str] | None
+#: What a message is stored as: clear content and metadata, or "" and None with sealed
+#: copies of both.
+Sealed = tuple[str, str | None, bytes | None, bytes | None]
+
+_KEY = "k.key_id, k.wrapped, k.master_key_id"
+# The user's key, or (when the user is NULL) the key of no user; each arm keeps its index.
+_KEY_OF = f"""LEFT JOIN LATERAL (
+    SELECT {_KEY} FROM sessionstore_keys k WHERE k.user_id = o.user_id
+    UNION ALL
+    SELECT {_KEY} FROM sessionstore_keys k WHERE k.user_id IS NULL AND o.user_id IS NULL
+) k ON true"""
+KEY_OF_SESSION = f"""
+SELECT o.user_id, k.* FROM (SELECT user_id FROM sessions WHERE id = $1) o {_KEY_OF}
+"""
+KEY_OF_CONVERSATION = f"""
+SELECT o.user_id, k.* FROM (
+    SELECT s.user_id FROM conversations c LEFT JOIN sessions s ON s.id = c.session_id
+    WHERE c.@conversation_key@ = $1
+) o {_KEY_OF}
+"""
+KEY_OF_USER = f"SELECT $1::text AS user_id, k.* FROM (SELECT $1::text AS user_id) o {_KEY_OF}"
+CREATE_KEY = """
+INSERT INTO sessionstore_keys (key_id, user_id, wrapped, master_key_id)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT DO NOTHING
+"""
+KEYS_BY_ID = "SELECT key_id, wrapped, master_key_id FROM sessionstore_keys WHERE key_id = ANY($1)"
+# Rotation: keys still wrapped by another master key, a batch at a time. SKIP LOCKED: two
+# rotations at once share the work instead of waiting on each other.
+TO_REWRAP = """
+SELECT key_id, wrapped, master_key_id FROM sessionstore_keys
+WHERE master_key_id <> $1 ORDER BY key_id LIMIT $2 FOR UPDATE SKIP LOCKED
+"""
+REWRAP = """
+UPDATE sessionstore_keys k SET wrapped = u.wrapped, master_key_id = $1
+FROM unnest($2::uuid[], $3::bytea[]) AS u(key_id, wrapped) WHERE k.key_id = u.key_id
+"""
+
+# What a sealed value is bound to, besides its key: the column and the message's id.
+_CONTENT = b"messages.content\x00"
+_METADATA = b"messages.metadata\x00"
+# Owners met through a conversation are kept briefly: a conversation can be bound to a
+# session later, or deleted and its continuation id reused. A session's user never changes.
+_CONVERSATION_OWNER_TTL = 2.0
+_MOST = 10_000
+
+
+def content_place(message_id: UUID) -> bytes:
+    """What a message's sealed content is bound to."""
+    return _CONTENT + message_id.bytes
+
+
+def metadata_place(message_id: UUID) -> bytes:
+    """What a message's sealed metadata is bound to."""
+    return _METADATA + message_id.bytes
+
+
+class _Expiring(OrderedDict[Any, tuple[Any, float]]):
+    """A bounded map whose entries lapse: the oldest go first past :data:`_MOST`."""
+
+    def get_live(self, key: Any) -> Any:
+        found = self.get(key)
+        if found is None or found[1] < time.monotonic():
+            return None
+        return found[0]
+
+    def put(self, key: Any, value: Any, ttl: float) -> None:
+        self[key] = (value, time.monotonic() + ttl)
+        self.move_to_end(key)
+        while len(self) > _MOST:
+            self.popitem(last=False)
+
+
+class KeyRing:
+    """The data keys of one store: finds, creates, caches, seals and opens with them."""
+
+    def __init__(self, db: Database, provider: KeyProvider, *, ttl: float) -> None:
+        self._db = db
+        self._provider = provider
+        self._ttl = ttl
+        self._keys = _Expiring()  # key id -> DataKey
+        self._owners = _Expiring()  # owner -> key id
+
+    @property
+    def provider(self) -> KeyProvider:
+        """The master key in use."""
+        return self._provider
+
+    def __repr__(self) -> str:
+        return f"KeyRing(master_key_id={self._provider.key_id!r})"
+
+    async def _unwrap(self, key_id: UUID, wrapped: bytes, master_key_id: str) -> DataKey:
+        try:
+            raw = await self._provider.unwrap(bytes(wrapped), master_key_id)
+        except EncryptionError:
+            raise
+        except Exception:  # a KMS's own error may quote anything: say only what failed
+            raise EncryptionError(
+                f"the master key provider could not unwrap data key {key_id}"
+                f" (wrapped by master key {master_key_id!r})"
+            ) from None
+        key = DataKey(key_id, raw)
+        self._keys.put(key_id, key, self._ttl)
+        return key
+
+    async def key_for(self, owner: Owner) -> DataKey:
+        """The data key new values of ``owner`` are sealed with (created if the user has
+        none yet)."""
+        key_id = self._owners.get_live(owner)
+        if key_id is not None:
+            key = self._keys.get_live(key_id)
+            if key is not None:
+                assert isinstance(key, DataKey)
+                return key
+        for _ in range(3):
+            row = await self._owner_row(owner)
+            user = None if row is None else row["user_id"]
+            if row is not None and row["key_id"] is not None:
+                key = await self._unwrap(row["key_id"], row["wrapped"], row["master_key_id"])
+                through_conversation = owner is not None and owner[0] == "conversation"
+                ttl = min(self._ttl, _CONVERSATION_OWNER_TTL) if through_conversation else self._ttl
+                self._owners.put(owner, key.key_id, ttl)
+                return key
+            raw = DataKey.generate()
+            wrapped = await self._provider.wrap(raw)
+            await self._db.execute(CREATE_KEY, uuid4(), user, wrapped, self._provider.key_id)
+        raise EncryptionError("could not create a data key (it kept being destroyed)")
+
+    async def _owner_row(self, owner: Owner) -> Row | None:
+        if owner is None:
+            return await self._db.fetchrow(KEY_OF_USER, None, retry=True)
+        kind, ref = owner
+        if kind == "session":
+            row = await self._db.fetchrow(KEY_OF_SESSION, ref, retry=True)
+        elif kind == "user":
+            row = await self._db.fetchrow(KEY_OF_USER, ref, retry=True)
+        else:
+            column = "continuation_id" if isinstance(ref, ContinuationId) else "id"
+            query = KEY_OF_CONVERSATION.replace("@conversation_key@", column)
+            row = await self._db.fetchrow(query, ref, retry=True)
+        # No such session or conversation: the write will be refused; any key will do.
+        return row if row is not None else await self._db.fetchrow(KEY_OF_USER, None, retry=True)
+
+    async def seal(
+        self, owner: Owner, message_id: UUID, content: str, metadata: str | None
+    ) -> tuple[bytes, bytes]:
+        """``content`` and ``metadata`` (JSON text; ``None``: ``{}``) sealed for the
+        message ``message_id`` of ``owner``."""
+        key = await self.key_for(owner)
+        return _seal(key, message_id, content, metadata)
+
+    async def seal_many(
+        self, items: Sequence[tuple[Owner, UUID, str, str | None]]
+    ) -> tuple[list[bytes], list[bytes]]:
+        """:meth:`seal` for each item: the sealed contents, then the sealed metadata."""
+        contents: list[bytes] = []
+        metas: list[bytes] = []
+        for owner, message_id, content, metadata in items:
+            c, m = _seal(await self.key_for(owner), message_id, content, metadata)
+            contents.append(c)
+            metas.append(m)
+        return contents, metas
+
+    async def _keys_of(self, sealed: Iterable[bytes]) -> dict[UUID, DataKey]:
+        wanted = {sealed_key_id(s) for s in sealed}
+        found: dict[UUID, DataKey] = {}
+        for key_id in wanted:
+            key = self._keys.get_live(key_id)
+            if key is not None:
+                found[key_id] = key
+        missing = wanted - found.keys()
+        if missing:
+            rows = await self._db.fetch(KEYS_BY_ID, list(missing), retry=True)
+            for row in rows:
+                found[row["key_id"]] = await self._unwrap(
+                    row["key_id"], row["wrapped"], row["master_key_id"]
+                )
+        gone = missing - found.keys()
+        if gone:
+            raise EncryptionError(
+                f"{len(gone)} data key(s) no longer exist (destroyed by purge_user):"
+                " what they sealed cannot be read"
+            )
+        return found
+
+    async def open(
+        self, messages: list[Message], sealed: Sequence[tuple[int, bytes, bytes | None]]
+    ) -> list[Message]:
+        """``messages`` with the content and metadata of those at the indexes ``sealed``
+        names opened from their sealed values."""
+        keys = await self._keys_of(s for _, content, meta in sealed for s in (content, meta) if s)
+        out = list(messages)
+        for i, content, meta in sealed:
+            m = out[i]
+            update: dict[str, Any] = {
+                "content": _open(keys, content, content_place(m.id)).decode("utf-8")
+            }
+            if meta is not None:
+                update["metadata"] = jsonb.decode(
+                    _open(keys, meta, metadata_place(m.id)).decode("utf-8")
+                )
+            out[i] = m.model_copy(update=update)
+        return out
+
+    async def reseal(
+        self, copies: Sequence[Row], owner: Owner
+    ) -> tuple[list[UUID], list[bytes], list[bytes | None]]:
+        """Copies of sealed messages (``fork_id``, ``source_id``, ``content_sealed``,
+        ``metadata_sealed``) sealed again for their own ids with ``owner``'s key: the
+        ids, the contents and the metadata, for an UPDATE."""
+        keys = await self._keys_of(
+            s for r in copies for s in (r["content_sealed"], r["metadata_sealed"]) if s
+        )
+        key = await self.key_for(owner)
+        ids, contents, metas = [], [], []
+        for r in copies:
+            source, fork = r["source_id"], r["fork_id"]
+            ids.append(fork)
+            plain = _open(keys, r["content_sealed"], content_place(source))
+            contents.append(key.seal(plain, content_place(fork)))
+            meta = r["metadata_sealed"]
+            if meta is not None:
+                meta = key.seal(_open(keys, meta, metadata_place(source)), metadata_place(fork))
+            metas.append(meta)
+        return ids, contents, metas
+
+    def forget(self, key_ids: set[UUID]) -> None:
+        """Drop ``key_ids`` from this process's caches."""
+        for key_id in key_ids:
+            self._keys.pop(key_id, None)
+        for owner in [o for o, (k, _) in self._owners.items() if k in key_ids]:
+            del self._owners[owner]
+
+    async def rotate(
+        self,
+        new: KeyProvider,
+        *,
+        batch_size: int,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Re-wrap every data key with ``new``, ``batch_size`` keys per transaction;
+        messages are not touched. From the start, new data keys are wrapped with ``new``,
+        and keys wrapped by either master key open. Returns how many were re-wrapped."""
+        self._provider = ChainedProvider(new, self._provider)
+        done = 0
+
+        async def batch(conn: Connection) -> int:
+            rows = await conn.fetch(TO_REWRAP, new.key_id, batch_size)
+            ids, wrapped = [], []
+            for row in rows:
+                raw = await self._provider.unwrap(bytes(row["wrapped"]), row["master_key_id"])
+                ids.append(row["key_id"])
+                wrapped.append(await new.wrap(raw))
+            if ids:
+                await conn.execute(REWRAP, new.key_id, ids, wrapped)
+            return len(ids)
+
+        while n := await self._db.run(batch, transaction=True, retry=True):
+            done += n
+            if on_progress is not None:
+                on_progress(done)
+        return done
+
+
+def owner_of(item: PendingWrite) -> Owner:
+    """Who a queued message belongs to: its session, else its conversation."""
+    if item.session_id is not None:
+        return ("session", item.session_id)
+    if item.conversation_id is not None:
+        return ("conversation", item.conversation_id)
+    assert item.continuation_id is not None
+    return ("conversation", ContinuationId(item.continuation_id))
+
+
+async def seal_message(
+    keys: KeyRing | None, owner: Owner, message_id: UUID, content: str, metadata: str | None
+) -> Sealed:
+    """How a message is stored: in clear without ``keys``, else sealed for ``owner``."""
+    if keys is None:
+        return content, metadata, None, None
+    sealed_content, sealed_metadata = await keys.seal(owner, message_id, content, metadata)
+    return "", None, sealed_content, sealed_metadata
+
+
+async def sealed_columns(
+    keys: KeyRing | None, items: Sequence[PendingWrite]
+) -> tuple[list[bytes | None], list[bytes | None]]:
+    """The sealed content and metadata of each queued message (all NULL without
+    ``keys``); the items' own content and metadata are then stored as "" and {}."""
+    if keys is None:
+        return [None] * len(items), [None] * len(items)
+    contents, metas = await keys.seal_many(
+        [(owner_of(i), i.id, i.content, i.metadata) for i in items]
+    )
+    return list[bytes | None](contents), list[bytes | None](metas)
+
+
+async def sealed_batch(
+    keys: KeyRing | None, batch: Sequence[PendingWrite], fields: Sequence[str]
+) -> list[list[Any]]:
+    """:func:`~sessionstore.writebehind.items.batch_arguments` of ``fields`` (which hold
+    ``content`` and ``metadata``), then the sealed content and metadata arrays. Sealed,
+    the clear fields are sent as "" and NULL: no clear text leaves the process."""
+    arrays = batch_arguments(batch, fields)
+    contents, metas = await sealed_columns(keys, batch)
+    if keys is not None:
+        arrays[fields.index("content")] = [""] * len(batch)
+        arrays[fields.index("metadata")] = [None] * len(batch)
+    return [*arrays, contents, metas]
+
+
+def _seal(
+    key: DataKey, message_id: UUID, content: str, metadata: str | None
+) -> tuple[bytes, bytes]:
+    return (
+        key.seal(content.encode("utf-8"), content_place(message_id)),
+        key.seal((metadata or "{}").encode("utf-8"), metadata_place(message_id)),
+    )
+
+
+def _open(keys: dict[UUID, DataKey], sealed: bytes, place: bytes) -> bytes:
+    return keys[sealed_key_id(sealed)].open(bytes(sealed), place)
