@@ -115,17 +115,17 @@ async def purge_user(
     ones, which is all they may hold beyond ``batch_size`` sessions.
 
     With ``destroy_key`` the user's data key (encryption at rest) is deleted first,
-    whether or not this store encrypts: what it sealed reads as ``EncryptionError``
-    from then on, copies of the database included.
+    whether or not this store encrypts, and again at the end (a turn racing the purge
+    may have made a new one): what it sealed reads as ``EncryptionError`` from then on,
+    in copies of the data too (a copy of the key table itself aside: see
+    ``docs/security.md``).
     """
     uid = v.identifier(user_id, "user_id")
     size = v.limit(batch_size, "batch_size", maximum=100_000)
     on_progress = v.progress(on_progress)
     counts = PurgeCounts()
     if destroy_key:
-        gone = {row["key_id"] for row in await db.service.fetch(DESTROY_KEY, uid)}
-        if db.keys is not None:
-            db.keys.forget(gone)
+        await _destroy_key(db, uid)
 
     def report(**totals: int) -> None:
         nonlocal counts
@@ -163,4 +163,12 @@ async def purge_user(
     await delete_in_batches(
         db, PURGE_USER_STATES, uid, size=size, on_progress=running("user_states")
     )
+    if destroy_key:  # a turn racing the purge may have made the user a new key meanwhile
+        await _destroy_key(db, uid)
     return counts
+
+
+async def _destroy_key(db: Database, user_id: str) -> None:
+    gone = {row["key_id"] for row in await db.service.fetch(DESTROY_KEY, user_id)}
+    if db.keys is not None:
+        db.keys.forget(gone)

@@ -131,7 +131,8 @@ class _Scope:
         Under ``as_user`` the policies apply: a user can purge only their own data.
 
         First of all the user's data key (encryption at rest) is destroyed: their
-        encrypted messages are unreadable from then on, in every copy of the database.
+        encrypted messages are unreadable from then on, in copies of the data too (a
+        backup of the key table itself aside: see ``docs/security.md``).
         """
         counts = await purge_user(
             self._db,

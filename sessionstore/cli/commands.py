@@ -1,5 +1,5 @@
 """The ``sessionstore`` command's typer app: migrate, downgrade, alembic, status, cleanup,
-prune, replay, demo, and ``main``.
+prune, encrypt, replay, demo, and ``main``.
 
 Every failure is one sentence on the console (the traceback only with ``--debug``); what
 is shown, and how a failure reads, is :mod:`sessionstore.cli.render`'s.
@@ -22,11 +22,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .. import migrations
 from .._version import installed_version
+from ..adopt_encryption import MAX_BATCH_SIZE as MAX_ENCRYPT_BATCH
+from ..adopt_encryption import encrypt_stored
 from ..config import MISSING_DSN, StoreConfig, redact_dsn
 from ..demo import DemoPlan, DemoReport, describe_changes, run_demo
 from ..dsn import hide_secrets
 from ..embedded import embedded_server
-from ..errors import InvalidInputError, StoreUnavailableError
+from ..errors import InvalidInputError, StoreTimeoutError, StoreUnavailableError
 from ..health import check
 from ..models import PruneCounts
 from ..prune import MAX_BATCH_SIZE
@@ -317,6 +319,67 @@ def prune(
     console.print(f"deleted {counts.messages} messages of {counts.conversations} conversations")
     if counts.skipped:
         console.print(f"{counts.skipped} conversations were being written to: run again for them")
+
+
+# Clear messages, counted before sealing them: the progress bar's total.
+COUNT_CLEAR = "SELECT count(*) FROM messages WHERE content_sealed IS NULL"
+NO_KEY = (
+    "set SESSIONSTORE_ENCRYPTION_KEY to the master key (base64 of 32 bytes) that the"
+    " application opens its store with: encrypt seals messages with its users' data keys"
+)
+
+
+def _encrypting() -> Progress:
+    """The progress bar of sealing in batches."""
+    columns = (TextColumn("encrypting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=console)
+
+
+@app.command(cls=Command)
+def encrypt(
+    dsn: DsnOption = None,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            min=1, max=MAX_ENCRYPT_BATCH, metavar="N", help="Messages encrypted per transaction."
+        ),
+    ] = 1000,
+) -> None:
+    """Encrypt in place the messages stored in clear, in short batches, with a progress bar.
+
+    For messages written before encryption at rest was on: each is sealed with its
+    user's data key, under the master key in SESSIONSTORE_ENCRYPTION_KEY. Safe beside
+    live traffic and safe to run again: messages being written to are passed over, and a
+    later run seals only what is still in clear.
+    """
+    config = _config(dsn)
+    if config.encryption_key is None:
+        fail(NO_KEY)
+
+    async def go() -> int:
+        async with connect(config=config) as store:
+            # The store's own Database, which holds its data keys (encrypt_stored is a
+            # function of the Database, not a method of the store).
+            db = store._db
+            try:
+                due: int | None = await db.fetchval(COUNT_CLEAR, retry=True)
+            except StoreTimeoutError:
+                # One statement over every message may outlast command_timeout on a
+                # large store; the batches are short whatever the size: no total then.
+                due = None
+            if due == 0:
+                return 0
+            with _encrypting() as bar:
+                task = bar.add_task("encrypt", total=due)
+                return await encrypt_stored(
+                    db,
+                    batch_size=batch_size,
+                    on_progress=lambda n: bar.update(task, completed=n),
+                )
+
+    with _readable_errors(config.dsn):
+        count = asyncio.run(go())
+    console.print(f"encrypted {count} messages stored in clear")
 
 
 @app.command(cls=Command)

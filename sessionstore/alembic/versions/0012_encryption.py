@@ -8,7 +8,8 @@ the database's clear text:
   key (``master_key_id`` names which). Row-level security is on with no policy, and the
   API roles (``anon``, ``authenticated``, ``service_role``, where they exist) hold no
   privilege on it: only the connecting role reads it. ``purge_user`` deletes the user's
-  row first: whatever that key sealed, in this database or any copy of it, is unreadable.
+  row first: whatever that key sealed, in this database or a copy of its rows, is
+  unreadable (a backup of this table itself aside: see docs/security.md).
 - ``messages.content_sealed`` and ``messages.metadata_sealed``: AES-256-GCM of the
   content and of the metadata's JSON, bound to the message's id; ``content`` is then ""
   and ``metadata`` ``{}``. NULL: the message is stored in clear (written before

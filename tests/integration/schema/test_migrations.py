@@ -68,6 +68,7 @@ async def test_upgrade_downgrade_upgrade(empty_dsn: str) -> None:
         "table:langgraph_checkpoints",
         "table:langgraph_blobs",
         "table:langgraph_writes",
+        "table:sessionstore_keys",
         "type:message_role",
         "function:update_updated_at_column",
         "function:update_sessions_updated_at",
