@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
 from . import jsonb
-from .crypto import ChainedProvider, DataKey, KeyProvider, sealed_key_id
+from .crypto import SEALED_OVERHEAD, ChainedProvider, DataKey, KeyProvider
 from .errors import EncryptionError
-from .models import ContinuationId, Message, PendingWrite
+from .models import ContinuationId, Message, PendingWrite, from_trusted
 from .rows import Row
 from .writebehind.items import batch_arguments
 
@@ -147,7 +147,7 @@ class KeyRing:
                 f" (wrapped by master key {master_key_id!r})"
             ) from None
         key = DataKey(key_id, raw)
-        self._keys.put(key_id, key, self._ttl)
+        self._keys.put(key_id.bytes, key, self._ttl)
         return key
 
     async def key_for(self, owner: Owner) -> DataKey:
@@ -155,7 +155,7 @@ class KeyRing:
         none yet)."""
         key_id = self._owners.get_live(owner)
         if key_id is not None:
-            key = self._keys.get_live(key_id)
+            key = self._keys.get_live(key_id.bytes)
             if key is not None:
                 assert isinstance(key, DataKey)
                 return key
@@ -190,7 +190,7 @@ class KeyRing:
 
     async def seal(
         self, owner: Owner, message_id: UUID, content: str, metadata: str | None
-    ) -> tuple[bytes, bytes]:
+    ) -> tuple[bytes, bytes | None]:
         """``content`` and ``metadata`` (JSON text; ``None``: ``{}``) sealed for the
         message ``message_id`` of ``owner``."""
         key = await self.key_for(owner)
@@ -198,30 +198,31 @@ class KeyRing:
 
     async def seal_many(
         self, items: Sequence[tuple[Owner, UUID, str, str | None]]
-    ) -> tuple[list[bytes], list[bytes]]:
+    ) -> tuple[list[bytes], list[bytes | None]]:
         """:meth:`seal` for each item: the sealed contents, then the sealed metadata."""
         contents: list[bytes] = []
-        metas: list[bytes] = []
+        metas: list[bytes | None] = []
         for owner, message_id, content, metadata in items:
             c, m = _seal(await self.key_for(owner), message_id, content, metadata)
             contents.append(c)
             metas.append(m)
         return contents, metas
 
-    async def _keys_of(self, sealed: Iterable[bytes]) -> dict[UUID, DataKey]:
-        wanted = {sealed_key_id(s) for s in sealed}
-        found: dict[UUID, DataKey] = {}
-        for key_id in wanted:
-            key = self._keys.get_live(key_id)
+    async def _keys_of(self, sealed: Iterable[bytes]) -> dict[bytes, DataKey]:
+        """The data keys of ``sealed`` values, by their 16 id bytes (one UUID per key,
+        not per value: this runs for every message read)."""
+        wanted = {_raw_key_id(s) for s in sealed}
+        found: dict[bytes, DataKey] = {}
+        for raw in wanted:
+            key = self._keys.get_live(raw)
             if key is not None:
-                found[key_id] = key
+                found[raw] = key
         missing = wanted - found.keys()
         if missing:
-            rows = await self._db.fetch(KEYS_BY_ID, list(missing), retry=True)
-            for row in rows:
-                found[row["key_id"]] = await self._unwrap(
-                    row["key_id"], row["wrapped"], row["master_key_id"]
-                )
+            ids = [UUID(bytes=raw) for raw in missing]
+            for row in await self._db.fetch(KEYS_BY_ID, ids, retry=True):
+                key = await self._unwrap(row["key_id"], row["wrapped"], row["master_key_id"])
+                found[key.key_id.bytes] = key
         gone = missing - found.keys()
         if gone:
             raise EncryptionError(
@@ -238,15 +239,12 @@ class KeyRing:
         keys = await self._keys_of(s for _, content, meta in sealed for s in (content, meta) if s)
         out = list(messages)
         for i, content, meta in sealed:
-            m = out[i]
-            update: dict[str, Any] = {
-                "content": _open(keys, content, content_place(m.id)).decode("utf-8")
-            }
+            values = dict(out[i].__dict__)
+            mid = values["id"].bytes
+            values["content"] = _open(keys, content, _CONTENT + mid).decode("utf-8")
             if meta is not None:
-                update["metadata"] = jsonb.decode(
-                    _open(keys, meta, metadata_place(m.id)).decode("utf-8")
-                )
-            out[i] = m.model_copy(update=update)
+                values["metadata"] = jsonb.decode(_open(keys, meta, _METADATA + mid).decode())
+            out[i] = from_trusted(Message, values)
         return out
 
     async def reseal(
@@ -274,7 +272,7 @@ class KeyRing:
     def forget(self, key_ids: set[UUID]) -> None:
         """Drop ``key_ids`` from this process's caches."""
         for key_id in key_ids:
-            self._keys.pop(key_id, None)
+            self._keys.pop(key_id.bytes, None)
         for owner in [o for o, (k, _) in self._owners.items() if k in key_ids]:
             del self._owners[owner]
 
@@ -358,12 +356,22 @@ async def sealed_batch(
 
 def _seal(
     key: DataKey, message_id: UUID, content: str, metadata: str | None
-) -> tuple[bytes, bytes]:
-    return (
-        key.seal(content.encode("utf-8"), content_place(message_id)),
-        key.seal((metadata or "{}").encode("utf-8"), metadata_place(message_id)),
+) -> tuple[bytes, bytes | None]:
+    # Empty metadata stays unsealed ({} in clear): its sealed length would say as much,
+    # and every read is spared a decryption.
+    sealed_metadata = (
+        None
+        if metadata is None or metadata == "{}"
+        else key.seal(metadata.encode("utf-8"), metadata_place(message_id))
     )
+    return key.seal(content.encode("utf-8"), content_place(message_id)), sealed_metadata
 
 
-def _open(keys: dict[UUID, DataKey], sealed: bytes, place: bytes) -> bytes:
-    return keys[sealed_key_id(sealed)].open(bytes(sealed), place)
+def _raw_key_id(sealed: bytes) -> bytes:
+    if len(sealed) < SEALED_OVERHEAD or sealed[0] != 1:
+        raise EncryptionError("an encrypted value is malformed (unknown format)")
+    return bytes(sealed[1:17])
+
+
+def _open(keys: dict[bytes, DataKey], sealed: bytes, place: bytes) -> bytes:
+    return keys[_raw_key_id(sealed)].open(sealed, place)
