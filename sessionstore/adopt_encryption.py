@@ -24,7 +24,9 @@ from . import validation as v
 from .crypto import DataKey
 from .db import Connection, Database
 from .errors import EncryptionError
-from .keyring import KeyRing, content_place, metadata_place
+
+# _seal: the one sealing of a message's values, shared with every write path.
+from .keyring import KeyRing, _seal
 from .rows import Row
 
 __all__ = ["MAX_BATCH_SIZE", "encrypt_stored"]
@@ -125,8 +127,9 @@ async def encrypt_stored(
             )
             if not batch.missing:
                 break
-            # The batch reached past the rows read ahead (some were locked then): their
-            # users' keys, found outside any transaction, and the batch again.
+            # Rows whose user was not read ahead (the batch reached past rows locked
+            # since, or a conversation was bound to a session meanwhile): their users'
+            # keys, found outside any transaction, and the batch again.
             at_hand |= await _keys_of(keys, batch.missing)
         if batch.last is None:
             break
@@ -174,18 +177,20 @@ def _batch_work(
 
 def _sealed(
     at_hand: dict[_User, DataKey], rows: Sequence[Row]
-) -> tuple[list[UUID], list[bytes], list[bytes]]:
-    """The ids of ``rows`` and their content and metadata sealed for them (bound to
-    each id, as a live write seals them)."""
+) -> tuple[list[UUID], list[bytes], list[bytes | None]]:
+    """The ids of ``rows`` and their content and metadata sealed for them: by the
+    keyring's own sealing, so that a message sealed here is stored exactly as a live
+    write would have stored it (bound to its id; NULL where that leaves metadata
+    unsealed)."""
     ids: list[UUID] = []
     contents: list[bytes] = []
-    metas: list[bytes] = []
+    metas: list[bytes | None] = []
     for row in rows:
         message_id: UUID = row["id"]
-        key = at_hand[row["user_id"]]
-        content: str = row["content"]
-        metadata: str = row["metadata"]
+        content, metadata = _seal(
+            at_hand[row["user_id"]], message_id, row["content"], row["metadata"]
+        )
         ids.append(message_id)
-        contents.append(key.seal(content.encode("utf-8"), content_place(message_id)))
-        metas.append(key.seal(metadata.encode("utf-8"), metadata_place(message_id)))
+        contents.append(content)
+        metas.append(metadata)
     return ids, contents, metas

@@ -1,5 +1,5 @@
 
-WITH stored AS (SELECT m.id AS s_id, m.conversation_id AS s_conversation_id, m.seq AS s_seq, m.role AS s_role, m.content AS s_content, m.metadata AS s_metadata, m.tokens AS s_tokens, CASE WHEN m.created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN m.created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE m.created_at END AS s_created_at, m.covers_through AS s_covers_through FROM messages m WHERE m.id = $2::uuid),
+WITH stored AS (SELECT m.id AS s_id, m.conversation_id AS s_conversation_id, m.seq AS s_seq, m.role AS s_role, m.content AS s_content, m.metadata AS s_metadata, m.tokens AS s_tokens, CASE WHEN m.created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN m.created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE m.created_at END AS s_created_at, m.covers_through AS s_covers_through, m.content_sealed AS s_content_sealed, m.metadata_sealed AS s_metadata_sealed FROM messages m WHERE m.id = $2::uuid),
 ok AS (
     SELECT id FROM conversations
     WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM stored)
@@ -18,12 +18,12 @@ conv AS (
 ),
 ins AS (
     INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens,
-                          covers_through)
+                          covers_through, content_sealed, metadata_sealed)
     SELECT coalesce($2::uuid, gen_random_uuid()), $1,
            conv.message_count - 1 + 1, $4::message_role, $5,
-           coalesce($6::jsonb, '{}'::jsonb), $7::integer, $3
+           coalesce($6::jsonb, '{}'::jsonb), $7::integer, $3, $9::bytea, $10::bytea
     FROM conv
-    RETURNING id AS m_id, conversation_id AS m_conversation_id, seq AS m_seq, role AS m_role, content AS m_content, metadata AS m_metadata, tokens AS m_tokens, CASE WHEN created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE created_at END AS m_created_at, covers_through AS m_covers_through
+    RETURNING id AS m_id, conversation_id AS m_conversation_id, seq AS m_seq, role AS m_role, content AS m_content, metadata AS m_metadata, tokens AS m_tokens, CASE WHEN created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE created_at END AS m_created_at, covers_through AS m_covers_through, content_sealed AS m_content_sealed, metadata_sealed AS m_metadata_sealed
 )
 SELECT * FROM (SELECT 1) one LEFT JOIN ins ON true LEFT JOIN stored ON true
 

@@ -15,9 +15,11 @@ ON CONFLICT (continuation_id) DO NOTHING
 RETURNING c.id AS id, c.continuation_id AS continuation_id, c.session_id AS session_id, c.title AS title, c.metadata AS metadata, CASE WHEN c.created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN c.created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE c.created_at END AS created_at, CASE WHEN c.updated_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN c.updated_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE c.updated_at END AS updated_at, c.message_count AS message_count, CASE WHEN c.last_message_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN c.last_message_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE c.last_message_at END AS last_message_at, c.total_tokens AS total_tokens, c.forked_from AS forked_from, c.forked_at_seq AS forked_at_seq, c.compacted_through AS compacted_through
 ),
 copied AS (
-    INSERT INTO messages (conversation_id, seq, role, content, metadata, tokens, created_at, covers_through)
-    SELECT fork.id, m.seq, m.role, m.content, m.metadata, m.tokens, m.created_at, m.covers_through
+    INSERT INTO messages (conversation_id, seq, role, content, metadata, tokens, created_at, covers_through, content_sealed, metadata_sealed)
+    SELECT fork.id, m.seq, m.role, m.content, m.metadata, m.tokens, m.created_at, m.covers_through, m.content_sealed, m.metadata_sealed
     FROM fork, messages m WHERE m.conversation_id = $1 AND m.seq <= $4
+    RETURNING content_sealed
 )
-SELECT * FROM fork
+SELECT *, EXISTS (SELECT 1 FROM copied WHERE content_sealed IS NOT NULL) AS sealed_copies
+FROM fork
 

@@ -1,6 +1,6 @@
 
 WITH input AS (
-    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::message_role[], $5::text[], $6::jsonb[], $7::integer[], $8::timestamptz[]) WITH ORDINALITY AS u(id, conversation_id, continuation_id, role, content, metadata, tokens, enqueued_at, ord)
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::message_role[], $5::text[], $6::jsonb[], $7::integer[], $8::timestamptz[], $9::bytea[], $10::bytea[]) WITH ORDINALITY AS u(id, conversation_id, continuation_id, role, content, metadata, tokens, enqueued_at, content_sealed, metadata_sealed, ord)
 ),
 stored AS (  -- probed by primary key: an anti-join would scan all messages per batch
     SELECT id FROM messages WHERE id = ANY($1::uuid[])
@@ -10,7 +10,7 @@ fresh AS (
 ),
 resolved AS (
     SELECT f.id, coalesce(f.conversation_id, c.id) AS conversation_id, f.role, f.content,
-           f.metadata, f.tokens, f.enqueued_at, f.ord
+           f.metadata, f.tokens, f.enqueued_at, f.content_sealed, f.metadata_sealed, f.ord
     FROM fresh f
     LEFT JOIN conversations c
            ON f.conversation_id IS NULL AND c.continuation_id = f.continuation_id
@@ -27,9 +27,11 @@ bumped AS (
     RETURNING c.id, c.message_count, p.n
 ),
 ins AS (
-    INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens, created_at)
+    INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens, created_at,
+                          content_sealed, metadata_sealed)
     SELECT f.id, f.conversation_id, b.message_count - b.n + row_number() OVER (PARTITION BY f.conversation_id ORDER BY f.ord), f.role, f.content,
-           coalesce(f.metadata, '{}'::jsonb), f.tokens, f.enqueued_at
+           coalesce(f.metadata, '{}'::jsonb), f.tokens, f.enqueued_at, f.content_sealed,
+           f.metadata_sealed
     FROM resolved f JOIN bumped b ON b.id = f.conversation_id
     RETURNING id
 )

@@ -6,10 +6,10 @@ LEFT JOIN LATERAL (
     ORDER BY s.seq DESC LIMIT 1
 ) g ON true
 LEFT JOIN LATERAL (
-    (SELECT id AS id, conversation_id AS conversation_id, seq AS seq, role AS role, content AS content, metadata AS metadata, tokens AS tokens, CASE WHEN created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE created_at END AS created_at, covers_through AS covers_through FROM messages
+    (SELECT id AS id, conversation_id AS conversation_id, seq AS seq, role AS role, content AS content, metadata AS metadata, tokens AS tokens, CASE WHEN created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE created_at END AS created_at, covers_through AS covers_through, content_sealed AS content_sealed, metadata_sealed AS metadata_sealed FROM messages
      WHERE conversation_id = c.id AND seq < $3 AND seq > (CASE WHEN $6::integer IS NULL THEN 0 ELSE coalesce((
         SELECT b.seq FROM (
-            SELECT seq, sum(coalesce(tokens, (octet_length(content) + 3) / 4)) OVER (
+            SELECT seq, sum(coalesce(tokens, (coalesce(octet_length(content_sealed) - 45, octet_length(content)) + 3) / 4)) OVER (
                 ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
             ) AS running
             FROM messages WHERE conversation_id = c.id AND seq < $3
@@ -19,10 +19,10 @@ LEFT JOIN LATERAL (
      ORDER BY seq DESC
      LIMIT $2)
     UNION ALL
-    SELECT v.id, v.conversation_id, v.seq, v.role, v.content, v.metadata, v.tokens, v.created_at, v.covers_through FROM (SELECT x.* FROM (SELECT u.*, count(*) OVER w AS k, sum(coalesce(u.tokens, (octet_length(u.content) + 3) / 4)) OVER w AS running
+    SELECT v.id, v.conversation_id, v.seq, v.role, v.content, v.metadata, v.tokens, v.created_at, v.covers_through, v.content_sealed, v.metadata_sealed FROM (SELECT x.* FROM (SELECT u.*, count(*) OVER w AS k, sum(coalesce(u.tokens, (coalesce(octet_length(u.content_sealed) - 45, octet_length(u.content)) + 3) / 4)) OVER w AS running
     FROM (SELECT (CASE WHEN $6::integer IS NULL THEN 0 ELSE coalesce((
         SELECT b.seq FROM (
-            SELECT seq, sum(coalesce(tokens, (octet_length(content) + 3) / 4)) OVER (
+            SELECT seq, sum(coalesce(tokens, (coalesce(octet_length(content_sealed) - 45, octet_length(content)) + 3) / 4)) OVER (
                 ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
             ) AS running
             FROM messages WHERE conversation_id = c.id AND seq < $3 AND seq > g.through AND covers_through IS NULL
@@ -30,13 +30,13 @@ LEFT JOIN LATERAL (
         ) b WHERE b.running > $6::integer ORDER BY b.seq DESC LIMIT 1
     ), 0) END) AS f) fl
     CROSS JOIN LATERAL (
-        (SELECT e.id AS id, e.conversation_id AS conversation_id, e.seq AS seq, e.role AS role, e.content AS content, e.metadata AS metadata, e.tokens AS tokens, CASE WHEN e.created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN e.created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE e.created_at END AS created_at, e.covers_through AS covers_through, e.seq AS pos FROM messages e
+        (SELECT e.id AS id, e.conversation_id AS conversation_id, e.seq AS seq, e.role AS role, e.content AS content, e.metadata AS metadata, e.tokens AS tokens, CASE WHEN e.created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN e.created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE e.created_at END AS created_at, e.covers_through AS covers_through, e.content_sealed AS content_sealed, e.metadata_sealed AS metadata_sealed, e.seq AS pos FROM messages e
          WHERE e.conversation_id = c.id AND e.seq < $3
            AND e.seq > greatest(g.through, fl.f) AND e.covers_through IS NULL AND ($5::uuid IS NULL OR c.session_id IS NOT DISTINCT FROM $5::uuid) AND g.id IS NOT NULL
          ORDER BY e.seq DESC LIMIT $2)
         
         UNION ALL
-        SELECT e.id AS id, e.conversation_id AS conversation_id, e.seq AS seq, e.role AS role, e.content AS content, e.metadata AS metadata, e.tokens AS tokens, CASE WHEN e.created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN e.created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE e.created_at END AS created_at, e.covers_through AS covers_through, e.covers_through FROM messages e
+        SELECT e.id AS id, e.conversation_id AS conversation_id, e.seq AS seq, e.role AS role, e.content AS content, e.metadata AS metadata, e.tokens AS tokens, CASE WHEN e.created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN e.created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE e.created_at END AS created_at, e.covers_through AS covers_through, e.content_sealed AS content_sealed, e.metadata_sealed AS metadata_sealed, e.covers_through FROM messages e
         WHERE e.id = g.id AND e.conversation_id = c.id AND fl.f = 0
           AND e.covers_through < $3 AND ($5::uuid IS NULL OR c.session_id IS NOT DISTINCT FROM $5::uuid) AND g.id IS NOT NULL
     ) u

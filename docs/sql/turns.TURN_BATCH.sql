@@ -1,6 +1,6 @@
 
 WITH input AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::message_role[], $5::text[], $6::jsonb[], $7::integer[], $8::timestamptz[]) WITH ORDINALITY AS u(id, continuation_id, session_id, role, content, metadata, tokens, enqueued_at, ord)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::message_role[], $5::text[], $6::jsonb[], $7::integer[], $8::timestamptz[], $9::bytea[], $10::bytea[]) WITH ORDINALITY AS u(id, continuation_id, session_id, role, content, metadata, tokens, enqueued_at, content_sealed, metadata_sealed, ord)
 ),
 stored AS (  -- probed by primary key: an anti-join would scan all messages per batch
     SELECT id FROM messages WHERE id = ANY($1::uuid[])
@@ -46,9 +46,11 @@ written AS (
     SELECT a.*, conv.id AS conversation_id FROM accepted a JOIN conv USING (continuation_id)
 ),
 ins AS (
-    INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens, created_at)
+    INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens, created_at,
+                          content_sealed, metadata_sealed)
     SELECT a.id, a.conversation_id, conv.message_count - p.n + row_number() OVER (PARTITION BY a.continuation_id ORDER BY a.ord), a.role, a.content,
-           coalesce(a.metadata, '{}'::jsonb), a.tokens, a.enqueued_at
+           coalesce(a.metadata, '{}'::jsonb), a.tokens, a.enqueued_at, a.content_sealed,
+           a.metadata_sealed
     FROM written a
     JOIN conv ON conv.continuation_id = a.continuation_id
     JOIN per_conv p ON p.continuation_id = a.continuation_id
@@ -59,7 +61,7 @@ per_session AS (
     FROM written WHERE session_id IS NOT NULL GROUP BY session_id
 ),
 sess AS (  -- counted only for turns whose conversation took them
-    UPDATE sessions s SET turn_count = s.turn_count + p.n, total_tokens = s.total_tokens + p.tok, expires_at = CASE WHEN $9::interval IS NOT NULL AND s.expires_at IS NOT NULL THEN greatest(s.expires_at, now() + $9::interval) ELSE s.expires_at END
+    UPDATE sessions s SET turn_count = s.turn_count + p.n, total_tokens = s.total_tokens + p.tok, expires_at = CASE WHEN $11::interval IS NOT NULL AND s.expires_at IS NOT NULL THEN greatest(s.expires_at, now() + $11::interval) ELSE s.expires_at END
     FROM per_session p
     WHERE s.id = p.session_id
     RETURNING s.id

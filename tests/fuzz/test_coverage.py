@@ -25,6 +25,7 @@ COVERED: dict[str, set[str]] = {
         "conversations",  # test_conversations*, test_forks
         "messages",  # test_messages, test_write_behind
         "add_turn",  # test_add_turn, test_foreign_rows
+        "rotate_master_key",  # integration/store/test_encryption (hostile new, batch_size)
         "purge_user",  # test_purge_user
         "prune",  # test_prune (and test_prune_as_user)
         "count_prunable",  # test_prune (the dry run)

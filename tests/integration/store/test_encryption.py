@@ -454,3 +454,34 @@ async def test_a_kms_like_provider_is_called_once_per_key(dsn: str) -> None:
             await s.add_turn("c", "user", f"m{i}", session_id=session.id)
         assert len(await s.messages.history(ContinuationId("c"))) == 5
     assert calls == ["wrap", "unwrap"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    new=st.one_of(st.binary(max_size=40), st.text(ANY_CHAR, max_size=50), st.integers(), st.none()),
+    batch_size=st.one_of(st.integers(-5, 5), st.sampled_from([100_001, True, "10", 2.0])),
+)
+async def test_hostile_rotation_input_is_refused_before_anything_changes(
+    sealed: SessionStore, conn: asyncpg.Connection, new: object, batch_size: object
+) -> None:
+    session = await sealed.sessions.create("alice")
+    cid = f"c-{session.id}"  # the fixtures are shared by every example
+    await sealed.add_turn(cid, "user", "hi", session_id=session.id)
+    before = await conn.fetch("SELECT key_id, wrapped, master_key_id FROM sessionstore_keys")
+    valid_key = isinstance(new, bytes) and len(new) == 32
+    valid_size = type(batch_size) is int and 1 <= batch_size <= 100_000
+    refused: InvalidInputError | None = None
+    try:
+        await sealed.rotate_master_key(new, batch_size=batch_size)  # type: ignore[arg-type]
+    except InvalidInputError as exc:
+        refused = exc
+    if refused is None:
+        assert valid_size
+        assert [m.content for m in await sealed.messages.history(ContinuationId(cid))] == ["hi"]
+        return
+    assert refused.field in ("new", "batch_size")
+    assert not (valid_key and valid_size)
+    after = await conn.fetch("SELECT key_id, wrapped, master_key_id FROM sessionstore_keys")
+    assert after == before
+    for form in (repr(new), str(new)):
+        assert len(form) < 8 or form not in str(refused)

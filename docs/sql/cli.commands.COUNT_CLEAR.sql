@@ -1,0 +1,1 @@
+SELECT count(*) FROM messages WHERE content_sealed IS NULL
