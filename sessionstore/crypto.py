@@ -207,8 +207,8 @@ class DataKey:
     def open(self, sealed: bytes, place: bytes) -> bytes:
         """What ``sealed`` holds, if it was sealed by this key for ``place``;
         ``EncryptionError`` otherwise (naming neither the key nor the content)."""
-        if len(sealed) < SEALED_OVERHEAD or sealed[: len(self._head)] != self._head:
-            raise EncryptionError("an encrypted value is malformed or not of its data key")
+        # The head (version, key id) is in the associated data: a value of another key
+        # or format fails authentication like an altered one. Runs once per value read.
         try:
             return self._aead.decrypt(
                 sealed[_HEAD - _NONCE_BYTES : _HEAD], sealed[_HEAD:], self._head + place

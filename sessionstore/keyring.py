@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
 from . import jsonb
-from .crypto import SEALED_OVERHEAD, ChainedProvider, DataKey, KeyProvider
+from .crypto import ChainedProvider, DataKey, KeyProvider
 from .errors import EncryptionError
-from .models import ContinuationId, Message, PendingWrite, from_trusted
-from .rows import Row
+from .models import ContinuationId, PendingWrite
+from .rows import Patch, Row
 from .writebehind.items import batch_arguments
 
 if TYPE_CHECKING:
@@ -209,9 +209,9 @@ class KeyRing:
         return contents, metas
 
     async def _keys_of(self, sealed: Iterable[bytes]) -> dict[bytes, DataKey]:
-        """The data keys of ``sealed`` values, by their 16 id bytes (one UUID per key,
-        not per value: this runs for every message read)."""
-        wanted = {_raw_key_id(s) for s in sealed}
+        """The data keys of ``sealed`` values, by their 16 id bytes (a set of ids per
+        read, not a UUID per value: this runs for every message read)."""
+        wanted = {s[1:17] for s in sealed}
         found: dict[bytes, DataKey] = {}
         for raw in wanted:
             key = self._keys.get_live(raw)
@@ -219,6 +219,8 @@ class KeyRing:
                 found[raw] = key
         missing = wanted - found.keys()
         if missing:
+            if any(len(raw) != 16 for raw in missing):
+                raise EncryptionError("an encrypted value is malformed (unknown format)")
             ids = [UUID(bytes=raw) for raw in missing]
             for row in await self._db.fetch(KEYS_BY_ID, ids, retry=True):
                 key = await self._unwrap(row["key_id"], row["wrapped"], row["master_key_id"])
@@ -231,21 +233,29 @@ class KeyRing:
             )
         return found
 
-    async def open(
-        self, messages: list[Message], sealed: Sequence[tuple[int, bytes, bytes | None]]
-    ) -> list[Message]:
-        """``messages`` with the content and metadata of those at the indexes ``sealed``
-        names opened from their sealed values."""
-        keys = await self._keys_of(s for _, content, meta in sealed for s in (content, meta) if s)
-        out = list(messages)
-        for i, content, meta in sealed:
-            values = dict(out[i].__dict__)
-            mid = values["id"].bytes
-            values["content"] = _open(keys, content, _CONTENT + mid).decode("utf-8")
-            if meta is not None:
-                values["metadata"] = jsonb.decode(_open(keys, meta, _METADATA + mid).decode())
-            out[i] = from_trusted(Message, values)
-        return out
+    async def opener(self, rows: Sequence[Row], prefix: str = "") -> Patch:
+        """A :data:`~sessionstore.rows.Patch` that opens the sealed content and metadata
+        of the message rows ``rows`` (columns named with ``prefix``), their keys at hand."""
+        content, metadata = prefix + "content_sealed", prefix + "metadata_sealed"
+        keys = await self._keys_of(
+            s for r in rows for s in (r[content], r[metadata]) if s is not None
+        )
+        find = keys.__getitem__
+
+        def patch(fields: dict[str, Any], hidden: tuple[Any, ...]) -> None:
+            # once per message read: kept flat (the keys are all in ``keys`` by now)
+            sealed_content, sealed_metadata = hidden[0], hidden[1]
+            if sealed_content is None:
+                return
+            mid = fields["id"].bytes
+            key = find(sealed_content[1:17])
+            fields["content"] = key.open(sealed_content, _CONTENT + mid).decode("utf-8")
+            if sealed_metadata is not None:
+                key = find(sealed_metadata[1:17])
+                text = key.open(sealed_metadata, _METADATA + mid).decode("utf-8")
+                fields["metadata"] = jsonb.decode(text)
+
+        return patch
 
     async def reseal(
         self, copies: Sequence[Row], owner: Owner
@@ -367,11 +377,8 @@ def _seal(
     return key.seal(content.encode("utf-8"), content_place(message_id)), sealed_metadata
 
 
-def _raw_key_id(sealed: bytes) -> bytes:
-    if len(sealed) < SEALED_OVERHEAD or sealed[0] != 1:
-        raise EncryptionError("an encrypted value is malformed (unknown format)")
-    return bytes(sealed[1:17])
-
-
 def _open(keys: dict[bytes, DataKey], sealed: bytes, place: bytes) -> bytes:
-    return keys[_raw_key_id(sealed)].open(sealed, place)
+    key = keys.get(sealed[1:17])
+    if key is None:
+        raise EncryptionError("an encrypted value is malformed (unknown format)")
+    return key.open(sealed, place)

@@ -20,10 +20,13 @@ from pydantic import BaseModel
 from .models import from_trusted
 from .validation import EARLIEST, LATEST
 
-__all__ = ["Columns", "Row", "keyset_before", "members"]
+__all__ = ["Columns", "Patch", "Row", "keyset_before", "members"]
 
 #: A result row as asyncpg returns it.
 Row = asyncpg.Record
+#: Changes a row's fields, given the values of its hidden columns, before the model is
+#: built from them (the opening of sealed messages).
+Patch = Callable[[dict[str, Any], tuple[Any, ...]], None]
 M = TypeVar("M", bound=BaseModel)
 E = TypeVar("E", bound=StrEnum)
 
@@ -113,25 +116,35 @@ class Columns(Generic[M]):
             parts.append(f"{expr} AS {prefix}{name}")
         return ", ".join(parts)
 
-    def _build(self, values: tuple[Any, ...] | Any) -> M:
+    def _build(
+        self,
+        values: tuple[Any, ...] | Any,
+        patch: Patch | None = None,
+        hidden: tuple[Any, ...] = (),
+    ) -> M:
         # once per row: kept to C-level builtins (strict=False: one() and many() have
         # already matched the values to the names)
         fields = dict(zip(self._mapped, values, strict=False))
         for name, convert in self._convert_items:
             fields[name] = convert(fields[name])
+        if patch is not None:
+            patch(fields, hidden)
         return from_trusted(self.model, fields)
 
-    def one(self, row: Row | Mapping[str, Any], prefix: str = "") -> M:
-        """The model from one row, each field read by its column name (with ``prefix``)."""
+    def one(self, row: Row | Mapping[str, Any], prefix: str = "", patch: Patch | None = None) -> M:
+        """The model from one row, each field read by its column name (with ``prefix``).
+        ``patch`` gets the fields and the hidden columns' values, and may change the
+        fields before the model is built."""
         getter = self._getters.get(prefix)
         if getter is None:
             getter = itemgetter(*(prefix + name for name in self.names))
             self._getters[prefix] = getter
-        return self._build(getter(row))
+        values = getter(row)
+        return self._build(values, patch, values[len(self._mapped) :])
 
-    def many(self, rows: Sequence[Row]) -> list[M]:
+    def many(self, rows: Sequence[Row], patch: Patch | None = None) -> list[M]:
         """Models from rows of one result holding these columns (no prefix), perhaps
-        followed by others.
+        followed by others; ``patch`` as in :meth:`one`.
 
         The names are checked once per result; when the row starts with these columns in
         this order (as :meth:`select` lists them), each row's values are taken in order,
@@ -140,5 +153,9 @@ class Columns(Generic[M]):
         if not rows:
             return []
         if tuple(rows[0].keys())[: len(self.names)] != self.names:
-            return [self.one(row) for row in rows]
-        return [self._build(row.values()) for row in rows]
+            return [self.one(row, patch=patch) for row in rows]
+        if patch is None:
+            return [self._build(row.values()) for row in rows]
+        at = range(len(self._mapped), len(self.names))
+        hidden = itemgetter(*at) if len(at) > 1 else lambda row: tuple(row[i] for i in at)
+        return [self._build(row.values(), patch, hidden(row)) for row in rows]

@@ -150,7 +150,10 @@ async def supabase_database(pg_server: TestServer, supabase_template: str) -> As
     ``postgres`` with ``as_supabase_postgres(pg_server.dsn_for(name))``."""
     name = await create_database(pg_server, template=supabase_template, owner=OWNER)
     yield name
-    await drop_database(pg_server, name)
+    try:
+        await _check_sealed(pg_server, name)
+    finally:
+        await drop_database(pg_server, name)
 
 
 @pytest.fixture
@@ -161,12 +164,33 @@ async def empty_dsn(pg_server: TestServer) -> AsyncIterator[str]:
     await drop_database(pg_server, name)
 
 
+# CI runs the adapters' and the examples' tests a second time with encryption at rest on
+# (SESSIONSTORE_ENCRYPTION_KEY, which every store reads) and this set: each test's
+# database must then hold no message in clear.
+_EXPECT_SEALED = "SESSIONSTORE_TEST_EXPECT_SEALED"
+_CLEAR_MESSAGES = "SELECT count(*) FROM messages WHERE content_sealed IS NULL"
+
+
+async def _check_sealed(server: TestServer, name: str) -> None:
+    if not os.environ.get(_EXPECT_SEALED):
+        return
+    conn = await asyncpg.connect(server.admin_dsn_for(name))
+    try:
+        clear = await conn.fetchval(_CLEAR_MESSAGES)
+    finally:
+        await conn.close()
+    assert clear == 0, f"{clear} message(s) stored in clear with encryption on"
+
+
 @pytest.fixture
 async def database(pg_server: TestServer, template_db: str) -> AsyncIterator[str]:
     """The name of a fresh database at head, for this test only."""
     name = await create_database(pg_server, template=template_db)
     yield name
-    await drop_database(pg_server, name)
+    try:
+        await _check_sealed(pg_server, name)
+    finally:
+        await drop_database(pg_server, name)
 
 
 @pytest.fixture

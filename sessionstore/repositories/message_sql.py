@@ -165,17 +165,18 @@ async def read_messages(db: Database, rows: Sequence[Row], prefix: str = "") -> 
     ``EncryptionError`` for a sealed message when ``db`` has no keys (the store was
     opened without ``encryption_key``), or when its key is gone or it does not belong on
     its row."""
-    messages = MESSAGE.many(rows) if not prefix else [MESSAGE.one(r, prefix) for r in rows]
-    content, metadata = prefix + "content_sealed", prefix + "metadata_sealed"
-    sealed = [(i, r[content], r[metadata]) for i, r in enumerate(rows) if r[content] is not None]
-    if not sealed:
-        return messages
-    if db.keys is None:
-        raise EncryptionError(
-            "messages here are encrypted and this store has no encryption key:"
-            " open it with encryption_key= or key_provider= (SESSIONSTORE_ENCRYPTION_KEY)"
-        )
-    return await db.keys.open(messages, sealed)
+    sealed = prefix + "content_sealed"
+    patch = None
+    if any(r[sealed] is not None for r in rows):
+        if db.keys is None:
+            raise EncryptionError(
+                "messages here are encrypted and this store has no encryption key:"
+                " open it with encryption_key= or key_provider= (SESSIONSTORE_ENCRYPTION_KEY)"
+            )
+        patch = await db.keys.opener(rows, prefix)
+    if not prefix:
+        return MESSAGE.many(rows, patch)
+    return [MESSAGE.one(r, prefix, patch) for r in rows]
 
 
 async def read_message(db: Database, row: Row, prefix: str = "") -> Message:
