@@ -24,12 +24,13 @@ from . import validation as v
 from .crypto import DataKey
 from .db import Connection, Database
 from .errors import EncryptionError
-
-# _seal: the one sealing of a message's values, shared with every write path.
-from .keyring import KeyRing, _seal
+from .keyring import KeyRing, seal_values
 from .rows import Row
 
-__all__ = ["MAX_BATCH_SIZE", "encrypt_stored"]
+__all__ = ["COUNT_CLEAR", "MAX_BATCH_SIZE", "encrypt_stored"]
+
+# How many messages are stored in clear (one scan: the progress bar's total).
+COUNT_CLEAR = "SELECT count(*) FROM messages WHERE content_sealed IS NULL"
 
 logger = logging.getLogger("sessionstore")
 
@@ -187,7 +188,7 @@ def _sealed(
     metas: list[bytes | None] = []
     for row in rows:
         message_id: UUID = row["id"]
-        content, metadata = _seal(
+        content, metadata = seal_values(
             at_hand[row["user_id"]], message_id, row["content"], row["metadata"]
         )
         ids.append(message_id)

@@ -28,7 +28,7 @@ from .rows import Patch, Row
 from .writebehind.items import batch_arguments
 
 if TYPE_CHECKING:
-    from .db import Connection, Database
+    from .db import Database
 
 __all__ = [
     "KeyRing",
@@ -38,6 +38,7 @@ __all__ = [
     "metadata_place",
     "owner_of",
     "seal_message",
+    "seal_values",
     "sealed_batch",
     "sealed_columns",
 ]
@@ -72,16 +73,19 @@ VALUES ($1, $2, $3, $4)
 ON CONFLICT DO NOTHING
 """
 KEYS_BY_ID = "SELECT key_id, wrapped, master_key_id FROM sessionstore_keys WHERE key_id = ANY($1)"
-# Rotation: keys still wrapped by another master key, a batch at a time. SKIP LOCKED: two
-# rotations at once share the work instead of waiting on each other.
+# Rotation: keys still wrapped by another master key, a batch at a time after a cursor.
+# No row is locked while a KMS is called: the UPDATE re-wraps a key only if its wrapped
+# value is still the one read (a concurrent rotation that got there first wins).
 TO_REWRAP = """
 SELECT key_id, wrapped, master_key_id FROM sessionstore_keys
-WHERE master_key_id <> $1 ORDER BY key_id LIMIT $2 FOR UPDATE SKIP LOCKED
+WHERE master_key_id <> $1 AND key_id > $2 ORDER BY key_id LIMIT $3
 """
 REWRAP = """
-UPDATE sessionstore_keys k SET wrapped = u.wrapped, master_key_id = $1
-FROM unnest($2::uuid[], $3::bytea[]) AS u(key_id, wrapped) WHERE k.key_id = u.key_id
+UPDATE sessionstore_keys k SET wrapped = u.new_wrapped, master_key_id = $1
+FROM unnest($2::uuid[], $3::bytea[], $4::bytea[]) AS u(key_id, old_wrapped, new_wrapped)
+WHERE k.key_id = u.key_id AND k.wrapped = u.old_wrapped
 """
+_FIRST_KEY = UUID(int=0)
 
 # What a sealed value is bound to, besides its key: the column and the message's id.
 _CONTENT = b"messages.content\x00"
@@ -194,7 +198,7 @@ class KeyRing:
         """``content`` and ``metadata`` (JSON text; ``None``: ``{}``) sealed for the
         message ``message_id`` of ``owner``."""
         key = await self.key_for(owner)
-        return _seal(key, message_id, content, metadata)
+        return seal_values(key, message_id, content, metadata)
 
     async def seal_many(
         self, items: Sequence[tuple[Owner, UUID, str, str | None]]
@@ -203,7 +207,7 @@ class KeyRing:
         contents: list[bytes] = []
         metas: list[bytes | None] = []
         for owner, message_id, content, metadata in items:
-            c, m = _seal(await self.key_for(owner), message_id, content, metadata)
+            c, m = seal_values(await self.key_for(owner), message_id, content, metadata)
             contents.append(c)
             metas.append(m)
         return contents, metas
@@ -293,25 +297,32 @@ class KeyRing:
         batch_size: int,
         on_progress: Callable[[int], None] | None = None,
     ) -> int:
-        """Re-wrap every data key with ``new``, ``batch_size`` keys per transaction;
+        """Re-wrap every data key with ``new``, ``batch_size`` keys per statement;
         messages are not touched. From the start, new data keys are wrapped with ``new``,
-        and keys wrapped by either master key open. Returns how many were re-wrapped."""
-        self._provider = ChainedProvider(new, self._provider)
-        done = 0
-
-        async def batch(conn: Connection) -> int:
-            rows = await conn.fetch(TO_REWRAP, new.key_id, batch_size)
-            ids, wrapped = [], []
+        and keys wrapped by any master key this ring held open. Returns how many keys
+        were re-wrapped. No row lock is held while the providers are called."""
+        if new.key_id != self._provider.key_id:
+            self._provider = ChainedProvider(new, self._provider)
+        done, cursor = 0, _FIRST_KEY
+        while rows := await self._db.fetch(TO_REWRAP, new.key_id, cursor, batch_size, retry=True):
+            ids, old, wrapped = [], [], []
             for row in rows:
-                raw = await self._provider.unwrap(bytes(row["wrapped"]), row["master_key_id"])
-                ids.append(row["key_id"])
+                key_id, was = row["key_id"], bytes(row["wrapped"])
+                try:
+                    raw = await self._provider.unwrap(was, row["master_key_id"])
+                except EncryptionError:
+                    raise
+                except Exception:  # a KMS's own error may quote anything
+                    raise EncryptionError(
+                        f"the master key provider could not unwrap data key {key_id}"
+                        f" (wrapped by master key {row['master_key_id']!r})"
+                    ) from None
+                ids.append(key_id)
+                old.append(was)
                 wrapped.append(await new.wrap(raw))
-            if ids:
-                await conn.execute(REWRAP, new.key_id, ids, wrapped)
-            return len(ids)
-
-        while n := await self._db.run(batch, transaction=True, retry=True):
-            done += n
+            status = await self._db.execute(REWRAP, new.key_id, ids, old, wrapped)
+            done += int(status.split()[-1])
+            cursor = rows[-1]["key_id"]
             if on_progress is not None:
                 on_progress(done)
         return done
@@ -364,9 +375,11 @@ async def sealed_batch(
     return [*arrays, contents, metas]
 
 
-def _seal(
+def seal_values(
     key: DataKey, message_id: UUID, content: str, metadata: str | None
 ) -> tuple[bytes, bytes | None]:
+    """The sealed content and metadata (JSON text; ``None`` when empty) of the message
+    ``message_id``: the one sealing every write path and ``sessionstore encrypt`` use."""
     # Empty metadata stays unsealed ({} in clear): its sealed length would say as much,
     # and every read is spared a decryption.
     sealed_metadata = (

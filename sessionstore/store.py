@@ -14,6 +14,7 @@ import asyncpg
 
 from . import telemetry
 from . import validation as v
+from .adopt_encryption import COUNT_CLEAR, encrypt_stored
 from .cache import SessionCache
 from .config import StoreConfig
 from .crypto import KeyProvider, master_key
@@ -222,6 +223,26 @@ class SessionStore(_Scope):
                 "this store has no encryption key: open it with the current one to rotate"
             )
         return await self._db.keys.rotate(provider, batch_size=size, on_progress=on_progress)
+
+    @telemetry.traced(kind="internal")
+    async def encrypt_stored(
+        self, *, batch_size: int = 1000, on_progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Seal in place the messages stored in clear (written before encryption was on,
+        or by a process without a key), ``batch_size`` per transaction, each with its
+        user's data key; return how many. Beside live traffic: rows being written to are
+        passed over (``SKIP LOCKED``) and left for a later run, which seals only what is
+        still in clear. ``on_progress`` gets the running count. ``EncryptionError`` if
+        this store was opened without a key. (``sessionstore encrypt`` runs this.)
+        """
+        return await encrypt_stored(self._db, batch_size=batch_size, on_progress=on_progress)
+
+    @telemetry.traced(kind="internal")
+    async def count_unencrypted(self) -> int:
+        """How many messages are stored in clear (what :meth:`encrypt_stored` would
+        seal now). One scan of ``messages``: on a large store it may outlast
+        ``command_timeout`` (``StoreTimeoutError``)."""
+        return int(await self._db.fetchval(COUNT_CLEAR, retry=True))
 
     @telemetry.traced(kind="internal")
     async def replay(self, path: Path | str) -> int:

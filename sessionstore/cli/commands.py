@@ -23,7 +23,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .. import migrations
 from .._version import installed_version
 from ..adopt_encryption import MAX_BATCH_SIZE as MAX_ENCRYPT_BATCH
-from ..adopt_encryption import encrypt_stored
 from ..config import MISSING_DSN, StoreConfig, redact_dsn
 from ..demo import DemoPlan, DemoReport, describe_changes, run_demo
 from ..dsn import hide_secrets
@@ -322,7 +321,6 @@ def prune(
 
 
 # Clear messages, counted before sealing them: the progress bar's total.
-COUNT_CLEAR = "SELECT count(*) FROM messages WHERE content_sealed IS NULL"
 NO_KEY = (
     "set SESSIONSTORE_ENCRYPTION_KEY to the master key (base64 of 32 bytes) that the"
     " application opens its store with: encrypt seals messages with its users' data keys"
@@ -358,11 +356,8 @@ def encrypt(
 
     async def go() -> int:
         async with connect(config=config) as store:
-            # The store's own Database, which holds its data keys (encrypt_stored is a
-            # function of the Database, not a method of the store).
-            db = store._db
             try:
-                due: int | None = await db.fetchval(COUNT_CLEAR, retry=True)
+                due: int | None = await store.count_unencrypted()
             except StoreTimeoutError:
                 # One statement over every message may outlast command_timeout on a
                 # large store; the batches are short whatever the size: no total then.
@@ -371,8 +366,7 @@ def encrypt(
                 return 0
             with _encrypting() as bar:
                 task = bar.add_task("encrypt", total=due)
-                return await encrypt_stored(
-                    db,
+                return await store.encrypt_stored(
                     batch_size=batch_size,
                     on_progress=lambda n: bar.update(task, completed=n),
                 )

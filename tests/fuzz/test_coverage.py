@@ -26,6 +26,8 @@ COVERED: dict[str, set[str]] = {
         "messages",  # test_messages, test_write_behind
         "add_turn",  # test_add_turn, test_foreign_rows
         "rotate_master_key",  # integration/store/test_encryption (hostile new, batch_size)
+        "encrypt_stored",  # integration/store/test_encryption (hostile batch_size, on_progress)
+        "count_unencrypted",  # no arguments; integration/cli/test_encrypt
         "purge_user",  # test_purge_user
         "prune",  # test_prune (and test_prune_as_user)
         "count_prunable",  # test_prune (the dry run)

@@ -485,3 +485,36 @@ async def test_hostile_rotation_input_is_refused_before_anything_changes(
     assert after == before
     for form in (repr(new), str(new)):
         assert len(form) < 8 or form not in str(refused)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    batch_size=st.one_of(
+        st.integers(-3, 3), st.sampled_from([100_001, True, "10", 2.0, None, 10**30])
+    ),
+    on_progress=st.sampled_from([None, print, "print", 1, lambda n: None]),
+)
+async def test_hostile_encrypt_stored_input_is_refused_before_anything_changes(
+    sealed: SessionStore, store: SessionStore, batch_size: object, on_progress: object
+) -> None:
+    conv = await store.conversations.get_or_create(f"clear-{id(batch_size)}-{id(on_progress)}")
+    await store.messages.add(conv.id, "user", "in clear")
+    before = await sealed.count_unencrypted()
+    valid = type(batch_size) is int and 1 <= batch_size <= 100_000
+    valid = valid and (on_progress is None or callable(on_progress))
+    refused: InvalidInputError | None = None
+    try:
+        done = await sealed.encrypt_stored(
+            batch_size=batch_size,  # type: ignore[arg-type]
+            on_progress=on_progress,  # type: ignore[arg-type]
+        )
+    except InvalidInputError as exc:
+        refused = exc
+    if refused is None:
+        assert valid
+        assert done == before
+        assert await sealed.count_unencrypted() == 0
+    else:
+        assert not valid
+        assert refused.field in ("batch_size", "on_progress")
+        assert await sealed.count_unencrypted() == before
