@@ -20,6 +20,13 @@ __all__ = ["purge_user"]
 # may touch the keys). From then on nothing the key sealed can be read, here or in any
 # copy of the database, even if the purge stops half-way.
 DESTROY_KEY = "DELETE FROM sessionstore_keys WHERE user_id = $1 RETURNING key_id"
+# At the end, a key a turn racing the purge made meanwhile goes too, unless the user has
+# a session again (made after the purge took theirs: its messages need that key).
+DESTROY_LATE_KEY = """
+DELETE FROM sessionstore_keys
+WHERE user_id = $1 AND NOT EXISTS (SELECT 1 FROM sessions WHERE user_id = $1)
+RETURNING key_id
+"""
 # Messages first, then conversations, then sessions: each step deletes rows whose
 # children are already gone, so no batch cascades into an unbounded delete.
 PURGE_MESSAGES = """
@@ -115,8 +122,8 @@ async def purge_user(
     ones, which is all they may hold beyond ``batch_size`` sessions.
 
     With ``destroy_key`` the user's data key (encryption at rest) is deleted first,
-    whether or not this store encrypts, and again at the end (a turn racing the purge
-    may have made a new one): what it sealed reads as ``EncryptionError`` from then on,
+    whether or not this store encrypts, and at the end a key a turn racing the purge
+    made meanwhile (unless the user has a session again by then): what it sealed reads as ``EncryptionError`` from then on,
     in copies of the data too (a copy of the key table itself aside: see
     ``docs/security.md``).
     """
@@ -163,12 +170,12 @@ async def purge_user(
     await delete_in_batches(
         db, PURGE_USER_STATES, uid, size=size, on_progress=running("user_states")
     )
-    if destroy_key:  # a turn racing the purge may have made the user a new key meanwhile
-        await _destroy_key(db, uid)
+    if destroy_key:
+        await _destroy_key(db, uid, DESTROY_LATE_KEY)
     return counts
 
 
-async def _destroy_key(db: Database, user_id: str) -> None:
-    gone = {row["key_id"] for row in await db.service.fetch(DESTROY_KEY, user_id)}
+async def _destroy_key(db: Database, user_id: str, query: str = DESTROY_KEY) -> None:
+    gone = {row["key_id"] for row in await db.service.fetch(query, user_id)}
     if db.keys is not None:
         db.keys.forget(gone)
