@@ -129,6 +129,15 @@ class EncryptionError(SessionStoreError):
     for the row it is on, or no configured master key opens its data key. The message
     names no key and quotes nothing that was encrypted."""
 
+    #: The master key provider failed (a KMS unreachable, say): the same work may
+    #: succeed later. The write-behind writer retries such a batch until
+    #: ``write_deadline`` instead of setting it aside.
+    transient: bool
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
 
 class AdoptionError(SessionStoreError):
     """The tables exist but match no known state; adopting them could lose data."""
@@ -262,9 +271,12 @@ def translate_wrapped(exc: BaseException) -> SessionStoreError | None:
 
 def is_transient(error: BaseException) -> bool:
     """Whether sending the same work again may succeed: the database was unreachable, the
-    client gave up waiting, or a serialisation failure or deadlock aborted it."""
-    return isinstance(error, StoreUnavailableError | StoreTimeoutError) or (
-        isinstance(error, SessionStoreError) and error.sqlstate in _RETRY_CONFLICTS
+    client gave up waiting, a serialisation failure or deadlock aborted it, or the master
+    key provider failed."""
+    return (
+        isinstance(error, StoreUnavailableError | StoreTimeoutError)
+        or (isinstance(error, SessionStoreError) and error.sqlstate in _RETRY_CONFLICTS)
+        or (isinstance(error, EncryptionError) and error.transient)
     )
 
 

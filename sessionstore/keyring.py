@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
@@ -141,15 +141,10 @@ class KeyRing:
         return f"KeyRing(master_key_id={self._provider.key_id!r})"
 
     async def _unwrap(self, key_id: UUID, wrapped: bytes, master_key_id: str) -> DataKey:
-        try:
-            raw = await self._provider.unwrap(bytes(wrapped), master_key_id)
-        except EncryptionError:
-            raise
-        except Exception:  # a KMS's own error may quote anything: say only what failed
-            raise EncryptionError(
-                f"the master key provider could not unwrap data key {key_id}"
-                f" (wrapped by master key {master_key_id!r})"
-            ) from None
+        raw = await _provided(
+            self._provider.unwrap(bytes(wrapped), master_key_id),
+            f"unwrap data key {key_id} (wrapped by master key {master_key_id!r})",
+        )
         key = DataKey(key_id, raw)
         self._keys.put(key_id.bytes, key, self._ttl)
         return key
@@ -173,7 +168,7 @@ class KeyRing:
                 self._owners.put(owner, key.key_id, ttl)
                 return key
             raw = DataKey.generate()
-            wrapped = await self._provider.wrap(raw)
+            wrapped = await _provided(self._provider.wrap(raw), "wrap a new data key")
             await self._db.execute(CREATE_KEY, uuid4(), user, wrapped, self._provider.key_id)
         raise EncryptionError("could not create a data key (it kept being destroyed)")
 
@@ -308,24 +303,34 @@ class KeyRing:
             ids, old, wrapped = [], [], []
             for row in rows:
                 key_id, was = row["key_id"], bytes(row["wrapped"])
-                try:
-                    raw = await self._provider.unwrap(was, row["master_key_id"])
-                except EncryptionError:
-                    raise
-                except Exception:  # a KMS's own error may quote anything
-                    raise EncryptionError(
-                        f"the master key provider could not unwrap data key {key_id}"
-                        f" (wrapped by master key {row['master_key_id']!r})"
-                    ) from None
+                raw = await _provided(
+                    self._provider.unwrap(was, row["master_key_id"]),
+                    f"unwrap data key {key_id} (wrapped by master key {row['master_key_id']!r})",
+                )
                 ids.append(key_id)
                 old.append(was)
-                wrapped.append(await new.wrap(raw))
+                wrapped.append(await _provided(new.wrap(raw), f"wrap data key {key_id}"))
             status = await self._db.execute(REWRAP, new.key_id, ids, old, wrapped)
             done += int(status.split()[-1])
             cursor = rows[-1]["key_id"]
             if on_progress is not None:
                 on_progress(done)
         return done
+
+
+async def _provided(call: Awaitable[bytes], what: str) -> bytes:
+    """What a master key provider returns; its failure as one ``EncryptionError`` naming
+    ``what``. A KMS client's own error may quote anything (a credential, a key): it is
+    neither the error's text nor its cause, nor its context (raised outside the
+    ``except`` block, so nothing chains it)."""
+    try:
+        return await call
+    except EncryptionError as exc:  # MasterKey's own: permanent (no such key, or wrong)
+        failure, transient = str(exc), exc.transient
+    except Exception as exc:
+        failure = f"the master key provider could not {what} ({type(exc).__name__})"
+        transient = True
+    raise EncryptionError(failure, transient=transient)
 
 
 def owner_of(item: PendingWrite) -> Owner:

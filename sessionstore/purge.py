@@ -123,9 +123,9 @@ async def purge_user(
 
     With ``destroy_key`` the user's data key (encryption at rest) is deleted first,
     whether or not this store encrypts, and at the end a key a turn racing the purge
-    made meanwhile (unless the user has a session again by then): what it sealed reads as ``EncryptionError`` from then on,
-    in copies of the data too (a copy of the key table itself aside: see
-    ``docs/security.md``).
+    made meanwhile (unless the user has a session again by then): what it sealed
+    reads as ``EncryptionError`` from then on, in copies of the data too (a copy of
+    the key table itself aside: see ``docs/security.md``).
     """
     uid = v.identifier(user_id, "user_id")
     size = v.limit(batch_size, "batch_size", maximum=100_000)

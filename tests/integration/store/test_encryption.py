@@ -114,12 +114,12 @@ async def test_no_marker_in_any_column_or_in_pg_dump(
     if pg_dump is None:
         pytest.skip("no pg_dump here (the SQL check above ran)")
     dump = await asyncio.to_thread(
-        subprocess.run,
-        [pg_dump, "--data-only", admin_dsn],
-        capture_output=True,
-        check=True,
-        timeout=60,
+        subprocess.run, [pg_dump, "--data-only", admin_dsn], capture_output=True, timeout=60
     )
+    if dump.returncode != 0 and b"version mismatch" in dump.stderr:
+        pytest.skip("this pg_dump is older than the server (the SQL check above ran)")
+    assert dump.returncode == 0, dump.stderr.decode(errors="replace")
+
     assert dump.stdout.count(b"\nCOPY public.messages") == 1
     assert MARKER.encode() not in dump.stdout
 
