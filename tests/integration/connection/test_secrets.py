@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -90,10 +90,29 @@ def error_texts(exc: BaseException) -> list[str]:
     return texts
 
 
-def logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+class Everything(logging.Handler):
+    """Every record, at every level, from the root down: pytest's own capture handler
+    is made anew for each test phase at ``log_level`` (INFO here), so a level set in a
+    fixture would not reach the test's call (its DEBUG records were lost)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    @property
+    def text(self) -> str:
+        """The records, formatted (tracebacks included), one per line."""
+        return "\n".join(self.format(record) for record in self.records)
+
+
+def logged(caught: Everything) -> list[str]:
     """Every captured record: formatted, its message, and any traceback."""
-    texts = [caplog.text]
-    for record in caplog.records:
+    texts = [caught.text]
+    for record in caught.records:
         texts += [record.getMessage(), record.exc_text or ""]
         if record.exc_info and record.exc_info[1] is not None:
             texts += error_texts(record.exc_info[1])
@@ -121,12 +140,19 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def everything_logged(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+def everything_logged() -> Iterator[Everything]:
     """Capture every level, from the root, sessionstore's and asyncpg's loggers."""
-    caplog.set_level(logging.DEBUG)
-    for name in ("sessionstore", "asyncpg", "alembic"):
-        caplog.set_level(logging.DEBUG, logger=name)
-    return caplog
+    caught = Everything()
+    root = logging.getLogger()
+    loggers = [root, *(logging.getLogger(n) for n in ("sessionstore", "asyncpg", "alembic"))]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.DEBUG)
+    root.addHandler(caught)
+    yield caught
+    root.removeHandler(caught)
+    for lg, level in zip(loggers, levels, strict=True):
+        lg.setLevel(level)
 
 
 @pytest.mark.parametrize("dsn", FORMS.values(), ids=FORMS.keys())
@@ -147,9 +173,7 @@ def test_config_and_redaction_hide_every_form(dsn: str) -> None:
 
 
 @pytest.mark.parametrize("dsn", FORMS.values(), ids=FORMS.keys())
-async def test_connect_hides_every_form(
-    dsn: str, everything_logged: pytest.LogCaptureFixture
-) -> None:
+async def test_connect_hides_every_form(dsn: str, everything_logged: Everything) -> None:
     with pytest.raises(SessionStoreError) as info:
         async with sessionstore.connect(dsn, connect_timeout=2):
             pass
@@ -167,7 +191,7 @@ def test_cli_hides_every_form(
     dsn: str,
     command: list[str],
     tmp_path: Path,
-    everything_logged: pytest.LogCaptureFixture,
+    everything_logged: Everything,
 ) -> None:
     spill = tmp_path / "spill.jsonl"
     spill.write_text("")
@@ -186,7 +210,7 @@ def test_cli_hides_every_form_from_the_environment(
     dsn: str,
     variable: str,
     monkeypatch: pytest.MonkeyPatch,
-    everything_logged: pytest.LogCaptureFixture,
+    everything_logged: Everything,
 ) -> None:
     monkeypatch.setenv(variable, dsn)
     result = runner.invoke(app, ["status"])
@@ -345,7 +369,7 @@ def live_forms(role: str, host: str, database: str, query: str) -> dict[str, str
 
 
 async def test_live_store_and_cli_hide_the_password(
-    secret_database: tuple[str, str, str, str], everything_logged: pytest.LogCaptureFixture
+    secret_database: tuple[str, str, str, str], everything_logged: Everything
 ) -> None:
     texts: list[str] = []
     for dsn in live_forms(*secret_database).values():
@@ -362,4 +386,6 @@ async def test_live_store_and_cli_hide_the_password(
             await store.sessions.create("u")
         texts += command_output(migrated) + command_output(status) + command_output(cleanup)
     assert "pool open: postgresql://" in everything_logged.text
+    # DEBUG too (asyncpg's or ours): the capture reaches the test's own phase.
+    assert any(r.levelno == logging.DEBUG for r in everything_logged.records)
     assert_hidden(texts + logged(everything_logged))
