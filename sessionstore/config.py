@@ -227,8 +227,10 @@ class StoreConfig(BaseSettings):
             )
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
-        if value is None or value == "":
+        if value is None:
             return None
+        if value == "":  # a secret that failed to render must not turn encryption off
+            raise ValueError("is empty: give a key (base64 of 32 bytes) or leave it unset")
         if not isinstance(value, str):
             raise ValueError("must be 32 bytes, or base64 of 32 bytes")
         master_key(value)

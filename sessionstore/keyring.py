@@ -14,6 +14,7 @@ forgets it at once here, other processes within that time.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
 from . import jsonb
-from .crypto import ChainedProvider, DataKey, KeyProvider
+from .crypto import CONTENT_PLACE, METADATA_PLACE, ChainedProvider, DataKey, KeyProvider
 from .errors import EncryptionError
 from .models import ContinuationId, PendingWrite
 from .rows import Patch, Row
@@ -67,9 +68,14 @@ SELECT o.user_id, k.* FROM (
 ) o {_KEY_OF}
 """
 KEY_OF_USER = f"SELECT $1::text AS user_id, k.* FROM (SELECT $1::text AS user_id) o {_KEY_OF}"
+# A user's key is created only while the user has a session, one of which it locks (KEY
+# SHARE) until it commits: a purge deleting that session waits for it, and its final
+# destroy then sees the key (a key made after the purge passed would outlive it).
 CREATE_KEY = """
 INSERT INTO sessionstore_keys (key_id, user_id, wrapped, master_key_id)
-VALUES ($1, $2, $3, $4)
+SELECT $1, $2, $3, $4
+WHERE $2::text IS NULL
+   OR EXISTS (SELECT 1 FROM sessions WHERE user_id = $2 LIMIT 1 FOR KEY SHARE)
 ON CONFLICT DO NOTHING
 """
 KEYS_BY_ID = "SELECT key_id, wrapped, master_key_id FROM sessionstore_keys WHERE key_id = ANY($1)"
@@ -88,11 +94,8 @@ WHERE k.key_id = u.key_id AND k.wrapped = u.old_wrapped
 _FIRST_KEY = UUID(int=0)
 
 # What a sealed value is bound to, besides its key: the column and the message's id.
-_CONTENT = b"messages.content\x00"
-_METADATA = b"messages.metadata\x00"
-# Owners met through a conversation are kept briefly: a conversation can be bound to a
-# session later, or deleted and its continuation id reused. A session's user never changes.
-_CONVERSATION_OWNER_TTL = 2.0
+_CONTENT = CONTENT_PLACE
+_METADATA = METADATA_PLACE
 _MOST = 10_000
 
 
@@ -129,8 +132,11 @@ class KeyRing:
         self._db = db
         self._provider = provider
         self._ttl = ttl
-        self._keys = _Expiring()  # key id -> DataKey
-        self._owners = _Expiring()  # owner -> key id
+        self._keys = _Expiring()  # key id bytes -> DataKey
+        self._owners = _Expiring()  # owner (a session, or none) -> key id
+        # Lookups under way, shared by whoever asks meanwhile.
+        self._finding: dict[Owner, asyncio.Future[DataKey]] = {}
+        self._unwrapping: dict[UUID, asyncio.Future[DataKey]] = {}
 
     @property
     def provider(self) -> KeyProvider:
@@ -141,6 +147,19 @@ class KeyRing:
         return f"KeyRing(master_key_id={self._provider.key_id!r})"
 
     async def _unwrap(self, key_id: UUID, wrapped: bytes, master_key_id: str) -> DataKey:
+        """The data key ``key_id``, unwrapped once however many ask at once."""
+        pending = self._unwrapping.get(key_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._unwrap_once(key_id, wrapped, master_key_id))
+            self._unwrapping[key_id] = pending
+            pending.add_done_callback(lambda _: self._unwrapping.pop(key_id, None))
+        return await asyncio.shield(pending)
+
+    async def _unwrap_once(self, key_id: UUID, wrapped: bytes, master_key_id: str) -> DataKey:
+        cached = self._keys.get_live(key_id.bytes)
+        if cached is not None:
+            assert isinstance(cached, DataKey)
+            return cached
         raw = await _provided(
             self._provider.unwrap(bytes(wrapped), master_key_id),
             f"unwrap data key {key_id} (wrapped by master key {master_key_id!r})",
@@ -151,26 +170,41 @@ class KeyRing:
 
     async def key_for(self, owner: Owner) -> DataKey:
         """The data key new values of ``owner`` are sealed with (created if the user has
-        none yet)."""
-        key_id = self._owners.get_live(owner)
-        if key_id is not None:
-            key = self._keys.get_live(key_id.bytes)
-            if key is not None:
-                assert isinstance(key, DataKey)
-                return key
+        none yet). Concurrent calls for one owner share one lookup (and one call of the
+        provider).
+
+        Only a session's key is remembered (a session's user never changes, and its id
+        is never reused) and the key of no user (never destroyed): a conversation can be
+        bound later, or deleted and its continuation id reused by another user, and a
+        user can be purged by another process; those are looked up every time."""
+        cacheable = owner is None or owner[0] == "session"
+        if cacheable:
+            key_id = self._owners.get_live(owner)
+            if key_id is not None:
+                key = self._keys.get_live(key_id.bytes)
+                if key is not None:
+                    assert isinstance(key, DataKey)
+                    return key
+        pending = self._finding.get(owner)
+        if pending is None:
+            pending = asyncio.ensure_future(self._find(owner, cacheable))
+            self._finding[owner] = pending
+            pending.add_done_callback(lambda _: self._finding.pop(owner, None))
+        return await asyncio.shield(pending)
+
+    async def _find(self, owner: Owner, cacheable: bool) -> DataKey:
         for _ in range(3):
             row = await self._owner_row(owner)
             user = None if row is None else row["user_id"]
             if row is not None and row["key_id"] is not None:
                 key = await self._unwrap(row["key_id"], row["wrapped"], row["master_key_id"])
-                through_conversation = owner is not None and owner[0] == "conversation"
-                ttl = min(self._ttl, _CONVERSATION_OWNER_TTL) if through_conversation else self._ttl
-                self._owners.put(owner, key.key_id, ttl)
+                if cacheable:
+                    self._owners.put(owner, key.key_id, self._ttl)
                 return key
             raw = DataKey.generate()
             wrapped = await _provided(self._provider.wrap(raw), "wrap a new data key")
             await self._db.execute(CREATE_KEY, uuid4(), user, wrapped, self._provider.key_id)
-        raise EncryptionError("could not create a data key (it kept being destroyed)")
+        raise EncryptionError("could not create a data key: its user's sessions kept going")
 
     async def _owner_row(self, owner: Owner) -> Row | None:
         if owner is None:
@@ -242,17 +276,17 @@ class KeyRing:
         find = keys.__getitem__
 
         def patch(fields: dict[str, Any], hidden: tuple[Any, ...]) -> None:
-            # once per message read: kept flat (the keys are all in ``keys`` by now)
+            # once per message read: kept flat (the keys are all in ``keys`` by now). The
+            # metadata is opened by the content's key: sealed by another, it fails.
             sealed_content, sealed_metadata = hidden[0], hidden[1]
             if sealed_content is None:
                 return
-            mid = fields["id"].bytes
-            key = find(sealed_content[1:17])
-            fields["content"] = key.open(sealed_content, _CONTENT + mid).decode("utf-8")
-            if sealed_metadata is not None:
-                key = find(sealed_metadata[1:17])
-                text = key.open(sealed_metadata, _METADATA + mid).decode("utf-8")
-                fields["metadata"] = jsonb.decode(text)
+            content, meta = find(sealed_content[1:17]).open_message(
+                sealed_content, sealed_metadata, fields["id"].bytes
+            )
+            fields["content"] = content.decode("utf-8")
+            if meta is not None:
+                fields["metadata"] = jsonb.decode(meta.decode("utf-8"))
 
         return patch
 
@@ -296,8 +330,31 @@ class KeyRing:
         messages are not touched. From the start, new data keys are wrapped with ``new``,
         and keys wrapped by any master key this ring held open. Returns how many keys
         were re-wrapped. No row lock is held while the providers are called."""
-        if new.key_id != self._provider.key_id:
-            self._provider = ChainedProvider(new, self._provider)
+        # The new key must open what it wraps before any data key depends on it (a KMS
+        # policy may grant Encrypt and not Decrypt).
+        probe = DataKey.generate()
+        back = await _provided(
+            new.unwrap(
+                await _provided(new.wrap(probe), "wrap with the new master key"), new.key_id
+            ),
+            "unwrap with the new master key",
+        )
+        if back != probe:
+            raise EncryptionError("the new master key does not give back what it wraps")
+        old_provider = self._provider
+        if new.key_id != old_provider.key_id:
+            self._provider = ChainedProvider(new, old_provider)
+        try:
+            return await self._rewrap(new, batch_size, on_progress)
+        except BaseException:
+            # Half done: keep wrapping new keys with the old master key, open both.
+            if new.key_id != old_provider.key_id:
+                self._provider = ChainedProvider(old_provider, new)
+            raise
+
+    async def _rewrap(
+        self, new: KeyProvider, batch_size: int, on_progress: Callable[[int], None] | None
+    ) -> int:
         done, cursor = 0, _FIRST_KEY
         while rows := await self._db.fetch(TO_REWRAP, new.key_id, cursor, batch_size, retry=True):
             ids, old, wrapped = [], [], []
