@@ -24,11 +24,12 @@ TABLES = (
     "langgraph_checkpoints",
     "langgraph_blobs",
     "langgraph_writes",
-    "sessionstore_keys",
     "alembic_version",
 )
 #: The roles Supabase's API switches to for the anon and user keys.
 API_ROLES = ("anon", "authenticated")
+#: The roles that must never reach the data keys (service_role bypasses row-level security).
+KEY_ROLES = ["anon", "authenticated", "service_role"]
 EXPECTED_POLICIES = {
     "sessions": {
         "sessions_select_own",
@@ -49,10 +50,19 @@ EXPECTED_POLICIES = {
     },
     "langgraph_blobs": {"langgraph_blobs_own", "langgraph_blobs_service_role_all"},
     "langgraph_writes": {"langgraph_writes_own", "langgraph_writes_service_role_all"},
-    "sessionstore_keys": set(),  # no policy, and no privilege for any API role
     "alembic_version": set(),  # row-level security with no policy: no API role sees a row
 }
 
+# The data keys (encryption at rest): which API roles could reach them, by a grant on
+# their schema or on the table (revision 0012 leaves none).
+KEYS_REACHED_BY = """
+SELECT r.rolname FROM pg_roles r
+WHERE r.rolname = ANY($1::text[]) AND to_regclass('sessionstore_private.keys') IS NOT NULL
+  AND (has_schema_privilege(r.oid, 'sessionstore_private', 'USAGE')
+       OR has_table_privilege(r.oid, 'sessionstore_private.keys',
+                              'SELECT,INSERT,UPDATE,DELETE,TRUNCATE'))
+ORDER BY 1
+"""
 SERVER_VERSION = "SHOW server_version"
 HAS_VERSIONS = "SELECT to_regclass('alembic_version') IS NOT NULL"
 VERSION_NUM = "SELECT version_num FROM alembic_version"
@@ -96,6 +106,7 @@ async def check(config: StoreConfig) -> Status:
             has_versions = await conn.fetchval(HAS_VERSIONS)
             current = await conn.fetchval(VERSION_NUM) if has_versions else None
             rows = await conn.fetch(TABLE_STATE, list(TABLES), list(API_ROLES))
+            keys_reached = [r["rolname"] for r in await conn.fetch(KEYS_REACHED_BY, KEY_ROLES)]
         finally:
             await conn.close()
     head = head_revision()
@@ -130,6 +141,11 @@ async def check(config: StoreConfig) -> Status:
         if status.missing_policies[table] and current == head:
             missing = ", ".join(status.missing_policies[table])
             status.problems.append(f"{table} is missing policies: {missing}")
+    for role in keys_reached:
+        status.problems.append(
+            f"{role} can reach the data keys (sessionstore_private.keys): revoke its grants"
+            " on that schema and table"
+        )
     for entry in status.exposed:
         role, table = entry.split(": ")
         status.problems.append(

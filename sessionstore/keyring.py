@@ -1,5 +1,5 @@
 """The data keys of encryption at rest: one per user, wrapped by the master key, in
-``sessionstore_keys`` (revision 0012), and the sealing of messages with them.
+``sessionstore_private.keys`` (revision 0012), and the sealing of messages with them.
 
 Which key seals a message: that of the user owning the session the write names, else the
 session the conversation is bound to; a conversation bound to no session is no user's,
@@ -7,7 +7,7 @@ and its messages are sealed with the key of no user (``user_id`` NULL). The key 
 was sealed with is named in the value itself, so reading never asks who owns what.
 
 Keys are read and created on the service path (the connecting role), even for a store
-under ``as_user``: no API role can read ``sessionstore_keys``. Unwrapped keys stay in
+under ``as_user``: no API role can read ``sessionstore_private.keys``. Unwrapped keys stay in
 this process for ``key_cache_ttl`` seconds; ``purge_user`` destroys a user's key and
 forgets it at once here, other processes within that time.
 """
@@ -54,9 +54,9 @@ Sealed = tuple[str, str | None, bytes | None, bytes | None]
 _KEY = "k.key_id, k.wrapped, k.master_key_id"
 # The user's key, or (when the user is NULL) the key of no user; each arm keeps its index.
 _KEY_OF = f"""LEFT JOIN LATERAL (
-    SELECT {_KEY} FROM sessionstore_keys k WHERE k.user_id = o.user_id
+    SELECT {_KEY} FROM sessionstore_private.keys k WHERE k.user_id = o.user_id
     UNION ALL
-    SELECT {_KEY} FROM sessionstore_keys k WHERE k.user_id IS NULL AND o.user_id IS NULL
+    SELECT {_KEY} FROM sessionstore_private.keys k WHERE k.user_id IS NULL AND o.user_id IS NULL
 ) k ON true"""
 KEY_OF_SESSION = f"""
 SELECT o.user_id, k.* FROM (SELECT user_id FROM sessions WHERE id = $1) o {_KEY_OF}
@@ -72,22 +72,24 @@ KEY_OF_USER = f"SELECT $1::text AS user_id, k.* FROM (SELECT $1::text AS user_id
 # SHARE) until it commits: a purge deleting that session waits for it, and its final
 # destroy then sees the key (a key made after the purge passed would outlive it).
 CREATE_KEY = """
-INSERT INTO sessionstore_keys (key_id, user_id, wrapped, master_key_id)
+INSERT INTO sessionstore_private.keys (key_id, user_id, wrapped, master_key_id)
 SELECT $1, $2, $3, $4
 WHERE $2::text IS NULL
    OR EXISTS (SELECT 1 FROM sessions WHERE user_id = $2 LIMIT 1 FOR KEY SHARE)
 ON CONFLICT DO NOTHING
 """
-KEYS_BY_ID = "SELECT key_id, wrapped, master_key_id FROM sessionstore_keys WHERE key_id = ANY($1)"
+KEYS_BY_ID = (
+    "SELECT key_id, wrapped, master_key_id FROM sessionstore_private.keys WHERE key_id = ANY($1)"
+)
 # Rotation: keys still wrapped by another master key, a batch at a time after a cursor.
 # No row is locked while a KMS is called: the UPDATE re-wraps a key only if its wrapped
 # value is still the one read (a concurrent rotation that got there first wins).
 TO_REWRAP = """
-SELECT key_id, wrapped, master_key_id FROM sessionstore_keys
+SELECT key_id, wrapped, master_key_id FROM sessionstore_private.keys
 WHERE master_key_id <> $1 AND key_id > $2 ORDER BY key_id LIMIT $3
 """
 REWRAP = """
-UPDATE sessionstore_keys k SET wrapped = u.new_wrapped, master_key_id = $1
+UPDATE sessionstore_private.keys k SET wrapped = u.new_wrapped, master_key_id = $1
 FROM unnest($2::uuid[], $3::bytea[], $4::bytea[]) AS u(key_id, old_wrapped, new_wrapped)
 WHERE k.key_id = u.key_id AND k.wrapped = u.old_wrapped
 """

@@ -19,11 +19,11 @@ __all__ = ["purge_user"]
 # Encryption at rest: the user's data key goes first, on the service path (no API role
 # may touch the keys). From then on nothing the key sealed can be read, here or in any
 # copy of the database, even if the purge stops half-way.
-DESTROY_KEY = "DELETE FROM sessionstore_keys WHERE user_id = $1 RETURNING key_id"
+DESTROY_KEY = "DELETE FROM sessionstore_private.keys WHERE user_id = $1 RETURNING key_id"
 # At the end, a key a turn racing the purge made meanwhile goes too, unless the user has
 # a session again (made after the purge took theirs: its messages need that key).
 DESTROY_LATE_KEY = """
-DELETE FROM sessionstore_keys
+DELETE FROM sessionstore_private.keys
 WHERE user_id = $1 AND NOT EXISTS (SELECT 1 FROM sessions WHERE user_id = $1)
 RETURNING key_id
 """

@@ -187,18 +187,18 @@ Index(
     postgresql_where=messages.c.covers_through.isnot(None),
 )
 
-# Encryption at rest: each user's data key, wrapped by the master key (revision 0012).
+# Encryption at rest: each user's data key, wrapped by the master key, in a schema the
+# API roles cannot use (revision 0012).
 sessionstore_keys = Table(
-    "sessionstore_keys",
+    "keys",
     metadata,
     Column("key_id", UUID(as_uuid=True), primary_key=True),
     Column("user_id", Text),
     Column("wrapped", LargeBinary, nullable=False),
     Column("master_key_id", Text, nullable=False),
     _now("created_at"),
-    UniqueConstraint(
-        "user_id", name="sessionstore_keys_user_id_key", postgresql_nulls_not_distinct=True
-    ),
+    UniqueConstraint("user_id", name="keys_user_id_key", postgresql_nulls_not_distinct=True),
+    schema="sessionstore_private",
 )
 
 # Google ADK's state in its three scopes (sessionstore.integrations.adk; revision 0008).

@@ -41,6 +41,8 @@ from .writebehind.spill import read_spill
 __all__ = ["SessionStore", "UserView", "connect"]  # UserView: its home is views.py
 
 logger = logging.getLogger("sessionstore")
+# Connections of the data keys' own pool (opened when first needed).
+_KEY_CONNECTIONS = 2
 
 
 class SessionStore(_Scope):
@@ -83,9 +85,19 @@ class SessionStore(_Scope):
             raise InvalidInputError("key_provider", "give encryption_key or key_provider, not both")
         if config.encryption_key is not None:
             key_provider = master_key(config.encryption_key.get_secret_value())
+        self._keys_pool: Pool | None = None
         if key_provider is not None:
             key_provider = master_key(key_provider, "key_provider")
-            self._db.keys = KeyRing(self._db, key_provider, ttl=config.key_cache_ttl)
+            # The keys come over connections of their own: a read that meets a key not
+            # yet cached may hold its pooled connection (a transaction, a turn's
+            # context), and must not wait for a second one from the same pool. Without
+            # a DSN (a given pool alone) they share the given pool.
+            keys_db = self._db
+            if config.dsn:
+                small = config.model_copy(update={"min_size": 0, "max_size": _KEY_CONNECTIONS})
+                self._keys_pool = Pool(small, configure=configure)
+                keys_db = Database(self._keys_pool)
+            self._db.keys = KeyRing(keys_db, key_provider, ttl=config.key_cache_ttl)
         self._session_cache = cache
         self._writer = Writer(
             self._write_batch,
@@ -124,6 +136,8 @@ class SessionStore(_Scope):
         """Open the pool (and the cache's listener connection, where one is used). Idempotent."""
         await self._pool.open()
         try:
+            if self._keys_pool is not None:
+                await self._keys_pool.open()
             self._writer.open()
             self._session_cache.start_listening(self.config)
             telemetry.register(self)
@@ -145,6 +159,8 @@ class SessionStore(_Scope):
         finally:
             telemetry.unregister(self)
             await self._session_cache.stop_listening()
+            if self._keys_pool is not None:
+                await self._keys_pool.close()
             await self._pool.close()
 
     @telemetry.traced(kind="internal")

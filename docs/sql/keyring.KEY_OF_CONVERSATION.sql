@@ -3,8 +3,8 @@ SELECT o.user_id, k.* FROM (
     SELECT s.user_id FROM conversations c LEFT JOIN sessions s ON s.id = c.session_id
     WHERE c.@conversation_key@ = $1
 ) o LEFT JOIN LATERAL (
-    SELECT k.key_id, k.wrapped, k.master_key_id FROM sessionstore_keys k WHERE k.user_id = o.user_id
+    SELECT k.key_id, k.wrapped, k.master_key_id FROM sessionstore_private.keys k WHERE k.user_id = o.user_id
     UNION ALL
-    SELECT k.key_id, k.wrapped, k.master_key_id FROM sessionstore_keys k WHERE k.user_id IS NULL AND o.user_id IS NULL
+    SELECT k.key_id, k.wrapped, k.master_key_id FROM sessionstore_private.keys k WHERE k.user_id IS NULL AND o.user_id IS NULL
 ) k ON true
 

@@ -140,7 +140,7 @@ async def test_each_users_messages_are_sealed_with_that_users_key(
     )
     key_of = {
         r["user_id"]: r["key_id"]
-        for r in await conn.fetch("SELECT user_id, key_id FROM sessionstore_keys")
+        for r in await conn.fetch("SELECT user_id, key_id FROM sessionstore_private.keys")
     }
     assert set(key_of) == {"alice", "bob", None}
     assert len(set(key_of.values())) == 3
@@ -220,7 +220,7 @@ async def test_a_batch_reaching_past_what_was_read_ahead_finds_those_keys_first(
     finally:
         await holder.close()
     sealed = await conn.fetchval("SELECT content_sealed FROM messages WHERE id = $1", second)
-    bob = await conn.fetchval("SELECT key_id FROM sessionstore_keys WHERE user_id = 'bob'")
+    bob = await conn.fetchval("SELECT key_id FROM sessionstore_private.keys WHERE user_id = 'bob'")
     assert sealed_key_id(sealed) == bob
     assert await encrypt_stored(keyed._db, batch_size=1) == 1
     read = await keyed.messages.history(ContinuationId("c-bob"))

@@ -393,14 +393,17 @@ async def rotate_then_purge(
     counts = await store.purge_user("alice")
     assert counts.messages > 0
     assert (
-        await conn.fetchval("SELECT count(*) FROM sessionstore_keys WHERE user_id = 'alice'") == 0
+        await conn.fetchval(
+            "SELECT count(*) FROM sessionstore_private.keys WHERE user_id = 'alice'"
+        )
+        == 0
     )
     return rotated, read
 
 
 async def stored_data_keys(conn: asyncpg.Connection, provider: KeyProvider) -> list[bytes]:
-    """Every data key in ``sessionstore_keys``, unwrapped by ``provider``."""
-    rows = await conn.fetch("SELECT wrapped, master_key_id FROM sessionstore_keys")
+    """Every data key in ``sessionstore_private.keys``, unwrapped by ``provider``."""
+    rows = await conn.fetch("SELECT wrapped, master_key_id FROM sessionstore_private.keys")
     return [await provider.unwrap(bytes(r["wrapped"]), r["master_key_id"]) for r in rows]
 
 
@@ -580,7 +583,7 @@ async def test_failures_say_nothing_of_keys_or_content(
             await keyless.messages.history(ContinuationId("c-a"))
         errors.append(no_key.value)
     # The key destroyed (as purge_user does) under rows restored from a backup.
-    await conn.execute("DELETE FROM sessionstore_keys WHERE user_id = 'alice'")
+    await conn.execute("DELETE FROM sessionstore_private.keys WHERE user_id = 'alice'")
     async with sessionstore.connect(dsn, encryption_key=KEY, **store_overrides()) as fresh:
         with pytest.raises(EncryptionError, match="no longer exist") as destroyed:
             await fresh.messages.history(ContinuationId("c-a"))

@@ -40,6 +40,9 @@ MIGRATION_LOCK = 7_201_864_355_130_912
 OBJECTS = """
 SELECT 'table:' || tablename FROM pg_tables
     WHERE schemaname = 'public' AND tablename <> 'alembic_version'
+UNION ALL SELECT 'table:' || schemaname || '.' || tablename FROM pg_tables
+    WHERE schemaname = 'sessionstore_private'
+UNION ALL SELECT 'schema:' || nspname FROM pg_namespace WHERE nspname = 'sessionstore_private'
 UNION ALL SELECT 'type:' || typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
     WHERE n.nspname = 'public' AND t.typtype = 'e'
 UNION ALL SELECT 'function:' || proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
@@ -68,7 +71,8 @@ async def test_upgrade_downgrade_upgrade(empty_dsn: str) -> None:
         "table:langgraph_checkpoints",
         "table:langgraph_blobs",
         "table:langgraph_writes",
-        "table:sessionstore_keys",
+        "table:sessionstore_private.keys",
+        "schema:sessionstore_private",
         "type:message_role",
         "function:update_updated_at_column",
         "function:update_sessions_updated_at",
@@ -89,7 +93,15 @@ async def test_upgrade_downgrade_upgrade(empty_dsn: str) -> None:
 def _diff(connection: Any) -> list[Any]:
     context = MigrationContext.configure(
         connection,
-        opts={"compare_type": True, "compare_server_default": True},
+        opts={
+            "compare_type": True,
+            "compare_server_default": True,
+            # public, and the data keys' own schema (revision 0012)
+            "include_schemas": True,
+            "include_name": lambda name, kind, _parents: (
+                kind != "schema" or name in (None, "sessionstore_private")
+            ),
+        },
     )
     return list(compare_metadata(context, metadata))
 

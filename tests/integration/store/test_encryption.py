@@ -28,10 +28,12 @@ from sessionstore import (
     MasterKey,
     SessionStore,
     SessionStoreError,
+    health,
 )
 from sessionstore.crypto import SEALED_OVERHEAD, sealed_key_id
 
 from ...conftest import store_overrides
+from ...servers import TestServer
 from ...strategies import ANY_CHAR, SPECIAL_TEXT
 
 MARKER = "Zx9MarkerQ"
@@ -42,7 +44,7 @@ TABLES = (
     "sessions",
     "conversations",
     "messages",
-    "sessionstore_keys",
+    "sessionstore_private.keys",
     "adk_session_states",
     "adk_user_states",
     "langgraph_checkpoints",
@@ -241,7 +243,10 @@ async def test_purge_then_restore_from_a_saved_copy_never_decrypts(
     counts = await sealed.purge_user("alice")
     assert counts.messages == 1
     assert (
-        await conn.fetchval("SELECT count(*) FROM sessionstore_keys WHERE user_id = 'alice'") == 0
+        await conn.fetchval(
+            "SELECT count(*) FROM sessionstore_private.keys WHERE user_id = 'alice'"
+        )
+        == 0
     )
     for table, rows in saved.items():
         for row in rows:
@@ -268,7 +273,7 @@ async def test_purge_destroys_the_key_even_from_a_store_without_one(
     alice = await sealed.sessions.create("alice")
     await sealed.add_turn("a", "user", "hi", session_id=alice.id)
     await store.purge_user("alice")
-    assert await conn.fetchval("SELECT count(*) FROM sessionstore_keys") == 0
+    assert await conn.fetchval("SELECT count(*) FROM sessionstore_private.keys") == 0
 
 
 async def test_a_user_gets_a_new_key_after_a_purge(
@@ -297,10 +302,10 @@ async def test_each_user_has_their_own_key_and_no_api_role_can_read_them(
     )
     key_ids = {r["continuation_id"]: sealed_key_id(r["content_sealed"]) for r in rows}
     assert key_ids["c-alice"] != key_ids["c-bob"]
-    stored = {r["key_id"] for r in await conn.fetch("SELECT key_id FROM sessionstore_keys")}
+    stored = {r["key_id"] for r in await conn.fetch("SELECT key_id FROM sessionstore_private.keys")}
     assert set(key_ids.values()) <= stored
     assert await conn.fetchval(
-        "SELECT relrowsecurity FROM pg_class WHERE relname = 'sessionstore_keys'"
+        "SELECT relrowsecurity FROM pg_class WHERE oid = 'sessionstore_private.keys'::regclass"
     )
 
 
@@ -405,7 +410,7 @@ async def test_fork_copies_are_sealed_again_for_their_own_ids_and_owner(
     await sealed.conversations.fork(source.id, continuation_id="unbound")
     keys = {
         r["user_id"]: r["key_id"]
-        for r in await conn.fetch("SELECT user_id, key_id FROM sessionstore_keys")
+        for r in await conn.fetch("SELECT user_id, key_id FROM sessionstore_private.keys")
     }
     rows = await conn.fetch(
         "SELECT c.continuation_id, m.id, m.content_sealed FROM messages m"
@@ -467,7 +472,9 @@ async def test_hostile_rotation_input_is_refused_before_anything_changes(
     session = await sealed.sessions.create("alice")
     cid = f"c-{session.id}"  # the fixtures are shared by every example
     await sealed.add_turn(cid, "user", "hi", session_id=session.id)
-    before = await conn.fetch("SELECT key_id, wrapped, master_key_id FROM sessionstore_keys")
+    before = await conn.fetch(
+        "SELECT key_id, wrapped, master_key_id FROM sessionstore_private.keys"
+    )
     valid_key = isinstance(new, bytes) and len(new) == 32
     valid_size = type(batch_size) is int and 1 <= batch_size <= 100_000
     refused: InvalidInputError | None = None
@@ -481,7 +488,7 @@ async def test_hostile_rotation_input_is_refused_before_anything_changes(
         return
     assert refused.field in ("new", "batch_size")
     assert not (valid_key and valid_size)
-    after = await conn.fetch("SELECT key_id, wrapped, master_key_id FROM sessionstore_keys")
+    after = await conn.fetch("SELECT key_id, wrapped, master_key_id FROM sessionstore_private.keys")
     assert after == before
     for form in (repr(new), str(new)):
         assert len(form) < 8 or form not in str(refused)
@@ -518,3 +525,20 @@ async def test_hostile_encrypt_stored_input_is_refused_before_anything_changes(
         assert not valid
         assert refused.field in ("batch_size", "on_progress")
         assert await sealed.count_unencrypted() == before
+
+
+async def test_status_reports_an_api_role_that_can_reach_the_keys(
+    pg_server: TestServer, supabase_database: str
+) -> None:
+    """Supabase's roles and default privileges: none reaches the keys after migrating;
+    a later grant on their schema is reported by ``sessionstore status``."""
+    admin_dsn = pg_server.admin_dsn_for(supabase_database)
+    config = sessionstore.StoreConfig(dsn=admin_dsn)
+    assert not [p for p in (await health.check(config)).problems if "data keys" in p]
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute("GRANT USAGE ON SCHEMA sessionstore_private TO service_role")
+    finally:
+        await admin.close()
+    problems = (await health.check(config)).problems
+    assert [p for p in problems if p.startswith("service_role can reach the data keys")]

@@ -34,7 +34,6 @@ from sessionstore import (
     PurgeCounts,
     SessionStore,
 )
-from sessionstore.adopt_encryption import encrypt_stored
 from sessionstore.crypto import sealed_key_id
 from sessionstore.writebehind.spill import append_spill
 
@@ -80,9 +79,13 @@ async def _read(dsn: str, name: str, **history: Any) -> list[str]:
 
 async def _key_of(conn: asyncpg.Connection, user: str | None) -> UUID | None:
     if user is None:
-        found = await conn.fetchval("SELECT key_id FROM sessionstore_keys WHERE user_id IS NULL")
+        found = await conn.fetchval(
+            "SELECT key_id FROM sessionstore_private.keys WHERE user_id IS NULL"
+        )
     else:
-        found = await conn.fetchval("SELECT key_id FROM sessionstore_keys WHERE user_id = $1", user)
+        found = await conn.fetchval(
+            "SELECT key_id FROM sessionstore_private.keys WHERE user_id = $1", user
+        )
     assert found is None or isinstance(found, UUID)
     return found
 
@@ -141,7 +144,7 @@ class ScriptedKey:
 # ----------------------------------------------------------------- owner caching
 
 
-async def test_defect_reused_continuation_id_is_sealed_with_the_previous_owners_key(
+async def test_reused_continuation_id_is_sealed_with_the_previous_owners_key(
     sealed: SessionStore, dsn: str
 ) -> None:
     """The owner a conversation was met through stays cached for 2 s by its continuation
@@ -159,7 +162,7 @@ async def test_defect_reused_continuation_id_is_sealed_with_the_previous_owners_
     assert await _read(dsn, "shared-name") == ["bob's"]
 
 
-async def test_defect_message_after_binding_is_sealed_with_the_no_user_key(
+async def test_message_after_binding_is_sealed_with_the_no_user_key(
     sealed: SessionStore, conn: asyncpg.Connection
 ) -> None:
     """docs/security.md: only messages written *before* a conversation is bound stay
@@ -173,7 +176,7 @@ async def test_defect_message_after_binding_is_sealed_with_the_no_user_key(
     assert await _sealed_by(conn, after.id) == await _key_of(conn, "alice")
 
 
-async def test_defect_other_process_seals_a_new_sessions_message_with_the_purged_key(
+async def test_other_process_seals_a_new_sessions_message_with_the_purged_key(
     sealed: SessionStore, store: SessionStore, dsn: str
 ) -> None:
     """Two processes: ``sealed`` has met alice's conversation; ``store`` (another
@@ -207,32 +210,32 @@ async def test_a_turn_naming_the_new_session_after_a_purge_elsewhere_is_readable
     assert await _read(dsn, "c2") == ["after purge", "queued after purge"]
 
 
-async def test_defect_encrypt_stored_after_a_purge_elsewhere_uses_the_destroyed_key(
+async def test_encrypt_stored_after_a_purge_elsewhere_uses_the_destroyed_key(
     sealed: SessionStore, store: SessionStore, dsn: str
 ) -> None:
-    """``encrypt_stored`` caches ("user", id) -> key for key_cache_ttl. Alice is purged
+    """``encrypt_stored`` caches ("user", id) -> key for key_cache_ttl (60 s). Alice is purged
     by another process, comes back, and writes in clear (a process without the key);
     the next run seals her new messages with the destroyed key: unreadable for good."""
     first = await store.sessions.create("alice")
     await store.add_turn("old", "user", "old clear", session_id=first.id)
-    assert await encrypt_stored(sealed._db) == 1
+    assert await sealed.encrypt_stored() == 1
     await store.purge_user("alice")
     again = await store.sessions.create("alice")
     await store.add_turn("new", "user", "new clear", session_id=again.id)
-    assert await encrypt_stored(sealed._db) == 1
+    assert await sealed.encrypt_stored() == 1
     assert await _read(dsn, "new") == ["new clear"]
 
 
 # ------------------------------------------------------------------ purge races
 
 
-async def test_defect_session_created_during_a_purge_loses_its_messages(
+async def test_a_session_created_during_a_purge_keeps_its_messages_readable(
     sealed: SessionStore, conn: asyncpg.Connection, holder: asyncpg.Connection, dsn: str
 ) -> None:
-    """purge_user destroys the user's key again at its end. A session the user creates
+    """purge_user destroys a key made meanwhile at its end. A session the user creates
     after the purge's session batches (a sign-up again, a client retrying) keeps
-    living, but the key its turns were sealed with is destroyed under it: its
-    messages are stored and unreadable."""
+    living, and so must the key its turns were sealed with. (A defect found in this
+    review at e43f41c: the late DESTROY_KEY took that key; fixed by 8a80f1f.)"""
     first = await sealed.sessions.create("alice")
     await sealed.add_turn("old", "user", "old", session_id=first.id)
     await conn.execute("INSERT INTO adk_user_states (app_name, user_id) VALUES ('app', 'alice')")
@@ -261,7 +264,7 @@ async def test_defect_session_created_during_a_purge_loses_its_messages(
     assert await _read(dsn, "new") == ["hello again"]
 
 
-async def test_defect_key_made_by_a_turn_racing_the_purge_survives_it(
+async def test_key_made_by_a_turn_racing_the_purge_survives_it(
     dsn: str, store: SessionStore, conn: asyncpg.Connection
 ) -> None:
     """A turn found alice keyless and is creating her key (its provider call is slow)
@@ -329,13 +332,13 @@ async def test_two_stores_creating_the_first_key_at_once_agree(
             )
     assert (first.wraps, second.wraps) == (1, 1)  # both really raced to create it
     key = await _key_of(conn, "alice")
-    assert await conn.fetchval("SELECT count(*) FROM sessionstore_keys") == 1
+    assert await conn.fetchval("SELECT count(*) FROM sessionstore_private.keys") == 1
     assert await _sealed_by(conn, ta.message.id) == key == await _sealed_by(conn, tb.message.id)
     assert await _read(dsn, "from-a") == ["a"]
     assert await _read(dsn, "from-b") == ["b"]
 
 
-async def test_defect_concurrent_first_writes_call_the_provider_once(dsn: str) -> None:
+async def test_concurrent_first_writes_call_the_provider_once(dsn: str) -> None:
     """docs/security.md: the provider "is called once per data key created, and once per
     data key a process first reads". Ten concurrent first writes of one user (a cold
     start, or the cache lapsing under traffic) each wrap and unwrap a key of their own:
@@ -353,12 +356,13 @@ async def test_defect_concurrent_first_writes_call_the_provider_once(dsn: str) -
 # ------------------------------------------------------------------- providers
 
 
-async def test_defect_a_transient_provider_failure_sets_queued_turns_aside(
+async def test_a_transient_provider_failure_is_retried_not_set_aside(
     sealed: SessionStore, dsn: str
 ) -> None:
     """A KMS that does not answer once (a timeout, a throttle) while the writer seals a
-    batch: the unwrap error becomes EncryptionError, which the writer takes for a
-    permanent refusal, so the accepted turn is set aside for good instead of retried."""
+    batch: the accepted turn is retried, not set aside for good. (A defect found in this
+    review at e43f41c: the unwrap error was a permanent EncryptionError; fixed by
+    cd61ec1.)"""
     session = await sealed.sessions.create("alice")
     await sealed.add_turn("c", "user", "creates alice's key", session_id=session.id)
     provider = ScriptedKey(KEY)
@@ -369,46 +373,100 @@ async def test_defect_a_transient_provider_failure_sets_queued_turns_aside(
             await writer.flush()
         failed = writer.failed_writes()
     for item in failed:
-        assert MARKER not in item.reason and SECRET not in item.reason
+        assert MARKER not in item.reason
+        assert SECRET not in item.reason
     assert failed == []
     assert await _read(dsn, "c") == ["creates alice's key", f"reply {MARKER}"]
 
 
-async def test_defect_rotation_passes_the_providers_error_text_through(dsn: str) -> None:
-    """The provider's unwrap error is reported as EncryptionError without its text on
-    reads (KeyProvider.unwrap's contract, docs/security.md), but rotate_master_key
-    calls unwrap directly: the KMS's exception and its text reach the caller."""
+async def test_rotation_reports_an_unwrap_error_without_its_text(dsn: str) -> None:
+    """The provider's unwrap error is EncryptionError without its text, on reads and in
+    rotate_master_key (a defect found in this review at 4dfcb85, fixed by e078f02)."""
     provider = ScriptedKey(KEY)
     async with sessionstore.connect(dsn, key_provider=provider, **store_overrides()) as s:
         session = await s.sessions.create("alice")
         await s.add_turn("c", "user", "hi", session_id=session.id)
         provider.unwrap_errors.append(RuntimeError(f"AccessDenied: token {SECRET}"))
-        caught: BaseException | None = None
-        try:
+        with pytest.raises(EncryptionError) as refused:
             async with asyncio.timeout(WAIT):
                 await s.rotate_master_key(NEW_KEY)
-        except Exception as exc:
-            caught = exc
-    assert caught is not None
-    assert SECRET not in _text(caught)
-    assert isinstance(caught, EncryptionError)
+    assert SECRET not in _text(refused.value)
 
 
-async def test_defect_the_providers_wrap_error_text_reaches_the_caller(dsn: str) -> None:
-    """The same for wrap: a user's first write calls wrap, whose exception (and text)
-    goes to add_turn's caller unchanged, not as EncryptionError."""
+@pytest.mark.parametrize("where", ["first_write", "rotation"])
+async def test_a_providers_wrap_error_is_encryption_error_without_its_text(
+    dsn: str, where: str
+) -> None:
+    """A user's first write and rotate_master_key (``new.wrap``) report the KMS's wrap
+    error as EncryptionError without its text. (A defect found in this review at
+    e078f02: the exception and its text reached the caller; fixed by cd61ec1.)"""
     provider = ScriptedKey(KEY)
-    provider.wrap_errors.append(RuntimeError(f"ThrottlingException {SECRET}"))
+    new = ScriptedKey(NEW_KEY)
+    failing = provider if where == "first_write" else new
     async with sessionstore.connect(dsn, key_provider=provider, **store_overrides()) as s:
         session = await s.sessions.create("alice")
+        if where == "rotation":
+            await s.add_turn("c", "user", "hi", session_id=session.id)
+        failing.wrap_errors.append(RuntimeError(f"ThrottlingException {SECRET}"))
         caught: BaseException | None = None
         try:
-            await s.add_turn("c", "user", "hi", session_id=session.id)
+            if where == "first_write":
+                await s.add_turn("c", "user", "hi", session_id=session.id)
+            else:
+                await s.rotate_master_key(new)
         except Exception as exc:
             caught = exc
     assert caught is not None
     assert SECRET not in _text(caught)
     assert isinstance(caught, EncryptionError)
+
+
+class _CannotWrap(ScriptedKey):
+    """A master key this process may not encrypt with (KMS AccessDenied on Encrypt)."""
+
+    async def wrap(self, data_key: bytes) -> bytes:
+        raise RuntimeError("AccessDenied: kms:Encrypt")
+
+
+class _CannotUnwrap(ScriptedKey):
+    """A master key this process may encrypt with but not decrypt with."""
+
+    async def unwrap(self, wrapped: bytes, key_id: str) -> bytes:
+        raise RuntimeError("AccessDenied: kms:Decrypt")
+
+
+async def test_a_failed_rotation_leaves_the_store_wrapping_with_the_failed_key(
+    sealed: SessionStore,
+) -> None:
+    """rotate_master_key installs the new key as this store's wrapping key before it
+    has re-wrapped anything. When the rotation fails (here: the new KMS key refuses
+    Encrypt), the store keeps wrapping with it: every new user's first write fails
+    from then on, until the process restarts."""
+    alice = await sealed.sessions.create("alice")
+    await sealed.add_turn("a", "user", "alice's", session_id=alice.id)
+    with pytest.raises(Exception):  # noqa: B017, PT011 (any error: the rotation failed)
+        await sealed.rotate_master_key(_CannotWrap(NEW_KEY))
+    bob = await sealed.sessions.create("bob")
+    turn = await sealed.add_turn("b", "user", "bob's first", session_id=bob.id)
+    assert turn.message.content == "bob's first"
+
+
+async def test_rotation_commits_keys_its_provider_cannot_unwrap(
+    sealed: SessionStore, dsn: str
+) -> None:
+    """Hardening: a rotation to a master key that wraps but cannot unwrap (a KMS key
+    whose policy grants this role Encrypt only) re-wraps and commits every data key;
+    nothing is readable any more, here or in any process holding the old key. A
+    round trip (unwrap what was just wrapped) before the UPDATE would refuse it."""
+    alice = await sealed.sessions.create("alice")
+    await sealed.add_turn("a", "user", "alice's", session_id=alice.id)
+    failed = False
+    try:
+        await sealed.rotate_master_key(_CannotUnwrap(NEW_KEY))
+    except EncryptionError:
+        failed = True
+    assert failed, "the rotation committed keys it cannot open"
+    assert await _read(dsn, "a") == ["alice's"]
 
 
 async def test_an_unwrap_error_on_read_is_encryption_error_without_its_text(
@@ -441,7 +499,8 @@ async def test_a_provider_returning_a_short_key_is_encryption_error(
         with pytest.raises(EncryptionError) as write:
             await s.add_turn("c", "user", "more", session_id=session.id)
     for exc in (read.value, write.value):
-        assert MARKER not in _text(exc) and KEY not in _text(exc)
+        assert MARKER not in _text(exc)
+        assert KEY not in _text(exc)
     assert await _read(dsn, "c") == [f"hi {MARKER}"]
 
 
@@ -449,7 +508,7 @@ async def test_a_provider_returning_a_short_key_is_encryption_error(
 
 
 @pytest.mark.parametrize("operation", ["pop", "fork", "add_turn_context", "ttl_0"])
-async def test_defect_a_cold_key_cache_needs_a_second_pooled_connection(
+async def test_a_cold_key_cache_needs_a_second_pooled_connection(
     sealed: SessionStore, dsn: str, operation: str
 ) -> None:
     """pop, fork, add_turn(context=) and (with key_cache_ttl=0) every add_turn open
@@ -471,7 +530,8 @@ async def test_defect_a_cold_key_cache_needs_a_second_pooled_connection(
         async with asyncio.timeout(WAIT):
             if operation == "pop":
                 popped = await cold.messages.pop(conv.id)
-                assert popped is not None and popped.content == "two"
+                assert popped is not None
+                assert popped.content == "two"
             elif operation == "fork":
                 fork = await cold.conversations.fork(conv.id, continuation_id="f")
                 assert fork.message_count == 2
@@ -561,7 +621,8 @@ async def test_pop_clear_and_prune_of_sealed_messages(
     for i in range(4):
         await sealed.messages.add(conv.id, "user", f"m{i}", metadata={"i": i})
     popped = await sealed.messages.pop(conv.id)
-    assert popped is not None and (popped.content, popped.metadata) == ("m3", {"i": 3})
+    assert popped is not None
+    assert (popped.content, popped.metadata) == ("m3", {"i": 3})
     counts = await sealed.prune(keep_last=1)
     assert counts.messages == 2
     assert [m.content for m in await sealed.messages.history(conv.id)] == ["m2"]
@@ -647,7 +708,8 @@ async def test_set_aside_reasons_quote_nothing_and_replay_seals(
     await sealed.enqueue_turn("c", "user", f"lost {MARKER}", session_id=uuid4())
     await sealed.flush()
     failed = sealed.failed_writes()
-    assert len(failed) == 1 and MARKER not in failed[0].reason
+    assert len(failed) == 1
+    assert MARKER not in failed[0].reason
     conv = await sealed.conversations.get_or_create("spilled")
     items = [
         PendingWrite(
@@ -669,7 +731,8 @@ async def test_set_aside_reasons_quote_nothing_and_replay_seals(
     assert MARKER in spill.read_text()  # documented: the spill file is in clear
     assert await sealed.replay(spill) == 3
     rows = await conn.fetch("SELECT content, content_sealed FROM messages")
-    assert len(rows) == 3 and all(r["content"] == "" and r["content_sealed"] for r in rows)
+    assert len(rows) == 3
+    assert all(r["content"] == "" and r["content_sealed"] for r in rows)
     got = [m.content for m in await sealed.messages.history(conv.id)]
     assert got == [f"s{i} {MARKER}" for i in range(3)]
 
@@ -703,7 +766,9 @@ async def test_rotation_with_an_old_key_process_writing_then_twice_more(
         await reads_all(during, ["alice", "bob", "carol"])
         assert await during.rotate_master_key(NEW_KEY) == 1  # bob's only
         assert await during.rotate_master_key(NEW_KEY) == 0
-    masters = {r["master_key_id"] for r in await conn.fetch("SELECT * FROM sessionstore_keys")}
+    masters = {
+        r["master_key_id"] for r in await conn.fetch("SELECT * FROM sessionstore_private.keys")
+    }
     assert masters == {MasterKey(NEW_KEY).key_id}
     async with sessionstore.connect(dsn, encryption_key=NEW_KEY, **store_overrides()) as new:
         await reads_all(new, ["alice", "bob", "carol"])
@@ -770,11 +835,12 @@ async def test_something_not_a_provider_is_refused(dsn: str) -> None:
         assert refused.value.field == "key_provider"
 
 
-async def test_defect_a_provider_with_blocking_methods_is_accepted(dsn: str) -> None:
+async def test_a_provider_with_blocking_methods_is_accepted(dsn: str) -> None:
     """KeyProvider is runtime_checkable, so any object with the three names passes;
-    one whose wrap/unwrap are plain functions is accepted and every first write then
-    fails with a TypeError ("can't be used in 'await' expression"). Expected: refused
-    at connect, naming key_provider, like anything else that is not a provider."""
+    one whose wrap/unwrap are plain functions (a boto3 client used without
+    ``asyncio.to_thread``) is accepted, and every first write then fails (a TypeError,
+    since cd61ec1 reported as a *transient* EncryptionError: the writer retries it until
+    write_deadline). Expected: refused at connect, naming key_provider."""
 
     class Blocking:
         key_id = "sync:1"
@@ -785,16 +851,18 @@ async def test_defect_a_provider_with_blocking_methods_is_accepted(dsn: str) -> 
         def unwrap(self, wrapped: bytes, key_id: str) -> bytes:
             return wrapped
 
+    refused: InvalidInputError | None = None
     try:
         accepted = sessionstore.connect(dsn, key_provider=Blocking())  # type: ignore[arg-type]
-    except InvalidInputError as refused:
-        assert refused.field == "key_provider"
-        return
-    await accepted.close()
-    pytest.fail("a provider whose wrap and unwrap cannot be awaited was accepted")
+    except InvalidInputError as exc:
+        refused = exc
+    else:
+        await accepted.close()
+    assert refused is not None, "a provider whose wrap and unwrap cannot be awaited was accepted"
+    assert refused.field == "key_provider"
 
 
-async def test_defect_an_empty_encryption_key_turns_encryption_off_silently(
+async def test_an_empty_encryption_key_turns_encryption_off_silently(
     dsn: str, conn: asyncpg.Connection
 ) -> None:
     """``encryption_key=""`` (a secret that failed to render into the deployment's
@@ -802,16 +870,18 @@ async def test_defect_an_empty_encryption_key_turns_encryption_off_silently(
     the one setting that decides whether content is encrypted; " " is refused."""
     with pytest.raises(InvalidInputError):
         sessionstore.connect(dsn, encryption_key=" ")
+    refused: InvalidInputError | None = None
     try:
-        opened = await sessionstore.connect(dsn, encryption_key="", **store_overrides())
-    except InvalidInputError as refused:
-        assert refused.field == "encryption_key"
-        return
-    async with opened:
-        conv = await opened.conversations.get_or_create("c")
-        await opened.messages.add(conv.id, "user", f"in clear {MARKER}")
+        opened = sessionstore.connect(dsn, encryption_key="", **store_overrides())
+    except InvalidInputError as exc:
+        refused = exc
+    else:
+        async with opened:
+            conv = await opened.conversations.get_or_create("c")
+            await opened.messages.add(conv.id, "user", f"in clear {MARKER}")
     in_clear = await conn.fetchval("SELECT count(*) FROM messages WHERE content <> ''")
-    pytest.fail(f"encryption_key='' opened a store that wrote {in_clear} message(s) in clear")
+    assert refused is not None, f"encryption_key='' wrote {in_clear} message(s) in clear"
+    assert refused.field == "encryption_key"
 
 
 # -------------------------------------------------- binding later: the documented gap
@@ -824,7 +894,7 @@ async def test_the_docs_say_truthfully_what_binding_later_leaves_behind(
     no-user key, which purge_user never destroys: a restored copy still reads them.
     docs/security.md says so; after the binding, the user's key seals (and is
     destroyed)."""
-    docs = (Path(__file__).parents[3] / "docs" / "security.md").read_text()
+    docs = " ".join((Path(__file__).parents[3] / "docs" / "security.md").read_text().split())
     assert "Messages written before a conversation is bound to a session stay under" in docs
     alice = await sealed.sessions.create("alice")
     early = await sealed.add_turn("late-bound", "user", "unbound")
@@ -882,7 +952,8 @@ async def test_as_user_turns_history_and_forks_are_sealed_and_read(
     session = await alice.sessions.create(ALICE)
     await alice.add_turn("a", "user", f"one {MARKER}", session_id=session.id, metadata={"m": 1})
     turn = await alice.add_turn("a", "assistant", f"two {MARKER}", session_id=session.id, context=5)
-    assert turn.context is not None and [m.content for m in turn.context] == [
+    assert turn.context is not None
+    assert [m.content for m in turn.context] == [
         f"one {MARKER}",
         f"two {MARKER}",
     ]
@@ -907,12 +978,12 @@ async def test_no_api_role_can_touch_the_key_table(
     session = await store.sessions.create(ALICE)
     await store.add_turn("a", "user", "hi", session_id=session.id)
     for statement in (
-        "SELECT * FROM sessionstore_keys",
-        "DELETE FROM sessionstore_keys",
-        "UPDATE sessionstore_keys SET master_key_id = 'x'",
-        "INSERT INTO sessionstore_keys (key_id, wrapped, master_key_id)"
+        "SELECT * FROM sessionstore_private.keys",
+        "DELETE FROM sessionstore_private.keys",
+        "UPDATE sessionstore_private.keys SET master_key_id = 'x'",
+        "INSERT INTO sessionstore_private.keys (key_id, wrapped, master_key_id)"
         " VALUES (gen_random_uuid(), '\\x00', 'x')",
-        "TRUNCATE sessionstore_keys",
+        "TRUNCATE sessionstore_private.keys",
     ):
         tx = conn.transaction()
         await tx.start()
@@ -922,7 +993,30 @@ async def test_no_api_role_can_touch_the_key_table(
                 await conn.execute(statement)
         finally:
             await tx.rollback()
-    assert await conn.fetchval("SELECT count(*) FROM sessionstore_keys") == 1
+    assert await conn.fetchval("SELECT count(*) FROM sessionstore_private.keys") == 1
+
+
+async def test_a_routine_grant_hands_the_key_table_to_service_role(
+    supabase_sealed: tuple[SessionStore, asyncpg.Connection],
+) -> None:
+    """Hardening, by revision 0006's own standard ("either lock alone can be undone by a
+    routine grant"): after ``GRANT ALL ON ALL TABLES IN SCHEMA public TO service_role``
+    (a common Supabase fix-up), service_role, which bypasses row-level security, can
+    read every wrapped key and TRUNCATE the table: every user's messages crypto-shredded
+    with the service key. A schema of its own, without USAGE for the API roles, would
+    keep the table out of reach of such grants and of PostgREST."""
+    store, conn = supabase_sealed
+    session = await store.sessions.create(ALICE)
+    await store.add_turn("a", "user", "hi", session_id=session.id)
+    await conn.execute("GRANT ALL ON ALL TABLES IN SCHEMA public TO service_role")
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        await conn.execute("SET LOCAL ROLE service_role")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.fetch("SELECT key_id, wrapped FROM sessionstore_private.keys")
+    finally:
+        await tx.rollback()
 
 
 async def test_a_users_purge_of_another_user_leaves_that_users_key(
