@@ -205,13 +205,15 @@ class ChainedProvider:
 class DataKey:
     """One user's data key, unwrapped: seals and opens values bound to where they live."""
 
-    __slots__ = ("_aead", "_head", "key_id")
+    __slots__ = ("_aead", "_content_aad", "_head", "_metadata_aad", "key_id")
 
     def __init__(self, key_id: UUID, key: bytes) -> None:
         if len(key) != KEY_BYTES:
             raise EncryptionError(f"data key {key_id} is not {KEY_BYTES} bytes")
         self.key_id = key_id
         self._head = _VERSION + key_id.bytes
+        self._content_aad = self._head + _CONTENT
+        self._metadata_aad = self._head + _METADATA
         self._aead = _aesgcm(key)
 
     @staticmethod
@@ -245,12 +247,12 @@ class DataKey:
         """A message's sealed content and metadata (``None``: not sealed) opened, both
         by this key and for the message ``message_id`` (16 bytes); ``EncryptionError``
         otherwise. The hot path of every read: one call per message, no lookups."""
-        head = self._head
+        decrypt = self._aead.decrypt
         try:
-            text = self._aead.decrypt(content[17:29], content[29:], head + _CONTENT + message_id)
+            text = decrypt(content[17:29], content[29:], self._content_aad + message_id)
             if metadata is None:
                 return text, None
-            meta = self._aead.decrypt(metadata[17:29], metadata[29:], head + _METADATA + message_id)
+            meta = decrypt(metadata[17:29], metadata[29:], self._metadata_aad + message_id)
         except Exception:
             raise EncryptionError(
                 "an encrypted value does not belong where it is stored (moved or altered)"
