@@ -26,24 +26,20 @@ and ``memory``, LangGraph's InMemorySaver: the graph's own cost, no database.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib.util
 import json
 import os
 import re
 import signal
-import statistics
 import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, nullcontext
 from typing import Any
-from urllib.parse import urlsplit
 
-import asyncpg
-from common import fresh_database
+from common import pool_runs, proxy_counts, rtt_parser, run_cells, scratch_database
 from latency import LatencyProxy
 from rtt import through, upstream_of
 
@@ -269,10 +265,6 @@ async def one_run(
     }
 
 
-def _pct(values: list[float], p: int) -> float:
-    return round(statistics.quantiles(values, n=100, method="inclusive")[p - 1], 2)
-
-
 def run(
     dsn: str,
     rtts: list[float],
@@ -285,20 +277,9 @@ def run(
     """Every saver ``rounds`` times at every RTT, alternating, on one fresh database
     (dropped after); one row per RTT and saver (its rounds pooled), each run's JSON line
     printed (to stderr with ``--json``)."""
-    target = asyncio.run(fresh_database(dsn, "langgraph"))
-    try:
+    with scratch_database(dsn, "langgraph") as target:
         runs = _runs(target, rtts, threads, turns, pool, rounds, savers)
-    finally:
-        asyncio.run(_drop(dsn, target))
     return [_pooled(runs, rtt, saver) for rtt in rtts for saver in savers]
-
-
-async def _drop(dsn: str, target: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f"DROP DATABASE {urlsplit(target).path.lstrip('/')} WITH (FORCE)")
-    finally:
-        await conn.close()
 
 
 def _runs(
@@ -331,8 +312,7 @@ def _runs(
                 row["rtt_ms"] = rtt
                 if proxy is not None:
                     per_turn = 1 / row["turns"]
-                    row["statements_per_turn"] = round(proxy.counts["statements"] * per_turn, 2)
-                    row["round_trips_per_turn"] = round(proxy.counts["round_trips"] * per_turn, 2)
+                    row.update(proxy_counts(proxy.counts, row["turns"], "turn"))
                     row["by_statement"] = {
                         sql: round(n * per_turn, 2)
                         for sql, n in proxy.counts["by_statement"].items()
@@ -347,21 +327,13 @@ def _pooled(runs: list[dict[str, Any]], rtt: float, saver: str) -> dict[str, Any
     """One saver's rounds at ``rtt`` as one row: turns/s over their summed time,
     percentiles over all their turns."""
     mine = [r for r in runs if r["rtt_ms"] == rtt and r["saver"] == saver]
-    latencies = [x for r in mine for x in r["latencies_ms"]]
-    done = sum(r["turns"] for r in mine)
     row: dict[str, Any] = {
         "rtt_ms": rtt,
         "saver": saver,
-        "turns": done,
-        "turns_per_s": round(done / sum(r["seconds"] for r in mine), 1),
-        "rounds_turns_per_s": [r["turns_per_s"] for r in mine],
-        "p50_ms": _pct(latencies, 50),
-        "p99_ms": _pct(latencies, 99),
-        "client_cpu_ms_per_turn": round(
-            sum(r["client_cpu_ms_per_turn"] * r["turns"] for r in mine) / done, 2
-        ),
+        **pool_runs(mine, "turn", cpu_digits=2),
         "calls_per_turn": mine[-1]["calls_per_turn"],
     }
+    done = row["turns"]
     for key in ("statements_per_turn", "round_trips_per_turn"):
         if key in mine[-1]:
             row[key] = round(sum(r[key] * r["turns"] for r in mine) / done, 2)
@@ -420,10 +392,8 @@ def section(rows: list[dict[str, Any]], threads: int, turns: int, pool: int, rou
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        each = " / ".join(f"{x:g}" for x in r["rounds_turns_per_s"])
         table.append(
-            f"| {r['rtt_ms']:g} | {NAMES[r['saver']]} | {r['turns_per_s']} ({each})"
-            f" | {r['p50_ms']} | {r['p99_ms']} | {r['client_cpu_ms_per_turn']}"
+            f"| {r['rtt_ms']:g} | {NAMES[r['saver']]} | {run_cells(r, 'turn')}"
             f" | {r.get('statements_per_turn', '—')} | {r.get('round_trips_per_turn', '—')} |"
         )
     calls = ", ".join(f"`{k}` ×{v:g}" for k, v in rows[0]["calls_per_turn"].items())
@@ -489,11 +459,7 @@ _log = sys.stdout
 
 def main() -> None:
     global _log
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--dsn", required=True, help="a server where a database may be created")
-    parser.add_argument("--rtts", default="0,5", help="round-trip times, ms (0: direct)")
+    parser = rtt_parser(__doc__, "0,5")
     parser.add_argument("--threads", type=int, default=50)
     parser.add_argument("--turns", type=int, default=5, help="timed turns per thread")
     parser.add_argument("--pool", type=int, default=10)
@@ -502,9 +468,6 @@ def main() -> None:
         "--savers",
         default=",".join(SAVERS),
         help=f"which, in each round's order (of {', '.join(OPEN)})",
-    )
-    parser.add_argument(
-        "--json", action="store_true", help="one JSON line: the rows and the section"
     )
     args = parser.parse_args()
     if args.json:
@@ -515,8 +478,7 @@ def main() -> None:
         note = f"LangGraph checkpointers: skipped ({', '.join(absent)} not installed)"
         print(json.dumps({"rows": [], "section": "", "skipped": note}) if args.json else note)
         return
-    rtts = [float(x) for x in args.rtts.split(",")]
-    rows = run(args.dsn, rtts, args.threads, args.turns, args.pool, args.rounds, savers)
+    rows = run(args.dsn, args.rtts, args.threads, args.turns, args.pool, args.rounds, savers)
     text = section(rows, args.threads, args.turns, args.pool, args.rounds)
     if args.json:
         print(json.dumps({"rows": rows, "section": text}))

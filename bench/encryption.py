@@ -1,6 +1,6 @@
 """Encryption at rest: add_turn and history throughput with and without it, in one run.
 
-    python bench/encryption.py --dsn URL [--tasks 20 --pool 10 --seconds 2 --rounds 5]
+    python bench/encryption.py --dsn URL [--rtts 0,1 --tasks 20 --pool 10 --seconds 2 --rounds 5]
 
 Two stores on one fresh database (migrated to head, dropped after): one opened with
 ``encryption_key`` (a random key for the run), one without; each has a pool of ``--pool``
@@ -13,14 +13,19 @@ user, and with encryption a data key) of its own:
   conversation of 40 messages of ~500 bytes (written before the clock starts, sealed by
   the encrypting store, in clear by the other).
 
-Every (workload, store) first runs an untimed warm-up (every pooled connection opened and
-its statements prepared, every data key unwrapped and cached); then ``--rounds`` timed
-runs of ``--seconds`` each per store, alternating, the order flipped every round (clear,
-encrypted, encrypted, clear, …) so that a load drifting meanwhile weighs on both alike.
-Per workload and store: ops/s over the runs' summed time (each run's in brackets), p50
-and p99 over all their calls, and the client CPU per call (``time.process_time``: this
-process, the event loop and asyncpg included). The ratio encrypted / clear of ops/s is
-the number to watch (target: at least 0.85). Not part of bench/run.py.
+Per round-trip time of ``--rtts`` (ms; default 0 and 1) and workload, both stores are
+opened anew, each through a bench/latency.py proxy of its own at that RTT (one proxy per
+store and run; RTT 0 is a direct connection, no proxy), so that both pay the same network;
+the proxy also counts the statements and round trips of the timed runs. Each store first
+runs an untimed warm-up (every pooled connection opened and its statements prepared,
+every data key unwrapped and cached); then ``--rounds`` timed runs of ``--seconds`` each
+per store, alternating, the order flipped every round (clear, encrypted, encrypted,
+clear, …) so that a load drifting meanwhile weighs on both alike. Per RTT, workload and
+store: ops/s over the runs' summed time (each run's in brackets), p50 and p99 over all
+their calls, and the client CPU per call (``time.process_time``: this process, the event
+loop and asyncpg included; the proxy runs in a process of its own). The ratio encrypted /
+clear of ops/s at each RTT is the number to watch (target: at least 0.85). Not part of
+bench/run.py.
 
 Prints one JSON line per run, then the markdown section (``--json``: one JSON line with
 the rows and the section, as bench/checkpointers.py does; the per-run lines then go to
@@ -29,22 +34,24 @@ stderr).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import gc
 import json
 import os
+import signal
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
 from typing import Any
-from urllib.parse import urlsplit
 from uuid import UUID
 
 import asyncpg
-from common import fresh_database
+from common import pool_runs, proxy_counts, rtt_parser, run_cells, scratch_database
+from latency import LatencyProxy
+from rtt import through, upstream_of
 
 import sessionstore
 
@@ -94,11 +101,11 @@ async def timed(tasks: int, seconds: float, op: Op) -> dict[str, Any]:
 
 
 class Side:
-    """One store and what its tasks work on."""
+    """One store's sessions and what its tasks work on (the store itself is opened anew
+    for every RTT and workload)."""
 
-    def __init__(self, mode: str, store: sessionstore.SessionStore, tasks: int) -> None:
+    def __init__(self, mode: str, tasks: int) -> None:
         self.mode = mode
-        self.store = store
         self.tasks = tasks
         self.sessions: list[UUID] = []
         self.run = 0  # add_turn: each run writes to conversations of its own
@@ -109,16 +116,15 @@ class Side:
     def history_name(self, task: int) -> sessionstore.ContinuationId:
         return sessionstore.ContinuationId(f"enc-{self.mode}-history-t{task}")
 
-    async def prepare(self) -> None:
+    async def prepare(self, store: sessionstore.SessionStore) -> None:
         """A session per task, and per task a conversation of 40 messages to read."""
         self.sessions = [
-            (await self.store.sessions.create(f"enc-{self.mode}-user-{t}")).id
-            for t in range(self.tasks)
+            (await store.sessions.create(f"enc-{self.mode}-user-{t}")).id for t in range(self.tasks)
         ]
 
         async def fill(task: int) -> None:
             for n in range(HISTORY_MESSAGES):
-                await self.store.add_turn(
+                await store.add_turn(
                     self.history_name(task),
                     "user" if n % 2 == 0 else "assistant",
                     TEXT,
@@ -128,12 +134,12 @@ class Side:
 
         await asyncio.gather(*(fill(t) for t in range(self.tasks)))
 
-    def op(self, workload: str) -> Op:
-        """The call ``workload`` makes, for a task."""
+    def op(self, store: sessionstore.SessionStore, workload: str) -> Op:
+        """The call ``workload`` makes on ``store``, for a task."""
         if workload == "add_turn":
 
             async def add_turn(task: int) -> object:
-                return await self.store.add_turn(
+                return await store.add_turn(
                     self.add_turn_name(task),
                     "user",
                     TEXT,
@@ -144,13 +150,27 @@ class Side:
             return add_turn
 
         async def history(task: int) -> object:
-            got = await self.store.messages.history(self.history_name(task), limit=HISTORY_LIMIT)
+            got = await store.messages.history(self.history_name(task), limit=HISTORY_LIMIT)
             # Opened, not merely read: a sealed message's stored content is "".
             if len(got) != HISTORY_LIMIT or got[-1].content != TEXT:
                 raise AssertionError(f"{self.mode}: history returned something else")
             return got
 
         return history
+
+
+def open_store(dsn: str, mode: str, key: str, pool: int) -> sessionstore.SessionStore:
+    """The ``mode`` store on ``dsn`` (``async with`` it): with ``key`` if encrypted."""
+    if mode == "encrypted":
+        return sessionstore.connect(dsn, encryption_key=key, min_size=pool, max_size=pool)
+    return sessionstore.connect(dsn, min_size=pool, max_size=pool)
+
+
+async def prepare(target: str, key: str, sides: dict[str, Side], pool: int) -> None:
+    """Each store's sessions and conversations to read, written directly (no proxy)."""
+    for mode, side in sides.items():
+        async with open_store(target, mode, key, pool) as store:
+            await side.prepare(store)
 
 
 async def _check_sealed(target: str) -> dict[str, dict[str, int]]:
@@ -169,73 +189,121 @@ async def _check_sealed(target: str) -> dict[str, dict[str, int]]:
     return out
 
 
-async def measure(
-    target: str, tasks: int, pool: int, seconds: float, rounds: int
-) -> tuple[list[dict[str, Any]], dict[str, dict[str, int]]]:
-    """Every run on ``target``: one row per run (its latencies included), and the count
-    of sealed and clear messages each store left."""
-    key = base64.b64encode(os.urandom(32)).decode()  # this run's only: never shown
+async def _rounds(
+    dsns: dict[str, str],
+    pids: dict[str, int],
+    key: str,
+    sides: dict[str, Side],
+    rtt: float,
+    workload: str,
+    *,
+    tasks: int,
+    pool: int,
+    seconds: float,
+    rounds: int,
+) -> list[dict[str, Any]]:
+    """``workload`` on both stores, each opened on its DSN in ``dsns``: a warm-up each,
+    then ``rounds`` timed runs each, alternating; the proxy of a store (``pids``, none
+    at RTT 0) counts only during its timed runs."""
     runs: list[dict[str, Any]] = []
     async with (
-        sessionstore.connect(target, min_size=pool, max_size=pool) as clear,
-        sessionstore.connect(target, encryption_key=key, min_size=pool, max_size=pool) as encrypted,
+        open_store(dsns["clear"], "clear", key, pool) as clear,
+        open_store(dsns["encrypted"], "encrypted", key, pool) as encrypted,
     ):
-        sides = {
-            "clear": Side("clear", clear, tasks),
-            "encrypted": Side("encrypted", encrypted, tasks),
-        }
-        for side in sides.values():
-            await side.prepare()
-        for workload in WORKLOADS:
-            for side in sides.values():  # warm-up, untimed
-                await timed(tasks, WARMUP_SECONDS, side.op(workload))
+        stores = {"clear": clear, "encrypted": encrypted}
+        for mode in MODES:  # warm-up, untimed
+            await timed(tasks, WARMUP_SECONDS, sides[mode].op(stores[mode], workload))
+            sides[mode].run += 1
+        for r in range(rounds):
+            for mode in MODES if r % 2 == 0 else MODES[::-1]:
+                side, pid = sides[mode], pids.get(mode)
+                if pid is not None:
+                    os.kill(pid, signal.SIGUSR1)
+                row = await timed(tasks, seconds, side.op(stores[mode], workload))
+                if pid is not None:
+                    os.kill(pid, signal.SIGUSR2)
                 side.run += 1
-            for r in range(rounds):
-                order = MODES if r % 2 == 0 else MODES[::-1]
-                for mode in order:
-                    side = sides[mode]
-                    row = await timed(tasks, seconds, side.op(workload))
-                    side.run += 1
-                    row.update(workload=workload, mode=mode, round=r)
-                    runs.append(row)
-                    shown = {k: v for k, v in row.items() if k != "latencies_ms"}
-                    print(json.dumps(shown), file=_log, flush=True)
-    return runs, await _check_sealed(target)
+                row.update(rtt_ms=rtt, workload=workload, mode=mode, round=r)
+                runs.append(row)
+                shown = {k: v for k, v in row.items() if k != "latencies_ms"}
+                print(json.dumps(shown), file=_log, flush=True)
+    return runs
 
 
-def _pct(values: list[float], p: int) -> float:
-    return round(statistics.quantiles(values, n=100, method="inclusive")[p - 1], 2)
+Counted = dict[tuple[float, str, str], dict[str, float]]
 
 
-def pooled(runs: list[dict[str, Any]], workload: str, mode: str) -> dict[str, Any]:
-    """One workload's runs on one store as one row: ops/s over their summed time,
-    percentiles over all their calls."""
-    mine = [r for r in runs if r["workload"] == workload and r["mode"] == mode]
-    latencies = [x for r in mine for x in r["latencies_ms"]]
-    done = sum(r["ops"] for r in mine)
+def measure(
+    target: str, rtts: list[float], tasks: int, pool: int, seconds: float, rounds: int
+) -> tuple[list[dict[str, Any]], Counted, dict[str, dict[str, int]]]:
+    """Every run on ``target``: one row per run (its latencies included); per (RTT,
+    workload, store) through a proxy, its statements and round trips per call; and the
+    count of sealed and clear messages each store left."""
+    key = base64.b64encode(os.urandom(32)).decode()  # this run's only: never shown
+    sides = {mode: Side(mode, tasks) for mode in MODES}
+    asyncio.run(prepare(target, key, sides, pool))
+    runs: list[dict[str, Any]] = []
+    counted: Counted = {}
+    for rtt in rtts:
+        for workload in WORKLOADS:
+            with ExitStack() as stack:
+                proxies = {
+                    mode: LatencyProxy(upstream_of(target), rtt_ms=rtt)
+                    for mode in (MODES if rtt > 0 else ())
+                }
+                dsns = {
+                    mode: through(target, stack.enter_context(p)) for mode, p in proxies.items()
+                }
+                mine = asyncio.run(
+                    _rounds(
+                        {mode: dsns.get(mode, target) for mode in MODES},
+                        {mode: p.pid for mode, p in proxies.items()},
+                        key,
+                        sides,
+                        rtt,
+                        workload,
+                        tasks=tasks,
+                        pool=pool,
+                        seconds=seconds,
+                        rounds=rounds,
+                    )
+                )
+            # The proxies have stopped: their counts are in.
+            for mode, proxy in proxies.items():
+                done = sum(r["ops"] for r in mine if r["mode"] == mode)
+                counted[rtt, workload, mode] = proxy_counts(proxy.counts, done, "op")
+            runs += mine
+    return runs, counted, asyncio.run(_check_sealed(target))
+
+
+def pooled(
+    runs: list[dict[str, Any]], counted: Counted, rtt: float, workload: str, mode: str
+) -> dict[str, Any]:
+    """One workload's runs on one store at ``rtt`` as one row: ops/s over their summed
+    time, percentiles over all their calls (and, through a proxy, statements and round
+    trips per call)."""
+    mine = [
+        r for r in runs if r["rtt_ms"] == rtt and r["workload"] == workload and r["mode"] == mode
+    ]
     return {
+        "rtt_ms": rtt,
         "workload": workload,
         "mode": mode,
-        "ops": done,
-        "ops_per_s": round(done / sum(r["seconds"] for r in mine), 1),
-        "rounds_ops_per_s": [r["ops_per_s"] for r in mine],
-        "p50_ms": _pct(latencies, 50),
-        "p99_ms": _pct(latencies, 99),
-        "client_cpu_ms_per_op": round(
-            sum(r["client_cpu_ms_per_op"] * r["ops"] for r in mine) / done, 3
-        ),
+        **pool_runs(mine, "op", cpu_digits=3),
+        **counted.get((rtt, workload, mode), {}),
     }
 
 
-def ratios(rows: list[dict[str, Any]], workload: str) -> dict[str, Any]:
-    """Encrypted over clear for ``workload``: ops/s (pooled, each round's pair and their
-    median: the pooled ratio weighs a round where a burst of other load hit one side
-    by its length, the median not at all), p50, p99 and client CPU per call."""
-    by = {r["mode"]: r for r in rows if r["workload"] == workload}
+def ratios(rows: list[dict[str, Any]], rtt: float, workload: str) -> dict[str, Any]:
+    """Encrypted over clear for ``workload`` at ``rtt``: ops/s (pooled, each round's pair
+    and their median: the pooled ratio weighs a round where a burst of other load hit
+    one side by its length, the median not at all), p50, p99 and client CPU per call."""
+    by = {r["mode"]: r for r in rows if r["rtt_ms"] == rtt and r["workload"] == workload}
     enc, clear = by["encrypted"], by["clear"]
     pairs = zip(enc["rounds_ops_per_s"], clear["rounds_ops_per_s"], strict=True)
     each = [round(e / c, 3) for e, c in pairs]
     return {
+        "rtt_ms": rtt,
         "workload": workload,
         "ops_per_s": round(enc["ops_per_s"] / clear["ops_per_s"], 3),
         "rounds_ops_per_s": each,
@@ -256,38 +324,42 @@ def section(
 ) -> str:
     """The markdown section for one run."""
     table = [
-        "| workload | store | ops/s (each round) | p50 ms | p99 ms | client CPU ms/op |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        "| RTT ms | workload | store | ops/s (each round) | p50 ms | p99 ms | client CPU ms/op"
+        " | round trips/op |",
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        each = " / ".join(f"{x:g}" for x in r["rounds_ops_per_s"])
         table.append(
-            f"| {r['workload']} | {r['mode']} | {r['ops_per_s']:g} ({each}) | {r['p50_ms']}"
-            f" | {r['p99_ms']} | {r['client_cpu_ms_per_op']} |"
+            f"| {r['rtt_ms']:g} | {r['workload']} | {r['mode']} | {run_cells(r, 'op')}"
+            f" | {r.get('round_trips_per_op', '—')} |"
         )
     summary = [
-        "| workload | ops/s encrypted / clear (each round) | median of rounds | p50 | p99"
-        f" | client CPU/op | target ≥ {TARGET} |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| RTT ms | workload | ops/s encrypted / clear (each round) | median of rounds | p50"
+        f" | p99 | client CPU/op | target ≥ {TARGET} |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for q in quotients:
         each = " / ".join(f"{x:.2f}" for x in q["rounds_ops_per_s"])
         verdict = "met" if q["ops_per_s"] >= TARGET else "**missed**"
         summary.append(
-            f"| {q['workload']} | **{q['ops_per_s']:.2f}×** ({each}) | {q['median_round']:.2f}×"
-            f" | {q['p50']:.2f}×"
-            f" | {q['p99']:.2f}× | {q['client_cpu']:.2f}× | {verdict} |"
+            f"| {q['rtt_ms']:g} | {q['workload']} | **{q['ops_per_s']:.2f}×** ({each})"
+            f" | {q['median_round']:.2f}× | {q['p50']:.2f}× | {q['p99']:.2f}×"
+            f" | {q['client_cpu']:.2f}× | {verdict} |"
         )
+    proxied = ", ".join(f"{x:g}" for x in dict.fromkeys(r["rtt_ms"] for r in rows if r["rtt_ms"]))
     return f"""### Encryption at rest
 
 `add_turn` (~500 bytes, `metadata={{"k": "v"}}`, `session_id`) and
 `messages.history(limit={HISTORY_LIMIT})` (conversations of {HISTORY_MESSAGES} messages)
 on two stores on one PostgreSQL: one with `encryption_key`, one without, each with a pool
-of {pool} connections. {tasks} tasks at once, each on a session (a user) of its own;
-after an untimed warm-up, {rounds} runs of {seconds:g} s per store and workload,
-alternating (the order flipped every round): ops/s over the runs' summed time (each run's
-in brackets), percentiles over all their calls, client CPU from `time.process_time`
-(the whole process: event loop and asyncpg included).
+of {pool} connections. {tasks} tasks at once, each on a session (a user) of its own. RTT 0
+is a direct connection; at {proxied or "—"} ms each store goes through a bench/latency.py
+proxy of its own, which also counts round trips (Query and Sync messages). Per RTT and
+workload both stores are opened anew; after an untimed warm-up, {rounds} runs of
+{seconds:g} s per store, alternating (the order flipped every round): ops/s over the
+runs' summed time (each run's in brackets), percentiles over all their calls, client CPU
+from `time.process_time` (the whole process: event loop and asyncpg included; not the
+proxy's).
 
 {chr(10).join(table)}
 
@@ -297,26 +369,15 @@ Encrypted over clear (ops/s: higher is better; latency and CPU: lower is better)
 """
 
 
-async def _drop(dsn: str, target: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f"DROP DATABASE {urlsplit(target).path.lstrip('/')} WITH (FORCE)")
-    finally:
-        await conn.close()
-
-
-async def run(
-    dsn: str, tasks: int, pool: int, seconds: float, rounds: int
+def run(
+    dsn: str, rtts: list[float], tasks: int, pool: int, seconds: float, rounds: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, int]]]:
     """The whole benchmark on a fresh database (dropped after): the pooled rows, the
     ratios and the sealed/clear counts."""
-    target = await fresh_database(dsn, "encryption")
-    try:
-        runs, stored = await measure(target, tasks, pool, seconds, rounds)
-    finally:
-        await _drop(dsn, target)
-    rows = [pooled(runs, w, m) for w in WORKLOADS for m in MODES]
-    return rows, [ratios(rows, w) for w in WORKLOADS], stored
+    with scratch_database(dsn, "encryption") as target:
+        runs, counted, stored = measure(target, rtts, tasks, pool, seconds, rounds)
+    rows = [pooled(runs, counted, t, w, m) for t in rtts for w in WORKLOADS for m in MODES]
+    return rows, [ratios(rows, t, w) for t in rtts for w in WORKLOADS], stored
 
 
 _log = sys.stdout
@@ -324,16 +385,12 @@ _log = sys.stdout
 
 def main() -> None:
     global _log
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--dsn", required=True, help="a server where a database may be created")
+    parser = rtt_parser(__doc__, "0,1")
     parser.add_argument("--tasks", type=int, default=20, help="tasks calling at once")
     parser.add_argument("--pool", type=int, default=10, help="connections per store")
     parser.add_argument("--seconds", type=float, default=2.0, help="length of each timed run")
-    parser.add_argument("--rounds", type=int, default=5, help="timed runs per store and workload")
     parser.add_argument(
-        "--json", action="store_true", help="one JSON line: the rows and the section"
+        "--rounds", type=int, default=5, help="timed runs per store, workload and RTT"
     )
     args = parser.parse_args()
     if args.rounds < 1 or args.tasks < 1 or args.seconds <= 0:
@@ -341,8 +398,8 @@ def main() -> None:
     if args.json:
         _log = sys.stderr
     started = time.perf_counter()
-    rows, quotients, stored = asyncio.run(
-        run(args.dsn, args.tasks, args.pool, args.seconds, args.rounds)
+    rows, quotients, stored = run(
+        args.dsn, args.rtts, args.tasks, args.pool, args.seconds, args.rounds
     )
     text = section(rows, quotients, args.tasks, args.pool, args.seconds, args.rounds)
     took = round(time.perf_counter() - started, 1)
