@@ -234,11 +234,17 @@ class KeyRing:
     async def seal_many(
         self, items: Sequence[tuple[Owner, UUID, str, str | None]]
     ) -> tuple[list[bytes], list[bytes | None]]:
-        """:meth:`seal` for each item: the sealed contents, then the sealed metadata."""
+        """:meth:`seal` for each item: the sealed contents, then the sealed metadata.
+        Each owner's key is looked up once per call (a batch of a thousand messages to
+        one conversation makes one lookup, not a thousand)."""
         contents: list[bytes] = []
         metas: list[bytes | None] = []
+        found: dict[Owner, DataKey] = {}
         for owner, message_id, content, metadata in items:
-            c, m = seal_values(await self.key_for(owner), message_id, content, metadata)
+            key = found.get(owner)
+            if key is None:
+                key = found[owner] = await self.key_for(owner)
+            c, m = seal_values(key, message_id, content, metadata)
             contents.append(c)
             metas.append(m)
         return contents, metas

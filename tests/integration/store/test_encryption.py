@@ -542,3 +542,29 @@ async def test_status_reports_an_api_role_that_can_reach_the_keys(
         await admin.close()
     problems = (await health.check(config)).problems
     assert [p for p in problems if p.startswith("service_role can reach the data keys")]
+
+
+async def test_a_write_behind_batch_looks_each_owners_key_up_once(
+    sealed: SessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages queued to a conversation (no session: its owner is looked up, not
+    cached) cost one key lookup per batch, not one per message."""
+    keys = sealed._db.keys
+    assert keys is not None
+    lookups = 0
+    real = keys._owner_row
+
+    async def counted(owner: Any) -> Any:
+        nonlocal lookups
+        lookups += 1
+        return await real(owner)
+
+    monkeypatch.setattr(keys, "_owner_row", counted)
+    conv = await sealed.conversations.get_or_create("queued-many")
+    for i in range(200):
+        await sealed.messages.enqueue(conv.id, "user", f"m{i}")
+    await sealed.flush()
+    got = [m.content for m in await sealed.messages.history(conv.id, limit=500)]
+    assert got == [f"m{i}" for i in range(200)]
+    # one per batch (a few: the writer may cut the 200 into more than one); 200 before
+    assert 1 <= lookups <= 5, lookups
