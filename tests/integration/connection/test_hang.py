@@ -65,6 +65,32 @@ async def _timed(call: Callable[[], Awaitable[object]]) -> tuple[float, BaseExce
     return time.monotonic() - started, None
 
 
+class LoopLag:
+    """How late this process's event loop ran while it was watched: the most a 10 ms
+    sleep overslept. On an overloaded machine (CI runs four suites on two cores) the loop
+    is late for every timer alike, the library's included; that lateness is the
+    machine's, not a bound the library can keep."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.01)
+            self.worst = max(self.worst, loop.time() - before - 0.01)
+
+    def __enter__(self) -> LoopLag:
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
 def _calls(store: SessionStore, s: UUID, c: UUID) -> list[Callable[[], Awaitable[object]]]:
     """Ten kinds of public call, each a single statement's worth of work."""
     return [
@@ -107,21 +133,27 @@ async def test_calls_on_a_hung_server_fail_within_command_timeout(
         c = (await store.conversations.get_or_create("hang", session_id=s)).id
         calls = _calls(store, s, c) * (size // 10)
         proxy.pause()
-        async with asyncio.timeout(5 * COMMAND_TIMEOUT):  # the test's own bound
-            results = await asyncio.gather(*(_timed(call) for call in calls))
+        with LoopLag() as lag:
+            async with asyncio.timeout(5 * COMMAND_TIMEOUT):  # the test's own bound
+                results = await asyncio.gather(*(_timed(call) for call in calls))
         slowest = max(elapsed for elapsed, _ in results)
+        # The stated bound, plus how late the loop itself ran meanwhile, forgiven up to
+        # one more MARGIN: a library that blocked the loop for longer still fails here.
+        late = min(lag.worst, MARGIN)
         record_property("hang_slowest_call_seconds", round(slowest, 3))
+        record_property("hang_loop_lag_seconds", round(lag.worst, 3))
         logger.warning(
-            "hang test: slowest of %d calls failed after %.3fs (bound %.1fs)",
+            "hang test: slowest of %d calls failed after %.3fs (bound %.1fs + loop lag %.3fs)",
             len(calls),
             slowest,
             COMMAND_TIMEOUT + MARGIN,
+            lag.worst,
         )
         errors = [error for _, error in results]
         assert all(isinstance(error, StoreTimeoutError) for error in errors), [
             (type(error).__name__, str(error)[:80]) for error in errors
         ]
-        assert slowest <= COMMAND_TIMEOUT + MARGIN
+        assert slowest <= COMMAND_TIMEOUT + MARGIN + late, (slowest, lag.worst)
 
         proxy.resume()
         await eventually(lambda: _serves(store, s), what="calls served after resume()")
