@@ -27,10 +27,8 @@ from uuid import UUID
 import asyncpg
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 from typer.testing import CliRunner, Result
@@ -42,12 +40,12 @@ from sessionstore import (
     KeyProvider,
     MasterKey,
     SessionStore,
-    telemetry,
 )
 from sessionstore.cli import app
 from sessionstore.crypto import DataKey
 
 from ...conftest import store_overrides
+from .conftest import in_memory_telemetry
 from .test_secrets import command_output, error_texts
 
 #: In content and metadata of every message written: it must show in no telemetry or log,
@@ -224,16 +222,8 @@ def probe(caplog: pytest.LogCaptureFixture) -> Iterator[Probe]:
         caplog.set_level(logging.DEBUG, logger=name)
     logs = Records()
     logging.getLogger().addHandler(logs)
-    spans = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    reader = InMemoryMetricReader()
-    meter_provider = MeterProvider(metric_readers=[reader])
-    telemetry.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
-    yield Probe(spans, reader, logs)
-    telemetry.uninstrument()
-    tracer_provider.shutdown()
-    meter_provider.shutdown()
+    with in_memory_telemetry() as (spans, reader, _):
+        yield Probe(spans, reader, logs)
     logging.getLogger().removeHandler(logs)
 
 

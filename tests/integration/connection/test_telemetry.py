@@ -27,7 +27,6 @@ from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -37,6 +36,7 @@ from sessionstore.telemetry import connection_attributes
 
 from ...conftest import admin_execute, drop_database, store_overrides
 from ...servers import TestServer
+from .conftest import in_memory_telemetry
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -58,16 +58,8 @@ class Otel:
 
 @pytest.fixture
 def otel() -> Iterator[Otel]:
-    spans = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    reader = InMemoryMetricReader()
-    meter_provider = MeterProvider(metric_readers=[reader])
-    telemetry.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
-    yield Otel(spans, reader, tracer_provider)
-    telemetry.uninstrument()
-    tracer_provider.shutdown()
-    meter_provider.shutdown()
+    with in_memory_telemetry() as (spans, reader, tracer_provider):
+        yield Otel(spans, reader, tracer_provider)
 
 
 def expected_connection(dsn: str) -> dict[str, Any]:
