@@ -29,9 +29,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
-    "CONTENT_PLACE",
     "KEY_BYTES",
-    "METADATA_PLACE",
     "SEALED_OVERHEAD",
     "ChainedProvider",
     "DataKey",
@@ -50,8 +48,8 @@ _HEAD = len(_VERSION) + 16 + _NONCE_BYTES
 #: How many bytes a sealed value is longer than what it seals.
 SEALED_OVERHEAD = _HEAD + _TAG_BYTES
 # What a message's sealed content and metadata are bound to, with the message's id.
-CONTENT_PLACE = _CONTENT = b"messages.content\x00"
-METADATA_PLACE = _METADATA = b"messages.metadata\x00"
+_CONTENT = b"messages.content\x00"
+_METADATA = b"messages.metadata\x00"
 # Bound into every wrapped data key: a wrapped key is never confused with anything else
 # the same master key might encrypt.
 _WRAP_AAD = b"sessionstore data key v1"
@@ -221,32 +219,28 @@ class DataKey:
         """32 fresh random bytes for a new data key."""
         return os.urandom(KEY_BYTES)
 
-    def seal(self, plain: bytes, place: bytes) -> bytes:
-        """``plain`` sealed for ``place`` (what identifies where it is written)."""
+    def _seal(self, plain: bytes, aad: bytes) -> bytes:
         nonce = os.urandom(_NONCE_BYTES)
-        head = self._head + nonce
-        return head + self._aead.encrypt(nonce, plain, self._head + place)
+        return self._head + nonce + self._aead.encrypt(nonce, plain, aad)
 
-    def open(self, sealed: bytes, place: bytes) -> bytes:
-        """What ``sealed`` holds, if it was sealed by this key for ``place``;
-        ``EncryptionError`` otherwise (naming neither the key nor the content)."""
-        # The head (version, key id) is in the associated data: a value of another key
-        # or format fails authentication like an altered one. Runs once per value read.
-        try:
-            return self._aead.decrypt(
-                sealed[_HEAD - _NONCE_BYTES : _HEAD], sealed[_HEAD:], self._head + place
-            )
-        except Exception:
-            raise EncryptionError(
-                "an encrypted value does not belong where it is stored (moved or altered)"
-            ) from None
+    def seal_message(
+        self, content: bytes, metadata: bytes | None, message_id: bytes
+    ) -> tuple[bytes, bytes | None]:
+        """A message's content and metadata (``None``: not sealed) sealed for the
+        message ``message_id`` (16 bytes): each bound to its column and that id."""
+        sealed = self._seal(content, self._content_aad + message_id)
+        if metadata is None:
+            return sealed, None
+        return sealed, self._seal(metadata, self._metadata_aad + message_id)
 
     def open_message(
         self, content: bytes, metadata: bytes | None, message_id: bytes
     ) -> tuple[bytes, bytes | None]:
         """A message's sealed content and metadata (``None``: not sealed) opened, both
         by this key and for the message ``message_id`` (16 bytes); ``EncryptionError``
-        otherwise. The hot path of every read: one call per message, no lookups."""
+        otherwise. The hot path of every read: one call per message, no lookups. The
+        head (version, key id) is in the associated data: a value of another key or
+        format fails authentication like an altered one."""
         decrypt = self._aead.decrypt
         try:
             text = decrypt(content[17:29], content[29:], self._content_aad + message_id)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
 from . import jsonb
-from .crypto import CONTENT_PLACE, METADATA_PLACE, ChainedProvider, DataKey, KeyProvider
+from .crypto import ChainedProvider, DataKey, KeyProvider
 from .errors import EncryptionError
 from .models import ContinuationId, PendingWrite
 from .rows import Patch, Row
@@ -35,13 +35,11 @@ __all__ = [
     "KeyRing",
     "Owner",
     "Sealed",
-    "content_place",
-    "metadata_place",
     "owner_of",
     "seal_message",
+    "seal_rows",
     "seal_values",
     "sealed_batch",
-    "sealed_columns",
 ]
 
 #: Who a write belongs to: a session (by id), a conversation (by id or continuation id,
@@ -95,20 +93,7 @@ WHERE k.key_id = u.key_id AND k.wrapped = u.old_wrapped
 """
 _FIRST_KEY = UUID(int=0)
 
-# What a sealed value is bound to, besides its key: the column and the message's id.
-_CONTENT = CONTENT_PLACE
-_METADATA = METADATA_PLACE
 _MOST = 10_000
-
-
-def content_place(message_id: UUID) -> bytes:
-    """What a message's sealed content is bound to."""
-    return _CONTENT + message_id.bytes
-
-
-def metadata_place(message_id: UUID) -> bytes:
-    """What a message's sealed metadata is bound to."""
-    return _METADATA + message_id.bytes
 
 
 class _Expiring(OrderedDict[Any, tuple[Any, float]]):
@@ -310,13 +295,11 @@ class KeyRing:
         key = await self.key_for(owner)
         ids, contents, metas = [], [], []
         for r in copies:
-            source, fork = r["source_id"], r["fork_id"]
-            ids.append(fork)
-            plain = _open(keys, r["content_sealed"], content_place(source))
-            contents.append(key.seal(plain, content_place(fork)))
-            meta = r["metadata_sealed"]
-            if meta is not None:
-                meta = key.seal(_open(keys, meta, metadata_place(source)), metadata_place(fork))
+            sealed, meta = r["content_sealed"], r["metadata_sealed"]
+            text, plain_meta = keys[sealed[1:17]].open_message(sealed, meta, r["source_id"].bytes)
+            sealed, meta = key.seal_message(text, plain_meta, r["fork_id"].bytes)
+            ids.append(r["fork_id"])
+            contents.append(sealed)
             metas.append(meta)
         return ids, contents, metas
 
@@ -409,26 +392,31 @@ def owner_of(item: PendingWrite) -> Owner:
 
 
 async def seal_message(
-    keys: KeyRing | None, owner: Owner, message_id: UUID, content: str, metadata: str | None
+    keys: KeyRing | None,
+    owner: Owner,
+    message_id: UUID | None,
+    content: str,
+    metadata: str | None,
 ) -> Sealed:
-    """How a message is stored: in clear without ``keys``, else sealed for ``owner``."""
+    """How a message is stored: in clear without ``keys``, else sealed for ``owner`` and
+    the message ``message_id`` (which sealing needs before the message is sent)."""
     if keys is None:
         return content, metadata, None, None
+    assert message_id is not None, "a sealed message needs its id before it is sent"
     sealed_content, sealed_metadata = await keys.seal(owner, message_id, content, metadata)
     return "", None, sealed_content, sealed_metadata
 
 
-async def sealed_columns(
-    keys: KeyRing | None, items: Sequence[PendingWrite]
-) -> tuple[list[bytes | None], list[bytes | None]]:
-    """The sealed content and metadata of each queued message (all NULL without
-    ``keys``); the items' own content and metadata are then stored as "" and {}."""
+async def seal_rows(
+    keys: KeyRing | None, items: Sequence[tuple[Owner, UUID, str, str | None]]
+) -> tuple[list[str], list[str | None], list[bytes | None], list[bytes | None]]:
+    """:func:`seal_message` for many messages (owner, id, content, metadata), as four
+    columns: the contents, the metadata, the sealed contents, the sealed metadata."""
     if keys is None:
-        return [None] * len(items), [None] * len(items)
-    contents, metas = await keys.seal_many(
-        [(owner_of(i), i.id, i.content, i.metadata) for i in items]
-    )
-    return list[bytes | None](contents), list[bytes | None](metas)
+        none: list[bytes | None] = [None] * len(items)
+        return [i[2] for i in items], [i[3] for i in items], none, list(none)
+    contents, metas = await keys.seal_many(items)
+    return [""] * len(items), [None] * len(items), list(contents), metas
 
 
 async def sealed_batch(
@@ -438,11 +426,12 @@ async def sealed_batch(
     ``content`` and ``metadata``), then the sealed content and metadata arrays. Sealed,
     the clear fields are sent as "" and NULL: no clear text leaves the process."""
     arrays = batch_arguments(batch, fields)
-    contents, metas = await sealed_columns(keys, batch)
-    if keys is not None:
-        arrays[fields.index("content")] = [""] * len(batch)
-        arrays[fields.index("metadata")] = [None] * len(batch)
-    return [*arrays, contents, metas]
+    texts, metas, sealed, sealed_metas = await seal_rows(
+        keys, [(owner_of(i), i.id, i.content, i.metadata) for i in batch]
+    )
+    arrays[fields.index("content")] = texts
+    arrays[fields.index("metadata")] = metas
+    return [*arrays, sealed, sealed_metas]
 
 
 def seal_values(
@@ -452,16 +441,5 @@ def seal_values(
     ``message_id``: the one sealing every write path and ``sessionstore encrypt`` use."""
     # Empty metadata stays unsealed ({} in clear): its sealed length would say as much,
     # and every read is spared a decryption.
-    sealed_metadata = (
-        None
-        if metadata is None or metadata == "{}"
-        else key.seal(metadata.encode("utf-8"), metadata_place(message_id))
-    )
-    return key.seal(content.encode("utf-8"), content_place(message_id)), sealed_metadata
-
-
-def _open(keys: dict[bytes, DataKey], sealed: bytes, place: bytes) -> bytes:
-    key = keys.get(sealed[1:17])
-    if key is None:
-        raise EncryptionError("an encrypted value is malformed (unknown format)")
-    return key.open(sealed, place)
+    meta = None if metadata is None or metadata == "{}" else metadata.encode("utf-8")
+    return key.seal_message(content.encode("utf-8"), meta, message_id.bytes)

@@ -373,7 +373,7 @@ async def add_turn(
     if mid is None and db.keys is not None:
         mid = uuid7()  # sealed, the message is bound to its id: it needs one before sending
     text, meta, sealed, sealed_meta = await seal_message(
-        db.keys, owner, mid or uuid7(), message.content, message.metadata
+        db.keys, owner, mid, message.content, message.metadata
     )
     earlier = [] if queue is None else await queue.claim(cont, sid, within=bound)
     arguments: tuple[object, ...] = (

@@ -117,7 +117,7 @@ async def compact(
     if mid is None and db.keys is not None:
         mid = uuid4()  # sealed, the summary is bound to its id: it needs one before sending
     text, meta, sealed, sealed_meta = await seal_message(
-        db.keys, ("conversation", cid), mid or uuid4(), new.content, new.metadata
+        db.keys, ("conversation", cid), mid, new.content, new.metadata
     )
     stored_as = (new.role, text, meta, new.tokens)
 

@@ -15,7 +15,7 @@ from .. import validation as v
 from ..cache import SessionCache
 from ..db import Connection, Database
 from ..errors import ConflictError, InvalidInputError
-from ..keyring import Owner, seal_message
+from ..keyring import Owner, seal_message, seal_rows
 from ..lifecycle import TAKES_TURNS, Attempt, raise_session_miss
 from ..models import (
     ContinuationId,
@@ -244,21 +244,17 @@ class MessagesRepository(Compaction):
                 "messages", f"tokens must sum to at most {NO_UPPER_BOUND} in one append"
             )
         ids = [uuid4() for _ in roles]
-        sealed: list[bytes | None] = [None] * len(ids)
-        sealed_metas: list[bytes | None] = [None] * len(ids)
-        if self._db.keys is not None:
-            owner: Owner = ("conversation", cid) if sid is None else ("session", sid)
-            sealed_c, sealed_m = await self._db.keys.seal_many(
-                [(owner, i, c or "", m) for i, c, m in zip(ids, contents, metas, strict=True)]
-            )
-            sealed, sealed_metas = list(sealed_c), list(sealed_m)
-            contents, metas = [""] * len(ids), [None] * len(ids)
+        owner: Owner = ("conversation", cid) if sid is None else ("session", sid)
+        stored, metas, sealed, sealed_metas = await seal_rows(
+            self._db.keys,
+            [(owner, i, c or "", m) for i, c, m in zip(ids, contents, metas, strict=True)],
+        )
         arguments = (
             cid,
             len(roles),
             total,
             roles,
-            contents,
+            stored,
             metas,
             counts,
             ids,
