@@ -1,0 +1,1 @@
+SELECT to_regclass('continuations') IS NOT NULL

@@ -1,0 +1,1 @@
+SELECT rolname FROM pg_roles WHERE rolname IN ('anon', 'authenticated', 'service_role')

@@ -1,0 +1,1 @@
+SELECT count(*) FROM conversations WHERE session_id IS NULL
