@@ -35,17 +35,24 @@ where the store serves them as it does on one PostgreSQL.
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
+from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 
 from .errors import InvalidInputError
+from .models import Connection
 
 __all__ = [
     "CO_LOCATED",
     "KEYED_LAYOUT",
     "REFERENCE",
     "THREADS",
+    "ClockedConnection",
+    "clocked",
     "distribute",
     "has_citus",
     "is_distributed",
@@ -187,3 +194,85 @@ async def distribute(conn: asyncpg.Connection, *, citus: bool) -> bool:
     if changed:
         logger.warning("database given the distributed layout%s", " on Citus" if citus else "")
     return changed
+
+
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+_NOW = "now()"
+_NOW_PLUS = re.compile(r"now\(\) \+ \$(\d+)::interval")
+
+
+@functools.lru_cache(maxsize=1024)
+def clocked(query: str) -> tuple[str, tuple[int, ...]]:
+    """``query`` with its clock sent by the client, and what the parameters appended to
+    it hold: the clock for a 0, the clock plus the interval parameter ``$k`` for a k.
+
+    Citus refuses ``now()`` inside ``CASE``, ``COALESCE`` and ``RETURNING`` of a
+    distributed write (non-IMMUTABLE functions, ``timestamptz + interval`` among them),
+    which is where the session rules read it; on the distributed layout every statement
+    therefore reads the clock of the store that sends it, one value per statement, and
+    the application servers' clocks must agree as their expiry decisions do.
+    """
+    if _NOW not in query:
+        return query, ()
+    last = max((int(n) for n in _PLACEHOLDER.findall(query)), default=0)
+    added: list[int] = []
+
+    def ahead(found: re.Match[str]) -> str:
+        interval = int(found[1])
+        added.append(interval)
+        # $k stays in the text (the server must still type it), in immutable terms.
+        return (
+            f"(CASE WHEN ${interval}::interval IS NULL THEN NULL"
+            f" ELSE ${last + len(added)}::timestamptz END)"
+        )
+
+    text = _NOW_PLUS.sub(ahead, query)
+    if _NOW in text:
+        added.append(0)
+        text = text.replace(_NOW, f"${last + len(added)}::timestamptz")
+    return text, tuple(added)
+
+
+class ClockedConnection:
+    """A pooled connection on the distributed layout: statements run as :func:`clocked`
+    makes them, with the clock appended to their arguments; everything else is the
+    connection's own."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    @staticmethod
+    def _clock(query: str, args: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
+        text, added = clocked(query)
+        if added:
+            now = datetime.now(UTC)
+            args = (*args, *(_ahead(now, args, k) for k in added))
+        return text, args
+
+    async def fetch(self, query: str, *args: Any, **options: Any) -> Any:
+        text, args = self._clock(query, args)
+        return await self._conn.fetch(text, *args, **options)
+
+    async def fetchrow(self, query: str, *args: Any, **options: Any) -> Any:
+        text, args = self._clock(query, args)
+        return await self._conn.fetchrow(text, *args, **options)
+
+    async def fetchval(self, query: str, *args: Any, **options: Any) -> Any:
+        text, args = self._clock(query, args)
+        return await self._conn.fetchval(text, *args, **options)
+
+    async def execute(self, query: str, *args: Any, **options: Any) -> str:
+        text, args = self._clock(query, args)
+        return await self._conn.execute(text, *args, **options)
+
+
+def _ahead(now: datetime, args: tuple[Any, ...], position: int) -> datetime | None:
+    """The clock (``position`` 0), or the clock plus the interval argument ``$position``
+    (``None`` when that is)."""
+    if not position:
+        return now
+    interval = args[position - 1]
+    return None if interval is None else now + interval

@@ -27,7 +27,7 @@ from uuid import UUID
 
 from . import validation as v
 from .db import Connection, Database
-from .errors import InvalidInputError, SessionStoreError
+from .errors import InvalidInputError, InvalidStateError, SessionStoreError
 from .models import PruneCounts
 from .rules import aged_prefix, created_before, latest_summary, prune_upto
 
@@ -308,6 +308,17 @@ class _Run:
         return _Batch(considered, row["messages"], list(row["touched"]), full_at)
 
 
+async def _served(db: Database) -> None:
+    """Refuse the distributed layout: a prune's statements scan and lock conversations
+    across sessions, which Citus does not run; they are not yet split by session."""
+    if await db.is_keyed():
+        raise InvalidStateError(
+            "prune is not yet available on a distributed (Citus) database: its statements"
+            " scan conversations across sessions; delete old sessions (cleanup_expired) or"
+            " compact conversations instead"
+        )
+
+
 async def prune(
     db: Database,
     *,
@@ -320,6 +331,7 @@ async def prune(
     rule = _rule(keep_last, older_than)
     size = v.limit(batch_size, "batch_size", maximum=MAX_BATCH_SIZE)
     report = v.progress(on_progress)
+    await _served(db)
     run = _Run(db, rule, size, report or (lambda _: None))
     busy = await run.sweep()
     if busy:
@@ -345,6 +357,7 @@ async def count_prunable(
 ) -> int:
     """:meth:`sessionstore.SessionStore.count_prunable` on ``db``."""
     rule = _rule(keep_last, older_than)
+    await _served(db)
     total, after = 0, _FIRST
     while True:
         row = await db.fetchrow(COUNT_DUE, rule.keep, rule.older_than, after, retry=True)

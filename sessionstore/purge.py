@@ -7,6 +7,7 @@ everyone else's writes keep going."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 from . import validation as v
@@ -102,6 +103,38 @@ DELETE FROM adk_user_states WHERE (app_name, user_id) IN (
 )
 """
 
+# On the distributed layout (sessionstore.distribution) a user's sessions are spread
+# over the shards: they are listed (every shard is asked), then purged one session at a
+# time, each statement on that session's shard. LangGraph's threads (placed by thread)
+# go with a statement of their own, their checkpoints by cascade; the late key is
+# destroyed only once no session of the user is listed.
+SESSIONS_OF = "SELECT id FROM sessions WHERE user_id = $1 ORDER BY id LIMIT $2"
+PURGE_SESSION_MESSAGES = """
+DELETE FROM messages WHERE session_id = $1 AND id IN (
+    SELECT id FROM messages WHERE session_id = $1 LIMIT $2
+)
+"""
+PURGE_SESSION_CONVERSATIONS = """
+DELETE FROM conversations WHERE session_id = $1 AND id IN (
+    SELECT id FROM conversations WHERE session_id = $1 LIMIT $2
+)
+"""
+LOCK_SESSION = "SELECT id FROM sessions WHERE id = $1 AND user_id = $2 FOR UPDATE"
+LOCK_SESSION_CONVERSATIONS = (
+    "SELECT id FROM conversations WHERE session_id = $1 ORDER BY id FOR UPDATE"
+)
+PURGE_LOCKED_SESSION = """
+WITH messages_gone AS (DELETE FROM messages WHERE session_id = $1 RETURNING 1),
+conversations_gone AS (DELETE FROM conversations WHERE session_id = $1 RETURNING 1),
+sessions_gone AS (DELETE FROM sessions WHERE id = $1 RETURNING 1)
+SELECT (SELECT count(*) FROM messages_gone) AS messages,
+       (SELECT count(*) FROM conversations_gone) AS conversations,
+       (SELECT count(*) FROM sessions_gone) AS sessions
+"""
+PURGE_SESSION_THREADS = "DELETE FROM langgraph_threads WHERE session_id = $1"
+HAS_SESSIONS = "SELECT EXISTS (SELECT 1 FROM sessions WHERE user_id = $1)"
+DESTROY_KEYED_LATE_KEY = "DELETE FROM sessionstore_private.keys WHERE user_id = $1 RETURNING key_id"
+
 
 async def purge_user(
     db: Database,
@@ -133,6 +166,8 @@ async def purge_user(
     counts = PurgeCounts()
     if destroy_key:
         await _destroy_key(db, uid)
+    if await db.is_keyed():
+        return await _purge_placed(db, uid, size, on_progress, destroy_key=destroy_key)
 
     def report(**totals: int) -> None:
         nonlocal counts
@@ -179,3 +214,59 @@ async def _destroy_key(db: Database, user_id: str, query: str = DESTROY_KEY) -> 
     gone = {row["key_id"] for row in await db.service.fetch(query, user_id)}
     if db.keys is not None:
         db.keys.forget(gone)
+
+
+async def _purge_placed(
+    db: Database,
+    user_id: str,
+    size: int,
+    on_progress: Callable[[PurgeCounts], None] | None,
+    *,
+    destroy_key: bool,
+) -> PurgeCounts:
+    """:func:`purge_user` on the distributed layout: session by session (see
+    ``SESSIONS_OF``), every statement but the listing on one shard."""
+    counts = PurgeCounts()
+
+    def add(**more: int) -> None:
+        nonlocal counts
+        counts = dataclasses.replace(counts, **{f: getattr(counts, f) + n for f, n in more.items()})
+        if on_progress is not None:
+            on_progress(counts)
+
+    while True:
+        sessions = [r["id"] for r in await db.fetch(SESSIONS_OF, user_id, size)]
+        for session_id in sessions:
+            for field, query in (
+                ("messages", PURGE_SESSION_MESSAGES),
+                ("conversations", PURGE_SESSION_CONVERSATIONS),
+            ):
+                gone = await delete_in_batches(db, query, session_id, size=size)
+                if gone:
+                    add(**{field: gone})
+            await db.execute(PURGE_SESSION_THREADS, session_id)
+            deleted = await db.run(
+                functools.partial(_purge_locked, session_id=session_id, user_id=user_id),
+                transaction=True,
+            )
+            if deleted:
+                add(**deleted)
+        if len(sessions) < size:
+            break
+    gone = await delete_in_batches(db, PURGE_USER_STATES, user_id, size=size)
+    if gone:
+        add(user_states=gone)
+    if destroy_key and not await db.fetchval(HAS_SESSIONS, user_id):
+        await _destroy_key(db, user_id, DESTROY_KEYED_LATE_KEY)
+    return counts
+
+
+async def _purge_locked(conn: Connection, *, session_id: object, user_id: str) -> dict[str, int]:
+    """Delete the session ``session_id`` (still ``user_id``'s) with what turns wrote to
+    it meanwhile, locked first (see :mod:`sessionstore.deletes`); the counts."""
+    if await conn.fetchval(LOCK_SESSION, session_id, user_id) is None:
+        return {}
+    await conn.execute(LOCK_SESSION_CONVERSATIONS, session_id)
+    row = await conn.fetchrow(PURGE_LOCKED_SESSION, session_id)
+    assert row is not None  # the statement always returns one row
+    return {f: int(row[f]) for f in _SESSION_BATCH_FIELDS}

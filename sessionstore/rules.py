@@ -36,6 +36,7 @@ __all__ = [
     "may_read",
     "may_write",
     "not_past_expiry",
+    "placed",
     "position",
     "prune_upto",
     "read_status",
@@ -46,6 +47,14 @@ __all__ = [
 
 def _col(alias: str, column: str) -> str:
     return f"{alias}.{column}" if alias else column
+
+
+def placed(alias: str, session: str | None) -> str:
+    """``AND`` the message (or conversation) is in ``session``'s shard: on the
+    distributed layout (:mod:`sessionstore.distribution`) every read of messages names
+    its session, so that Citus routes the statement to one shard. Nothing when
+    ``session`` is ``None`` (one PostgreSQL)."""
+    return "" if session is None else f" AND {_col(alias, 'session_id')} = {session}"
 
 
 def not_past_expiry(alias: str = "") -> str:
@@ -188,7 +197,15 @@ def estimated_tokens(tokens: int | None, content: str) -> int:
     return -(-len(content.encode("utf-8")) // _BYTES_PER_TOKEN)
 
 
-def budget_floor(*, conversation: str, upper: str, limit: str, budget: str, where: str = "") -> str:
+def budget_floor(
+    *,
+    conversation: str,
+    upper: str,
+    limit: str,
+    budget: str,
+    where: str = "",
+    session: str | None = None,
+) -> str:
     """A token budget as a bound on ``seq``: the latest messages of ``conversation`` with
     ``seq < upper`` (at most ``limit`` of them) that fit in ``budget`` tokens are those
     with ``seq`` above this expression — a run ending at the latest, cut before the first
@@ -198,13 +215,14 @@ def budget_floor(*, conversation: str, upper: str, limit: str, budget: str, wher
     The scan stops at the first message past the budget: a large conversation costs no
     more than a small one. ``budget`` below 0 cuts before the latest message. ``where``
     (``AND …`` over the message's columns) narrows the messages counted (those of a
-    compacted view: :func:`compacted_view`)."""
+    compacted view: :func:`compacted_view`). ``session``: see :func:`placed`."""
     return f"""(CASE WHEN {budget} IS NULL THEN 0 ELSE coalesce((
         SELECT b.seq FROM (
             SELECT seq, sum({counted_tokens()}) OVER (
                 ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
             ) AS running
-            FROM messages WHERE conversation_id = {conversation} AND seq < {upper}{where}
+            FROM messages
+            WHERE conversation_id = {conversation}{placed("", session)} AND seq < {upper}{where}
             ORDER BY seq DESC LIMIT {limit}
         ) b WHERE b.running > {budget} ORDER BY b.seq DESC LIMIT 1
     ), 0) END)"""
@@ -222,6 +240,7 @@ def compacted_view(
     prefix: str = "",
     where: str = "",
     also: str = "",
+    session: str | None = None,
 ) -> str:
     """The rows of a compacted conversation's view below ``upper``: its live summary
     (the message ``summary``, standing for every ``seq`` up to ``through``) then every
@@ -235,24 +254,33 @@ def compacted_view(
     ``pos``; ``where`` (``AND …`` over alias ``e``) narrows the messages read; ``also``
     (``UNION ALL SELECT …, pos``) adds rows counted among the latest (a turn's queued
     messages, newer than every stored one). The summary is compared with ``upper`` by
-    its position, the others by ``seq``.
+    its position, the others by ``seq``. ``session``: see :func:`placed`.
     """
     scope = f" AND seq > {through} AND covers_through IS NULL"
     floor = budget_floor(
-        conversation=conversation, upper=upper, limit=limit, budget=budget, where=scope
+        conversation=conversation,
+        upper=upper,
+        limit=limit,
+        budget=budget,
+        where=scope,
+        session=session,
     )
+    here = placed("e", session)
     tokens = counted_tokens(f"u.{prefix}tokens", f"u.{prefix}content", f"u.{prefix}content_sealed")
+    if session is None:  # the floor computed once
+        source, f = f"(SELECT {floor} AS f) fl\n    CROSS JOIN LATERAL (", "fl.f"
+    else:  # Citus runs no correlated subquery beside a subquery without FROM: inline
+        source, f = "(", floor
     return f"""SELECT u.*, count(*) OVER w AS k, sum({tokens}) OVER w AS running
-    FROM (SELECT {floor} AS f) fl
-    CROSS JOIN LATERAL (
+    FROM {source}
         (SELECT {columns("e")}, e.seq AS pos FROM messages e
-         WHERE e.conversation_id = {conversation} AND e.seq < {upper}
-           AND e.seq > greatest({through}, fl.f) AND e.covers_through IS NULL{where}
+         WHERE e.conversation_id = {conversation}{here} AND e.seq < {upper}
+           AND e.seq > greatest({through}, {f}) AND e.covers_through IS NULL{where}
          ORDER BY e.seq DESC LIMIT {limit})
         {also}
         UNION ALL
         SELECT {columns("e")}, e.covers_through FROM messages e
-        WHERE e.id = {summary} AND e.conversation_id = {conversation} AND fl.f = 0
+        WHERE e.id = {summary} AND e.conversation_id = {conversation}{here} AND {f} = 0
           AND e.covers_through < {upper}{where}
     ) u
     WINDOW w AS (ORDER BY u.pos DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"""
@@ -264,16 +292,19 @@ def kept(view: str, *, limit: str, budget: str) -> str:
     WHERE x.k <= {limit} AND ({budget} IS NULL OR x.running <= {budget})"""
 
 
-def latest_summary(conversation: str, *, before: str | None = None, where: str = "") -> str:
+def latest_summary(
+    conversation: str, *, before: str | None = None, where: str = "", session: str | None = None
+) -> str:
     """A query of the live summary of ``conversation`` (its ``id`` and ``covers_through``
     as ``through``): its latest summary, or with ``before`` its latest with a lower
     ``seq`` (the live one when the message at ``before`` was appended). Compactions are
     serialised by the conversation's lock, append, and never cover less than the one
     before: the latest summary is the live one. One probe of the partial index.
-    ``where``: ``AND …`` conditions (a one-time switch)."""
+    ``where``: ``AND …`` conditions (a one-time switch). ``session``: see :func:`placed`."""
     bound = "" if before is None else f" AND s.seq < {before}"
     return f"""SELECT s.id, s.covers_through AS through FROM messages s
-    WHERE s.conversation_id = {conversation} AND s.covers_through IS NOT NULL{bound}{where}
+    WHERE s.conversation_id = {conversation}{placed("s", session)}
+      AND s.covers_through IS NOT NULL{bound}{where}
     ORDER BY s.seq DESC LIMIT 1"""
 
 

@@ -32,6 +32,7 @@ from .models import (
     TurnOptions,
 )
 from .repositories.message_batch import write_messages
+from .routes import Routes
 from .turns import accept_turn, write_turns
 from .views import UserView, _Scope
 from .writebehind.engine import Writer
@@ -80,7 +81,7 @@ class SessionStore(_Scope):
         cache = SessionCache(
             size=config.cache_size, ttl=config.cache_ttl, invalidation=invalidation
         )
-        super().__init__(Database(self._pool), cache)
+        super().__init__(Database(self._pool, routes=Routes()), cache)
         if key_provider is not None and config.encryption_key is not None:
             raise InvalidInputError("key_provider", "give encryption_key or key_provider, not both")
         if config.encryption_key is not None:

@@ -21,10 +21,11 @@ from .rules import (
     estimated_tokens,
     kept,
     latest_summary,
+    placed,
     position,
 )
 
-__all__ = ["CONTEXT", "read_context", "with_context"]
+__all__ = ["CONTEXT", "CONTEXT_KEYED", "read_context", "with_context"]
 
 # A turn statement that also returns, as further rows, the messages before the turn's (up
 # to its last parameter of them): the turn's context, in the same round trip. Those rows
@@ -46,13 +47,17 @@ _NO_TURN_COLUMNS = ", ".join(
 )
 
 
-def with_context(turn: str, limit: str, budget: str, *, queued: bool) -> str:
+def with_context(
+    turn: str, limit: str, budget: str, *, queued: bool, session: str | None = None
+) -> str:
     """``turn`` (a turn statement) that also returns, as further rows, the up to ``limit``
     (a parameter) messages before the turn's own that fit, with it, in ``budget`` (a
     parameter, NULL for none) tokens; with ``queued``, those the statement wrote itself
     (CTE ``earlier``) among them. After a compaction they are the compacted view before
     the turn (:func:`~sessionstore.rules.compacted_view`), and the seqs of the summaries
-    among them come as rows of their own (``m_id`` null) for :func:`read_context`."""
+    among them come as rows of their own (``m_id`` null) for :func:`read_context`.
+    ``session``: the distributed layout's placing session (see
+    :func:`~sessionstore.rules.placed`)."""
     left = (
         f"({budget}::integer - {counted_tokens('t.m_tokens', 't.m_content', 't.m_content_sealed')})"
     )
@@ -60,11 +65,23 @@ def with_context(turn: str, limit: str, budget: str, *, queued: bool) -> str:
         floor = "0"
     else:
         floor = budget_floor(
-            conversation="t.m_conversation_id", upper="t.m_seq", limit=limit, budget=left
+            conversation="t.m_conversation_id",
+            upper="t.m_seq",
+            limit=limit,
+            budget=left,
+            session=session,
         )
+    # On Citus the statement's writing CTEs may run before its reads (as subplans): the
+    # messages it wrote itself are then also stored ones, and read once, from ``earlier``.
+    own = (
+        " AND NOT EXISTS (SELECT 1 FROM earlier x WHERE x.m_id = e.id)"
+        if queued and session is not None
+        else ""
+    )
     rows = f"""SELECT {_context_columns("e")}
     FROM messages e
-    WHERE e.conversation_id = t.m_conversation_id AND e.seq < t.m_seq AND e.seq > {floor}
+    WHERE e.conversation_id = t.m_conversation_id{placed("e", session)}{own}
+      AND e.seq < t.m_seq AND e.seq > {floor}
       AND g.id IS NULL
     ORDER BY e.seq DESC
     LIMIT {limit}"""
@@ -90,20 +107,21 @@ def with_context(turn: str, limit: str, budget: str, *, queued: bool) -> str:
         through="g.through",
         columns=_context_columns,
         prefix="m_",
-        where=" AND g.id IS NOT NULL",
+        where=f" AND g.id IS NOT NULL{own}",
         also=(
             "UNION ALL SELECT earlier.*, NULL::boolean, earlier.m_seq FROM earlier"
             " WHERE g.id IS NOT NULL"
         )
         if queued
         else "",
+        session=session,
     )
     return f"""{turn}
 UNION ALL
 SELECT {", ".join("e.m_" + name for name in MESSAGE.names)}, {_NO_TURN_COLUMNS}, e.touched
 FROM {_TURN_AT}
 LEFT JOIN LATERAL (
-    {latest_summary("t.m_conversation_id", before="t.m_seq")}
+    {latest_summary("t.m_conversation_id", before="t.m_seq", session=session)}
 ) g ON true
 CROSS JOIN LATERAL (
     ({rows})
@@ -112,7 +130,8 @@ CROSS JOIN LATERAL (
     FROM ({kept(view, limit=limit, budget=left)}) v
     UNION ALL
     SELECT {_HIDDEN} FROM messages h
-    WHERE h.conversation_id = t.m_conversation_id AND h.covers_through IS NOT NULL
+    WHERE h.conversation_id = t.m_conversation_id{placed("h", session)}
+      AND h.covers_through IS NOT NULL
       AND h.seq > g.through AND h.seq < t.m_seq
 ) e
 """
@@ -131,33 +150,43 @@ _HIDDEN = (
 )
 
 
-# The context read again (see ADD_TURN_CONTEXT): the latest $2 messages before seq $3
-# within $4 tokens (NULL: no budget), of the view as it was when the turn was appended
-# (the latest summary before it, and what follows), in any order.
-_context_view = compacted_view(
-    conversation="$1",
-    upper="$3",
-    limit="$2",
-    budget="$4::integer",
-    summary="g.id",
-    through="g.through",
-    columns=lambda alias: MESSAGE.select(alias=alias),
-    where=" AND g.id IS NOT NULL",
-)
-CONTEXT = f"""
+def _context(session: str | None) -> str:
+    """The context read again (see ADD_TURN_CONTEXT): the latest $2 messages before seq
+    $3 within $4 tokens (NULL: no budget), of the view as it was when the turn was
+    appended (the latest summary before it, and what follows), in any order.
+    ``session``: the distributed layout's placing session (``$5``)."""
+    view = compacted_view(
+        conversation="$1",
+        upper="$3",
+        limit="$2",
+        budget="$4::integer",
+        summary="g.id",
+        through="g.through",
+        columns=lambda alias: MESSAGE.select(alias=alias),
+        where=" AND g.id IS NOT NULL",
+        session=session,
+    )
+    floor = budget_floor(
+        conversation="$1", upper="$3", limit="$2", budget="$4::integer", session=session
+    )
+    return f"""
 SELECT m.* FROM (SELECT 1) one
-LEFT JOIN LATERAL ({latest_summary("$1", before="$3")}) g ON true
+LEFT JOIN LATERAL ({latest_summary("$1", before="$3", session=session)}) g ON true
 CROSS JOIN LATERAL (
     (SELECT {MESSAGE.select()} FROM messages
-     WHERE conversation_id = $1 AND seq < $3 AND g.id IS NULL
-       AND seq > {budget_floor(conversation="$1", upper="$3", limit="$2", budget="$4::integer")}
+     WHERE conversation_id = $1{placed("", session)} AND seq < $3 AND g.id IS NULL
+       AND seq > {floor}
      ORDER BY seq DESC
      LIMIT $2)
     UNION ALL
     SELECT {", ".join("v." + name for name in MESSAGE.names)}
-    FROM ({kept(_context_view, limit="$2", budget="$4::integer")}) v
+    FROM ({kept(view, limit="$2", budget="$4::integer")}) v
 ) m
 """
+
+
+CONTEXT = _context(None)
+CONTEXT_KEYED = _context("$5::uuid")
 
 
 async def read_context(
@@ -204,5 +233,11 @@ async def read_context(
     if (run or new.seq == 1) and not any(r["touched"] for r in extra):
         return [*earlier, new]
     with translate_errors():
-        again = await conn.fetch(CONTEXT, new.conversation_id, size - 1, new.seq, left)
+        if db.keyed:
+            session = next(r["c_session_id"] for r in rows if r["c_id"] is not None)
+            again = await conn.fetch(
+                CONTEXT_KEYED, new.conversation_id, size - 1, new.seq, left, session
+            )
+        else:
+            again = await conn.fetch(CONTEXT, new.conversation_id, size - 1, new.seq, left)
     return [*sorted(await read_messages(db, again), key=position), new]

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import NoReturn, Unpack
+from typing import NoReturn, Unpack, cast
 from uuid import UUID
 
 from . import validation as v
 from .db import Connection, Database
-from .errors import ConflictError, PermissionDeniedError, translate_errors
+from .errors import ConflictError, InvalidInputError, PermissionDeniedError, translate_errors
 from .keyring import Owner, seal_message, sealed_batch
 from .lifecycle import TAKES_TURNS, Attempt, raise_session_miss
 from .models import (
@@ -33,6 +33,8 @@ from .repositories.conversations import CONVERSATION
 from .repositories.message_sql import read_message
 from .repositories.messages import MESSAGE
 from .repositories.sessions import SESSION
+from .routes import Placement
+from .rows import Row
 from .rules import (
     accepts_turns,
     batch_ordinal,
@@ -40,6 +42,7 @@ from .rules import (
     bump_conversation,
     bump_session,
     may_write,
+    placed,
     seq_of,
 )
 from .turn_context import read_context, with_context
@@ -55,12 +58,12 @@ _TOKENS = "coalesce($6::integer, 0)"
 # reply, written behind), $9-$15: ids, roles, contents, metadata, tokens, accept times,
 # whether each counts as a turn on the session. Ids already stored are skipped (a retry),
 # probed by primary key as in a batch.
-def _queued(sealed: int) -> str:
+def _queued(sealed: int, session: str | None) -> str:
     """The queued messages' CTEs; ``$sealed`` and the next: their sealed contents and
-    metadata (encryption at rest)."""
+    metadata (encryption at rest); ``session``: see :func:`~sessionstore.rules.placed`."""
     return f"""
 queued_stored AS (
-    SELECT id FROM messages WHERE id = ANY($9::uuid[])
+    SELECT id FROM messages WHERE id = ANY($9::uuid[]){placed("", session)}
 ),
 queued AS (
     SELECT u.* FROM unnest($9::uuid[], $10::message_role[], $11::text[], $12::jsonb[],
@@ -81,11 +84,16 @@ q AS (
 _EARLIER_SEQ = seq_of(
     "conv.c_message_count", added="(q.q_n + 1)", ordinal=batch_ordinal("conv.c_id", "u.ord")
 )
-_EARLIER = f"""
+
+
+def _earlier(session: str | None) -> str:
+    """The queued messages' insert (``session``: the distributed layout's, else none)."""
+    column, value = ("", "") if session is None else ("session_id, ", f"{session}, ")
+    return f"""
 earlier AS (  -- the queued messages, before the turn's own, in accept order
-    INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens, created_at,
-                          content_sealed, metadata_sealed)
-    SELECT u.id, conv.c_id, {_EARLIER_SEQ}, u.role, u.content,
+    INSERT INTO messages ({column}id, conversation_id, seq, role, content, metadata, tokens,
+                          created_at, content_sealed, metadata_sealed)
+    SELECT {value}u.id, conv.c_id, {_EARLIER_SEQ}, u.role, u.content,
            coalesce(u.metadata, '{{}}'::jsonb), u.tokens, u.enqueued_at, u.content_sealed,
            u.metadata_sealed
     FROM queued u CROSS JOIN conv CROSS JOIN q
@@ -93,11 +101,19 @@ earlier AS (  -- the queued messages, before the turn's own, in accept order
 ),"""
 
 
-def _add_turn(*, queued: bool, sealed: int) -> str:
+def _add_turn(*, queued: bool, sealed: int, keyed: bool = False) -> str:
     """ADD_TURN, or (``queued``) the same turn preceded by this process's queued messages,
     counted by the same rules in the same statement. ``$sealed`` and the next: the
     turn's sealed content and metadata; with ``queued``, the two after: the queued
-    messages' (encryption at rest; NULL in clear)."""
+    messages' (encryption at rest; NULL in clear).
+
+    ``keyed``: the distributed layout's form (:mod:`sessionstore.distribution`), with
+    three parameters after the others: the session placing the conversation (every table
+    is read by it: one shard), the conversation's id and whether to create it (only
+    where this transaction holds its route, see :mod:`sessionstore.routes`; otherwise an
+    existing conversation is appended to, or nothing is written). The message id ``$8``
+    is always given, and ``$2`` is NULL or the placing session.
+    """
     if queued:
         source, added = "gate CROSS JOIN q", ("1 + q.q_n", f"{_TOKENS} + q.q_tokens")
         bumped = ("EXCLUDED.message_count", "EXCLUDED.total_tokens")
@@ -105,23 +121,43 @@ def _add_turn(*, queued: bool, sealed: int) -> str:
     else:
         source, added, bumped = "gate", ("1", _TOKENS), ("1", _TOKENS)
         turns, of_q = ("1", _TOKENS), ""
-    return f"""
-WITH stored AS (  -- the same message id already written: a resend after a timeout
-    SELECT {MESSAGE.select(prefix="m_", alias="m")}, c.continuation_id AS stored_in
-    FROM messages m JOIN conversations c ON c.id = m.conversation_id
-    WHERE m.id = $8::uuid
-),{_queued(sealed + 2) if queued else ""}
-live AS (
-    SELECT id FROM sessions
-    WHERE id = $2 AND {accepts_turns()} AND NOT EXISTS (SELECT 1 FROM stored)
-    FOR UPDATE
+    first = sealed + (4 if queued else 2)
+    place = f"${first}::uuid" if keyed else None
+    if keyed:
+        created, create = f"${first + 1}::uuid", f"${first + 2}"
+        stored_join = (
+            f"c.session_id = m.session_id AND c.id = m.conversation_id{placed('m', place)}"
+        )
+        live = f"id = {place} AND $2::uuid IS NOT NULL"
+        conv = f"""created AS (
+    INSERT INTO conversations AS c
+        (id, continuation_id, session_id, message_count, last_message_at, total_tokens)
+    SELECT {created}, $1, {place}, {added[0]}, now(), {added[1]} FROM {source} WHERE {create}
+    ON CONFLICT (session_id, continuation_id) DO UPDATE
+    SET {bump_conversation("c", messages=bumped[0], tokens=bumped[1], at="now()")},
+        updated_at = now()
+    RETURNING {CONVERSATION.select(prefix="c_", alias="c")}
 ),
-gate AS (
-    SELECT 1 WHERE $2::uuid IS NULL AND NOT EXISTS (SELECT 1 FROM stored)
-    UNION ALL
-    SELECT 1 FROM live
+appended AS (
+    UPDATE conversations AS c
+    SET {bump_conversation("c", messages=added[0], tokens=added[1], at="now()")},
+        updated_at = now()
+    FROM {source}
+    WHERE c.session_id = {place} AND c.continuation_id = $1 AND NOT {create}
+    RETURNING {CONVERSATION.select(prefix="c_", alias="c")}
 ),
-conv AS (
+conv AS (SELECT * FROM created UNION ALL SELECT * FROM appended)"""
+        sess_where, touched = (
+            f"id = {place} AND EXISTS (SELECT 1 FROM live)",
+            ", updated_at = now()",
+        )
+        message_id, message_columns, message_place = "$8::uuid", "session_id, ", f"{place}, "
+        stored_conversation = f"c.session_id = {place} AND c.id = stored.m_conversation_id"
+        stored_session = f"s.id = {place} AND $2::uuid IS NOT NULL"
+    else:
+        stored_join = "c.id = m.conversation_id"
+        live = "id = $2"
+        conv = f"""conv AS (
     INSERT INTO conversations AS c
         (continuation_id, session_id, message_count, last_message_at, total_tokens)
     SELECT $1, $2::uuid, {added[0]}, now(), {added[1]} FROM {source}
@@ -130,16 +166,38 @@ conv AS (
         {bump_conversation("c", messages=bumped[0], tokens=bumped[1], at="now()")}
     WHERE {may_write("c.session_id", "EXCLUDED.session_id")}
     RETURNING {CONVERSATION.select(prefix="c_", alias="c")}
+)"""
+        sess_where, touched = "id = (SELECT id FROM live)", ""
+        message_id, message_columns, message_place = "coalesce($8::uuid, gen_random_uuid())", "", ""
+        stored_conversation = "c.id = stored.m_conversation_id"
+        stored_session = "s.id = $2"
+    return f"""
+WITH stored AS (  -- the same message id already written: a resend after a timeout
+    SELECT {MESSAGE.select(prefix="m_", alias="m")}, c.continuation_id AS stored_in
+    FROM messages m JOIN conversations c ON {stored_join}
+    WHERE m.id = $8::uuid
+),{_queued(sealed + 2, place) if queued else ""}
+live AS (
+    SELECT id FROM sessions
+    WHERE {live} AND {accepts_turns()} AND NOT EXISTS (SELECT 1 FROM stored)
+    FOR UPDATE
 ),
+gate AS (
+    SELECT 1 WHERE $2::uuid IS NULL AND NOT EXISTS (SELECT 1 FROM stored)
+    UNION ALL
+    SELECT 1 FROM live
+),
+{conv},
 sess AS (
-    UPDATE sessions SET {bump_session("", turns=turns[0], tokens=turns[1], slide="$7")}{of_q}
-    WHERE id = (SELECT id FROM live) AND EXISTS (SELECT 1 FROM conv)
+    UPDATE sessions
+    SET {bump_session("", turns=turns[0], tokens=turns[1], slide="$7")}{touched}{of_q}
+    WHERE {sess_where} AND EXISTS (SELECT 1 FROM conv)
     RETURNING {SESSION.select(prefix="s_")}
-),{_EARLIER if queued else ""}
+),{_earlier(place) if queued else ""}
 msg AS (
-    INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens,
-                          content_sealed, metadata_sealed)
-    SELECT coalesce($8::uuid, gen_random_uuid()), conv.c_id,
+    INSERT INTO messages ({message_columns}id, conversation_id, seq, role, content, metadata,
+                          tokens, content_sealed, metadata_sealed)
+    SELECT {message_place}{message_id}, conv.c_id,
            {seq_of("conv.c_message_count", added="1", ordinal="1")},
            $3::message_role, $4, coalesce($5::jsonb, '{{}}'::jsonb), $6::integer,
            ${sealed}::bytea, ${sealed + 1}::bytea
@@ -153,8 +211,8 @@ SELECT {", ".join("stored.m_" + name for name in MESSAGE.names)},
        {CONVERSATION.select(prefix="c_", alias="c")},
        {SESSION.select(prefix="s_", alias="s")}, stored.stored_in, false
 FROM stored
-JOIN conversations c ON c.id = stored.m_conversation_id
-LEFT JOIN sessions s ON s.id = $2
+JOIN conversations c ON {stored_conversation}
+LEFT JOIN sessions s ON {stored_session}
 """
 
 
@@ -175,6 +233,16 @@ ADD_TURN_AFTER_QUEUED = _add_turn(queued=True, sealed=16)
 ADD_TURN_CONTEXT = with_context(_add_turn(queued=False, sealed=11), "$9", "$10", queued=False)
 ADD_TURN_AFTER_QUEUED_CONTEXT = with_context(
     _add_turn(queued=True, sealed=18), "$16", "$17", queued=True
+)
+# The same four on the distributed layout: after their parameters, the placing session,
+# the conversation's id and whether to create it (see _add_turn).
+ADD_TURN_KEYED = _add_turn(queued=False, sealed=9, keyed=True)
+ADD_TURN_AFTER_QUEUED_KEYED = _add_turn(queued=True, sealed=16, keyed=True)
+ADD_TURN_CONTEXT_KEYED = with_context(
+    _add_turn(queued=False, sealed=11, keyed=True), "$9", "$10", queued=False, session="$13::uuid"
+)
+ADD_TURN_AFTER_QUEUED_CONTEXT_KEYED = with_context(
+    _add_turn(queued=True, sealed=18, keyed=True), "$16", "$17", queued=True, session="$22::uuid"
 )
 # Why a turn matched nothing: the session refused it, or else the conversation did.
 OWNER = "SELECT session_id FROM conversations WHERE continuation_id = $1"
@@ -273,6 +341,76 @@ SELECT (SELECT count(*) FROM ins) AS inserted,
 """
 
 
+# TURN_BATCH on the distributed layout: the batch's turns placed in one session ($14),
+# after the same fields and sealed columns and the sliding interval ($11): $12 each
+# conversation's continuation id, $13 its id and $15 whether to create it (this
+# transaction holds its route), as placed by Routes. Every table is read by the session:
+# one shard. A turn naming the session is refused with it when it takes no turns; one
+# naming none (placed by its conversation's route) is not counted on it.
+_PLACE = "$14::uuid"
+_KEYED_BATCH_CONVERSATION = bump_conversation("c", messages="p.n", tokens="p.tok", at="p.last_at")
+TURN_BATCH_KEYED = f"""{fresh_rows((*_BATCH_FIELDS, *SEALED_FIELDS), session=_PLACE)},
+placed AS (
+    SELECT * FROM unnest($12::text[], $13::uuid[], $15::boolean[])
+        AS r(continuation_id, conversation_id, create_it)
+),
+live AS (
+    SELECT s.id FROM sessions s WHERE s.id = {_PLACE} AND {accepts_turns("s")} FOR UPDATE
+),
+ok AS (SELECT f.* FROM fresh f WHERE f.session_id IS NULL OR EXISTS (SELECT 1 FROM live)),
+per_conv AS (
+    SELECT o.continuation_id, count(*)::integer AS n, coalesce(sum(o.tokens), 0) AS tok,
+           max(o.enqueued_at) AS last_at
+    FROM ok o GROUP BY o.continuation_id
+),
+created AS (
+    INSERT INTO conversations AS c
+        (id, continuation_id, session_id, message_count, last_message_at, total_tokens)
+    SELECT r.conversation_id, p.continuation_id, {_PLACE}, p.n, p.last_at, p.tok
+    FROM per_conv p JOIN placed r USING (continuation_id) WHERE r.create_it
+    ON CONFLICT (session_id, continuation_id) DO UPDATE
+    SET {_BATCH_CONVERSATION}, updated_at = now()
+    RETURNING c.id, c.continuation_id, c.message_count
+),
+appended AS (
+    UPDATE conversations AS c SET {_KEYED_BATCH_CONVERSATION}, updated_at = now()
+    FROM per_conv p JOIN placed r USING (continuation_id)
+    WHERE NOT r.create_it AND c.session_id = {_PLACE} AND c.id = r.conversation_id
+    RETURNING c.id, c.continuation_id, c.message_count
+),
+conv AS (SELECT * FROM created UNION ALL SELECT * FROM appended),
+written AS (
+    SELECT a.*, conv.id AS conversation_id FROM ok a JOIN conv USING (continuation_id)
+),
+ins AS (
+    INSERT INTO messages (session_id, id, conversation_id, seq, role, content, metadata,
+                          tokens, created_at, content_sealed, metadata_sealed)
+    SELECT {_PLACE}, a.id, a.conversation_id, {_BATCH_SEQ}, a.role, a.content,
+           coalesce(a.metadata, '{{}}'::jsonb), a.tokens, a.enqueued_at, a.content_sealed,
+           a.metadata_sealed
+    FROM written a
+    JOIN conv ON conv.continuation_id = a.continuation_id
+    JOIN per_conv p ON p.continuation_id = a.continuation_id
+    RETURNING id
+),
+per_session AS (
+    SELECT count(*)::integer AS n, coalesce(sum(tokens), 0) AS tok
+    FROM written WHERE session_id IS NOT NULL HAVING count(*) > 0
+),
+sess AS (
+    UPDATE sessions s SET {_BATCH_SESSION}, updated_at = now()
+    FROM per_session p
+    WHERE s.id = {_PLACE}
+    RETURNING s.id
+)
+SELECT (SELECT count(*) FROM ins) AS inserted,
+       ARRAY(SELECT f.id FROM fresh f
+             WHERE f.session_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM live))
+           AS refused_by_session,
+       ARRAY(SELECT o.id FROM ok o WHERE NOT EXISTS (SELECT 1 FROM written w WHERE w.id = o.id))
+           AS refused_by_owner
+"""
+
 _TURN_OPTIONS = TurnOptions.__optional_keys__
 _ADD_TURN_OPTIONS = AddTurnOptions.__optional_keys__
 
@@ -320,6 +458,49 @@ async def _explain_refusal(conn: Connection, cont: str, sid: UUID, *, scoped: bo
         f"conversation {cont!r} belongs to another session; a turn of session {sid} "
         "cannot be added to it (nothing was written)"
     )
+
+
+_KEYED = {
+    ADD_TURN: ADD_TURN_KEYED,
+    ADD_TURN_CONTEXT: ADD_TURN_CONTEXT_KEYED,
+    ADD_TURN_AFTER_QUEUED: ADD_TURN_AFTER_QUEUED_KEYED,
+    ADD_TURN_AFTER_QUEUED_CONTEXT: ADD_TURN_AFTER_QUEUED_CONTEXT_KEYED,
+}
+
+
+async def _keyed_turn(
+    db: Database, conn: Connection, query: str, arguments: tuple[object, ...]
+) -> list[Row] | None:
+    """The turn on the distributed layout: its conversation placed (remembered, else
+    claimed in this transaction: :class:`~sessionstore.routes.Routes`), then the turn's
+    statement on that one shard. A remembered place where the conversation is gone is
+    forgotten and the route claimed again. ``None``, with nothing written, when a route
+    must be claimed and ``conn`` is in no transaction: run it again in one."""
+    routes = db.routes
+    assert routes is not None
+    cont, sid = str(arguments[0]), cast(UUID | None, arguments[1])
+    if arguments[7] is None:  # the keyed statement takes the message id from the client
+        arguments = (*arguments[:7], uuid7(), *arguments[8:])
+    statement = _KEYED[query]
+    place, create = routes.cached(cont), False
+    for _ in range(2):
+        if place is None or (sid is not None and place.session_id != sid):
+            if not conn.is_in_transaction():
+                return None
+            place, create = await routes.claim(conn, cont, sid)
+        with translate_errors():
+            rows = await conn.fetch(
+                statement, *arguments, place.session_id, place.conversation_id, create
+            )
+        row = next((r for r in rows if r["c_id"] is not None), None)
+        if row is not None:
+            routes.remember(Placement(row["c_session_id"], row["c_id"], cont))
+            return rows
+        if create:
+            return rows  # the session refused it
+        routes.forget(cont)  # remembered, but gone: claim the route again
+        place = None
+    return rows
 
 
 async def add_turn(
@@ -403,12 +584,18 @@ async def add_turn(
     arguments = (*arguments, *sealing)
     written = False
 
-    async def work(conn: Connection) -> Turn:
+    async def work(conn: Connection) -> Turn | None:
         nonlocal written
-        if db.rls_scoped:
-            await conn.execute(PRECREATE_CONVERSATION, cont, sid)
-        with translate_errors():
-            rows = await conn.fetch(query, *arguments)
+        if db.keyed:
+            placed_rows = await _keyed_turn(db, conn, query, arguments)
+            if placed_rows is None:
+                return None
+            rows = placed_rows
+        else:
+            if db.rls_scoped:
+                await conn.execute(PRECREATE_CONVERSATION, cont, sid)
+            with translate_errors():
+                rows = await conn.fetch(query, *arguments)
         row = next((r for r in rows if r["c_id"] is not None), None)
         if row is None:
             assert sid is not None  # without a session the statement always writes
@@ -431,9 +618,19 @@ async def add_turn(
         return turn
 
     transaction = after is not None
+
+    async def attempt() -> Turn:
+        nonlocal transaction
+        turn = await db.run(work, transaction=transaction)
+        if turn is None:  # the distributed layout: a route is claimed in a transaction
+            transaction = True
+            turn = await db.run(work, transaction=True)
+            assert turn is not None
+        return turn
+
     try:
         try:
-            return await db.run(work, transaction=transaction)
+            return await attempt()
         except ConflictError as exc:
             # Resends of one message id at once: the loser's statement took its snapshot
             # before the winner committed, and its insert met the winner's row. Sent again
@@ -441,7 +638,7 @@ async def add_turn(
             if mid is None or exc.sqlstate != "23505":
                 raise
         written = False
-        return await db.run(work, transaction=transaction)
+        return await attempt()
     except BaseException:
         written = False
         raise
@@ -464,7 +661,16 @@ def accept_turn(
 async def write_turns(db: Database, batch: Sequence[PendingWrite]) -> dict[UUID, str]:
     """Write a write-behind batch of turns in one statement; return the ids it refused:
     their session is missing, not active or expired, or their conversation belongs to
-    another session."""
+    another session.
+
+    On the distributed layout, one statement (and transaction) per session the batch's
+    turns are placed in, each on one shard: a retry after a failure part-way skips what
+    is stored, as for one statement."""
+    if await db.is_keyed():
+        grouped, refused = await db.run(lambda conn: _placed_turns(db, conn, batch))
+        for session_id, turns in grouped.items():
+            refused.update(await _write_placed_turns(db, session_id, turns))
+        return refused
     arguments = await sealed_batch(db.keys, batch, _BATCH_FIELDS)
     row = await db.fetchrow(TURN_BATCH, *arguments, db.config.sliding_interval)
     assert row is not None  # the statement always returns one row
@@ -473,3 +679,100 @@ async def write_turns(db: Database, batch: Sequence[PendingWrite]) -> dict[UUID,
         dict.fromkeys(row["refused_by_owner"], "conversation belongs to another session")
     )
     return refused
+
+
+_OTHER_SESSION = "conversation belongs to another session"
+_NO_SESSION = "a new conversation needs a session on the distributed layout"
+
+
+async def _placed_turns(
+    db: Database, conn: Connection, batch: Sequence[PendingWrite]
+) -> tuple[dict[UUID, list[PendingWrite]], dict[UUID, str]]:
+    """The batch's turns by the session they are placed in, and those refused (by id,
+    with why). Only places are read here; routes are claimed with the writes
+    (:func:`_write_placed_turns`)."""
+    routes = db.routes
+    assert routes is not None
+    grouped: dict[UUID, list[PendingWrite]] = {}
+    refused: dict[UUID, str] = {}
+    for item in batch:
+        cont = str(item.continuation_id)
+        place = await routes.find(conn, ContinuationId(cont))
+        session_id = item.session_id
+        if session_id is None:
+            if place is None:
+                refused[item.id] = _NO_SESSION
+                continue
+            session_id = place.session_id
+        grouped.setdefault(session_id, []).append(item)
+    return grouped, refused
+
+
+async def _write_placed_turns(
+    db: Database, session_id: UUID, turns: Sequence[PendingWrite]
+) -> dict[UUID, str]:
+    """One session's turns of a batch (:data:`TURN_BATCH_KEYED`) in one transaction: each
+    conversation at its remembered place, else its route claimed in this transaction. A
+    remembered place where the conversation is gone is forgotten, its route claimed, and
+    the statement sent again (what it stored is skipped)."""
+    routes = db.routes
+    assert routes is not None
+    arguments = await sealed_batch(db.keys, turns, _BATCH_FIELDS)
+    by_conversation: dict[str, list[PendingWrite]] = {}
+    for item in turns:
+        by_conversation.setdefault(str(item.continuation_id), []).append(item)
+
+    async def work(conn: Connection) -> dict[UUID, str]:
+        refused: dict[UUID, str] = {}
+        places: dict[str, tuple[UUID, bool]] = {}
+        remembered: set[str] = set()
+        row: Row | None = None
+        by_owner: set[UUID] = set()
+        for cont in by_conversation:
+            place = routes.cached(cont)
+            if place is not None and place.session_id == session_id:
+                places[cont] = (place.conversation_id, False)
+                remembered.add(cont)
+        for attempt in range(2):
+            for cont, items in by_conversation.items():
+                if cont in places or items[0].id in refused:
+                    continue
+                try:
+                    place, create = await routes.claim(
+                        conn, cont, items[0].session_id or session_id
+                    )
+                except (ConflictError, InvalidInputError):
+                    place = None
+                if place is None or place.session_id != session_id:
+                    refused.update(dict.fromkeys((t.id for t in items), _OTHER_SESSION))
+                    continue
+                places[cont] = (place.conversation_id, create)
+            conts = list(places)
+            row = await conn.fetchrow(
+                TURN_BATCH_KEYED,
+                *arguments,
+                db.config.sliding_interval,
+                conts,
+                [places[c][0] for c in conts],
+                session_id,
+                [places[c][1] for c in conts],
+            )
+            assert row is not None  # the statement always returns one row
+            by_owner = set(row["refused_by_owner"])
+            stale = {c for c in remembered if any(t.id in by_owner for t in by_conversation[c])}
+            if not stale or attempt:
+                break
+            for cont in stale:  # remembered, but gone: claimed on the next pass
+                routes.forget(cont)
+                del places[cont]
+            remembered -= stale
+        assert row is not None  # the loop ran at least once
+        for cont, (conversation_id, _) in places.items():
+            routes.remember(Placement(session_id, conversation_id, cont))
+        refused.update(
+            dict.fromkeys(row["refused_by_session"], "session not found, not active or expired")
+        )
+        refused.update(dict.fromkeys(by_owner - refused.keys(), _OTHER_SESSION))
+        return refused
+
+    return await db.run(work, transaction=True)

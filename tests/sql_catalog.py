@@ -3,11 +3,12 @@ writes them to ``docs/sql/<module>.<NAME>.sql``, and ``test_sql_catalog`` fails 
 file there is stale, missing or left over.
 
 A statement is a module-level constant of a ``sessionstore`` module: a ``str`` whose
-first word is an SQL command, or a ``Keyed`` pair (the same statement finding its
-conversation by ``id`` and by ``continuation_id``: two files, ``.by_id`` and
-``.by_continuation``). Fragments (``rules.py``'s pieces, select lists) are not
-statements: they show inside the statements built from them, which is the point — a
-change to one rule shows in the diff of every statement it changes.
+first word is an SQL command, or a ``Keyed`` trio (the same statement finding its
+conversation by ``id``, by ``continuation_id`` and, on the distributed layout, by ``id``
+in its session: three files, ``.by_id``, ``.by_continuation`` and ``.placed``).
+Fragments (``rules.py``'s pieces, select lists) are not statements: they show inside
+the statements built from them, which is the point — a change to one rule shows in the
+diff of every statement it changes.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def statements() -> dict[str, str]:
             if isinstance(value, Keyed):
                 found[f"{short}.{attribute}.by_id.sql"] = value.by_id
                 found[f"{short}.{attribute}.by_continuation.sql"] = value.by_continuation
+                found[f"{short}.{attribute}.placed.sql"] = value.placed
             elif isinstance(value, str) and _COMMAND.match(value) and not _FIELD.search(value):
                 found[f"{short}.{attribute}.sql"] = value
     return dict(sorted(found.items()))

@@ -7,7 +7,8 @@ SELECT (SELECT count(*) FROM (
             FROM scanned c
             CROSS JOIN LATERAL (
                 SELECT (SELECT ls.id FROM (SELECT s.id, s.covers_through AS through FROM messages s
-    WHERE s.conversation_id = c.id AND s.covers_through IS NOT NULL
+    WHERE s.conversation_id = c.id
+      AND s.covers_through IS NOT NULL
     ORDER BY s.seq DESC LIMIT 1) ls) AS summary_id
             ) live
             JOIN messages m ON m.conversation_id = c.id AND m.id IS DISTINCT FROM live.summary_id

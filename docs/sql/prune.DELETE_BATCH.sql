@@ -9,7 +9,8 @@ oldest AS (
         SELECT id, conversation_id, seq, created_at FROM messages
         WHERE conversation_id = conv.id AND seq <= conv.upto
           AND id IS DISTINCT FROM (SELECT ls.id FROM (SELECT s.id, s.covers_through AS through FROM messages s
-    WHERE s.conversation_id = conv.id AND s.covers_through IS NOT NULL
+    WHERE s.conversation_id = conv.id
+      AND s.covers_through IS NOT NULL
     ORDER BY s.seq DESC LIMIT 1) ls)
         ORDER BY seq
         LIMIT $4

@@ -11,7 +11,8 @@ candidates AS (
     CROSS JOIN LATERAL (
         SELECT m.seq, m.created_at FROM messages m
         WHERE m.conversation_id = c.id AND m.id IS DISTINCT FROM (SELECT ls.id FROM (SELECT s.id, s.covers_through AS through FROM messages s
-    WHERE s.conversation_id = c.id AND s.covers_through IS NOT NULL
+    WHERE s.conversation_id = c.id
+      AND s.covers_through IS NOT NULL
     ORDER BY s.seq DESC LIMIT 1) ls)
         ORDER BY m.seq LIMIT 1
     ) oldest

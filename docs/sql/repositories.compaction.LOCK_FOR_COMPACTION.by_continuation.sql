@@ -1,1 +1,1 @@
-SELECT id, message_count, compacted_through FROM conversations WHERE continuation_id = $1 FOR UPDATE
+SELECT id, session_id, message_count, compacted_through FROM conversations WHERE continuation_id = $1 FOR UPDATE

@@ -5,7 +5,8 @@ INSERT INTO conversations AS c (continuation_id, session_id, title, metadata, me
                                 compacted_through)
 SELECT $2, $3::uuid, src.title, src.metadata, $4, coalesce(p.tokens, 0), p.last_at, src.id, $4,
        (SELECT s.through FROM (SELECT s.id, s.covers_through AS through FROM messages s
-    WHERE s.conversation_id = src.id AND s.covers_through IS NOT NULL AND s.seq < $4 + 1
+    WHERE s.conversation_id = src.id
+      AND s.covers_through IS NOT NULL AND s.seq < $4 + 1
     ORDER BY s.seq DESC LIMIT 1) s)
 FROM conversations src,
      LATERAL (SELECT sum(tokens) AS tokens, max(created_at) AS last_at FROM messages

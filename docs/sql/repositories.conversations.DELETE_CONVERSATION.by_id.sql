@@ -1,1 +1,1 @@
-DELETE FROM conversations WHERE id = $1 RETURNING id
+DELETE FROM conversations WHERE id = $1 RETURNING id, continuation_id

@@ -1,7 +1,8 @@
 
 WITH conv AS (UPDATE conversations SET message_count = message_count + $2, total_tokens = total_tokens + $3, last_message_at = greatest(last_message_at, now()) WHERE id = $1 RETURNING id, message_count)
 INSERT INTO messages
-    (id, conversation_id, seq, role, content, metadata, tokens, content_sealed, metadata_sealed)
+    (id, conversation_id, seq, role, content, metadata, tokens, content_sealed,
+     metadata_sealed)
 SELECT coalesce(u.id, gen_random_uuid()), conv.id, conv.message_count - $2 + u.ord, u.role, u.content,
        coalesce(u.metadata, '{}'::jsonb), u.tokens, u.content_sealed, u.metadata_sealed
 FROM conv, unnest($4::message_role[], $5::text[], $6::jsonb[], $7::integer[], $8::uuid[], $9::bytea[], $10::bytea[]) WITH ORDINALITY AS u(role, content, metadata, tokens, id, content_sealed, metadata_sealed, ord)

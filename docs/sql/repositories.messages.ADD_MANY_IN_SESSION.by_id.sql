@@ -10,7 +10,8 @@ sess AS (
     WHERE id = (SELECT id FROM live) AND EXISTS (SELECT 1 FROM conv)
 )
 INSERT INTO messages
-    (id, conversation_id, seq, role, content, metadata, tokens, content_sealed, metadata_sealed)
+    (id, conversation_id, seq, role, content, metadata, tokens, content_sealed,
+     metadata_sealed)
 SELECT coalesce(u.id, gen_random_uuid()), conv.id, conv.message_count - $2 + u.ord, u.role, u.content,
        coalesce(u.metadata, '{}'::jsonb), u.tokens, u.content_sealed, u.metadata_sealed
 FROM conv, unnest($4::message_role[], $5::text[], $6::jsonb[], $7::integer[], $8::uuid[], $9::bytea[], $10::bytea[]) WITH ORDINALITY AS u(role, content, metadata, tokens, id, content_sealed, metadata_sealed, ord)

@@ -1,7 +1,8 @@
 
 WITH conv AS (UPDATE conversations SET message_count = message_count + 1, total_tokens = total_tokens + coalesce($5::integer, 0), last_message_at = greatest(last_message_at, now()) WHERE id = $1 RETURNING id, message_count)
 INSERT INTO messages
-    (id, conversation_id, seq, role, content, metadata, tokens, content_sealed, metadata_sealed)
+    (id, conversation_id, seq, role, content, metadata, tokens, content_sealed,
+     metadata_sealed)
 SELECT coalesce(u.id, gen_random_uuid()), conv.id, conv.message_count - 1 + u.ord, u.role, u.content,
        coalesce(u.metadata, '{}'::jsonb), u.tokens, u.content_sealed, u.metadata_sealed
 FROM conv, (SELECT $2::message_role AS role, $3::text AS content, $4::jsonb AS metadata, $5::integer AS tokens, $6::uuid AS id, $7::bytea AS content_sealed, $8::bytea AS metadata_sealed, 1 AS ord) AS u

@@ -2,7 +2,8 @@
 SELECT m.* FROM conversations c
 LEFT JOIN LATERAL (
     SELECT s.id, s.covers_through AS through FROM messages s
-    WHERE s.conversation_id = c.id AND s.covers_through IS NOT NULL AND c.compacted_through IS NOT NULL AND NOT $6::boolean
+    WHERE s.conversation_id = c.id
+      AND s.covers_through IS NOT NULL AND c.compacted_through IS NOT NULL AND NOT $6::boolean
     ORDER BY s.seq DESC LIMIT 1
 ) g ON true
 LEFT JOIN LATERAL (
@@ -12,10 +13,12 @@ LEFT JOIN LATERAL (
             SELECT seq, sum(coalesce(tokens, (coalesce(octet_length(content_sealed) - 45, octet_length(content)) + 3) / 4)) OVER (
                 ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
             ) AS running
-            FROM messages WHERE conversation_id = c.id AND seq < $3
+            FROM messages
+            WHERE conversation_id = c.id AND seq < $3
             ORDER BY seq DESC LIMIT $2
         ) b WHERE b.running > $5::integer ORDER BY b.seq DESC LIMIT 1
-    ), 0) END) AND g.id IS NULL
+    ), 0) END)
+       AND g.id IS NULL
      ORDER BY seq DESC
      LIMIT $2)
     UNION ALL
@@ -25,7 +28,8 @@ LEFT JOIN LATERAL (
             SELECT seq, sum(coalesce(tokens, (coalesce(octet_length(content_sealed) - 45, octet_length(content)) + 3) / 4)) OVER (
                 ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
             ) AS running
-            FROM messages WHERE conversation_id = c.id AND seq < $3 AND seq > g.through AND covers_through IS NULL
+            FROM messages
+            WHERE conversation_id = c.id AND seq < $3 AND seq > g.through AND covers_through IS NULL
             ORDER BY seq DESC LIMIT $2
         ) b WHERE b.running > $5::integer ORDER BY b.seq DESC LIMIT 1
     ), 0) END) AS f) fl

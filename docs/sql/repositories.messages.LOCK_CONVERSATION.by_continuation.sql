@@ -1,1 +1,1 @@
-SELECT id FROM conversations WHERE continuation_id = $1 FOR UPDATE
+SELECT id, session_id FROM conversations WHERE continuation_id = $1 FOR UPDATE

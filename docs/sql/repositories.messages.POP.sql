@@ -1,7 +1,8 @@
 
 WITH gone AS (
     DELETE FROM messages WHERE id = (
-        SELECT id FROM messages WHERE conversation_id = $1 ORDER BY seq DESC LIMIT 1
+        SELECT id FROM messages WHERE conversation_id = $1
+        ORDER BY seq DESC LIMIT 1
     )
     RETURNING id AS id, conversation_id AS conversation_id, seq AS seq, role AS role, content AS content, metadata AS metadata, tokens AS tokens, CASE WHEN created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE created_at END AS created_at, covers_through AS covers_through, content_sealed AS content_sealed, metadata_sealed AS metadata_sealed
 ),

@@ -7,7 +7,8 @@ LEFT JOIN LATERAL (
             SELECT seq, sum(coalesce(tokens, (coalesce(octet_length(content_sealed) - 45, octet_length(content)) + 3) / 4)) OVER (
                 ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
             ) AS running
-            FROM messages WHERE conversation_id = c.id AND seq < $3
+            FROM messages
+            WHERE conversation_id = c.id AND seq < $3
             ORDER BY seq DESC LIMIT $2
         ) b WHERE b.running > $5::integer ORDER BY b.seq DESC LIMIT 1
     ), 0) END)

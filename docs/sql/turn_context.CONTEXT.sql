@@ -1,7 +1,8 @@
 
 SELECT m.* FROM (SELECT 1) one
 LEFT JOIN LATERAL (SELECT s.id, s.covers_through AS through FROM messages s
-    WHERE s.conversation_id = $1 AND s.covers_through IS NOT NULL AND s.seq < $3
+    WHERE s.conversation_id = $1
+      AND s.covers_through IS NOT NULL AND s.seq < $3
     ORDER BY s.seq DESC LIMIT 1) g ON true
 CROSS JOIN LATERAL (
     (SELECT id AS id, conversation_id AS conversation_id, seq AS seq, role AS role, content AS content, metadata AS metadata, tokens AS tokens, CASE WHEN created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE created_at END AS created_at, covers_through AS covers_through, content_sealed AS content_sealed, metadata_sealed AS metadata_sealed FROM messages
@@ -11,7 +12,8 @@ CROSS JOIN LATERAL (
             SELECT seq, sum(coalesce(tokens, (coalesce(octet_length(content_sealed) - 45, octet_length(content)) + 3) / 4)) OVER (
                 ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
             ) AS running
-            FROM messages WHERE conversation_id = $1 AND seq < $3
+            FROM messages
+            WHERE conversation_id = $1 AND seq < $3
             ORDER BY seq DESC LIMIT $2
         ) b WHERE b.running > $4::integer ORDER BY b.seq DESC LIMIT 1
     ), 0) END)
@@ -25,7 +27,8 @@ CROSS JOIN LATERAL (
             SELECT seq, sum(coalesce(tokens, (coalesce(octet_length(content_sealed) - 45, octet_length(content)) + 3) / 4)) OVER (
                 ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
             ) AS running
-            FROM messages WHERE conversation_id = $1 AND seq < $3 AND seq > g.through AND covers_through IS NULL
+            FROM messages
+            WHERE conversation_id = $1 AND seq < $3 AND seq > g.through AND covers_through IS NULL
             ORDER BY seq DESC LIMIT $2
         ) b WHERE b.running > $4::integer ORDER BY b.seq DESC LIMIT 1
     ), 0) END) AS f) fl

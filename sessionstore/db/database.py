@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import asyncpg
 
 from ..errors import (
+    InvalidStateError,
     SessionStoreError,
     StoreTimeoutError,
     StoreUnavailableError,
@@ -26,10 +27,23 @@ from .scope import enter_user_scope
 
 if TYPE_CHECKING:
     from ..keyring import KeyRing
+    from ..routes import Routes
 
 __all__ = ["Database"]
 
 T = TypeVar("T")
+
+
+async def _nothing(conn: Connection) -> None:
+    """Work that only needs a connection acquired."""
+
+
+#: Why ``as_user`` is refused on the distributed layout.
+AS_USER_DISTRIBUTED = (
+    "as_user is not available on a distributed (Citus) database: the claims it sets do not"
+    " reach the workers and its policies read other tables; use the service path and check"
+    " the user in the application"
+)
 
 
 def _retry_read(error: BaseException) -> bool:
@@ -63,12 +77,33 @@ class Database:
     ``statement_timeout`` on the server.
     """
 
-    def __init__(self, pool: Pool, claims: str | None = None, keys: KeyRing | None = None) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        claims: str | None = None,
+        keys: KeyRing | None = None,
+        routes: Routes | None = None,
+    ) -> None:
         self.pool = pool
         self.config = pool.config
         self._claims = claims
         #: The data keys, when encryption at rest is on (set once by the store).
         self.keys = keys
+        #: Where conversations live on the distributed layout (set once by the store).
+        self.routes = routes
+
+    @property
+    def keyed(self) -> bool:
+        """Whether the database has the distributed layout (:mod:`sessionstore.distribution`):
+        known once a connection has been acquired (statements are chosen inside the work
+        a connection runs)."""
+        return bool(self.pool.keyed)
+
+    async def is_keyed(self) -> bool:
+        """:attr:`keyed`, a connection acquired first if none has been yet."""
+        if self.pool.keyed is None:
+            await self.run(_nothing)
+        return self.keyed
 
     @property
     def rls_scoped(self) -> bool:
@@ -78,14 +113,16 @@ class Database:
     @property
     def service(self) -> Database:
         """The same pool as the connecting role (what no API role may do: the data keys)."""
-        return self if self._claims is None else Database(self.pool, None, self.keys)
+        return self if self._claims is None else Database(self.pool, None, self.keys, self.routes)
 
     def as_user(self, claims: str) -> Database:
         """The same pool, with every operation run as the user the JWT ``claims`` name."""
-        return Database(self.pool, claims, self.keys)
+        return Database(self.pool, claims, self.keys, self.routes)
 
     async def _once(self, work: Callable[[Connection], Awaitable[T]], transaction: bool) -> T:
         async with self.pool.acquire() as conn:
+            if self._claims is not None and self.pool.keyed:
+                raise InvalidStateError(AS_USER_DISTRIBUTED)
             if self._claims is None and not transaction:
                 return await work(conn)
             return await self._transaction(conn, self._claims, work)

@@ -22,12 +22,13 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from ..config import StoreConfig, redact_dsn
+from ..distribution import KEYED_LAYOUT, ClockedConnection
 from ..errors import (
     InvalidInputError,
     SessionStoreError,
@@ -147,6 +148,9 @@ class Pool:
         # asyncpg's cancel request gives up (and drops the connection) after
         # command_timeout; the releases' own bound covers command_timeout=None.
         self._releases = Releases(config.command_timeout or config.connect_timeout)
+        #: Whether the database has the distributed (keyed) layout, read on the first
+        #: acquisition (None before): restart the store after ``sessionstore distribute``.
+        self.keyed: bool | None = None
 
     async def _init_connection(self, conn: asyncpg.Connection) -> None:
         await init_connection(conn)
@@ -364,7 +368,9 @@ class Pool:
         conn = await self._checkout(pool)
         try:
             with translate_errors():
-                yield conn
+                if self.keyed is None:  # the pool's first connection: which layout
+                    self.keyed = bool(await conn.fetchval(KEYED_LAYOUT))
+                yield cast(Connection, ClockedConnection(conn)) if self.keyed else conn
         except BaseException as exc:
             self._releases.later(pool, conn)
             self._observe(exc)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from ..db import Connection, Database
-from ..errors import ConflictError, NotFoundError
+from ..errors import ConflictError, InvalidStateError, NotFoundError
 from ..lifecycle import require_live
 from ..rows import Row
 from ..rules import accepts_turns
@@ -290,6 +290,18 @@ def _stored(r: Row) -> StoredCheckpoint:
     )
 
 
+async def _served(db: Database) -> None:
+    """Refuse the distributed layout, where LangGraph's threads are placed by thread and
+    their sessions by session: the checkpointer's statements, which read both, are not
+    yet routed there."""
+    if await db.is_keyed():
+        raise InvalidStateError(
+            "the LangGraph checkpointer is not yet available on a distributed (Citus)"
+            " database: its statements read a thread and its session, placed on different"
+            " shards"
+        )
+
+
 class CheckpointsRepository:
     """The LangGraph checkpointer's storage (:mod:`sessionstore.integrations.langgraph`):
     threads bound to sessions, their checkpoints, channel blobs and pending writes. Each
@@ -316,6 +328,7 @@ class CheckpointsRepository:
     ) -> None:
         """Store a checkpoint and the blobs of its new channel versions in one statement
         (one round trip once the thread exists); the same checkpoint again replaces it."""
+        await _served(self._db)
         arguments = (
             checkpoint_ns,
             checkpoint_id,
@@ -346,6 +359,7 @@ class CheckpointsRepository:
     ) -> None:
         """Store a task's pending writes in one statement; ``replace``: a write already
         stored under the same task and index is replaced (else kept)."""
+        await _served(self._db)
         arguments = (
             checkpoint_ns,
             checkpoint_id,
@@ -403,6 +417,7 @@ class CheckpointsRepository:
     ) -> StoredCheckpoint | None:
         """The checkpoint ``checkpoint_id`` of the thread's namespace, or its latest when
         ``None``; ``None`` when there is none. One round trip, retried like every read."""
+        await _served(self._db)
         if checkpoint_id is None:
             row = await self._db.fetchrow(GET_LATEST, thread_id, checkpoint_ns, retry=True)
         else:
@@ -422,6 +437,7 @@ class CheckpointsRepository:
         """Checkpoints newest first (by checkpoint id), each filter applied when given:
         thread, namespace, id, metadata containing ``metadata`` (JSON text), ids before
         ``before``; at most ``limit``. One round trip."""
+        await _served(self._db)
         clauses: list[str] = []
         arguments: list[object] = []
         for clause, value in (
@@ -443,11 +459,13 @@ class CheckpointsRepository:
 
     async def delete_thread(self, thread_id: str) -> None:
         """Delete the thread with its checkpoints, blobs and writes (nothing if absent)."""
+        await _served(self._db)
         await self._db.execute(DELETE_THREAD, thread_id)
 
     async def delete_runs(self, run_ids: Sequence[str]) -> None:
         """Delete the checkpoints whose metadata names one of ``run_ids``, with their
         writes and the blobs no other checkpoint uses, in one transaction."""
+        await _served(self._db)
 
         async def work(conn: Connection) -> None:
             threads = [r["thread_id"] for r in await conn.fetch(DELETE_RUNS, list(run_ids))]
@@ -461,6 +479,7 @@ class CheckpointsRepository:
         transaction, ``target`` bound to the source's session; nothing when the source
         does not exist (or is another user's). ``ConflictError`` if ``target`` exists
         bound to another session (nothing is copied then)."""
+        await _served(self._db)
 
         async def work(conn: Connection) -> None:
             row = await conn.fetchrow(COPY_TARGET, source, target)
@@ -478,6 +497,7 @@ class CheckpointsRepository:
         namespace (with its writes) when ``keep_latest``. One transaction. With
         ``keep_latest``, threads that use a DeltaChannel are returned and nothing is
         deleted (their channels are rebuilt from their history)."""
+        await _served(self._db)
         threads = list(thread_ids)
 
         async def work(conn: Connection) -> list[str]:

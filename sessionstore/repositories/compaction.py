@@ -22,51 +22,60 @@ from ..errors import ConflictError, InvalidInputError
 from ..keyring import seal_message
 from ..models import ConversationRef, Message, Role
 from ..rows import Row
-from ..rules import bump_conversation, seq_of
+from ..rules import bump_conversation, placed, seq_of
 from ..telemetry import traced
-from .conversations import KEY, Keyed, conversation_missing
+from .conversations import KEY, Keyed, conversation_missing, run_placed
 from .message_sql import MESSAGE, read_message
 
-__all__ = ["COMPACT", "LOCK_FOR_COMPACTION", "Compaction", "compact"]
+__all__ = ["COMPACT", "COMPACT_KEYED", "LOCK_FOR_COMPACTION", "Compaction", "compact"]
 
 LOCK_FOR_COMPACTION = Keyed.of(
-    f"SELECT id, message_count, compacted_through FROM conversations WHERE {KEY} = $1 FOR UPDATE"
+    "SELECT id, session_id, message_count, compacted_through FROM conversations"
+    f" WHERE {KEY} = $1 FOR UPDATE"
 )
 
 
-def _compact_sql() -> str:
+def _compact_sql(*, keyed: bool = False) -> str:
     """The compaction of the locked conversation $1: $2 the message id (NULL: a new one),
     $3 through_seq, $4-$7 the summary's role, content, metadata and tokens, $8 whether
     to delete what it covers, $9-$10 its sealed content and metadata (encryption at
     rest; NULL in clear). One row: the summary written (``m_`` columns), or the
-    message already stored under $2 (``s_``), or neither (refused: nothing written)."""
+    message already stored under $2 (``s_``), or neither (refused: nothing written).
+
+    ``keyed``: the distributed layout's form, every table read in the conversation's
+    session ``$11`` (one shard); ``$2`` is then always given."""
     new, old = MESSAGE.select(prefix="m_"), MESSAGE.select(prefix="s_", alias="m")
     deleted = "(SELECT coalesce(sum(tokens), 0) FROM doomed)"
     bump = bump_conversation(
         "c", messages="1", tokens=f"coalesce($7::integer, 0) - {deleted}", at="now()"
     )
+    session = "$11::uuid" if keyed else None
+    touched, column, value = (
+        (", updated_at = now()", "session_id, ", f"{session}, ") if keyed else ("", "", "")
+    )
+    message_id = "$2::uuid" if keyed else "coalesce($2::uuid, gen_random_uuid())"
     return f"""
-WITH stored AS (SELECT {old} FROM messages m WHERE m.id = $2::uuid),
+WITH stored AS (SELECT {old} FROM messages m WHERE m.id = $2::uuid{placed("m", session)}),
 ok AS (
     SELECT id FROM conversations
-    WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM stored)
+    WHERE id = $1{placed("", session)} AND NOT EXISTS (SELECT 1 FROM stored)
       AND $3 >= coalesce(compacted_through, 0) AND $3 <= message_count
 ),
 doomed AS (  -- what a deleting compaction removes: what it covers, and older summaries
     SELECT id, tokens FROM messages
-    WHERE $8 AND conversation_id = $1 AND EXISTS (SELECT 1 FROM ok)
+    WHERE $8 AND conversation_id = $1{placed("", session)} AND EXISTS (SELECT 1 FROM ok)
       AND (seq <= $3 OR covers_through IS NOT NULL)
 ),
-gone AS (DELETE FROM messages WHERE id IN (SELECT id FROM doomed)),
+gone AS (DELETE FROM messages WHERE id IN (SELECT id FROM doomed){placed("", session)}),
 conv AS (
-    UPDATE conversations c SET {bump}, compacted_through = $3
-    FROM ok WHERE c.id = ok.id
+    UPDATE conversations c SET {bump}, compacted_through = $3{touched}
+    FROM ok WHERE c.id = ok.id{placed("c", session)}
     RETURNING c.message_count
 ),
 ins AS (
-    INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens,
+    INSERT INTO messages ({column}id, conversation_id, seq, role, content, metadata, tokens,
                           covers_through, content_sealed, metadata_sealed)
-    SELECT coalesce($2::uuid, gen_random_uuid()), $1,
+    SELECT {value}{message_id}, $1,
            {seq_of("conv.message_count", added="1", ordinal="1")}, $4::message_role, $5,
            coalesce($6::jsonb, '{{}}'::jsonb), $7::integer, $3, $9::bytea, $10::bytea
     FROM conv
@@ -77,6 +86,7 @@ SELECT * FROM (SELECT 1) one LEFT JOIN ins ON true LEFT JOIN stored ON true
 
 
 COMPACT = _compact_sql()
+COMPACT_KEYED = _compact_sql(keyed=True)
 
 
 def _same(stored: Message, cid: UUID, through: int, new: v.CheckedMessage) -> bool:
@@ -122,12 +132,22 @@ async def compact(
     stored_as = (new.role, text, meta, new.tokens)
 
     async def work(conn: Connection) -> Message:
-        locked = await conn.fetchrow(LOCK_FOR_COMPACTION.for_(cid), cid)
-        if locked is None:
+        found = await run_placed(db, conn, LOCK_FOR_COMPACTION, cid)
+        if not found:
             raise conversation_missing(cid)
-        row: Row | None = await conn.fetchrow(
-            COMPACT, locked["id"], mid, through, *stored_as, delete, sealed, sealed_meta
+        locked = found[0]
+        arguments: tuple[object, ...] = (
+            locked["id"],
+            mid,
+            through,
+            *stored_as,
+            delete,
+            sealed,
+            sealed_meta,
         )
+        if db.keyed:
+            arguments = (*arguments[:1], mid or uuid4(), *arguments[2:], locked["session_id"])
+        row: Row | None = await conn.fetchrow(COMPACT_KEYED if db.keyed else COMPACT, *arguments)
         assert row is not None  # the statement always returns one row
         if row["m_id"] is not None:
             return await read_message(db, row, "m_")

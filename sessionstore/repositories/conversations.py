@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, NamedTuple
 from uuid import UUID
 
@@ -19,6 +20,7 @@ from ..keyring import Owner
 from ..lifecycle import TAKES_TURNS, Attempt, raise_session_miss
 from ..models import ContinuationId, Conversation, ConversationRef, Message, Page
 from ..pagination import decode_cursor, make_page
+from ..routes import RELEASE
 from ..rows import Columns, Row, keyset_before
 from ..rules import accepts_turns, latest_summary, may_read
 from ..telemetry import traced
@@ -26,11 +28,14 @@ from ..telemetry import traced
 __all__ = [
     "CONVERSATION",
     "KEY",
+    "SESSION",
     "ConversationsRepository",
     "Keyed",
     "conversation_missing",
     "conversation_named",
     "fetch_conversation",
+    "fetch_placed",
+    "run_placed",
 ]
 
 #: Stands for the column that finds a conversation (``id`` or ``continuation_id``) in a
@@ -38,22 +43,97 @@ __all__ = [
 KEY = "@conversation_key@"
 
 
+#: Stands for the session parameter of a placed statement (see :class:`Keyed`).
+SESSION = "@session@"
+_FOUND_BY_KEY = re.compile(r"(\w+\.)?" + re.escape(KEY) + r" = \$1\b")
+_PARAMETER = re.compile(r"\$(\d+)")
+
+
 class Keyed(NamedTuple):
     """A statement finding its conversation (``$1``) by ``id``, and the same by
     ``continuation_id``: two texts rather than one with an ``OR``, so each keeps its
-    index and its plan."""
+    index and its plan. ``placed``: the distributed layout's form (see
+    :func:`run_placed`), by ``id`` in the session named by the parameter after the last.
+    """
 
     by_id: str
     by_continuation: str
+    placed: str
 
     @classmethod
-    def of(cls, template: str) -> Keyed:
-        """Both forms of ``template``, whose :data:`KEY` names the finding column."""
-        return cls(template.replace(KEY, "id"), template.replace(KEY, "continuation_id"))
+    def of(cls, template: str, placed: str | None = None) -> Keyed:
+        """Both forms of ``template``, whose :data:`KEY` names the finding column, and its
+        placed form (from ``placed`` instead, when the statement does more than find the
+        conversation: then everything it reads and writes must name the session too,
+        which :data:`SESSION` stands for)."""
+        source = template if placed is None else placed
+
+        def in_session(found: re.Match[str]) -> str:
+            alias = found[1] or ""
+            return f"{alias}id = $1 AND {alias}session_id = {SESSION}"
+
+        source = _FOUND_BY_KEY.sub(in_session, source)
+        last = max((int(n) for n in _PARAMETER.findall(source)), default=1)
+        return cls(
+            template.replace(KEY, "id"),
+            template.replace(KEY, "continuation_id"),
+            source.replace(SESSION, f"${last + 1}::uuid"),
+        )
 
     def for_(self, conversation: UUID | ContinuationId) -> str:
-        """The statement for a checked conversation reference."""
+        """The statement for a checked conversation reference (on one PostgreSQL)."""
         return self.by_continuation if isinstance(conversation, ContinuationId) else self.by_id
+
+
+async def fetch_placed(
+    db: Database,
+    statement: Keyed,
+    conversation: UUID | ContinuationId,
+    *args: Any,
+    retry: bool = False,
+) -> list[Row]:
+    """:func:`run_placed` on a connection of its own (``retry`` as for ``Database.run``):
+    on one PostgreSQL exactly ``db.fetch`` of the statement."""
+    if not await db.is_keyed():
+        return await db.fetch(statement.for_(conversation), conversation, *args, retry=retry)
+    return await db.run(
+        lambda conn: run_placed(db, conn, statement, conversation, *args), retry=retry
+    )
+
+
+async def run_placed(
+    db: Database,
+    conn: Connection,
+    statement: Keyed,
+    conversation: UUID | ContinuationId,
+    *args: Any,
+) -> list[Row]:
+    """The rows of ``statement`` for ``conversation`` (``$1``) and ``args`` (``$2`` on).
+
+    On one PostgreSQL, by id or by continuation id. On the distributed layout, its
+    ``placed`` form in the conversation's session (its shard): the place remembered,
+    else found (:class:`~sessionstore.routes.Routes`); a remembered place that gives no
+    row is asked again, in case it is stale. No rows: no such conversation (or none the
+    statement matched)."""
+    if not db.keyed:
+        return await conn.fetch(statement.for_(conversation), conversation, *args)
+    routes = db.routes
+    assert routes is not None
+    place = routes.cached(conversation)
+    remembered = place is not None
+    for _ in range(2):
+        if place is None:
+            place = await routes.find(conn, conversation)
+            if place is None:
+                return []
+        rows = await conn.fetch(statement.placed, place.conversation_id, *args, place.session_id)
+        if rows or not remembered:
+            if rows:
+                routes.remember(place)
+            return rows
+        routes.forget(place.continuation_id)
+        place, remembered = None, False
+    return []
 
 
 CONVERSATION = Columns(Conversation)
@@ -77,8 +157,25 @@ SELECT {_COLUMNS},
 FROM conversations
 WHERE continuation_id = $1 AND NOT EXISTS (SELECT 1 FROM ins)
 """
+# On the distributed layout: $1-$4 as above (with $2 given: the session places it), $5
+# the id of a conversation created here (this transaction holds its route).
+GET_OR_CREATE_KEYED = f"""
+WITH ins AS (
+    INSERT INTO conversations (id, continuation_id, session_id, title, metadata)
+    VALUES ($5, $1, $2, $3, coalesce($4::jsonb, '{{}}'::jsonb))
+    ON CONFLICT (session_id, continuation_id) DO NOTHING
+    RETURNING {_COLUMNS}
+)
+SELECT {_COLUMNS} FROM ins
+UNION ALL
+SELECT {_COLUMNS} FROM conversations
+WHERE session_id = $2 AND continuation_id = $1 AND NOT EXISTS (SELECT 1 FROM ins)
+"""
+SESSION_EXISTS = "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1)"
 GET = Keyed.of(f"SELECT {_COLUMNS} FROM conversations WHERE {KEY} = $1")
-DELETE_CONVERSATION = Keyed.of(f"DELETE FROM conversations WHERE {KEY} = $1 RETURNING id")
+DELETE_CONVERSATION = Keyed.of(
+    f"DELETE FROM conversations WHERE {KEY} = $1 RETURNING id, continuation_id"
+)
 GET_BY_CONTINUATION = f"SELECT {_COLUMNS} FROM conversations WHERE continuation_id = $1"
 # One row per conversation, or one all-null row when the session has none: zero rows
 # means the session itself does not exist.
@@ -190,6 +287,60 @@ UPDATE messages m SET content_sealed = u.content_sealed, metadata_sealed = u.met
 FROM unnest($1::uuid[], $2::bytea[], $3::bytea[]) AS u(id, content_sealed, metadata_sealed)
 WHERE m.id = u.id
 """
+# Forks on the distributed layout: a source is read only by its own session (may_read),
+# so a fork is made in the source's session, on its shard; its continuation id's route is
+# claimed first (routes). $1 the source's id, $2 the session, $3 the fork's continuation id.
+LOCK_SOURCE_KEYED = f"""
+WITH live AS (SELECT id FROM sessions WHERE id = $2 AND {accepts_turns()} FOR UPDATE),
+src AS (
+    SELECT id, message_count FROM conversations
+    WHERE session_id = $2 AND id = $1 AND EXISTS (SELECT 1 FROM live)
+    FOR SHARE
+)
+SELECT named.id AS named_id, src.id AS source_id, src.message_count AS source_count,
+       EXISTS (SELECT 1 FROM live) AS live,
+       f.id AS taken_id, f.forked_from, f.forked_at_seq, f.session_id AS taken_session
+FROM (SELECT 1) one
+LEFT JOIN conversations named ON named.session_id = $2 AND named.id = $1
+LEFT JOIN src ON true
+LEFT JOIN conversations f ON f.session_id = $2 AND f.continuation_id = $3
+"""
+# $1 the locked source, $2 continuation id, $3 session, $4 through_seq, $5 the fork's id.
+CREATE_FORK_AND_COPY_KEYED = f"""
+WITH fork AS (
+    INSERT INTO conversations AS c (id, continuation_id, session_id, title, metadata,
+                                    message_count, total_tokens, last_message_at,
+                                    forked_from, forked_at_seq, compacted_through)
+    SELECT $5, $2, $3, src.title, src.metadata, $4, coalesce(p.tokens, 0), p.last_at, src.id,
+           $4, (SELECT s.through FROM (
+               {latest_summary("src.id", before="$4 + 1", session="$3")}) s)
+    FROM conversations src,
+         LATERAL (SELECT sum(tokens) AS tokens, max(created_at) AS last_at FROM messages
+                  WHERE session_id = $3 AND conversation_id = src.id AND seq <= $4) p
+    WHERE src.session_id = $3 AND src.id = $1
+    ON CONFLICT (session_id, continuation_id) DO NOTHING
+    RETURNING {CONVERSATION.select(alias="c")}
+),
+copied AS (
+    INSERT INTO messages (id, session_id, conversation_id, {_CARRIED})
+    SELECT gen_random_uuid(), $3, fork.id, {", ".join("m." + f for f in _CARRIED.split(", "))}
+    FROM fork, messages m WHERE m.session_id = $3 AND m.conversation_id = $1 AND m.seq <= $4
+    RETURNING content_sealed
+)
+SELECT *, EXISTS (SELECT 1 FROM copied WHERE content_sealed IS NOT NULL) AS sealed_copies
+FROM fork
+"""
+SEALED_COPIES_KEYED = """
+SELECT f.id AS fork_id, s.id AS source_id, s.content_sealed, s.metadata_sealed
+FROM messages f JOIN messages s
+  ON s.session_id = f.session_id AND s.conversation_id = $1 AND s.seq = f.seq
+WHERE f.session_id = $3 AND f.conversation_id = $2 AND f.content_sealed IS NOT NULL
+"""
+RESEAL_KEYED = """
+UPDATE messages m SET content_sealed = u.content_sealed, metadata_sealed = u.metadata_sealed
+FROM unnest($1::uuid[], $2::bytea[], $3::bytea[]) AS u(id, content_sealed, metadata_sealed)
+WHERE m.session_id = $4 AND m.id = u.id
+"""
 # A source that changed between the snapshot and the lock is read again; twice more
 # always suffices unless it keeps changing.
 _FORK_ATTEMPTS = 3
@@ -232,10 +383,10 @@ async def fetch_conversation(
     ``InvalidInputError`` for a malformed reference, ``NotFoundError`` when there is no
     row. ``retry`` as for ``Database.run`` (off for writes)."""
     ref = v.conversation(conversation)
-    row = await db.fetchrow(query.for_(ref), ref, retry=retry)
-    if row is None:
+    rows = await fetch_placed(db, query, ref, retry=retry)
+    if not rows:
         raise conversation_missing(ref)
-    return row
+    return rows[0]
 
 
 class ConversationsRepository:
@@ -267,6 +418,9 @@ class ConversationsRepository:
         title_ = v.text(title, "title", optional=True)
         meta = v.metadata_json(metadata)
 
+        if await self._db.is_keyed():
+            return await self._get_or_create_placed(cid, sid, title_, meta)
+
         async def work(conn: Connection) -> Conversation:
             for _ in range(_GET_OR_CREATE_ATTEMPTS):
                 try:
@@ -290,6 +444,36 @@ class ConversationsRepository:
 
         return await self._db.run(work, retry=True)
 
+    async def _get_or_create_placed(
+        self, cid: str, sid: UUID | None, title: str | None, meta: str | None
+    ) -> Conversation:
+        """:meth:`get_or_create` on the distributed layout: created only in a session
+        (its shard), its route claimed in the same transaction; without one, only
+        found."""
+        db = self._db
+        routes = db.routes
+        assert routes is not None
+
+        async def work(conn: Connection) -> Conversation:
+            if sid is not None and not await conn.fetchval(SESSION_EXISTS, sid):
+                raise NotFoundError(f"session {sid} not found")
+            try:
+                place, _ = await routes.claim(conn, cid, sid)
+            except ConflictError:
+                raise ConflictError(
+                    f"conversation {cid!r} belongs to another session, not {sid}"
+                ) from None
+            for _ in range(_GET_OR_CREATE_ATTEMPTS):
+                row = await conn.fetchrow(
+                    GET_OR_CREATE_KEYED, cid, place.session_id, title, meta, place.conversation_id
+                )
+                if row is not None:
+                    routes.remember(place)
+                    return CONVERSATION.one(row)
+            raise ConflictError(f"conversation {cid!r} kept changing; nothing was written")
+
+        return await db.run(work, transaction=True, retry=True)
+
     @traced("conversations")
     async def get(self, conversation_id: ConversationRef) -> Conversation:
         """The conversation (by id or :class:`~sessionstore.ContinuationId`);
@@ -299,8 +483,25 @@ class ConversationsRepository:
     @traced("conversations")
     async def delete(self, conversation_id: ConversationRef) -> None:
         """Delete the conversation (by id or :class:`~sessionstore.ContinuationId`) and
-        its messages; ``NotFoundError`` if absent."""
-        await fetch_conversation(self._db, DELETE_CONVERSATION, conversation_id, retry=False)
+        its messages; ``NotFoundError`` if absent. On the distributed layout its route
+        goes in the same transaction (two shards)."""
+        db = self._db
+        if not await db.is_keyed():
+            await fetch_conversation(db, DELETE_CONVERSATION, conversation_id, retry=False)
+            return
+        ref = v.conversation(conversation_id)
+        routes = db.routes
+        assert routes is not None
+
+        async def work(conn: Connection) -> None:
+            rows = await run_placed(db, conn, DELETE_CONVERSATION, ref)
+            if not rows:
+                raise conversation_missing(ref)
+            gone = rows[0]
+            await conn.execute(RELEASE, gone["continuation_id"], gone["id"])
+            routes.forget(gone["continuation_id"])
+
+        await db.run(work, transaction=True)
 
     @traced("conversations")
     async def fork(
@@ -360,6 +561,8 @@ class ConversationsRepository:
         cid = v.identifier(continuation_id, "continuation_id")
         sid = None if session_id is None else v.uuid(session_id, "session_id")
         upto = None if through_seq is None else v.non_negative_int(through_seq, "through_seq")
+        if await self._db.is_keyed():
+            return await self._fork_placed(ref, cid, sid, upto)
         lock = LOCK_SOURCE.for_(ref)
 
         async def work(conn: Connection) -> Conversation:
@@ -405,6 +608,96 @@ class ConversationsRepository:
 
         return await self._db.run(work, transaction=True, retry=True)
 
+    async def _fork_placed(
+        self, ref: UUID | ContinuationId, cid: str, sid: UUID | None, upto: int | None
+    ) -> Conversation:
+        """:meth:`fork` on the distributed layout: in the source's session, which must be
+        named (a conversation is placed by its session), on its shard; the fork's
+        continuation id claimed in the same transaction."""
+        if sid is None:
+            raise InvalidInputError(
+                "session_id",
+                "on the distributed layout a fork is placed in a session: give the session",
+            )
+        db = self._db
+        routes = db.routes
+        assert routes is not None
+
+        async def work(conn: Connection) -> Conversation:
+            source = await routes.find(conn, ref)
+            if source is None or source.session_id != sid:
+                # Another session's source reads as missing, as on one PostgreSQL.
+                if not await conn.fetchval(TAKES_TURNS, sid):
+                    await raise_session_miss(conn, Attempt(sid, "fork a conversation into"))
+                raise conversation_missing(ref)
+            for _ in range(_FORK_ATTEMPTS):
+                row = await conn.fetchrow(LOCK_SOURCE_KEYED, source.conversation_id, sid, cid)
+                assert row is not None  # the statement always returns one row
+                taken: Row | None = row if row["taken_id"] is not None else None
+                if taken is not None and _resent(taken, source.conversation_id, sid, upto):
+                    found = await conn.fetchrow(GET.placed, taken["taken_id"], sid)
+                    if found is not None:
+                        return CONVERSATION.one(found)
+                    continue
+                if not row["live"]:
+                    if not await conn.fetchval(TAKES_TURNS, sid):
+                        await raise_session_miss(conn, Attempt(sid, "fork a conversation into"))
+                    continue
+                if row["source_id"] is None:
+                    raise conversation_missing(ref)
+                if taken is not None:
+                    raise _taken(cid)
+                count = row["source_count"]
+                through = count if upto is None else upto
+                if through > count:
+                    raise InvalidInputError(
+                        "through_seq", "must not be past the conversation's last message"
+                    )
+                try:
+                    place, _ = await routes.claim(conn, cid, sid)
+                except ConflictError:
+                    raise _taken(cid) from None
+                made = await conn.fetchrow(
+                    CREATE_FORK_AND_COPY_KEYED,
+                    source.conversation_id,
+                    cid,
+                    sid,
+                    through,
+                    place.conversation_id,
+                )
+                if made is None:
+                    raise _taken(cid)
+                if made["sealed_copies"]:
+                    await self._reseal(
+                        conn, SEALED_COPIES_KEYED, RESEAL_KEYED, source.conversation_id, made, sid
+                    )
+                routes.remember(place)
+                return CONVERSATION.one(made)
+            raise ConflictError(f"{conversation_named(ref)} kept changing; nothing was written")
+
+        return await db.run(work, transaction=True, retry=True)
+
+    async def _reseal(
+        self,
+        conn: Connection,
+        copies_query: str,
+        reseal_query: str,
+        source: UUID,
+        fork: Row,
+        sid: UUID | None,
+    ) -> None:
+        """Seal a fork's copies again, for their own ids and the fork's owner."""
+        keyed = copies_query is SEALED_COPIES_KEYED
+        extra = (sid,) if keyed else ()
+        copies = await conn.fetch(copies_query, source, fork["id"], *extra)
+        if self._db.keys is None:
+            raise EncryptionError(
+                "the conversation's messages are encrypted and this store has no"
+                " encryption key: a fork needs it (nothing was written)"
+            )
+        owner: Owner = None if sid is None else ("session", sid)
+        await conn.execute(reseal_query, *await self._db.keys.reseal(copies, owner), *extra)
+
     async def _create(
         self, conn: Connection, source: UUID, cid: str, sid: UUID | None, through: int
     ) -> Conversation | None:
@@ -421,14 +714,7 @@ class ConversationsRepository:
         if row is None:
             return None
         if sealed:
-            copies = await conn.fetch(SEALED_COPIES, source, row["id"])
-            if self._db.keys is None:
-                raise EncryptionError(
-                    "the conversation's messages are encrypted and this store has no"
-                    " encryption key: a fork needs it (nothing was written)"
-                )
-            owner: Owner = None if sid is None else ("session", sid)
-            await conn.execute(RESEAL, *await self._db.keys.reseal(copies, owner))
+            await self._reseal(conn, SEALED_COPIES, RESEAL, source, row, sid)
         return CONVERSATION.one(row)
 
     @traced("conversations")

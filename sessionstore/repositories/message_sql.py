@@ -20,12 +20,14 @@ from ..rules import (
     latest_summary,
     may_read,
     may_write,
+    placed,
     seq_of,
 )
-from .conversations import KEY, Keyed
+from .conversations import KEY, SESSION, Keyed
 
 __all__ = [
     "MESSAGE",
+    "STORED_PLACED",
     "append_statement",
     "history_statement",
     "read_message",
@@ -53,35 +55,63 @@ def append_statement(added: str, tokens: str, rows: str, *, session: str | None 
     a turn of that session: it must take turns (locked first, like every writer), the
     conversation must be its own or unbound (then bound to it), and the session counts
     one turn and ``tokens``. Otherwise nothing matches and nothing is written.
+
+    The placed form (the distributed layout) writes in the conversation's session, on
+    its shard; ids must be given there.
     """
+    return Keyed.of(
+        _append(added, tokens, rows, session, keyed=False),
+        _append(added, tokens, rows, session, keyed=True),
+    )
+
+
+def _append(added: str, tokens: str, rows: str, session: str | None, *, keyed: bool) -> str:
+    """:func:`append_statement`'s text, on one PostgreSQL or (``keyed``) placed."""
     bump = bump_conversation("", messages=added, tokens=tokens, at="now()")
     seq = seq_of("conv.message_count", added=added, ordinal="u.ord")
+    if keyed:
+        bump += ", updated_at = now()"
+        column, value, message_id = "session_id, ", f"{SESSION}, ", "u.id"
+    else:
+        column, value, message_id = "", "", "coalesce(u.id, gen_random_uuid())"
     insert = f"""INSERT INTO messages
-    (id, conversation_id, seq, role, content, metadata, tokens, content_sealed, metadata_sealed)
-SELECT coalesce(u.id, gen_random_uuid()), conv.id, {seq}, u.role, u.content,
+    ({column}id, conversation_id, seq, role, content, metadata, tokens, content_sealed,
+     metadata_sealed)
+SELECT {value}{message_id}, conv.id, {seq}, u.role, u.content,
        coalesce(u.metadata, '{{}}'::jsonb), u.tokens, u.content_sealed, u.metadata_sealed
 FROM conv, {rows}
 RETURNING {_COLUMNS}"""
     if session is None:
-        return Keyed.of(f"""
+        return f"""
 WITH conv AS (UPDATE conversations SET {bump} WHERE {KEY} = $1 RETURNING id, message_count)
 {insert}
-""")
+"""
     sid = f"{session}::uuid"
     slide = f"${int(session[1:]) + 1}"
-    return Keyed.of(f"""
-WITH live AS (SELECT id FROM sessions WHERE id = {sid} AND {accepts_turns()} FOR UPDATE),
+    if keyed:  # placed in its session: the turn's session must be that one
+        live, binding, touched = f"id = {SESSION} AND id = {sid}", "", ", updated_at = now()"
+        owned, counted = f"session_id = {sid}", f"id = {SESSION} AND EXISTS (SELECT 1 FROM live)"
+    else:
+        live, binding, touched = f"id = {sid}", f"session_id = {bind('session_id', sid)}, ", ""
+        owned, counted = may_write("session_id", sid), "id = (SELECT id FROM live)"
+    return f"""
+WITH live AS (SELECT id FROM sessions WHERE {live} AND {accepts_turns()} FOR UPDATE),
 conv AS (
-    UPDATE conversations SET session_id = {bind("session_id", sid)}, {bump}
-    WHERE {KEY} = $1 AND EXISTS (SELECT 1 FROM live) AND {may_write("session_id", sid)}
+    UPDATE conversations SET {binding}{bump}
+    WHERE {KEY} = $1 AND EXISTS (SELECT 1 FROM live) AND {owned}
     RETURNING id, message_count
 ),
 sess AS (
-    UPDATE sessions SET {bump_session("", turns="1", tokens=tokens, slide=slide)}
-    WHERE id = (SELECT id FROM live) AND EXISTS (SELECT 1 FROM conv)
+    UPDATE sessions SET {bump_session("", turns="1", tokens=tokens, slide=slide)}{touched}
+    WHERE {counted} AND EXISTS (SELECT 1 FROM conv)
 )
 {insert}
-""")
+"""
+
+
+#: Where ``extra`` (see :func:`history_statement`) reads messages ``s``: their session,
+#: on the distributed layout.
+STORED_PLACED = "@stored_placed@"
 
 
 def history_statement(session: str, budget: str, everything: str, extra: str = "") -> Keyed:
@@ -99,15 +129,29 @@ def history_statement(session: str, budget: str, everything: str, extra: str = "
     a conversation it may not read gives zero rows, like a missing one (the rows keep
     exactly the message columns: ``Columns.many``'s fast path). With ``extra`` the rows
     also say whether it may (``readable``), and a conversation it may not read gives the
-    all-null message: none of its content leaves the server either way.
+    all-null message: none of its content leaves the server either way. Where ``extra``
+    reads messages ``s``, :data:`STORED_PLACED` stands for their placement.
     """
+    return Keyed.of(
+        _history(session, budget, everything, extra, None),
+        _history(session, budget, everything, extra, SESSION),
+    )
+
+
+def _history(session: str, budget: str, everything: str, extra: str, placing: str | None) -> str:
+    """:func:`history_statement`'s text; ``placing``: the session parameter every read of
+    messages names on the distributed layout (else ``None``): a value, not the
+    conversation's column, so that Citus routes the whole statement to one shard."""
     readable = may_read("c.session_id", f"{session}::uuid")
+    extra = extra.replace(STORED_PLACED, placed("s", placing))
     if extra:  # the check in the row, and on the messages read
         extra, where, messages = f", {readable} AS readable{extra}", "", f" AND {readable}"
     else:  # the check on the conversation: no row, no messages read
         where, messages = f" AND {readable}", ""
     tokens = f"{budget}::integer"
-    floor = budget_floor(conversation="c.id", upper="$3", limit="$2", budget=tokens)
+    floor = budget_floor(
+        conversation="c.id", upper="$3", limit="$2", budget=tokens, session=placing
+    )
     view = compacted_view(
         conversation="c.id",
         upper="$3",
@@ -117,15 +161,20 @@ def history_statement(session: str, budget: str, everything: str, extra: str = "
         through="g.through",
         columns=lambda alias: MESSAGE.select(alias=alias),
         where=f"{messages} AND g.id IS NOT NULL",
+        session=placing,
     )
-    return Keyed.of(f"""
+    summary = latest_summary(
+        "c.id", where=f" AND c.compacted_through IS NOT NULL AND NOT {everything}", session=placing
+    )
+    return f"""
 SELECT m.*{extra} FROM conversations c
 LEFT JOIN LATERAL (
-    {latest_summary("c.id", where=f" AND c.compacted_through IS NOT NULL AND NOT {everything}")}
+    {summary}
 ) g ON true
 LEFT JOIN LATERAL (
     (SELECT {_COLUMNS} FROM messages
-     WHERE conversation_id = c.id AND seq < $3 AND seq > {floor}{messages} AND g.id IS NULL
+     WHERE conversation_id = c.id{placed("", placing)} AND seq < $3 AND seq > {floor}{messages}
+       AND g.id IS NULL
      ORDER BY seq DESC
      LIMIT $2)
     UNION ALL
@@ -134,7 +183,7 @@ LEFT JOIN LATERAL (
 WHERE c.{KEY} = $1{where}
 ORDER BY CASE WHEN g.id IS NOT NULL AND m.covers_through IS NOT NULL
          THEN m.covers_through ELSE m.seq END
-""")
+"""
 
 
 def stored_history_statement(session: str, budget: str) -> Keyed:
@@ -145,18 +194,28 @@ def stored_history_statement(session: str, budget: str) -> Keyed:
     plain statement spares the compacted view's plan (about half the server's time per
     read). Zero rows: no such conversation, or one ``session`` (NULL: any) may not read.
     One all-null message: none stored (or none within the budget)."""
-    floor = budget_floor(conversation="c.id", upper="$3", limit="$2", budget=f"{budget}::integer")
-    return Keyed.of(f"""
+
+    def text(placing: str | None) -> str:
+        floor = budget_floor(
+            conversation="c.id",
+            upper="$3",
+            limit="$2",
+            budget=f"{budget}::integer",
+            session=placing,
+        )
+        return f"""
 SELECT m.*, c.compacted_through AS conv_compacted FROM conversations c
 LEFT JOIN LATERAL (
     SELECT {_COLUMNS} FROM messages
-    WHERE conversation_id = c.id AND seq < $3 AND seq > {floor}
+    WHERE conversation_id = c.id{placed("", placing)} AND seq < $3 AND seq > {floor}
     ORDER BY seq DESC
     LIMIT $2
 ) m ON true
 WHERE c.{KEY} = $1 AND {may_read("c.session_id", f"{session}::uuid")}
 ORDER BY m.seq
-""")
+"""
+
+    return Keyed.of(text(None), text(SESSION))
 
 
 async def read_messages(db: Database, rows: Sequence[Row], prefix: str = "") -> list[Message]:

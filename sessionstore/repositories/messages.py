@@ -26,7 +26,7 @@ from ..models import (
     Role,
 )
 from ..rows import Row
-from ..rules import drop_latest
+from ..rules import drop_latest, placed
 from ..telemetry import traced
 from .compaction import Compaction
 from .conversations import (
@@ -35,9 +35,12 @@ from .conversations import (
     conversation_missing,
     conversation_named,
     fetch_conversation,
+    fetch_placed,
+    run_placed,
 )
 from .message_sql import (
     MESSAGE,
+    STORED_PLACED,
     append_statement,
     history_statement,
     read_message,
@@ -88,49 +91,74 @@ HISTORY_WITH_WAITING = history_statement(
     "$6",
     "$7::boolean",
     ", c.id AS conv_id, c.continuation_id AS conv_continuation, c.message_count AS conv_count,"
-    " ARRAY(SELECT s.id FROM messages s WHERE s.id = ANY($4::uuid[])) AS stored",
+    " ARRAY(SELECT s.id FROM messages s WHERE s.id = ANY($4::uuid[])"
+    f"{STORED_PLACED}) AS stored",
 )
 COUNT = Keyed.of(f"SELECT message_count FROM conversations WHERE {KEY} = $1")
 OWNER_OF = Keyed.of(f"SELECT session_id FROM conversations WHERE {KEY} = $1")
 # Removals lock the conversation first, in their own statement: the removing statement's
 # snapshot then holds every append that committed before the lock (one snapshot taken
 # before it could miss the latest message and still lower the count).
-LOCK_CONVERSATION = Keyed.of(f"SELECT id FROM conversations WHERE {KEY} = $1 FOR UPDATE")
-_DROP = drop_latest(
-    seq="gone.seq",
-    tokens="gone.tokens",
-    # max, not the time of seq - 1: concurrent appends take their times before the lock
-    # that orders them, so times need not rise with seq.
-    previous_at="(SELECT max(p.created_at) FROM messages p WHERE p.conversation_id = $1"
-    " AND p.seq < gone.seq)",
+LOCK_CONVERSATION = Keyed.of(
+    f"SELECT id, session_id FROM conversations WHERE {KEY} = $1 FOR UPDATE"
 )
-POP = f"""
+
+
+def _pop(session: str | None) -> str:
+    """Delete the latest message of the locked conversation $1 (``session``: the
+    distributed layout's placing session, else ``None``)."""
+    here, touched = placed("p", session), ", updated_at = now()" if session else ""
+    drop = drop_latest(
+        seq="gone.seq",
+        tokens="gone.tokens",
+        # max, not the time of seq - 1: concurrent appends take their times before the
+        # lock that orders them, so times need not rise with seq.
+        previous_at="(SELECT max(p.created_at) FROM messages p WHERE p.conversation_id = $1"
+        f"{here} AND p.seq < gone.seq)",
+    )
+    return f"""
 WITH gone AS (
     DELETE FROM messages WHERE id = (
-        SELECT id FROM messages WHERE conversation_id = $1 ORDER BY seq DESC LIMIT 1
-    )
+        SELECT id FROM messages WHERE conversation_id = $1{placed("", session)}
+        ORDER BY seq DESC LIMIT 1
+    ){placed("", session)}
     RETURNING {_COLUMNS}
 ),
 counted AS (
-    UPDATE conversations SET {_DROP},
+    UPDATE conversations SET {drop}{touched},
         -- the live summary popped: the one before it is live again (if still stored)
         compacted_through = CASE WHEN gone.covers_through IS NULL THEN compacted_through
             ELSE (SELECT p.covers_through FROM messages p
-                  WHERE p.conversation_id = $1 AND p.covers_through IS NOT NULL
+                  WHERE p.conversation_id = $1{here} AND p.covers_through IS NOT NULL
                     AND p.seq < gone.seq ORDER BY p.seq DESC LIMIT 1) END
-    FROM gone WHERE conversations.id = $1
+    FROM gone WHERE conversations.id = $1{placed("conversations", session)}
 )
 SELECT * FROM gone
 """
-CLEAR = """
-WITH gone AS (DELETE FROM messages WHERE conversation_id = $1 RETURNING 1),
+
+
+def _clear(session: str | None) -> str:
+    """Delete every message of the locked conversation $1 (``session`` as for
+    :func:`_pop`)."""
+    touched = ", updated_at = now()" if session else ""
+    return f"""
+WITH gone AS (
+    DELETE FROM messages WHERE conversation_id = $1{placed("", session)} RETURNING 1
+),
 counted AS (
     UPDATE conversations
-    SET message_count = 0, total_tokens = 0, last_message_at = NULL, compacted_through = NULL
-    WHERE id = $1
+    SET message_count = 0, total_tokens = 0, last_message_at = NULL,
+        compacted_through = NULL{touched}
+    WHERE id = $1{placed("", session)}
 )
 SELECT count(*) FROM gone
 """
+
+
+POP = _pop(None)
+POP_KEYED = _pop("$2::uuid")
+CLEAR = _clear(None)
+CLEAR_KEYED = _clear("$2::uuid")
 _MESSAGE_OPTIONS = MessageOptions.__optional_keys__
 #: ``before`` when none is given: above every ``seq`` (an integer column).
 NO_UPPER_BOUND = 2**31 - 1
@@ -182,20 +210,12 @@ class MessagesRepository(Compaction):
         text, meta, sealed, sealed_meta = await seal_message(
             self._db.keys, ("conversation", cid), mid, fields.content, fields.metadata
         )
-        row = await self._db.fetchrow(
-            ADD_MESSAGE.for_(cid),
-            cid,
-            fields.role,
-            text,
-            meta,
-            fields.tokens,
-            mid,
-            sealed,
-            sealed_meta,
-        )
-        if row is None:
+        arguments = (fields.role, text, meta, fields.tokens, mid, sealed, sealed_meta)
+        db = self._db
+        rows = await fetch_placed(db, ADD_MESSAGE, cid, *arguments)
+        if not rows:
             raise conversation_missing(cid)
-        return await read_message(self._db, row)
+        return await read_message(db, rows[0])
 
     @traced("messages")
     async def add_many(
@@ -262,7 +282,8 @@ class MessagesRepository(Compaction):
             sealed_metas,
         )
         if sid is None:
-            rows = await self._db.fetch(ADD_MANY.for_(cid), *arguments)
+            db = self._db
+            rows = await fetch_placed(db, ADD_MANY, *arguments)
             if not rows:
                 raise conversation_missing(cid)
         else:
@@ -275,18 +296,19 @@ class MessagesRepository(Compaction):
         self, sid: UUID, arguments: tuple[Any, ...]
     ) -> Callable[[Connection], Awaitable[list[Row]]]:
         cid = arguments[0]
-        query = ADD_MANY_IN_SESSION.for_(cid)
         slide = self._db.config.sliding_interval
+        db = self._db
 
         async def work(conn: Connection) -> list[Row]:
             for _ in range(_TURN_ATTEMPTS):
-                rows = await conn.fetch(query, *arguments, sid, slide)
+                rows = await run_placed(db, conn, ADD_MANY_IN_SESSION, *arguments, sid, slide)
                 if rows:
                     return rows
                 # Why nothing matched: the conversation, the session, else ownership.
-                found = await conn.fetchrow(OWNER_OF.for_(cid), cid)
-                if found is None:
+                owners = await run_placed(db, conn, OWNER_OF, cid)
+                if not owners:
                     raise conversation_missing(cid)
+                found = owners[0]
                 if not await conn.fetchval(TAKES_TURNS, sid):
                     await raise_session_miss(conn, Attempt(sid, "add a turn to"))
                 if found["session_id"] not in (None, sid):
@@ -367,16 +389,15 @@ class MessagesRepository(Compaction):
         A conversation not known to be compacted is read by the plain statement, which
         also says whether it is: if so (then only) the compacted view is read, a second
         round trip the first time this repository meets that conversation."""
+        db = self._db
         if everything or cid not in self._compacted:
-            query = STORED_HISTORY.for_(cid)
-            rows = await self._db.fetch(query, cid, size, upper, sid, budget, retry=True)
+            rows = await fetch_placed(db, STORED_HISTORY, cid, size, upper, sid, budget, retry=True)
             if not rows:  # missing, or not this session's
                 raise conversation_missing(cid)
             if everything or rows[0]["conv_compacted"] is None:
                 return [] if rows[0]["id"] is None else await read_messages(self._db, rows)
             self._compacted.add(cid)
-        query = HISTORY.for_(cid)
-        rows = await self._db.fetch(query, cid, size, upper, sid, budget, False, retry=True)
+        rows = await fetch_placed(db, HISTORY, cid, size, upper, sid, budget, False, retry=True)
         if not rows:
             raise conversation_missing(cid)
         if rows[0]["id"] is None:  # the one all-null row of a conversation without messages
@@ -401,12 +422,18 @@ class MessagesRepository(Compaction):
         """
         cid = v.conversation(conversation_id)
 
+        db = self._db
+
         async def work(conn: Connection) -> Message | None:
-            locked = await conn.fetchval(LOCK_CONVERSATION.for_(cid), cid)
-            if locked is None:
+            found = await run_placed(db, conn, LOCK_CONVERSATION, cid)
+            if not found:
                 raise conversation_missing(cid)
-            row = await conn.fetchrow(POP, locked)
-            return None if row is None else await read_message(self._db, row)
+            locked = found[0]
+            if db.keyed:
+                row = await conn.fetchrow(POP_KEYED, locked["id"], locked["session_id"])
+            else:
+                row = await conn.fetchrow(POP, locked["id"])
+            return None if row is None else await read_message(db, row)
 
         return await self._db.run(work, transaction=True)
 
@@ -419,10 +446,15 @@ class MessagesRepository(Compaction):
         """
         cid = v.conversation(conversation_id)
 
+        db = self._db
+
         async def work(conn: Connection) -> int:
-            locked = await conn.fetchval(LOCK_CONVERSATION.for_(cid), cid)
-            if locked is None:
+            found = await run_placed(db, conn, LOCK_CONVERSATION, cid)
+            if not found:
                 raise conversation_missing(cid)
-            return int(await conn.fetchval(CLEAR, locked))
+            locked = found[0]
+            if db.keyed:
+                return int(await conn.fetchval(CLEAR_KEYED, locked["id"], locked["session_id"]))
+            return int(await conn.fetchval(CLEAR, locked["id"]))
 
         return await self._db.run(work, transaction=True)

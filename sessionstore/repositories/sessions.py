@@ -99,6 +99,17 @@ gone AS (DELETE FROM sessions WHERE id = ANY($1::uuid[]) RETURNING 1)
 SELECT count(*) AS deleted FROM gone
 """
 COUNT_DUE = f"SELECT count(*) FROM sessions WHERE {cleanup_due()}"
+# On the distributed layout: due sessions are listed (every shard is asked: no lock
+# there) and deleted in a statement that judges them again; the foreign key deletes
+# their conversations and messages with them (ON DELETE CASCADE: there is no detaching
+# on that layout), what a concurrent turn wrote meanwhile included.
+DUE_SESSIONS = f"SELECT id FROM sessions WHERE {cleanup_due()} LIMIT $1"
+DELETE_DUE_SESSIONS = f"""
+WITH gone AS (
+    DELETE FROM sessions WHERE id = ANY($1::uuid[]) AND {cleanup_due()} RETURNING 1
+)
+SELECT count(*) AS deleted FROM gone
+"""
 
 
 class SessionsRepository:
@@ -304,7 +315,9 @@ class SessionsRepository:
 
         Same rule as the original ``cleanup_expired_sessions()``, which leaves the
         sessions' conversations in place (detached); ``delete_conversations=True`` deletes
-        them and their messages too, including any a concurrent turn wrote meanwhile.
+        them and their messages too, including any a concurrent turn wrote meanwhile
+        (always, on the distributed layout, where a conversation is placed by its
+        session and cannot outlive it).
         Each batch is its own short transaction that skips rows other transactions hold
         (``SKIP LOCKED``), so writers are never blocked for long and concurrent cleaners
         never delete a row twice. ``on_progress`` is called with the running total after
@@ -315,6 +328,9 @@ class SessionsRepository:
         on_progress = v.progress(on_progress)
 
         async def batch(conn: Connection) -> int:
+            if self._db.keyed:
+                due = [r["id"] for r in await conn.fetch(DUE_SESSIONS, size)]
+                return int(await conn.fetchval(DELETE_DUE_SESSIONS, due)) if due else 0
             _, row = await lock_then_delete(
                 conn, LOCK_CLEANUP_BATCH, (size,), DELETE_LOCKED_SESSIONS, cascade
             )

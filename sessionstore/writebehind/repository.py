@@ -21,7 +21,11 @@ from ..models import (
     PendingWrite,
     Role,
 )
-from ..repositories.conversations import ConversationsRepository, conversation_missing
+from ..repositories.conversations import (
+    ConversationsRepository,
+    conversation_missing,
+    fetch_placed,
+)
 from ..repositories.message_sql import read_messages
 from ..repositories.messages import HISTORY_WITH_WAITING, MessagesRepository
 from ..telemetry import traced, traced_sync
@@ -64,13 +68,13 @@ class QueuedMessagesRepository(MessagesRepository):
         index = self._writer.pending
         if not index:
             return await super()._page(ref, size, upper, sid, budget, everything)
-        query = HISTORY_WITH_WAITING.for_(ref)
+        db = self._db
         given = (size, upper)
         with index.reading() as mark:
             waiting = index.matching(ref)
             ids = [w.id for w in waiting]
-            rows = await self._db.fetch(
-                query, ref, *given, ids, sid, budget, everything, retry=True
+            rows = await fetch_placed(
+                db, HISTORY_WITH_WAITING, ref, *given, ids, sid, budget, everything, retry=True
             )
             if not rows:
                 if not waiting:
@@ -90,8 +94,8 @@ class QueuedMessagesRepository(MessagesRepository):
             if any(w.id not in known for w in more):
                 waiting = sorted({w.id: w for w in [*waiting, *more]}.values(), key=by_ticket)
                 ids = [w.id for w in waiting]
-                rows = await self._db.fetch(
-                    query, ref, *given, ids, sid, budget, everything, retry=True
+                rows = await fetch_placed(
+                    db, HISTORY_WITH_WAITING, ref, *given, ids, sid, budget, everything, retry=True
                 )
                 if not rows:  # deleted in between (a bound conversation stays this session's)
                     raise conversation_missing(ref)

@@ -5,15 +5,22 @@ CI has no Citus package."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 from uuid import uuid4
 
 import asyncpg
 import pytest
 
-from ...servers import with_database
+from sessionstore.distribution import distribute
+from sessionstore.migrations import upgrade
+
+from ...conftest import create_database, drop_database
+from ...servers import TestServer, with_database
 
 CITUS_DSN = "SESSIONSTORE_TEST_CITUS_DSN"
 
@@ -33,6 +40,13 @@ def _at(dsn: str, host: str, port: int) -> str:
 async def citus_dsn() -> AsyncIterator[str]:
     """The URL of a new database on the cluster, with the ``citus`` extension on every
     node and the workers registered; dropped (on every node) afterwards."""
+    async with citus_database() as dsn:
+        yield dsn
+
+
+@asynccontextmanager
+async def citus_database() -> AsyncIterator[str]:
+    """:func:`citus_dsn`'s database (the test is skipped without a cluster)."""
     coordinator = os.environ.get(CITUS_DSN)
     if not coordinator:
         pytest.skip(f"{CITUS_DSN} is not set (no Citus cluster)")
@@ -71,3 +85,41 @@ async def citus_dsn() -> AsyncIterator[str]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+class Placed(NamedTuple):
+    """A database with the distributed layout: the URL stores use, one for checks."""
+
+    dsn: str
+    admin_dsn: str
+    citus: bool
+
+
+@pytest.fixture(params=["keyed", pytest.param("citus", marks=pytest.mark.citus)])
+async def placed(
+    request: pytest.FixtureRequest, pg_server: TestServer, template_db: str
+) -> AsyncIterator[Placed]:
+    """A database at head with the distributed layout, for this test only: on the
+    PostgreSQL under test with the keyed layout (``keyed``: what Citus demands, without
+    Citus, run everywhere), and distributed on the Citus cluster (``citus``: skipped
+    without ``SESSIONSTORE_TEST_CITUS_DSN``)."""
+    if request.param == "keyed":
+        name = await create_database(pg_server, template=template_db)
+        try:
+            conn = await asyncpg.connect(pg_server.admin_dsn_for(name))
+            try:
+                await distribute(conn, citus=False)
+            finally:
+                await conn.close()
+            yield Placed(pg_server.dsn_for(name), pg_server.admin_dsn_for(name), citus=False)
+        finally:
+            await drop_database(pg_server, name)
+        return
+    async with citus_database() as dsn:
+        await asyncio.to_thread(upgrade, dsn)
+        conn = await asyncpg.connect(dsn)
+        try:
+            await distribute(conn, citus=True)
+        finally:
+            await conn.close()
+        yield Placed(dsn, dsn, citus=True)

@@ -1,0 +1,1 @@
+DELETE FROM langgraph_threads WHERE session_id = $1

@@ -1,0 +1,16 @@
+
+WITH live AS (SELECT id FROM sessions WHERE id = $2::uuid AND status = 'active' AND (expires_at IS NULL OR expires_at > now()) FOR UPDATE),
+src AS (
+    SELECT id, message_count FROM conversations
+    WHERE id = $1 AND session_id = $4::uuid AND ($2::uuid IS NULL OR session_id IS NOT DISTINCT FROM $2::uuid) AND ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM live))
+    FOR SHARE
+)
+SELECT named.id AS named_id, src.id AS source_id, src.message_count AS source_count,
+       $2::uuid IS NULL OR EXISTS (SELECT 1 FROM live) AS live,
+       f.id AS taken_id, f.forked_from, f.forked_at_seq, f.session_id AS taken_session
+FROM (SELECT 1) one
+LEFT JOIN conversations named
+       ON named.id = $1 AND named.session_id = $4::uuid AND ($2::uuid IS NULL OR named.session_id IS NOT DISTINCT FROM $2::uuid)
+LEFT JOIN src ON true
+LEFT JOIN conversations f ON f.continuation_id = $3
+

@@ -1,0 +1,12 @@
+
+WITH gone AS (
+    DELETE FROM messages WHERE conversation_id = $1 AND session_id = $2::uuid RETURNING 1
+),
+counted AS (
+    UPDATE conversations
+    SET message_count = 0, total_tokens = 0, last_message_at = NULL,
+        compacted_through = NULL, updated_at = now()
+    WHERE id = $1 AND session_id = $2::uuid
+)
+SELECT count(*) FROM gone
+

@@ -1,0 +1,61 @@
+
+SELECT m.*, ($5::uuid IS NULL OR c.session_id IS NOT DISTINCT FROM $5::uuid) AS readable, c.id AS conv_id, c.continuation_id AS conv_continuation, c.message_count AS conv_count, ARRAY(SELECT s.id FROM messages s WHERE s.id = ANY($4::uuid[]) AND s.session_id = $8::uuid) AS stored FROM conversations c
+LEFT JOIN LATERAL (
+    SELECT s.id, s.covers_through AS through FROM messages s
+    WHERE s.conversation_id = c.id AND s.session_id = $8::uuid
+      AND s.covers_through IS NOT NULL AND c.compacted_through IS NOT NULL AND NOT $7::boolean
+    ORDER BY s.seq DESC LIMIT 1
+) g ON true
+LEFT JOIN LATERAL (
+    (SELECT id AS id, conversation_id AS conversation_id, seq AS seq, role AS role, content AS content, metadata AS metadata, tokens AS tokens, CASE WHEN created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE created_at END AS created_at, covers_through AS covers_through, content_sealed AS content_sealed, metadata_sealed AS metadata_sealed FROM messages
+     WHERE conversation_id = c.id AND session_id = $8::uuid AND seq < $3 AND seq > (CASE WHEN $6::integer IS NULL THEN 0 ELSE coalesce((
+        SELECT b.seq FROM (
+            SELECT seq, sum(coalesce(tokens, (coalesce(octet_length(content_sealed) - 45, octet_length(content)) + 3) / 4)) OVER (
+                ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+            ) AS running
+            FROM messages
+            WHERE conversation_id = c.id AND session_id = $8::uuid AND seq < $3
+            ORDER BY seq DESC LIMIT $2
+        ) b WHERE b.running > $6::integer ORDER BY b.seq DESC LIMIT 1
+    ), 0) END) AND ($5::uuid IS NULL OR c.session_id IS NOT DISTINCT FROM $5::uuid)
+       AND g.id IS NULL
+     ORDER BY seq DESC
+     LIMIT $2)
+    UNION ALL
+    SELECT v.id, v.conversation_id, v.seq, v.role, v.content, v.metadata, v.tokens, v.created_at, v.covers_through, v.content_sealed, v.metadata_sealed FROM (SELECT x.* FROM (SELECT u.*, count(*) OVER w AS k, sum(coalesce(u.tokens, (coalesce(octet_length(u.content_sealed) - 45, octet_length(u.content)) + 3) / 4)) OVER w AS running
+    FROM (
+        (SELECT e.id AS id, e.conversation_id AS conversation_id, e.seq AS seq, e.role AS role, e.content AS content, e.metadata AS metadata, e.tokens AS tokens, CASE WHEN e.created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN e.created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE e.created_at END AS created_at, e.covers_through AS covers_through, e.content_sealed AS content_sealed, e.metadata_sealed AS metadata_sealed, e.seq AS pos FROM messages e
+         WHERE e.conversation_id = c.id AND e.session_id = $8::uuid AND e.seq < $3
+           AND e.seq > greatest(g.through, (CASE WHEN $6::integer IS NULL THEN 0 ELSE coalesce((
+        SELECT b.seq FROM (
+            SELECT seq, sum(coalesce(tokens, (coalesce(octet_length(content_sealed) - 45, octet_length(content)) + 3) / 4)) OVER (
+                ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+            ) AS running
+            FROM messages
+            WHERE conversation_id = c.id AND session_id = $8::uuid AND seq < $3 AND seq > g.through AND covers_through IS NULL
+            ORDER BY seq DESC LIMIT $2
+        ) b WHERE b.running > $6::integer ORDER BY b.seq DESC LIMIT 1
+    ), 0) END)) AND e.covers_through IS NULL AND ($5::uuid IS NULL OR c.session_id IS NOT DISTINCT FROM $5::uuid) AND g.id IS NOT NULL
+         ORDER BY e.seq DESC LIMIT $2)
+        
+        UNION ALL
+        SELECT e.id AS id, e.conversation_id AS conversation_id, e.seq AS seq, e.role AS role, e.content AS content, e.metadata AS metadata, e.tokens AS tokens, CASE WHEN e.created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN e.created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE e.created_at END AS created_at, e.covers_through AS covers_through, e.content_sealed AS content_sealed, e.metadata_sealed AS metadata_sealed, e.covers_through FROM messages e
+        WHERE e.id = g.id AND e.conversation_id = c.id AND e.session_id = $8::uuid AND (CASE WHEN $6::integer IS NULL THEN 0 ELSE coalesce((
+        SELECT b.seq FROM (
+            SELECT seq, sum(coalesce(tokens, (coalesce(octet_length(content_sealed) - 45, octet_length(content)) + 3) / 4)) OVER (
+                ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+            ) AS running
+            FROM messages
+            WHERE conversation_id = c.id AND session_id = $8::uuid AND seq < $3 AND seq > g.through AND covers_through IS NULL
+            ORDER BY seq DESC LIMIT $2
+        ) b WHERE b.running > $6::integer ORDER BY b.seq DESC LIMIT 1
+    ), 0) END) = 0
+          AND e.covers_through < $3 AND ($5::uuid IS NULL OR c.session_id IS NOT DISTINCT FROM $5::uuid) AND g.id IS NOT NULL
+    ) u
+    WINDOW w AS (ORDER BY u.pos DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)) x
+    WHERE x.k <= $2 AND ($6::integer IS NULL OR x.running <= $6::integer)) v
+) m ON true
+WHERE c.id = $1 AND c.session_id = $8::uuid
+ORDER BY CASE WHEN g.id IS NOT NULL AND m.covers_through IS NOT NULL
+         THEN m.covers_through ELSE m.seq END
+

@@ -1,0 +1,1 @@
+SELECT session_id FROM conversations WHERE id = $1 AND session_id = $2::uuid

@@ -1,0 +1,1 @@
+SELECT session_id, continuation_id FROM conversations WHERE id = $1

@@ -1,0 +1,1 @@
+DELETE FROM continuations WHERE continuation_id = $1 AND conversation_id = $2

@@ -1,0 +1,86 @@
+
+WITH stored AS (  -- the same message id already written: a resend after a timeout
+    SELECT m.id AS m_id, m.conversation_id AS m_conversation_id, m.seq AS m_seq, m.role AS m_role, m.content AS m_content, m.metadata AS m_metadata, m.tokens AS m_tokens, CASE WHEN m.created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN m.created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE m.created_at END AS m_created_at, m.covers_through AS m_covers_through, m.content_sealed AS m_content_sealed, m.metadata_sealed AS m_metadata_sealed, c.continuation_id AS stored_in
+    FROM messages m JOIN conversations c ON c.session_id = m.session_id AND c.id = m.conversation_id AND m.session_id = $20::uuid
+    WHERE m.id = $8::uuid
+),
+queued_stored AS (
+    SELECT id FROM messages WHERE id = ANY($9::uuid[]) AND session_id = $20::uuid
+),
+queued AS (
+    SELECT u.* FROM unnest($9::uuid[], $10::message_role[], $11::text[], $12::jsonb[],
+                           $13::integer[], $14::timestamptz[], $15::boolean[],
+                           $18::bytea[], $19::bytea[])
+        WITH ORDINALITY AS u(id, role, content, metadata, tokens, enqueued_at, counts,
+                             content_sealed, metadata_sealed, ord)
+    WHERE NOT EXISTS (SELECT 1 FROM queued_stored s WHERE s.id = u.id)
+),
+q AS (
+    SELECT count(*)::integer AS q_n, coalesce(sum(tokens), 0) AS q_tokens,
+           count(*) FILTER (WHERE counts)::integer AS q_turns,
+           coalesce(sum(tokens) FILTER (WHERE counts), 0) AS q_turn_tokens
+    FROM queued
+),
+live AS (
+    SELECT id FROM sessions
+    WHERE id = $20::uuid AND $2::uuid IS NOT NULL AND status = 'active' AND (expires_at IS NULL OR expires_at > now()) AND NOT EXISTS (SELECT 1 FROM stored)
+    FOR UPDATE
+),
+gate AS (
+    SELECT 1 WHERE $2::uuid IS NULL AND NOT EXISTS (SELECT 1 FROM stored)
+    UNION ALL
+    SELECT 1 FROM live
+),
+created AS (
+    INSERT INTO conversations AS c
+        (id, continuation_id, session_id, message_count, last_message_at, total_tokens)
+    SELECT $21::uuid, $1, $20::uuid, 1 + q.q_n, now(), coalesce($6::integer, 0) + q.q_tokens FROM gate CROSS JOIN q WHERE $22
+    ON CONFLICT (session_id, continuation_id) DO UPDATE
+    SET message_count = c.message_count + EXCLUDED.message_count, total_tokens = c.total_tokens + EXCLUDED.total_tokens, last_message_at = greatest(c.last_message_at, now()),
+        updated_at = now()
+    RETURNING c.id AS c_id, c.continuation_id AS c_continuation_id, c.session_id AS c_session_id, c.title AS c_title, c.metadata AS c_metadata, CASE WHEN c.created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN c.created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE c.created_at END AS c_created_at, CASE WHEN c.updated_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN c.updated_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE c.updated_at END AS c_updated_at, c.message_count AS c_message_count, CASE WHEN c.last_message_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN c.last_message_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE c.last_message_at END AS c_last_message_at, c.total_tokens AS c_total_tokens, c.forked_from AS c_forked_from, c.forked_at_seq AS c_forked_at_seq, c.compacted_through AS c_compacted_through
+),
+appended AS (
+    UPDATE conversations AS c
+    SET message_count = c.message_count + 1 + q.q_n, total_tokens = c.total_tokens + coalesce($6::integer, 0) + q.q_tokens, last_message_at = greatest(c.last_message_at, now()),
+        updated_at = now()
+    FROM gate CROSS JOIN q
+    WHERE c.session_id = $20::uuid AND c.continuation_id = $1 AND NOT $22
+    RETURNING c.id AS c_id, c.continuation_id AS c_continuation_id, c.session_id AS c_session_id, c.title AS c_title, c.metadata AS c_metadata, CASE WHEN c.created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN c.created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE c.created_at END AS c_created_at, CASE WHEN c.updated_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN c.updated_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE c.updated_at END AS c_updated_at, c.message_count AS c_message_count, CASE WHEN c.last_message_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN c.last_message_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE c.last_message_at END AS c_last_message_at, c.total_tokens AS c_total_tokens, c.forked_from AS c_forked_from, c.forked_at_seq AS c_forked_at_seq, c.compacted_through AS c_compacted_through
+),
+conv AS (SELECT * FROM created UNION ALL SELECT * FROM appended),
+sess AS (
+    UPDATE sessions
+    SET turn_count = turn_count + 1 + q.q_turns, total_tokens = total_tokens + coalesce($6::integer, 0) + q.q_turn_tokens, expires_at = CASE WHEN $7::interval IS NOT NULL AND expires_at IS NOT NULL THEN greatest(expires_at, now() + $7::interval) ELSE expires_at END, updated_at = now() FROM q
+    WHERE id = $20::uuid AND EXISTS (SELECT 1 FROM live) AND EXISTS (SELECT 1 FROM conv)
+    RETURNING id AS s_id, user_id AS s_user_id, title AS s_title, CASE WHEN status IN ('active', 'paused') AND expires_at <= now() THEN 'expired' ELSE status END AS s_status, CASE WHEN created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE created_at END AS s_created_at, CASE WHEN updated_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN updated_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE updated_at END AS s_updated_at, CASE WHEN expires_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN expires_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE expires_at END AS s_expires_at, metadata AS s_metadata, turn_count AS s_turn_count, total_tokens AS s_total_tokens, version AS s_version
+),
+earlier AS (  -- the queued messages, before the turn's own, in accept order
+    INSERT INTO messages (session_id, id, conversation_id, seq, role, content, metadata, tokens,
+                          created_at, content_sealed, metadata_sealed)
+    SELECT $20::uuid, u.id, conv.c_id, conv.c_message_count - (q.q_n + 1) + row_number() OVER (PARTITION BY conv.c_id ORDER BY u.ord), u.role, u.content,
+           coalesce(u.metadata, '{}'::jsonb), u.tokens, u.enqueued_at, u.content_sealed,
+           u.metadata_sealed
+    FROM queued u CROSS JOIN conv CROSS JOIN q
+    RETURNING id AS m_id, conversation_id AS m_conversation_id, seq AS m_seq, role AS m_role, content AS m_content, metadata AS m_metadata, tokens AS m_tokens, CASE WHEN created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE created_at END AS m_created_at, covers_through AS m_covers_through, content_sealed AS m_content_sealed, metadata_sealed AS m_metadata_sealed
+),
+msg AS (
+    INSERT INTO messages (session_id, id, conversation_id, seq, role, content, metadata,
+                          tokens, content_sealed, metadata_sealed)
+    SELECT $20::uuid, $8::uuid, conv.c_id,
+           conv.c_message_count - 1 + 1,
+           $3::message_role, $4, coalesce($5::jsonb, '{}'::jsonb), $6::integer,
+           $16::bytea, $17::bytea
+    FROM conv
+    RETURNING id AS m_id, conversation_id AS m_conversation_id, seq AS m_seq, role AS m_role, content AS m_content, metadata AS m_metadata, tokens AS m_tokens, CASE WHEN created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE created_at END AS m_created_at, covers_through AS m_covers_through, content_sealed AS m_content_sealed, metadata_sealed AS m_metadata_sealed
+)
+SELECT msg.*, conv.*, sess.*, NULL::text AS stored_in, false AS touched
+FROM msg CROSS JOIN conv LEFT JOIN sess ON true
+UNION ALL
+SELECT stored.m_id, stored.m_conversation_id, stored.m_seq, stored.m_role, stored.m_content, stored.m_metadata, stored.m_tokens, stored.m_created_at, stored.m_covers_through, stored.m_content_sealed, stored.m_metadata_sealed,
+       c.id AS c_id, c.continuation_id AS c_continuation_id, c.session_id AS c_session_id, c.title AS c_title, c.metadata AS c_metadata, CASE WHEN c.created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN c.created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE c.created_at END AS c_created_at, CASE WHEN c.updated_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN c.updated_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE c.updated_at END AS c_updated_at, c.message_count AS c_message_count, CASE WHEN c.last_message_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN c.last_message_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE c.last_message_at END AS c_last_message_at, c.total_tokens AS c_total_tokens, c.forked_from AS c_forked_from, c.forked_at_seq AS c_forked_at_seq, c.compacted_through AS c_compacted_through,
+       s.id AS s_id, s.user_id AS s_user_id, s.title AS s_title, CASE WHEN s.status IN ('active', 'paused') AND s.expires_at <= now() THEN 'expired' ELSE s.status END AS s_status, CASE WHEN s.created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN s.created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE s.created_at END AS s_created_at, CASE WHEN s.updated_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN s.updated_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE s.updated_at END AS s_updated_at, CASE WHEN s.expires_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN s.expires_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE s.expires_at END AS s_expires_at, s.metadata AS s_metadata, s.turn_count AS s_turn_count, s.total_tokens AS s_total_tokens, s.version AS s_version, stored.stored_in, false
+FROM stored
+JOIN conversations c ON c.session_id = $20::uuid AND c.id = stored.m_conversation_id
+LEFT JOIN sessions s ON s.id = $20::uuid AND $2::uuid IS NOT NULL
+
