@@ -28,9 +28,8 @@ rows included (Citus moves them to the shards). Without Citus (``citus=False``) 
 the same keyed layout on plain PostgreSQL, which the tests use to check the invariants
 Citus demands where no Citus runs.
 
-``sessionstore migrate`` does not run it yet: until every statement of the store is
-routed by session, a Citus database keeps sessionstore's tables on the coordinator,
-where the store serves them as it does on one PostgreSQL.
+``sessionstore migrate`` runs it (with Citus) once a database with the ``citus``
+extension is at head. Downgrading the layout is refused: it is the head schema there.
 """
 
 from __future__ import annotations

@@ -47,17 +47,13 @@ _NO_TURN_COLUMNS = ", ".join(
 )
 
 
-def with_context(
-    turn: str, limit: str, budget: str, *, queued: bool, session: str | None = None
-) -> str:
+def with_context(turn: str, limit: str, budget: str, *, queued: bool) -> str:
     """``turn`` (a turn statement) that also returns, as further rows, the up to ``limit``
     (a parameter) messages before the turn's own that fit, with it, in ``budget`` (a
     parameter, NULL for none) tokens; with ``queued``, those the statement wrote itself
     (CTE ``earlier``) among them. After a compaction they are the compacted view before
     the turn (:func:`~sessionstore.rules.compacted_view`), and the seqs of the summaries
-    among them come as rows of their own (``m_id`` null) for :func:`read_context`.
-    ``session``: the distributed layout's placing session (see
-    :func:`~sessionstore.rules.placed`)."""
+    among them come as rows of their own (``m_id`` null) for :func:`read_context`."""
     left = (
         f"({budget}::integer - {counted_tokens('t.m_tokens', 't.m_content', 't.m_content_sealed')})"
     )
@@ -65,23 +61,11 @@ def with_context(
         floor = "0"
     else:
         floor = budget_floor(
-            conversation="t.m_conversation_id",
-            upper="t.m_seq",
-            limit=limit,
-            budget=left,
-            session=session,
+            conversation="t.m_conversation_id", upper="t.m_seq", limit=limit, budget=left
         )
-    # On Citus the statement's writing CTEs may run before its reads (as subplans): the
-    # messages it wrote itself are then also stored ones, and read once, from ``earlier``.
-    own = (
-        " AND NOT EXISTS (SELECT 1 FROM earlier x WHERE x.m_id = e.id)"
-        if queued and session is not None
-        else ""
-    )
     rows = f"""SELECT {_context_columns("e")}
     FROM messages e
-    WHERE e.conversation_id = t.m_conversation_id{placed("e", session)}{own}
-      AND e.seq < t.m_seq AND e.seq > {floor}
+    WHERE e.conversation_id = t.m_conversation_id AND e.seq < t.m_seq AND e.seq > {floor}
       AND g.id IS NULL
     ORDER BY e.seq DESC
     LIMIT {limit}"""
@@ -107,21 +91,20 @@ def with_context(
         through="g.through",
         columns=_context_columns,
         prefix="m_",
-        where=f" AND g.id IS NOT NULL{own}",
+        where=" AND g.id IS NOT NULL",
         also=(
             "UNION ALL SELECT earlier.*, NULL::boolean, earlier.m_seq FROM earlier"
             " WHERE g.id IS NOT NULL"
         )
         if queued
         else "",
-        session=session,
     )
     return f"""{turn}
 UNION ALL
 SELECT {", ".join("e.m_" + name for name in MESSAGE.names)}, {_NO_TURN_COLUMNS}, e.touched
 FROM {_TURN_AT}
 LEFT JOIN LATERAL (
-    {latest_summary("t.m_conversation_id", before="t.m_seq", session=session)}
+    {latest_summary("t.m_conversation_id", before="t.m_seq")}
 ) g ON true
 CROSS JOIN LATERAL (
     ({rows})
@@ -130,8 +113,7 @@ CROSS JOIN LATERAL (
     FROM ({kept(view, limit=limit, budget=left)}) v
     UNION ALL
     SELECT {_HIDDEN} FROM messages h
-    WHERE h.conversation_id = t.m_conversation_id{placed("h", session)}
-      AND h.covers_through IS NOT NULL
+    WHERE h.conversation_id = t.m_conversation_id AND h.covers_through IS NOT NULL
       AND h.seq > g.through AND h.seq < t.m_seq
 ) e
 """

@@ -10,8 +10,10 @@ build the session's and the conversation's changes from :mod:`sessionstore.rules
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import NoReturn, Unpack, cast
 from uuid import UUID
 
@@ -42,7 +44,6 @@ from .rules import (
     bump_conversation,
     bump_session,
     may_write,
-    placed,
     seq_of,
 )
 from .turn_context import read_context, with_context
@@ -58,12 +59,12 @@ _TOKENS = "coalesce($6::integer, 0)"
 # reply, written behind), $9-$15: ids, roles, contents, metadata, tokens, accept times,
 # whether each counts as a turn on the session. Ids already stored are skipped (a retry),
 # probed by primary key as in a batch.
-def _queued(sealed: int, session: str | None) -> str:
+def _queued(sealed: int) -> str:
     """The queued messages' CTEs; ``$sealed`` and the next: their sealed contents and
-    metadata (encryption at rest); ``session``: see :func:`~sessionstore.rules.placed`."""
+    metadata (encryption at rest)."""
     return f"""
 queued_stored AS (
-    SELECT id FROM messages WHERE id = ANY($9::uuid[]){placed("", session)}
+    SELECT id FROM messages WHERE id = ANY($9::uuid[])
 ),
 queued AS (
     SELECT u.* FROM unnest($9::uuid[], $10::message_role[], $11::text[], $12::jsonb[],
@@ -84,16 +85,11 @@ q AS (
 _EARLIER_SEQ = seq_of(
     "conv.c_message_count", added="(q.q_n + 1)", ordinal=batch_ordinal("conv.c_id", "u.ord")
 )
-
-
-def _earlier(session: str | None) -> str:
-    """The queued messages' insert (``session``: the distributed layout's, else none)."""
-    column, value = ("", "") if session is None else ("session_id, ", f"{session}, ")
-    return f"""
+_EARLIER = f"""
 earlier AS (  -- the queued messages, before the turn's own, in accept order
-    INSERT INTO messages ({column}id, conversation_id, seq, role, content, metadata, tokens,
-                          created_at, content_sealed, metadata_sealed)
-    SELECT {value}u.id, conv.c_id, {_EARLIER_SEQ}, u.role, u.content,
+    INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens, created_at,
+                          content_sealed, metadata_sealed)
+    SELECT u.id, conv.c_id, {_EARLIER_SEQ}, u.role, u.content,
            coalesce(u.metadata, '{{}}'::jsonb), u.tokens, u.enqueued_at, u.content_sealed,
            u.metadata_sealed
     FROM queued u CROSS JOIN conv CROSS JOIN q
@@ -101,19 +97,11 @@ earlier AS (  -- the queued messages, before the turn's own, in accept order
 ),"""
 
 
-def _add_turn(*, queued: bool, sealed: int, keyed: bool = False) -> str:
+def _add_turn(*, queued: bool, sealed: int) -> str:
     """ADD_TURN, or (``queued``) the same turn preceded by this process's queued messages,
     counted by the same rules in the same statement. ``$sealed`` and the next: the
     turn's sealed content and metadata; with ``queued``, the two after: the queued
-    messages' (encryption at rest; NULL in clear).
-
-    ``keyed``: the distributed layout's form (:mod:`sessionstore.distribution`), with
-    three parameters after the others: the session placing the conversation (every table
-    is read by it: one shard), the conversation's id and whether to create it (only
-    where this transaction holds its route, see :mod:`sessionstore.routes`; otherwise an
-    existing conversation is appended to, or nothing is written). The message id ``$8``
-    is always given, and ``$2`` is NULL or the placing session.
-    """
+    messages' (encryption at rest; NULL in clear)."""
     if queued:
         source, added = "gate CROSS JOIN q", ("1 + q.q_n", f"{_TOKENS} + q.q_tokens")
         bumped = ("EXCLUDED.message_count", "EXCLUDED.total_tokens")
@@ -121,43 +109,23 @@ def _add_turn(*, queued: bool, sealed: int, keyed: bool = False) -> str:
     else:
         source, added, bumped = "gate", ("1", _TOKENS), ("1", _TOKENS)
         turns, of_q = ("1", _TOKENS), ""
-    first = sealed + (4 if queued else 2)
-    place = f"${first}::uuid" if keyed else None
-    if keyed:
-        created, create = f"${first + 1}::uuid", f"${first + 2}"
-        stored_join = (
-            f"c.session_id = m.session_id AND c.id = m.conversation_id{placed('m', place)}"
-        )
-        live = f"id = {place} AND $2::uuid IS NOT NULL"
-        conv = f"""created AS (
-    INSERT INTO conversations AS c
-        (id, continuation_id, session_id, message_count, last_message_at, total_tokens)
-    SELECT {created}, $1, {place}, {added[0]}, now(), {added[1]} FROM {source} WHERE {create}
-    ON CONFLICT (session_id, continuation_id) DO UPDATE
-    SET {bump_conversation("c", messages=bumped[0], tokens=bumped[1], at="now()")},
-        updated_at = now()
-    RETURNING {CONVERSATION.select(prefix="c_", alias="c")}
+    return f"""
+WITH stored AS (  -- the same message id already written: a resend after a timeout
+    SELECT {MESSAGE.select(prefix="m_", alias="m")}, c.continuation_id AS stored_in
+    FROM messages m JOIN conversations c ON c.id = m.conversation_id
+    WHERE m.id = $8::uuid
+),{_queued(sealed + 2) if queued else ""}
+live AS (
+    SELECT id FROM sessions
+    WHERE id = $2 AND {accepts_turns()} AND NOT EXISTS (SELECT 1 FROM stored)
+    FOR UPDATE
 ),
-appended AS (
-    UPDATE conversations AS c
-    SET {bump_conversation("c", messages=added[0], tokens=added[1], at="now()")},
-        updated_at = now()
-    FROM {source}
-    WHERE c.session_id = {place} AND c.continuation_id = $1 AND NOT {create}
-    RETURNING {CONVERSATION.select(prefix="c_", alias="c")}
+gate AS (
+    SELECT 1 WHERE $2::uuid IS NULL AND NOT EXISTS (SELECT 1 FROM stored)
+    UNION ALL
+    SELECT 1 FROM live
 ),
-conv AS (SELECT * FROM created UNION ALL SELECT * FROM appended)"""
-        sess_where, touched = (
-            f"id = {place} AND EXISTS (SELECT 1 FROM live)",
-            ", updated_at = now()",
-        )
-        message_id, message_columns, message_place = "$8::uuid", "session_id, ", f"{place}, "
-        stored_conversation = f"c.session_id = {place} AND c.id = stored.m_conversation_id"
-        stored_session = f"s.id = {place} AND $2::uuid IS NOT NULL"
-    else:
-        stored_join = "c.id = m.conversation_id"
-        live = "id = $2"
-        conv = f"""conv AS (
+conv AS (
     INSERT INTO conversations AS c
         (continuation_id, session_id, message_count, last_message_at, total_tokens)
     SELECT $1, $2::uuid, {added[0]}, now(), {added[1]} FROM {source}
@@ -166,38 +134,16 @@ conv AS (SELECT * FROM created UNION ALL SELECT * FROM appended)"""
         {bump_conversation("c", messages=bumped[0], tokens=bumped[1], at="now()")}
     WHERE {may_write("c.session_id", "EXCLUDED.session_id")}
     RETURNING {CONVERSATION.select(prefix="c_", alias="c")}
-)"""
-        sess_where, touched = "id = (SELECT id FROM live)", ""
-        message_id, message_columns, message_place = "coalesce($8::uuid, gen_random_uuid())", "", ""
-        stored_conversation = "c.id = stored.m_conversation_id"
-        stored_session = "s.id = $2"
-    return f"""
-WITH stored AS (  -- the same message id already written: a resend after a timeout
-    SELECT {MESSAGE.select(prefix="m_", alias="m")}, c.continuation_id AS stored_in
-    FROM messages m JOIN conversations c ON {stored_join}
-    WHERE m.id = $8::uuid
-),{_queued(sealed + 2, place) if queued else ""}
-live AS (
-    SELECT id FROM sessions
-    WHERE {live} AND {accepts_turns()} AND NOT EXISTS (SELECT 1 FROM stored)
-    FOR UPDATE
 ),
-gate AS (
-    SELECT 1 WHERE $2::uuid IS NULL AND NOT EXISTS (SELECT 1 FROM stored)
-    UNION ALL
-    SELECT 1 FROM live
-),
-{conv},
 sess AS (
-    UPDATE sessions
-    SET {bump_session("", turns=turns[0], tokens=turns[1], slide="$7")}{touched}{of_q}
-    WHERE {sess_where} AND EXISTS (SELECT 1 FROM conv)
+    UPDATE sessions SET {bump_session("", turns=turns[0], tokens=turns[1], slide="$7")}{of_q}
+    WHERE id = (SELECT id FROM live) AND EXISTS (SELECT 1 FROM conv)
     RETURNING {SESSION.select(prefix="s_")}
-),{_earlier(place) if queued else ""}
+),{_EARLIER if queued else ""}
 msg AS (
-    INSERT INTO messages ({message_columns}id, conversation_id, seq, role, content, metadata,
-                          tokens, content_sealed, metadata_sealed)
-    SELECT {message_place}{message_id}, conv.c_id,
+    INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens,
+                          content_sealed, metadata_sealed)
+    SELECT coalesce($8::uuid, gen_random_uuid()), conv.c_id,
            {seq_of("conv.c_message_count", added="1", ordinal="1")},
            $3::message_role, $4, coalesce($5::jsonb, '{{}}'::jsonb), $6::integer,
            ${sealed}::bytea, ${sealed + 1}::bytea
@@ -211,8 +157,8 @@ SELECT {", ".join("stored.m_" + name for name in MESSAGE.names)},
        {CONVERSATION.select(prefix="c_", alias="c")},
        {SESSION.select(prefix="s_", alias="s")}, stored.stored_in, false
 FROM stored
-JOIN conversations c ON {stored_conversation}
-LEFT JOIN sessions s ON {stored_session}
+JOIN conversations c ON c.id = stored.m_conversation_id
+LEFT JOIN sessions s ON s.id = $2
 """
 
 
@@ -234,16 +180,81 @@ ADD_TURN_CONTEXT = with_context(_add_turn(queued=False, sealed=11), "$9", "$10",
 ADD_TURN_AFTER_QUEUED_CONTEXT = with_context(
     _add_turn(queued=True, sealed=18), "$16", "$17", queued=True
 )
-# The same four on the distributed layout: after their parameters, the placing session,
-# the conversation's id and whether to create it (see _add_turn).
-ADD_TURN_KEYED = _add_turn(queued=False, sealed=9, keyed=True)
-ADD_TURN_AFTER_QUEUED_KEYED = _add_turn(queued=True, sealed=16, keyed=True)
-ADD_TURN_CONTEXT_KEYED = with_context(
-    _add_turn(queued=False, sealed=11, keyed=True), "$9", "$10", queued=False, session="$13::uuid"
+# A turn on the distributed layout is a few short statements in one transaction, each
+# one execution on the session's shard: Citus plans a statement that inserts from a CTE
+# in steps of its own (about ten for ADD_TURN), one coordinator round trip each. $1 is
+# always the placing session.
+_PLACED_SELECT = (
+    f"{MESSAGE.select(prefix='m_', alias='m')}, {CONVERSATION.select(prefix='c_', alias='c')},"
+    f" {SESSION.select(prefix='s_', alias='s')}"
 )
-ADD_TURN_AFTER_QUEUED_CONTEXT_KEYED = with_context(
-    _add_turn(queued=True, sealed=18, keyed=True), "$16", "$17", queued=True, session="$22::uuid"
+# A resend: the message $2 stored, with its conversation and ($3 given) the session.
+PLACED_STORED = f"""
+SELECT {_PLACED_SELECT}, c.continuation_id AS stored_in, false AS touched
+FROM messages m
+JOIN conversations c ON c.session_id = $1 AND c.id = m.conversation_id
+LEFT JOIN sessions s ON s.id = $1 AND $3::uuid IS NOT NULL
+WHERE m.session_id = $1 AND m.id = $2
+"""
+PLACED_LIVE = f"SELECT id FROM sessions WHERE id = $1 AND {accepts_turns()} FOR UPDATE"
+PLACED_QUEUED_STORED = "SELECT id FROM messages WHERE session_id = $1 AND id = ANY($2::uuid[])"
+# $2 continuation id, $3 the conversation's id, $4 messages and $5 tokens added, $6 the
+# latest message's time.
+PLACED_CREATE = f"""
+INSERT INTO conversations AS c
+    (id, continuation_id, session_id, message_count, last_message_at, total_tokens)
+VALUES ($3, $2, $1, $4, $6, $5)
+ON CONFLICT (session_id, continuation_id) DO UPDATE
+SET {bump_conversation("c", messages="$4", tokens="$5", at="$6::timestamptz")},
+    updated_at = now()
+RETURNING {CONVERSATION.select(prefix="c_", alias="c")}
+"""
+# $2 continuation id, $3 messages and $4 tokens added, $5 the latest message's time.
+PLACED_APPEND = f"""
+UPDATE conversations AS c
+SET {bump_conversation("c", messages="$3", tokens="$4", at="$5::timestamptz")},
+    updated_at = now()
+WHERE c.session_id = $1 AND c.continuation_id = $2
+RETURNING {CONVERSATION.select(prefix="c_", alias="c")}
+"""
+# $2 turns, $3 tokens, $4 the sliding interval.
+PLACED_COUNT = f"""
+UPDATE sessions SET {bump_session("", turns="$2", tokens="$3", slide="$4")}, updated_at = now()
+WHERE id = $1
+RETURNING {SESSION.select(prefix="s_")}
+"""
+_PLACED_MESSAGE_COLUMNS = (
+    "session_id, id, conversation_id, seq, role, content, metadata, tokens, created_at,"
+    " content_sealed, metadata_sealed"
 )
+_PLACED_MESSAGE_TYPES = (
+    "uuid", "uuid", "uuid", "integer", "message_role", "text", "jsonb", "integer",
+    "timestamptz", "bytea", "bytea",
+)  # fmt: skip
+
+
+#: The most messages one placed insert carries.
+_PLACED_ROWS = 1000
+
+
+@functools.lru_cache(maxsize=16)
+def placed_insert(count: int) -> str:
+    """The insert of ``count`` messages (11 parameters each) on the distributed layout:
+    a multi-row ``VALUES`` (Citus routes it whole; from a set-returning function it
+    would go through the coordinator)."""
+    width = len(_PLACED_MESSAGE_TYPES)
+    rows = ", ".join(
+        "("
+        + ", ".join(f"${n * width + k + 1}::{kind}" for k, kind in enumerate(_PLACED_MESSAGE_TYPES))
+        + ")"
+        for n in range(count)
+    )
+    return (
+        f"INSERT INTO messages ({_PLACED_MESSAGE_COLUMNS}) VALUES {rows}"
+        f" RETURNING {MESSAGE.select(prefix='m_')}"
+    )
+
+
 # Why a turn matched nothing: the session refused it, or else the conversation did.
 OWNER = "SELECT session_id FROM conversations WHERE continuation_id = $1"
 
@@ -341,76 +352,6 @@ SELECT (SELECT count(*) FROM ins) AS inserted,
 """
 
 
-# TURN_BATCH on the distributed layout: the batch's turns placed in one session ($14),
-# after the same fields and sealed columns and the sliding interval ($11): $12 each
-# conversation's continuation id, $13 its id and $15 whether to create it (this
-# transaction holds its route), as placed by Routes. Every table is read by the session:
-# one shard. A turn naming the session is refused with it when it takes no turns; one
-# naming none (placed by its conversation's route) is not counted on it.
-_PLACE = "$14::uuid"
-_KEYED_BATCH_CONVERSATION = bump_conversation("c", messages="p.n", tokens="p.tok", at="p.last_at")
-TURN_BATCH_KEYED = f"""{fresh_rows((*_BATCH_FIELDS, *SEALED_FIELDS), session=_PLACE)},
-placed AS (
-    SELECT * FROM unnest($12::text[], $13::uuid[], $15::boolean[])
-        AS r(continuation_id, conversation_id, create_it)
-),
-live AS (
-    SELECT s.id FROM sessions s WHERE s.id = {_PLACE} AND {accepts_turns("s")} FOR UPDATE
-),
-ok AS (SELECT f.* FROM fresh f WHERE f.session_id IS NULL OR EXISTS (SELECT 1 FROM live)),
-per_conv AS (
-    SELECT o.continuation_id, count(*)::integer AS n, coalesce(sum(o.tokens), 0) AS tok,
-           max(o.enqueued_at) AS last_at
-    FROM ok o GROUP BY o.continuation_id
-),
-created AS (
-    INSERT INTO conversations AS c
-        (id, continuation_id, session_id, message_count, last_message_at, total_tokens)
-    SELECT r.conversation_id, p.continuation_id, {_PLACE}, p.n, p.last_at, p.tok
-    FROM per_conv p JOIN placed r USING (continuation_id) WHERE r.create_it
-    ON CONFLICT (session_id, continuation_id) DO UPDATE
-    SET {_BATCH_CONVERSATION}, updated_at = now()
-    RETURNING c.id, c.continuation_id, c.message_count
-),
-appended AS (
-    UPDATE conversations AS c SET {_KEYED_BATCH_CONVERSATION}, updated_at = now()
-    FROM per_conv p JOIN placed r USING (continuation_id)
-    WHERE NOT r.create_it AND c.session_id = {_PLACE} AND c.id = r.conversation_id
-    RETURNING c.id, c.continuation_id, c.message_count
-),
-conv AS (SELECT * FROM created UNION ALL SELECT * FROM appended),
-written AS (
-    SELECT a.*, conv.id AS conversation_id FROM ok a JOIN conv USING (continuation_id)
-),
-ins AS (
-    INSERT INTO messages (session_id, id, conversation_id, seq, role, content, metadata,
-                          tokens, created_at, content_sealed, metadata_sealed)
-    SELECT {_PLACE}, a.id, a.conversation_id, {_BATCH_SEQ}, a.role, a.content,
-           coalesce(a.metadata, '{{}}'::jsonb), a.tokens, a.enqueued_at, a.content_sealed,
-           a.metadata_sealed
-    FROM written a
-    JOIN conv ON conv.continuation_id = a.continuation_id
-    JOIN per_conv p ON p.continuation_id = a.continuation_id
-    RETURNING id
-),
-per_session AS (
-    SELECT count(*)::integer AS n, coalesce(sum(tokens), 0) AS tok
-    FROM written WHERE session_id IS NOT NULL HAVING count(*) > 0
-),
-sess AS (
-    UPDATE sessions s SET {_BATCH_SESSION}, updated_at = now()
-    FROM per_session p
-    WHERE s.id = {_PLACE}
-    RETURNING s.id
-)
-SELECT (SELECT count(*) FROM ins) AS inserted,
-       ARRAY(SELECT f.id FROM fresh f
-             WHERE f.session_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM live))
-           AS refused_by_session,
-       ARRAY(SELECT o.id FROM ok o WHERE NOT EXISTS (SELECT 1 FROM written w WHERE w.id = o.id))
-           AS refused_by_owner
-"""
-
 _TURN_OPTIONS = TurnOptions.__optional_keys__
 _ADD_TURN_OPTIONS = AddTurnOptions.__optional_keys__
 
@@ -460,47 +401,134 @@ async def _explain_refusal(conn: Connection, cont: str, sid: UUID, *, scoped: bo
     )
 
 
-_KEYED = {
-    ADD_TURN: ADD_TURN_KEYED,
-    ADD_TURN_CONTEXT: ADD_TURN_CONTEXT_KEYED,
-    ADD_TURN_AFTER_QUEUED: ADD_TURN_AFTER_QUEUED_KEYED,
-    ADD_TURN_AFTER_QUEUED_CONTEXT: ADD_TURN_AFTER_QUEUED_CONTEXT_KEYED,
-}
-
-
 async def _keyed_turn(
     db: Database, conn: Connection, query: str, arguments: tuple[object, ...]
 ) -> list[Row] | None:
-    """The turn on the distributed layout: its conversation placed (remembered, else
-    claimed in this transaction: :class:`~sessionstore.routes.Routes`), then the turn's
-    statement on that one shard. A remembered place where the conversation is gone is
-    forgotten and the route claimed again. ``None``, with nothing written, when a route
-    must be claimed and ``conn`` is in no transaction: run it again in one."""
+    """The turn on the distributed layout (``query`` and ``arguments`` as for one
+    PostgreSQL): its conversation placed (remembered, else claimed in this transaction:
+    :class:`~sessionstore.routes.Routes`), then :func:`_turn_steps` on that one shard. A
+    remembered place where the conversation is gone is forgotten and the route claimed
+    again. ``None``, with nothing written, when ``conn`` is in no transaction: run it
+    again in one. The rows: the turn's, or none (refused); a context is read again."""
+    if not conn.is_in_transaction():
+        return None
     routes = db.routes
     assert routes is not None
     cont, sid = str(arguments[0]), cast(UUID | None, arguments[1])
-    if arguments[7] is None:  # the keyed statement takes the message id from the client
-        arguments = (*arguments[:7], uuid7(), *arguments[8:])
-    statement = _KEYED[query]
     place, create = routes.cached(cont), False
+    rows: list[Row] = []
     for _ in range(2):
         if place is None or (sid is not None and place.session_id != sid):
-            if not conn.is_in_transaction():
-                return None
             place, create = await routes.claim(conn, cont, sid)
         with translate_errors():
-            rows = await conn.fetch(
-                statement, *arguments, place.session_id, place.conversation_id, create
-            )
-        row = next((r for r in rows if r["c_id"] is not None), None)
-        if row is not None:
-            routes.remember(Placement(row["c_session_id"], row["c_id"], cont))
+            rows = await _turn_steps(conn, query, arguments, place, create)
+        if rows:
+            routes.remember(Placement(place.session_id, rows[0]["c_id"], cont))
             return rows
         if create:
             return rows  # the session refused it
         routes.forget(cont)  # remembered, but gone: claim the route again
         place = None
     return rows
+
+
+async def _placed_conversation(
+    conn: Connection,
+    place: Placement,
+    cont: object,
+    create: bool,
+    *,
+    added: int,
+    spent: int,
+    at: datetime,
+) -> Row | None:
+    """The conversation of ``cont`` in ``place`` with ``added`` messages of ``spent``
+    tokens counted, the latest at ``at``: created there (``create``: this transaction
+    holds its route), else appended to (``None``: it is not there)."""
+    if create:
+        return await conn.fetchrow(
+            PLACED_CREATE, place.session_id, cont, place.conversation_id, added, spent, at
+        )
+    return await conn.fetchrow(PLACED_APPEND, place.session_id, cont, added, spent, at)
+
+
+async def _turn_steps(
+    conn: Connection,
+    query: str,
+    arguments: tuple[object, ...],
+    place: Placement,
+    create: bool,
+) -> list[Row]:
+    """The turn of ``arguments`` (laid out as ``query``'s) in ``place``'s session, by
+    the rules of ADD_TURN, as the ``PLACED_*`` statements: the stored turn of a resend;
+    else, when the session takes turns (locked first), the conversation created
+    (``create``) or appended to, its queued messages then the turn's numbered after its
+    count, and the session counted. No rows: refused, nothing written."""
+    (cont, sid, role, text, meta, tokens, slide, mid) = arguments[:8]
+    queued = query in (ADD_TURN_AFTER_QUEUED, ADD_TURN_AFTER_QUEUED_CONTEXT)
+    at = 8
+    waiting: list[tuple[object, ...]] = []
+    counts: list[object] = []
+    if queued:
+        ids, roles, contents, metas, counted, accepted, counts = (
+            cast(list[object], a) for a in arguments[8:15]
+        )
+        at = 15
+        waiting = list(zip(ids, roles, contents, metas, counted, accepted, strict=True))
+    if query in (ADD_TURN_CONTEXT, ADD_TURN_AFTER_QUEUED_CONTEXT):
+        at += 2
+    sealed, sealed_meta = arguments[at], arguments[at + 1]
+    if queued:
+        waiting = [
+            (*w, c, m, n)
+            for w, c, m, n in zip(
+                waiting,
+                cast(list[object], arguments[at + 2]),
+                cast(list[object], arguments[at + 3]),
+                counts,
+                strict=True,
+            )
+        ]
+    session = place.session_id
+    message_id = mid if mid is not None else uuid7()
+    stored = await conn.fetchrow(PLACED_STORED, session, message_id, sid)
+    if stored is not None:
+        return [stored]
+    if sid is not None and await conn.fetchval(PLACED_LIVE, session) is None:
+        return []
+    if waiting:
+        found = await conn.fetch(PLACED_QUEUED_STORED, session, [w[0] for w in waiting])
+        written = {r["id"] for r in found}
+        waiting = [w for w in waiting if w[0] not in written]
+    own = 0 if tokens is None else cast(int, tokens)
+    added = 1 + len(waiting)
+    spent = own + sum(cast(int, w[4] or 0) for w in waiting)
+    now = datetime.now(UTC)
+    conv = await _placed_conversation(conn, place, cont, create, added=added, spent=spent, at=now)
+    if conv is None:
+        return []
+    row: dict[str, object] = dict(conv.items())
+    if sid is not None:
+        turns = 1 + sum(1 for w in waiting if w[-1])
+        turn_tokens = own + sum(cast(int, w[4] or 0) for w in waiting if w[-1])
+        counted_row = await conn.fetchrow(PLACED_COUNT, session, turns, turn_tokens, slide)
+        assert counted_row is not None  # locked above
+        row.update(counted_row.items())
+    else:
+        row.update({f"s_{name}": None for name in SESSION.names})
+    first = cast(int, conv["c_message_count"]) - added
+    values: list[object] = []
+    for n, w in enumerate(waiting, start=1):
+        wid, wrole, wcontent, wmeta, wtokens, wat, wsealed, wsealed_meta, _ = w
+        values += [session, wid, conv["c_id"], first + n, wrole, wcontent]
+        values += ["{}" if wmeta is None else wmeta, wtokens, wat, wsealed, wsealed_meta]
+    values += [session, message_id, conv["c_id"], first + added, role, text]
+    values += ["{}" if meta is None else meta, tokens, now, sealed, sealed_meta]
+    inserted = await conn.fetch(placed_insert(added), *values)
+    mine = next(r for r in inserted if r["m_id"] == message_id)
+    row.update(mine.items())
+    row.update({"stored_in": None, "touched": False})
+    return [cast(Row, row)]
 
 
 async def add_turn(
@@ -711,68 +739,78 @@ async def _placed_turns(
 async def _write_placed_turns(
     db: Database, session_id: UUID, turns: Sequence[PendingWrite]
 ) -> dict[UUID, str]:
-    """One session's turns of a batch (:data:`TURN_BATCH_KEYED`) in one transaction: each
-    conversation at its remembered place, else its route claimed in this transaction. A
-    remembered place where the conversation is gone is forgotten, its route claimed, and
-    the statement sent again (what it stored is skipped)."""
+    """One session's turns of a batch, in one transaction of short statements on its
+    shard (as :func:`_turn_steps`): each conversation at its remembered place, else its
+    route claimed in this transaction. A remembered place where the conversation is
+    gone is forgotten and its route claimed; a turn whose id is stored is skipped (a
+    retried batch)."""
     routes = db.routes
     assert routes is not None
-    arguments = await sealed_batch(db.keys, turns, _BATCH_FIELDS)
-    by_conversation: dict[str, list[PendingWrite]] = {}
-    for item in turns:
-        by_conversation.setdefault(str(item.continuation_id), []).append(item)
+    sealed = await sealed_batch(db.keys, turns, ("content", "metadata"))
+    rows = list(zip(turns, sealed[0], sealed[1], sealed[2], sealed[3], strict=True))
 
     async def work(conn: Connection) -> dict[UUID, str]:
         refused: dict[UUID, str] = {}
-        places: dict[str, tuple[UUID, bool]] = {}
-        remembered: set[str] = set()
-        row: Row | None = None
-        by_owner: set[UUID] = set()
-        for cont in by_conversation:
+        live = await conn.fetchval(PLACED_LIVE, session_id) is not None
+        found = await conn.fetch(PLACED_QUEUED_STORED, session_id, [t.id for t in turns])
+        done = {r["id"] for r in found}
+        accepted: dict[str, list[tuple[PendingWrite, object, object, object, object]]] = {}
+        for entry in rows:
+            item = entry[0]
+            if item.id in done:
+                continue
+            if item.session_id is not None and not live:
+                refused[item.id] = "session not found, not active or expired"
+                continue
+            accepted.setdefault(str(item.continuation_id), []).append(entry)
+        values: list[object] = []
+        count = 0
+        counted, counted_tokens = 0, 0
+        for cont, entries in accepted.items():
+            conv = None
             place = routes.cached(cont)
-            if place is not None and place.session_id == session_id:
-                places[cont] = (place.conversation_id, False)
-                remembered.add(cont)
-        for attempt in range(2):
-            for cont, items in by_conversation.items():
-                if cont in places or items[0].id in refused:
-                    continue
-                try:
-                    place, create = await routes.claim(
-                        conn, cont, items[0].session_id or session_id
-                    )
-                except (ConflictError, InvalidInputError):
-                    place = None
-                if place is None or place.session_id != session_id:
-                    refused.update(dict.fromkeys((t.id for t in items), _OTHER_SESSION))
-                    continue
-                places[cont] = (place.conversation_id, create)
-            conts = list(places)
-            row = await conn.fetchrow(
-                TURN_BATCH_KEYED,
-                *arguments,
-                db.config.sliding_interval,
-                conts,
-                [places[c][0] for c in conts],
-                session_id,
-                [places[c][1] for c in conts],
+            for attempt in range(2):
+                create = False
+                if place is None or place.session_id != session_id or attempt:
+                    try:
+                        place, create = await routes.claim(
+                            conn, cont, entries[0][0].session_id or session_id
+                        )
+                    except (ConflictError, InvalidInputError):
+                        place = None
+                    if place is None or place.session_id != session_id:
+                        break
+                spent = sum(e[0].tokens or 0 for e in entries)
+                latest = max(e[0].enqueued_at for e in entries)
+                conv = await _placed_conversation(
+                    conn, place, cont, create, added=len(entries), spent=spent, at=latest
+                )
+                if conv is not None or create:
+                    break
+                routes.forget(cont)  # remembered, but gone: claim the route again
+            if conv is None or place is None:
+                refused.update(dict.fromkeys((e[0].id for e in entries), _OTHER_SESSION))
+                continue
+            routes.remember(Placement(session_id, conv["c_id"], cont))
+            first = cast(int, conv["c_message_count"]) - len(entries)
+            for n, (item, content, metadata, content_sealed, metadata_sealed) in enumerate(
+                entries, start=1
+            ):
+                values += [session_id, item.id, conv["c_id"], first + n, item.role, content]
+                values += ["{}" if metadata is None else metadata, item.tokens]
+                values += [item.enqueued_at, content_sealed, metadata_sealed]
+                count += 1
+                if item.session_id is not None:
+                    counted += 1
+                    counted_tokens += item.tokens or 0
+        width = len(_PLACED_MESSAGE_TYPES)
+        for at in range(0, count, _PLACED_ROWS):  # within PostgreSQL's 65,535 parameters
+            chunk = values[at * width : (at + _PLACED_ROWS) * width]
+            await conn.execute(placed_insert(len(chunk) // width), *chunk)
+        if counted:
+            await conn.execute(
+                PLACED_COUNT, session_id, counted, counted_tokens, db.config.sliding_interval
             )
-            assert row is not None  # the statement always returns one row
-            by_owner = set(row["refused_by_owner"])
-            stale = {c for c in remembered if any(t.id in by_owner for t in by_conversation[c])}
-            if not stale or attempt:
-                break
-            for cont in stale:  # remembered, but gone: claimed on the next pass
-                routes.forget(cont)
-                del places[cont]
-            remembered -= stale
-        assert row is not None  # the loop ran at least once
-        for cont, (conversation_id, _) in places.items():
-            routes.remember(Placement(session_id, conversation_id, cont))
-        refused.update(
-            dict.fromkeys(row["refused_by_session"], "session not found, not active or expired")
-        )
-        refused.update(dict.fromkeys(by_owner - refused.keys(), _OTHER_SESSION))
         return refused
 
     return await db.run(work, transaction=True)

@@ -25,14 +25,13 @@ conv AS (
     RETURNING c.id AS c_id, c.continuation_id AS c_continuation_id, c.session_id AS c_session_id, c.title AS c_title, c.metadata AS c_metadata, CASE WHEN c.created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN c.created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE c.created_at END AS c_created_at, CASE WHEN c.updated_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN c.updated_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE c.updated_at END AS c_updated_at, c.message_count AS c_message_count, CASE WHEN c.last_message_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN c.last_message_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE c.last_message_at END AS c_last_message_at, c.total_tokens AS c_total_tokens, c.forked_from AS c_forked_from, c.forked_at_seq AS c_forked_at_seq, c.compacted_through AS c_compacted_through
 ),
 sess AS (
-    UPDATE sessions
-    SET turn_count = turn_count + 1, total_tokens = total_tokens + coalesce($6::integer, 0), expires_at = CASE WHEN $7::interval IS NOT NULL AND expires_at IS NOT NULL THEN greatest(expires_at, now() + $7::interval) ELSE expires_at END
+    UPDATE sessions SET turn_count = turn_count + 1, total_tokens = total_tokens + coalesce($6::integer, 0), expires_at = CASE WHEN $7::interval IS NOT NULL AND expires_at IS NOT NULL THEN greatest(expires_at, now() + $7::interval) ELSE expires_at END
     WHERE id = (SELECT id FROM live) AND EXISTS (SELECT 1 FROM conv)
     RETURNING id AS s_id, user_id AS s_user_id, title AS s_title, CASE WHEN status IN ('active', 'paused') AND expires_at <= now() THEN 'expired' ELSE status END AS s_status, CASE WHEN created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE created_at END AS s_created_at, CASE WHEN updated_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN updated_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE updated_at END AS s_updated_at, CASE WHEN expires_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN expires_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE expires_at END AS s_expires_at, metadata AS s_metadata, turn_count AS s_turn_count, total_tokens AS s_total_tokens, version AS s_version
 ),
 msg AS (
-    INSERT INTO messages (id, conversation_id, seq, role, content, metadata,
-                          tokens, content_sealed, metadata_sealed)
+    INSERT INTO messages (id, conversation_id, seq, role, content, metadata, tokens,
+                          content_sealed, metadata_sealed)
     SELECT coalesce($8::uuid, gen_random_uuid()), conv.c_id,
            conv.c_message_count - 1 + 1,
            $3::message_role, $4, coalesce($5::jsonb, '{}'::jsonb), $6::integer,
@@ -64,8 +63,7 @@ LEFT JOIN LATERAL (
 CROSS JOIN LATERAL (
     (SELECT e.id AS m_id, e.conversation_id AS m_conversation_id, e.seq AS m_seq, e.role AS m_role, e.content AS m_content, e.metadata AS m_metadata, e.tokens AS m_tokens, CASE WHEN e.created_at > '9999-12-31 23:59:59.999998+00:00'::timestamptz THEN '9999-12-31 23:59:59.999998+00:00'::timestamptz WHEN e.created_at < '0001-01-01 00:00:00.000001+00:00'::timestamptz THEN '0001-01-01 00:00:00.000001+00:00'::timestamptz ELSE e.created_at END AS m_created_at, e.covers_through AS m_covers_through, e.content_sealed AS m_content_sealed, e.metadata_sealed AS m_metadata_sealed, NOT (e.xmax = '0'::xid) AS touched
     FROM messages e
-    WHERE e.conversation_id = t.m_conversation_id
-      AND e.seq < t.m_seq AND e.seq > (CASE WHEN ($10::integer - coalesce(t.m_tokens, (coalesce(octet_length(t.m_content_sealed) - 45, octet_length(t.m_content)) + 3) / 4)) IS NULL THEN 0 ELSE coalesce((
+    WHERE e.conversation_id = t.m_conversation_id AND e.seq < t.m_seq AND e.seq > (CASE WHEN ($10::integer - coalesce(t.m_tokens, (coalesce(octet_length(t.m_content_sealed) - 45, octet_length(t.m_content)) + 3) / 4)) IS NULL THEN 0 ELSE coalesce((
         SELECT b.seq FROM (
             SELECT seq, sum(coalesce(tokens, (coalesce(octet_length(content_sealed) - 45, octet_length(content)) + 3) / 4)) OVER (
                 ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
@@ -106,8 +104,7 @@ CROSS JOIN LATERAL (
     WHERE x.k <= $9 AND (($10::integer - coalesce(t.m_tokens, (coalesce(octet_length(t.m_content_sealed) - 45, octet_length(t.m_content)) + 3) / 4)) IS NULL OR x.running <= ($10::integer - coalesce(t.m_tokens, (coalesce(octet_length(t.m_content_sealed) - 45, octet_length(t.m_content)) + 3) / 4)))) v
     UNION ALL
     SELECT NULL, NULL, h.seq, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NOT (h.xmax = '0'::xid) FROM messages h
-    WHERE h.conversation_id = t.m_conversation_id
-      AND h.covers_through IS NOT NULL
+    WHERE h.conversation_id = t.m_conversation_id AND h.covers_through IS NOT NULL
       AND h.seq > g.through AND h.seq < t.m_seq
 ) e
 

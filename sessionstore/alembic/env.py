@@ -27,6 +27,7 @@ from sqlalchemy.pool import NullPool
 from sessionstore.adoption import original_revision, record_original
 from sessionstore.config import StoreConfig
 from sessionstore.db import connect_direct
+from sessionstore.distribution import KEYED_LAYOUT, distribute, has_citus
 from sessionstore.errors import InvalidInputError
 from sessionstore.migrations import check_connection
 from sessionstore.schema import metadata
@@ -106,10 +107,29 @@ def run_offline() -> None:
 MIGRATION_LOCK = 7_201_864_355_130_912
 
 
+def _destination() -> str | None:
+    """The revision this run moves to (None: a command that moves nothing, `current`)."""
+    try:
+        destination = context.get_revision_argument()
+    except KeyError:
+        return None
+    return None if destination is None else str(destination)
+
+
 def _run_sync(connection: Connection) -> None:
     connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK})")
     connection.commit()
     _configure(connection=connection)
+    head = ScriptDirectory.from_config(config).get_current_head()
+    if (
+        _destination() not in (None, "head", head)
+        and connection.exec_driver_sql(KEYED_LAYOUT).scalar()
+    ):
+        raise InvalidInputError(
+            "revision",
+            "this database has the distributed (Citus) layout, which has no earlier"
+            " revision: it cannot be downgraded (restore a backup taken before instead)",
+        )
     adopted = original_revision(connection)
     if adopted is not None:
         # Tables from the original Supabase SQL: record what they match, then upgrade.
@@ -119,6 +139,7 @@ def _run_sync(connection: Connection) -> None:
             record_original(connection, adopted)
     with context.begin_transaction():
         context.run_migrations()
+    config.attributes["at_head"] = context.get_context().get_current_revision() == head
 
 
 async def run_online() -> None:
@@ -141,6 +162,15 @@ async def run_online() -> None:
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run_sync)
+            if config.attributes.get("at_head"):
+                # On Citus the head schema is the distributed layout (still under the
+                # migration lock, which this connection holds).
+                conn = await creator()
+                try:
+                    if await has_citus(conn):
+                        await distribute(conn, citus=True)
+                finally:
+                    await conn.close()
     finally:
         await engine.dispose()
 

@@ -124,23 +124,21 @@ _SQL_TYPES = {
 }
 
 
-def fresh_rows(fields: Sequence[str], *, session: str | None = None) -> str:
+def fresh_rows(fields: Sequence[str]) -> str:
     """The opening of a batch statement: CTE ``fresh`` holds the batch's rows (columns
     ``fields`` plus ``ord``, the position in the batch) whose ids are not stored yet.
 
     Skipping stored ids is what makes a retried batch (after a lost connection or a
     timeout whose statement did commit) write nothing twice. ``fields`` starts with
     ``id``; the batch is passed as :func:`batch_arguments` of the same ``fields``.
-    ``session``: the distributed layout's placing session (the probe names it).
     """
-    where = "" if session is None else f" AND session_id = {session}"
     arrays = ", ".join(f"${n}::{_SQL_TYPES[f]}[]" for n, f in enumerate(fields, start=1))
     return f"""
 WITH input AS (
     SELECT * FROM unnest({arrays}) WITH ORDINALITY AS u({", ".join(fields)}, ord)
 ),
 stored AS (  -- probed by primary key: an anti-join would scan all messages per batch
-    SELECT id FROM messages WHERE id = ANY($1::uuid[]){where}
+    SELECT id FROM messages WHERE id = ANY($1::uuid[])
 ),
 fresh AS (
     SELECT i.* FROM input i WHERE NOT EXISTS (SELECT 1 FROM stored s WHERE s.id = i.id)

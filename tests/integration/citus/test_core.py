@@ -287,3 +287,22 @@ async def test_a_batch_meeting_a_deleted_conversation_places_it_again(
     assert store.failed_writes() == []
     history = await store.messages.history(ContinuationId("batch"))
     assert [(m.seq, m.content) for m in history] == [(1, "two")]
+
+
+async def test_a_batch_larger_than_one_insert_keeps_every_turn_in_order(
+    placed: Placed,
+) -> None:
+    async with sessionstore.connect(
+        placed.dsn, max_delay=3600.0, batch_size=10_000, **store_overrides()
+    ) as store:
+        s = await store.sessions.create("alice")
+        for n in range(1_500):  # more than one placed insert carries (1,000)
+            await store.enqueue_turn("long", "user", f"m{n}", session_id=s.id, tokens=1)
+        await store.flush()
+        assert store.failed_writes() == []
+        latest = await store.messages.history(ContinuationId("long"), limit=1_000)
+        earliest = await store.messages.history(ContinuationId("long"), limit=1_000, before=501)
+        assert [m.seq for m in earliest + latest] == list(range(1, 1_501))
+        assert [m.content for m in latest[-2:]] == ["m1498", "m1499"]
+        session = await store.sessions.get(s.id)
+        assert (session.turn_count, session.total_tokens) == (1_500, 1_500)

@@ -9,8 +9,9 @@ import asyncpg
 import pytest
 
 import sessionstore
+from sessionstore import ContinuationId, InvalidInputError
 from sessionstore.distribution import distribute, is_distributed
-from sessionstore.migrations import upgrade
+from sessionstore.migrations import downgrade, upgrade
 
 from ...distributed import DISTRIBUTED, citus_violations
 
@@ -23,18 +24,33 @@ WHERE shardid = get_shard_id_for_distribution_column($1::regclass, $2::text)
 
 
 async def test_a_written_database_is_distributed_by_session(citus_dsn: str) -> None:
-    await asyncio.to_thread(upgrade, citus_dsn)
-    async with sessionstore.connect(citus_dsn) as store:  # tables still on the coordinator
-        sessions = [await store.sessions.create(f"user-{n}") for n in range(8)]
-        for n, s in enumerate(sessions):
-            await store.add_turn(f"conv-{n}", "user", "hello", session_id=s.id, tokens=2)
-            await store.add_turn(f"conv-{n}", "assistant", "hi", session_id=s.id, tokens=1)
+    """Rows written before the layout (here by the original schema's writers, at the
+    revision before head) are carried to the shards by ``migrate``, and read back."""
+    await asyncio.to_thread(upgrade, citus_dsn, "0011_langgraph")
     conn = await asyncpg.connect(citus_dsn)
     try:
+        sessions = []
+        for n in range(8):
+            sid = await conn.fetchval(
+                "INSERT INTO sessions (user_id) VALUES ($1) RETURNING id", f"user-{n}"
+            )
+            cid = await conn.fetchval(
+                "INSERT INTO conversations (continuation_id, session_id) VALUES ($1, $2)"
+                " RETURNING id",
+                f"conv-{n}",
+                sid,
+            )
+            for content in ("hello", "hi"):  # seq given by the original writers' trigger
+                await conn.execute(
+                    "INSERT INTO messages (conversation_id, role, content) VALUES ($1, 'user', $2)",
+                    cid,
+                    content,
+                )
+            sessions.append(sid)
         assert not await is_distributed(conn)
-        assert await distribute(conn, citus=True)
+        await asyncio.to_thread(upgrade, citus_dsn)
         assert await is_distributed(conn)
-        assert not await distribute(conn, citus=True)
+        assert not await distribute(conn, citus=True)  # there already
         assert await citus_violations(conn) == []
         layout = {
             r["name"]: (r["partmethod"], r["colocationid"])
@@ -59,15 +75,43 @@ async def test_a_written_database_is_distributed_by_session(citus_dsn: str) -> N
             assert layout[reference][0] == "n"  # a reference table
         # The rows came along, and each session's rows share one node.
         assert await conn.fetchval("SELECT count(*) FROM messages") == 16
+        async with sessionstore.connect(citus_dsn) as store:
+            history = await store.messages.history(ContinuationId("conv-3"))
+            assert [(m.seq, m.content) for m in history] == [(1, "hello"), (2, "hi")]
+            await store.add_turn("conv-3", "user", "after", session_id=sessions[3])
+            assert await store.messages.count(ContinuationId("conv-3")) == 3
         nodes = set()
-        for s in sessions:
+        for sid in sessions:
             placed = {
                 port
                 for table in ("sessions", "conversations", "messages")
-                for (port,) in await conn.fetch(_PLACEMENT, table, str(s.id))
+                for (port,) in await conn.fetch(_PLACEMENT, table, str(sid))
             }
             assert len(placed) == 1, placed
             nodes |= placed
         assert len(nodes) == 2  # eight sessions over both workers
+    finally:
+        await conn.close()
+
+
+async def test_migrate_distributes_a_citus_database_and_refuses_what_it_cannot(
+    citus_dsn: str,
+) -> None:
+    # A database written before the citus extension could place it: one conversation has
+    # no session. migrate stops at the layout, says why, and leaves the tables local.
+    await asyncio.to_thread(upgrade, citus_dsn, "0011_langgraph")
+    conn = await asyncpg.connect(citus_dsn)
+    try:
+        await conn.execute("INSERT INTO conversations (continuation_id) VALUES ('loose')")
+        with pytest.raises(InvalidInputError, match="1 conversations belong to no session"):
+            await asyncio.to_thread(upgrade, citus_dsn)
+        assert not await is_distributed(conn)
+        await conn.execute("DELETE FROM conversations")
+        await asyncio.to_thread(upgrade, citus_dsn)  # now it can
+        assert await is_distributed(conn)
+        assert await citus_violations(conn) == []
+        with pytest.raises(InvalidInputError, match=r"^revision: .*cannot be downgraded"):
+            await asyncio.to_thread(downgrade, citus_dsn, "0011_langgraph")
+        assert await is_distributed(conn)
     finally:
         await conn.close()

@@ -5,11 +5,14 @@ place is refused with nothing changed. ``test_citus.py`` distributes it on a rea
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 
 from sessionstore import ContinuationId, InvalidInputError, SessionStore
 from sessionstore.distribution import distribute, is_keyed
+from sessionstore.migrations import downgrade
 
 from ...distributed import citus_violations
 
@@ -101,3 +104,14 @@ async def test_a_conversation_without_a_session_is_refused_and_nothing_changes(
     assert not await is_keyed(conn)
     assert await conn.fetchval(_TRIGGERS) == triggers
     assert "messages.messages_pkey lacks session_id" in await citus_violations(conn)
+
+
+async def test_the_keyed_layout_is_not_downgraded(
+    store: SessionStore, conn: asyncpg.Connection, admin_dsn: str
+) -> None:
+    await _chat(store)
+    await distribute(conn, citus=False)
+    with pytest.raises(InvalidInputError, match=r"^revision: .*cannot be downgraded"):
+        await asyncio.to_thread(downgrade, admin_dsn, "0011_langgraph")
+    assert await is_keyed(conn)
+    assert await citus_violations(conn) == []
