@@ -23,7 +23,7 @@ from uuid import UUID
 from . import validation as v
 from .crypto import DataKey
 from .db import Connection, Database
-from .errors import EncryptionError
+from .errors import EncryptionError, InvalidStateError
 from .keyring import KeyRing, seal_values
 from .rows import Row
 
@@ -113,6 +113,12 @@ async def encrypt_stored(
         raise EncryptionError(
             "this store has no encryption key: open the store with encryption_key="
             " (SESSIONSTORE_ENCRYPTION_KEY) or key_provider= to encrypt what it holds"
+        )
+    if await db.is_keyed():
+        raise InvalidStateError(
+            "sealing stored messages is not yet available on a distributed (Citus)"
+            " database: its batches lock messages across sessions; encrypt before"
+            " distributing"
         )
     service = db.service
     cursor: UUID | None = None

@@ -15,6 +15,7 @@ forgets it at once here, other processes within that time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -24,7 +25,8 @@ from uuid import UUID, uuid4
 from . import jsonb
 from .crypto import ChainedProvider, DataKey, KeyProvider
 from .errors import EncryptionError
-from .models import ContinuationId, PendingWrite
+from .models import Connection, ContinuationId, PendingWrite
+from .routes import FIND, FIND_BY_ID
 from .rows import Patch, Row
 from .writebehind.items import batch_arguments
 
@@ -74,6 +76,16 @@ INSERT INTO sessionstore_private.keys (key_id, user_id, wrapped, master_key_id)
 SELECT $1, $2, $3, $4
 WHERE $2::text IS NULL
    OR EXISTS (SELECT 1 FROM sessions WHERE user_id = $2 LIMIT 1 FOR KEY SHARE)
+ON CONFLICT DO NOTHING
+"""
+# The same on the distributed layout, where a session cannot be locked by its user (every
+# shard would be asked): one of the user's sessions, found first, is locked by its id
+# (one shard), and the key inserted after it in the same transaction.
+SESSION_OF_USER = "SELECT id FROM sessions WHERE user_id = $1 LIMIT 1"
+LOCK_SESSION_OF_USER = "SELECT id FROM sessions WHERE id = $1 AND user_id = $2 FOR KEY SHARE"
+INSERT_KEY = """
+INSERT INTO sessionstore_private.keys (key_id, user_id, wrapped, master_key_id)
+VALUES ($1, $2, $3, $4)
 ON CONFLICT DO NOTHING
 """
 KEYS_BY_ID = (
@@ -190,7 +202,13 @@ class KeyRing:
                 return key
             raw = DataKey.generate()
             wrapped = await _provided(self._provider.wrap(raw), "wrap a new data key")
-            await self._db.execute(CREATE_KEY, uuid4(), user, wrapped, self._provider.key_id)
+            if await self._db.is_keyed():
+                await self._db.run(
+                    functools.partial(_create_placed_key, user, wrapped, self._provider.key_id),
+                    transaction=True,
+                )
+            else:
+                await self._db.execute(CREATE_KEY, uuid4(), user, wrapped, self._provider.key_id)
         raise EncryptionError("could not create a data key: its user's sessions kept going")
 
     async def _owner_row(self, owner: Owner) -> Row | None:
@@ -201,6 +219,14 @@ class KeyRing:
             row = await self._db.fetchrow(KEY_OF_SESSION, ref, retry=True)
         elif kind == "user":
             row = await self._db.fetchrow(KEY_OF_USER, ref, retry=True)
+        elif await self._db.is_keyed():  # the conversation's session first (one shard)
+            find = FIND if isinstance(ref, ContinuationId) else FIND_BY_ID
+            place = await self._db.fetchrow(find, ref, retry=True)
+            row = (
+                None
+                if place is None
+                else await self._db.fetchrow(KEY_OF_SESSION, place["session_id"], retry=True)
+            )
         else:
             column = "continuation_id" if isinstance(ref, ContinuationId) else "id"
             query = KEY_OF_CONVERSATION.replace("@conversation_key@", column)
@@ -443,3 +469,15 @@ def seal_values(
     # and every read is spared a decryption.
     meta = None if metadata is None or metadata == "{}" else metadata.encode("utf-8")
     return key.seal_message(content.encode("utf-8"), meta, message_id.bytes)
+
+
+async def _create_placed_key(
+    user: str | None, wrapped: bytes, master_key_id: str, conn: Connection
+) -> None:
+    """CREATE_KEY on the distributed layout: a user's key only while one of their
+    sessions is locked (KEY SHARE), found first; the no-user key at once."""
+    if user is not None:
+        session = await conn.fetchval(SESSION_OF_USER, user)
+        if session is None or await conn.fetchval(LOCK_SESSION_OF_USER, session, user) is None:
+            return  # no session: the write it is for will be refused
+    await conn.execute(INSERT_KEY, uuid4(), user, wrapped, master_key_id)

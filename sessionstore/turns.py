@@ -724,10 +724,9 @@ async def _placed_turns(
     grouped: dict[UUID, list[PendingWrite]] = {}
     refused: dict[UUID, str] = {}
     for item in batch:
-        cont = str(item.continuation_id)
-        place = await routes.find(conn, ContinuationId(cont))
         session_id = item.session_id
-        if session_id is None:
+        if session_id is None:  # placed by its conversation's session
+            place = await routes.find(conn, ContinuationId(str(item.continuation_id)))
             if place is None:
                 refused[item.id] = _NO_SESSION
                 continue

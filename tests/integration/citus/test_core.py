@@ -6,6 +6,8 @@ real Citus cluster (``SESSIONSTORE_TEST_CITUS_DSN``)."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
@@ -306,3 +308,27 @@ async def test_a_batch_larger_than_one_insert_keeps_every_turn_in_order(
         assert [m.content for m in latest[-2:]] == ["m1498", "m1499"]
         session = await store.sessions.get(s.id)
         assert (session.turn_count, session.total_tokens) == (1_500, 1_500)
+
+
+async def test_messages_are_sealed_and_the_key_goes_with_the_user(
+    placed: Placed, conn: asyncpg.Connection
+) -> None:
+    key = base64.b64encode(os.urandom(32)).decode()
+    async with sessionstore.connect(placed.dsn, encryption_key=key, **store_overrides()) as store:
+        s = await store.sessions.create("alice")
+        await store.add_turn("secret", "user", "the plan", session_id=s.id)
+        await store.enqueue_turn("secret", "assistant", "noted", session_id=s.id)
+        await store.flush()
+        await store.messages.add(ContinuationId("secret"), "user", "more")
+        history = await store.messages.history(ContinuationId("secret"))
+        assert _contents(history) == ["the plan", "noted", "more"]
+        clear = await conn.fetchval(
+            "SELECT count(*) FROM messages WHERE content_sealed IS NULL OR content <> ''"
+        )
+        assert clear == 0
+        with pytest.raises(InvalidStateError, match="encrypt before distributing"):
+            await store.encrypt_stored()
+        await store.purge_user("alice")
+        assert not await conn.fetchval(
+            "SELECT count(*) FROM sessionstore_private.keys WHERE user_id = 'alice'"
+        )

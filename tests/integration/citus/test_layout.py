@@ -115,3 +115,34 @@ async def test_migrate_distributes_a_citus_database_and_refuses_what_it_cannot(
         assert await is_distributed(conn)
     finally:
         await conn.close()
+
+
+_COUNTERS = """
+SELECT query_execution_single_shard AS single, query_execution_multi_shard AS multi
+FROM citus_stat_counters WHERE name = current_database()
+"""
+
+
+async def test_a_turn_with_context_runs_on_its_session_s_shard_alone(citus_dsn: str) -> None:
+    """Measured by the coordinator's own counters (``citus_stat_counters``): a known
+    conversation's ``add_turn(context=…)`` is single-shard executions only (5 short
+    statements and the context's read), none on several shards."""
+    conn = await asyncpg.connect(citus_dsn)
+    try:
+        name = await conn.fetchval("SELECT current_database()")
+        await conn.execute(f'ALTER DATABASE "{name}" SET citus.enable_stat_counters = on')
+        await asyncio.to_thread(upgrade, citus_dsn)
+        async with sessionstore.connect(citus_dsn) as store:
+            s = await store.sessions.create("alice")
+            await store.add_turn("chat", "user", "first", session_id=s.id)  # claims the route
+            before = await conn.fetchrow(_COUNTERS)
+            for n in range(20):
+                turn = await store.add_turn("chat", "user", f"m{n}", session_id=s.id, context=5)
+            after = await conn.fetchrow(_COUNTERS)
+        assert before is not None
+        assert after is not None
+        assert [m.content for m in turn.context or []] == ["m15", "m16", "m17", "m18", "m19"]
+        assert after["multi"] - before["multi"] == 0
+        assert after["single"] - before["single"] == 20 * 6
+    finally:
+        await conn.close()

@@ -1,0 +1,1 @@
+SELECT id FROM sessions WHERE user_id = $1 LIMIT 1
