@@ -19,7 +19,7 @@ from uuid import UUID, uuid4
 from .errors import ConflictError, InvalidInputError, SessionStoreError
 from .models import Connection, ContinuationId
 
-__all__ = ["RELEASE", "Placement", "Routes"]
+__all__ = ["LOCK_ROUTE", "RELEASE", "Placement", "Routes"]
 
 # Locks the route (the no-op update), so a concurrent delete or take-over waits for this
 # transaction; the route inserted here carries the conversation id $3, so ``claimed``
@@ -37,6 +37,7 @@ HELD = "SELECT EXISTS (SELECT 1 FROM conversations WHERE session_id = $1 AND id 
 TAKE_OVER = """
 UPDATE continuations SET session_id = $2, conversation_id = $3 WHERE continuation_id = $1
 """
+LOCK_ROUTE = "SELECT 1 FROM continuations WHERE continuation_id = $1 FOR UPDATE"
 # A deleted conversation's route (only if it still names it).
 RELEASE = "DELETE FROM continuations WHERE continuation_id = $1 AND conversation_id = $2"
 
@@ -82,11 +83,13 @@ class Routes:
         if place is not None:
             self._by_id.pop(place.conversation_id, None)
 
-    async def find(self, conn: Connection, conversation: UUID | str) -> Placement | None:
-        """The place of an existing conversation, remembered or asked (``None``: none).
-        A remembered place may be stale: a statement that finds nothing there should
-        :meth:`forget` it and ask again."""
-        place = self.cached(conversation)
+    async def find(
+        self, conn: Connection, conversation: UUID | str, *, fresh: bool = False
+    ) -> Placement | None:
+        """The place of an existing conversation, remembered or (``fresh``: always)
+        asked (``None``: none). A remembered place may be stale: a statement that finds
+        nothing there should :meth:`forget` it and ask again."""
+        place = None if fresh else self.cached(conversation)
         if place is not None:
             return place
         if isinstance(conversation, UUID):

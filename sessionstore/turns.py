@@ -31,7 +31,7 @@ from .models import (
     Turn,
     TurnOptions,
 )
-from .repositories.conversations import CONVERSATION
+from .repositories.conversations import CONVERSATION, SESSION_EXISTS
 from .repositories.message_sql import read_message
 from .repositories.messages import MESSAGE
 from .repositories.sessions import SESSION
@@ -188,14 +188,16 @@ _PLACED_SELECT = (
     f"{MESSAGE.select(prefix='m_', alias='m')}, {CONVERSATION.select(prefix='c_', alias='c')},"
     f" {SESSION.select(prefix='s_', alias='s')}"
 )
-# A resend: the message $2 stored, with its conversation and ($3 given) the session.
+# A resend: the message $2 stored, with its conversation and session. (A message id is
+# unique within its session on this layout: the primary key leads with the session.)
 PLACED_STORED = f"""
 SELECT {_PLACED_SELECT}, c.continuation_id AS stored_in, false AS touched
 FROM messages m
 JOIN conversations c ON c.session_id = $1 AND c.id = m.conversation_id
-LEFT JOIN sessions s ON s.id = $1 AND $3::uuid IS NOT NULL
+LEFT JOIN sessions s ON s.id = $1
 WHERE m.session_id = $1 AND m.id = $2
 """
+_SESSION_COLUMNS = [f"s_{name}" for name in SESSION.names]
 PLACED_LIVE = f"SELECT id FROM sessions WHERE id = $1 AND {accepts_turns()} FOR UPDATE"
 PLACED_QUEUED_STORED = "SELECT id FROM messages WHERE session_id = $1 AND id = ANY($2::uuid[])"
 # $2 continuation id, $3 the conversation's id, $4 messages and $5 tokens added, $6 the
@@ -419,7 +421,13 @@ async def _keyed_turn(
     rows: list[Row] = []
     for _ in range(2):
         if place is None or (sid is not None and place.session_id != sid):
-            place, create = await routes.claim(conn, cont, sid)
+            try:
+                place, create = await routes.claim(conn, cont, sid)
+            except ConflictError:
+                # When the session refuses the turn too, its refusal is the one raised.
+                if sid is not None and not await conn.fetchval(TAKES_TURNS, sid):
+                    await raise_session_miss(conn, Attempt(sid, "add a turn to"))
+                raise
         with translate_errors():
             rows = await _turn_steps(conn, query, arguments, place, create)
         if rows:
@@ -491,8 +499,10 @@ async def _turn_steps(
         ]
     session = place.session_id
     message_id = mid if mid is not None else uuid7()
-    stored = await conn.fetchrow(PLACED_STORED, session, message_id, sid)
+    stored = await conn.fetchrow(PLACED_STORED, session, message_id)
     if stored is not None:
+        if sid is None:  # a turn naming no session returns none
+            return [cast(Row, {**stored, **dict.fromkeys(_SESSION_COLUMNS)})]
         return [stored]
     if sid is not None and await conn.fetchval(PLACED_LIVE, session) is None:
         return []
@@ -515,7 +525,7 @@ async def _turn_steps(
         assert counted_row is not None  # locked above
         row.update(counted_row.items())
     else:
-        row.update({f"s_{name}": None for name in SESSION.names})
+        row.update(dict.fromkeys(_SESSION_COLUMNS))
     first = cast(int, conv["c_message_count"]) - added
     values: list[object] = []
     for n, w in enumerate(waiting, start=1):
@@ -711,6 +721,7 @@ async def write_turns(db: Database, batch: Sequence[PendingWrite]) -> dict[UUID,
 
 _OTHER_SESSION = "conversation belongs to another session"
 _NO_SESSION = "a new conversation needs a session on the distributed layout"
+_GONE = "conversation not found (its session was deleted)"
 
 
 async def _placed_turns(
@@ -723,14 +734,19 @@ async def _placed_turns(
     assert routes is not None
     grouped: dict[UUID, list[PendingWrite]] = {}
     refused: dict[UUID, str] = {}
+    named: dict[str, UUID] = {}  # the first session the batch names for a conversation
+    for item in batch:
+        if item.session_id is not None:
+            named.setdefault(str(item.continuation_id), item.session_id)
     for item in batch:
         session_id = item.session_id
-        if session_id is None:  # placed by its conversation's session
-            place = await routes.find(conn, ContinuationId(str(item.continuation_id)))
-            if place is None:
+        if session_id is None:  # placed by its conversation's session, asked afresh
+            cont = str(item.continuation_id)
+            place = await routes.find(conn, ContinuationId(cont), fresh=True)
+            session_id = named.get(cont) if place is None else place.session_id
+            if session_id is None:
                 refused[item.id] = _NO_SESSION
                 continue
-            session_id = place.session_id
         grouped.setdefault(session_id, []).append(item)
     return grouped, refused
 
@@ -750,6 +766,11 @@ async def _write_placed_turns(
 
     async def work(conn: Connection) -> dict[UUID, str]:
         refused: dict[UUID, str] = {}
+        if not await conn.fetchval(SESSION_EXISTS, session_id):
+            for item in turns:  # a route's session deleted since: nothing to write to
+                routes.forget(str(item.continuation_id))
+            reason = "session not found, not active or expired"
+            return {t.id: reason if t.session_id else _GONE for t in turns}
         live = await conn.fetchval(PLACED_LIVE, session_id) is not None
         found = await conn.fetch(PLACED_QUEUED_STORED, session_id, [t.id for t in turns])
         done = {r["id"] for r in found}

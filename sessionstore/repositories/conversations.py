@@ -20,7 +20,7 @@ from ..keyring import Owner
 from ..lifecycle import TAKES_TURNS, Attempt, raise_session_miss
 from ..models import ContinuationId, Conversation, ConversationRef, Message, Page
 from ..pagination import decode_cursor, make_page
-from ..routes import RELEASE
+from ..routes import LOCK_ROUTE, RELEASE
 from ..rows import Columns, Row, keyset_before
 from ..rules import accepts_turns, latest_summary, may_read
 from ..telemetry import traced
@@ -494,6 +494,10 @@ class ConversationsRepository:
         assert routes is not None
 
         async def work(conn: Connection) -> None:
+            # The route first, as a turn takes it (then the conversation): no deadlock.
+            place = await routes.find(conn, ref)
+            if place is not None:
+                await conn.execute(LOCK_ROUTE, place.continuation_id)
             rows = await run_placed(db, conn, DELETE_CONVERSATION, ref)
             if not rows:
                 raise conversation_missing(ref)
