@@ -25,12 +25,11 @@ from urllib.parse import urlsplit, urlunsplit
 from uuid import uuid4
 
 import asyncpg
+from common import pct, with_database
 
 import sessionstore
 from sessionstore.distribution import distribute
 from sessionstore.migrations import upgrade
-
-from common import pct, with_database
 
 _WORKERS = "SELECT nodename, nodeport FROM pg_dist_node WHERE groupid <> 0 AND isactive"
 _COUNTERS = """
@@ -57,9 +56,7 @@ async def _database(admin_dsn: str, *, citus: bool) -> AsyncIterator[str]:
             await admin.execute("SET citus.enable_create_database_propagation = on")
         await admin.execute(f'CREATE DATABASE "{name}"')
         if citus:
-            await admin.execute(
-                f'ALTER DATABASE "{name}" SET citus.enable_stat_counters = on'
-            )
+            await admin.execute(f'ALTER DATABASE "{name}" SET citus.enable_stat_counters = on')
     finally:
         await admin.close()
     dsn = with_database(admin_dsn, name)
@@ -103,7 +100,9 @@ async def _chat(dsn: str, clients: int, turns: int, *, citus: bool) -> dict[str,
             sid = sessions[n].id
             for t in range(turns):
                 started = time.perf_counter()
-                await store.add_turn(f"bench-{n}", "user", f"question {t}", session_id=sid, context=20)
+                await store.add_turn(
+                    f"bench-{n}", "user", f"question {t}", session_id=sid, context=20
+                )
                 latencies.append((time.perf_counter() - started) * 1000)
                 await store.enqueue_turn(f"bench-{n}", "assistant", f"answer {t}", session_id=sid)
 

@@ -352,6 +352,16 @@ def _taken(cid: str) -> ConflictError:
     )
 
 
+def _through(locked: Row, upto: int | None) -> int:
+    """The seq a fork copies through: ``upto``, else all the locked source holds;
+    ``InvalidInputError`` past its last message."""
+    count: int = locked["source_count"]
+    through = count if upto is None else upto
+    if through > count:
+        raise InvalidInputError("through_seq", "must not be past the conversation's last message")
+    return through
+
+
 def _resent(taken: Row, source: UUID | None, sid: UUID | None, upto: int | None) -> bool:
     """Whether the conversation holding the fork's continuation id is this fork, made by
     an earlier send of the same call: a fork of the same source, bound as asked, at the
@@ -591,12 +601,7 @@ class ConversationsRepository:
                     continue  # deleted or rebound while we waited for its lock
                 if taken is not None:
                     raise _taken(cid)
-                count = row["source_count"]
-                through = count if upto is None else upto
-                if through > count:
-                    raise InvalidInputError(
-                        "through_seq", "must not be past the conversation's last message"
-                    )
+                through = _through(row, upto)
                 made = await self._create(conn, row["source_id"], cid, sid, through)
                 if made is not None:
                     return made
@@ -651,12 +656,7 @@ class ConversationsRepository:
                     raise conversation_missing(ref)
                 if taken is not None:
                     raise _taken(cid)
-                count = row["source_count"]
-                through = count if upto is None else upto
-                if through > count:
-                    raise InvalidInputError(
-                        "through_seq", "must not be past the conversation's last message"
-                    )
+                through = _through(row, upto)
                 try:
                     place, _ = await routes.claim(conn, cid, sid)
                 except ConflictError:

@@ -16,10 +16,12 @@ from uuid import uuid4
 import asyncpg
 import pytest
 
+import sessionstore
+from sessionstore import SessionStore
 from sessionstore.distribution import distribute
 from sessionstore.migrations import upgrade
 
-from ...conftest import create_database, drop_database
+from ...conftest import create_database, drop_database, store_overrides
 from ...servers import TestServer, with_database
 
 CITUS_DSN = "SESSIONSTORE_TEST_CITUS_DSN"
@@ -123,3 +125,25 @@ async def placed(
         finally:
             await conn.close()
         yield Placed(dsn, dsn, citus=True)
+
+
+@pytest.fixture
+async def store(placed: Placed) -> AsyncIterator[SessionStore]:
+    """An open store on the ``placed`` database."""
+    async with sessionstore.connect(placed.dsn, **store_overrides()) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def other(placed: Placed) -> AsyncIterator[SessionStore]:
+    """A second process's store (its own remembered routes)."""
+    async with sessionstore.connect(placed.dsn, **store_overrides()) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def conn(placed: Placed) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection to the ``placed`` database, for checking what was written."""
+    connection = await asyncpg.connect(placed.admin_dsn, statement_cache_size=0)
+    yield connection
+    await connection.close()

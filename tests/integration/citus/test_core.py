@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
@@ -28,26 +27,6 @@ from sessionstore import (
 from ...conftest import store_overrides
 from ...helpers import eventually, wait_for_lock_waiters
 from .conftest import Placed
-
-
-@pytest.fixture
-async def store(placed: Placed) -> AsyncIterator[SessionStore]:
-    async with sessionstore.connect(placed.dsn, **store_overrides()) as opened:
-        yield opened
-
-
-@pytest.fixture
-async def other(placed: Placed) -> AsyncIterator[SessionStore]:
-    """A second process's store (its own remembered routes)."""
-    async with sessionstore.connect(placed.dsn, **store_overrides()) as opened:
-        yield opened
-
-
-@pytest.fixture
-async def conn(placed: Placed) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(placed.admin_dsn, statement_cache_size=0)
-    yield connection
-    await connection.close()
 
 
 def _contents(messages: Any) -> list[str]:

@@ -5,38 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from uuid import UUID
 
 import asyncpg
 import pytest
 
-import sessionstore
 from sessionstore import ConflictError, ContinuationId, NotFoundError, SessionStore
 
-from ...conftest import store_overrides
 from .conftest import Placed
 from .test_core import _wait_for_lock_waiters
-
-
-@pytest.fixture
-async def store(placed: Placed) -> AsyncIterator[SessionStore]:
-    async with sessionstore.connect(placed.dsn, **store_overrides()) as opened:
-        yield opened
-
-
-@pytest.fixture
-async def other(placed: Placed) -> AsyncIterator[SessionStore]:
-    """A second process's store (its own remembered routes)."""
-    async with sessionstore.connect(placed.dsn, **store_overrides()) as opened:
-        yield opened
-
-
-@pytest.fixture
-async def conn(placed: Placed) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(placed.admin_dsn, statement_cache_size=0)
-    yield connection
-    await connection.close()
 
 
 async def _consistent(conn: asyncpg.Connection) -> None:
