@@ -22,6 +22,7 @@ from sessionstore.distribution import distribute
 from sessionstore.migrations import upgrade
 
 from ...conftest import create_database, drop_database, store_overrides
+from ...helpers import eventually, wait_for_lock_waiters
 from ...servers import TestServer, with_database
 
 CITUS_DSN = "SESSIONSTORE_TEST_CITUS_DSN"
@@ -147,3 +148,25 @@ async def conn(placed: Placed) -> AsyncIterator[asyncpg.Connection]:
     connection = await asyncpg.connect(placed.admin_dsn, statement_cache_size=0)
     yield connection
     await connection.close()
+
+
+_CITUS_WAITERS = "SELECT count(DISTINCT waiting_gpid) FROM citus_lock_waits"
+
+
+async def wait_for_waiters(placed: Placed, wanted: int) -> None:
+    """Wait until exactly ``wanted`` statements wait for a lock, asked over a connection
+    of its own: a transaction reads ``pg_stat_activity`` once (its snapshot is kept), so
+    the connection holding the lock cannot watch others queue behind it. On Citus the
+    statements wait on the workers: its distributed lock waits count."""
+    watcher = await asyncpg.connect(placed.admin_dsn, statement_cache_size=0)
+    try:
+        if placed.citus:
+
+            async def reached() -> bool:
+                return int(await watcher.fetchval(_CITUS_WAITERS)) == wanted
+
+            await eventually(reached, what=f"{wanted} statements waiting for a lock")
+        else:
+            await wait_for_lock_waiters(watcher, wanted)
+    finally:
+        await watcher.close()

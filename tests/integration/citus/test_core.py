@@ -25,8 +25,7 @@ from sessionstore import (
 )
 
 from ...conftest import store_overrides
-from ...helpers import eventually, wait_for_lock_waiters
-from .conftest import Placed
+from .conftest import Placed, wait_for_waiters
 
 
 def _contents(messages: Any) -> list[str]:
@@ -145,19 +144,6 @@ async def test_write_behind_batches_over_many_sessions(store: SessionStore) -> N
     assert _contents(await store.messages.history(ContinuationId("conv-1")))[-1] == "fine"
 
 
-async def _wait_for_lock_waiters(conn: asyncpg.Connection, placed: Placed, wanted: int) -> None:
-    """On Citus the statements wait on the worker: its distributed lock waits count."""
-    if not placed.citus:
-        await wait_for_lock_waiters(conn, wanted)
-        return
-
-    async def reached() -> bool:
-        waiting = await conn.fetchval("SELECT count(DISTINCT waiting_gpid) FROM citus_lock_waits")
-        return int(waiting) == wanted
-
-    await eventually(reached, what=f"{wanted} statements waiting for a lock")
-
-
 async def test_deleting_a_session_takes_a_turn_that_waited_for_it(
     store: SessionStore, other: SessionStore, conn: asyncpg.Connection, placed: Placed
 ) -> None:
@@ -167,7 +153,7 @@ async def test_deleting_a_session_takes_a_turn_that_waited_for_it(
         await conn.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", s.id)
         turn = asyncio.create_task(other.add_turn("chat", "user", "racing", session_id=s.id))
         deleting = asyncio.create_task(store.sessions.delete(s.id))
-        await _wait_for_lock_waiters(conn, placed, 2)
+        await wait_for_waiters(placed, 2)
     await deleting
     with pytest.raises(NotFoundError):
         await turn

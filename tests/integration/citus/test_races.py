@@ -12,8 +12,7 @@ import pytest
 
 from sessionstore import ConflictError, ContinuationId, NotFoundError, SessionStore
 
-from .conftest import Placed
-from .test_core import _wait_for_lock_waiters
+from .conftest import Placed, wait_for_waiters
 
 
 async def _consistent(conn: asyncpg.Connection) -> None:
@@ -83,7 +82,7 @@ async def test_concurrent_resends_behind_a_lock_write_once(
         two = asyncio.create_task(
             other.add_turn("chat", "user", "again", session_id=s.id, message_id=_ID)
         )
-        await _wait_for_lock_waiters(conn, placed, 2)
+        await wait_for_waiters(placed, 2)
     first, second = await one, await two
     assert first.message.id == second.message.id == _ID
     assert first.message.seq == second.message.seq == 3
@@ -272,9 +271,9 @@ async def test_a_conversation_delete_racing_a_first_turn_of_another_process(
             s.id,
         )
         deleting = asyncio.create_task(store.conversations.delete(ContinuationId("c")))
-        await _wait_for_lock_waiters(conn, placed, 1)
+        await wait_for_waiters(placed, 1)
         turn = asyncio.create_task(other.add_turn("c", "user", "two", session_id=s.id))
-        await _wait_for_lock_waiters(conn, placed, 2)
+        await wait_for_waiters(placed, 2)
     outcome = await asyncio.gather(deleting, turn, return_exceptions=True)
     assert not any(isinstance(r, BaseException) for r in outcome), outcome
     await _consistent(conn)
@@ -289,7 +288,7 @@ async def test_a_session_delete_racing_a_take_over(
     async with conn.transaction():
         await conn.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", a.id)
         deleting = asyncio.create_task(store.sessions.delete(a.id))
-        await _wait_for_lock_waiters(conn, placed, 1)
+        await wait_for_waiters(placed, 1)
         taking = asyncio.create_task(other.add_turn("c", "user", "b", session_id=b.id))
         # The take-over finds a's conversation still there (its delete waits): refused.
         with pytest.raises(ConflictError):
