@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from .config import StoreConfig
 from .db import connect_direct
+from .distribution import KEYED_LAYOUT
 from .errors import translate_errors
 from .migrations import head_revision, pending_revisions
 
@@ -95,6 +96,9 @@ class Status:
     exposed: list[str]
     pool: str
     problems: list[str] = field(default_factory=list)
+    #: Whether the database has the distributed (Citus) layout: no policies there, by
+    #: design (``as_user`` is refused on it).
+    distributed: bool = False
 
 
 async def check(config: StoreConfig) -> Status:
@@ -107,6 +111,7 @@ async def check(config: StoreConfig) -> Status:
             current = await conn.fetchval(VERSION_NUM) if has_versions else None
             rows = await conn.fetch(TABLE_STATE, list(TABLES), list(API_ROLES))
             keys_reached = [r["rolname"] for r in await conn.fetch(KEYS_REACHED_BY, KEY_ROLES)]
+            distributed = bool(await conn.fetchval(KEYED_LAYOUT))
         finally:
             await conn.close()
     head = head_revision()
@@ -118,7 +123,10 @@ async def check(config: StoreConfig) -> Status:
         pending=pending_revisions(current),
         rls={r["relname"]: r["relrowsecurity"] for r in rows},
         missing_policies={
-            r["relname"]: sorted(EXPECTED_POLICIES[r["relname"]] - set(r["policies"])) for r in rows
+            r["relname"]: []
+            if distributed
+            else sorted(EXPECTED_POLICIES[r["relname"]] - set(r["policies"]))
+            for r in rows
         },
         exposed=sorted(
             f"{role}: {r['relname']}"
@@ -128,6 +136,7 @@ async def check(config: StoreConfig) -> Status:
         ),
         pool=f"min_size={config.min_size} max_size={config.max_size} "
         f"statement cache {'off' if config.effective_pooler == 'transaction' else 'on'}",
+        distributed=distributed,
     )
     if status.pending:
         status.problems.append(

@@ -110,6 +110,8 @@ def print_status(config: StoreConfig, s: Status) -> None:
     table.add_row("pooler mode", s.pooler)
     table.add_row("revision", f"{s.current_revision or 'none'} (head {s.head_revision})")
     table.add_row("pending", ", ".join(s.pending) or "none")
+    if s.distributed:
+        table.add_row("layout", "distributed (Citus): no policies, as_user refused")
     for name, on in s.rls.items():
         missing = s.missing_policies.get(name) or []
         table.add_row(

@@ -11,7 +11,9 @@ import asyncpg
 import pytest
 
 from sessionstore import ContinuationId, InvalidInputError, SessionStore
+from sessionstore.config import StoreConfig
 from sessionstore.distribution import distribute, is_keyed
+from sessionstore.health import check
 from sessionstore.migrations import downgrade
 
 from ...distributed import citus_violations
@@ -115,3 +117,18 @@ async def test_the_keyed_layout_is_not_downgraded(
         await asyncio.to_thread(downgrade, admin_dsn, "0011_langgraph")
     assert await is_keyed(conn)
     assert await citus_violations(conn) == []
+
+
+async def test_status_reads_the_keyed_layout_as_healthy(
+    store: SessionStore, conn: asyncpg.Connection, admin_dsn: str
+) -> None:
+    """It has no policies by design (as_user is refused there): not a problem to report,
+    unlike a classic database missing them."""
+    config = StoreConfig(dsn=admin_dsn)
+    await conn.execute("DROP POLICY messages_own ON messages")
+    before = await check(config)
+    assert "messages is missing policies: messages_own" in before.problems
+    await distribute(conn, citus=False)
+    after = await check(config)
+    assert after.distributed
+    assert after.problems == []
