@@ -672,9 +672,7 @@ class ConversationsRepository:
                 if made is None:
                     raise _taken(cid)
                 if made["sealed_copies"]:
-                    await self._reseal(
-                        conn, SEALED_COPIES_KEYED, RESEAL_KEYED, source.conversation_id, made, sid
-                    )
+                    await self._reseal(conn, source.conversation_id, made, sid, placed=True)
                 routes.remember(place)
                 return CONVERSATION.one(made)
             raise ConflictError(f"{conversation_named(ref)} kept changing; nothing was written")
@@ -682,17 +680,14 @@ class ConversationsRepository:
         return await db.run(work, transaction=True, retry=True)
 
     async def _reseal(
-        self,
-        conn: Connection,
-        copies_query: str,
-        reseal_query: str,
-        source: UUID,
-        fork: Row,
-        sid: UUID | None,
+        self, conn: Connection, source: UUID, fork: Row, sid: UUID | None, *, placed: bool
     ) -> None:
-        """Seal a fork's copies again, for their own ids and the fork's owner."""
-        keyed = copies_query is SEALED_COPIES_KEYED
-        extra = (sid,) if keyed else ()
+        """Seal a fork's copies again, for their own ids and the fork's owner (``placed``:
+        on the distributed layout, in session ``sid``'s shard)."""
+        copies_query, reseal_query = (
+            (SEALED_COPIES_KEYED, RESEAL_KEYED) if placed else (SEALED_COPIES, RESEAL)
+        )
+        extra = (sid,) if placed else ()
         copies = await conn.fetch(copies_query, source, fork["id"], *extra)
         if self._db.keys is None:
             raise EncryptionError(
@@ -718,7 +713,7 @@ class ConversationsRepository:
         if row is None:
             return None
         if sealed:
-            await self._reseal(conn, SEALED_COPIES, RESEAL, source, row, sid)
+            await self._reseal(conn, source, row, sid, placed=False)
         return CONVERSATION.one(row)
 
     @traced("conversations")

@@ -291,6 +291,11 @@ async def test_messages_are_sealed_and_the_key_goes_with_the_user(
             "SELECT count(*) FROM messages WHERE content_sealed IS NULL OR content <> ''"
         )
         assert clear == 0
+        fork = await store.conversations.fork(
+            ContinuationId("secret"), continuation_id="secret-fork", session_id=s.id
+        )
+        copies = await store.messages.history(fork.id)  # sealed again for their own ids
+        assert _contents(copies) == ["the plan", "noted", "more"]
         with pytest.raises(InvalidStateError, match="encrypt before distributing"):
             await store.encrypt_stored()
         await store.purge_user("alice")
